@@ -1,0 +1,148 @@
+"""Network.backprop (BP1-BP4 in matrix form) against autograd and against the book's per-example loop."""
+import numpy as np
+import pytest
+import torch
+
+from torch_manualbp import Network
+from torch_manualbp.functional import quadratic_cost
+from torch_manualbp.nn import QuadraticCost, SigmoidLinear
+
+F64 = dict(rtol=1e-10, atol=1e-12)
+
+
+def book_backprop(weights, biases, x, y):
+    """network.py's backprop, example by example, as the book writes it: column vectors in numpy.
+
+    Returns the per-example gradients of C_x = ½‖y − aᴸ‖² and the per-example δ of each layer.
+    """
+    sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))
+    activation, activations, zs = x.reshape(-1, 1), [x.reshape(-1, 1)], []
+    for w, b in zip(weights, biases):
+        z = w @ activation + b.reshape(-1, 1)
+        zs.append(z)
+        activation = sigmoid(z)
+        activations.append(activation)
+    sp = lambda z: sigmoid(z) * (1 - sigmoid(z))
+    delta = (activations[-1] - y.reshape(-1, 1)) * sp(zs[-1])
+    deltas, nabla_w, nabla_b = [delta], [delta @ activations[-2].T], [delta]
+    for l in range(2, len(weights) + 1):
+        delta = (weights[-l + 1].T @ delta) * sp(zs[-l])
+        deltas.insert(0, delta)
+        nabla_w.insert(0, delta @ activations[-l - 1].T)
+        nabla_b.insert(0, delta)
+    return nabla_w, [nb.ravel() for nb in nabla_b], [d.ravel() for d in deltas]
+
+
+@pytest.fixture
+def net_and_batch():
+    torch.manual_seed(0)
+    net = Network([6, 5, 4, 3], dtype=torch.float64)
+    x = torch.rand(7, 6, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    return net, x, labels
+
+
+def test_backprop_equals_backward_through_the_functions(net_and_batch):
+    net, x, labels = net_and_batch
+    result = net.backprop(x, labels)
+    cost = quadratic_cost(net(x), labels)
+    cost.backward()
+    torch.testing.assert_close(result.cost, cost.detach(), **F64)
+    for layer, nabla_w, nabla_b in zip(net.layers, result.nabla_w, result.nabla_b):
+        torch.testing.assert_close(nabla_w, layer.weight.grad, **F64)
+        torch.testing.assert_close(nabla_b, layer.bias.grad, **F64)
+
+
+def test_backprop_equals_plain_autograd(net_and_batch):
+    net, x, labels = net_and_batch
+    result = net.backprop(x, labels)
+    params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
+    a = x
+    for layer in net.layers:
+        a = torch.sigmoid(a @ layer.weight.T + layer.bias)
+    y = torch.nn.functional.one_hot(labels, 3).double()
+    grads = torch.autograd.grad(0.5 * ((a - y) ** 2).sum(1).mean(), params)
+    for got, want in zip([g for pair in zip(result.nabla_w, result.nabla_b) for g in pair], grads):
+        torch.testing.assert_close(got, want, **F64)
+
+
+def test_batched_matrix_form_equals_the_books_per_example_loop(net_and_batch):
+    net, x, labels = net_and_batch
+    result = net.backprop(x, labels)
+    weights = [layer.weight.detach().numpy() for layer in net.layers]
+    biases = [layer.bias.detach().numpy() for layer in net.layers]
+    y = np.eye(3)[labels.numpy()]
+    per_example = [book_backprop(weights, biases, x[i].numpy(), y[i]) for i in range(len(x))]
+    for l in range(len(net.layers)):
+        # update_mini_batch averages the per-example gradients over the mini-batch
+        mean_w = sum(ex[0][l] for ex in per_example) / len(x)
+        mean_b = sum(ex[1][l] for ex in per_example) / len(x)
+        torch.testing.assert_close(result.nabla_w[l], torch.from_numpy(mean_w), **F64)
+        torch.testing.assert_close(result.nabla_b[l], torch.from_numpy(mean_b), **F64)
+        deltas = torch.from_numpy(np.stack([ex[2][l] for ex in per_example]))
+        torch.testing.assert_close(result.delta[l], deltas, **F64)
+
+
+def test_backprop_accepts_one_hot_float_targets(net_and_batch):
+    net, x, labels = net_and_batch
+    one_hot = torch.nn.functional.one_hot(labels, 3).double()
+    by_labels, by_one_hot = net.backprop(x, labels), net.backprop(x, one_hot)
+    for got, want in zip(by_one_hot.nabla_w + [by_one_hot.cost], by_labels.nabla_w + [by_labels.cost]):
+        assert torch.equal(got, want)
+
+
+def test_backprop_uses_no_autograd(net_and_batch):
+    net, x, labels = net_and_batch
+    result = net.backprop(x, labels)
+    assert not any(t.requires_grad for t in result.nabla_w + result.nabla_b + result.delta + [result.cost])
+
+
+def test_network_trains_on_a_toy_problem_with_sgd():
+    torch.manual_seed(0)
+    net = Network([2, 16, 2])
+    x = torch.rand(256, 2)
+    labels = ((x - 0.5).norm(dim=1) < 0.35).long()  # inside or outside a circle
+    cost_fn = QuadraticCost()
+    before = cost_fn(net(x), labels).item()
+    for _ in range(3000):
+        result = net.backprop(x, labels)
+        with torch.no_grad():
+            for layer, nabla_w, nabla_b in zip(net.layers, result.nabla_w, result.nabla_b):
+                layer.weight -= 3.0 * nabla_w
+                layer.bias -= 3.0 * nabla_b
+    after = cost_fn(net(x), labels).item()
+    accuracy = (net(x).argmax(1) == labels).float().mean().item()
+    assert after < 0.5 * before and accuracy > 0.9
+
+
+@pytest.mark.parametrize("init,weight_std", [("normal", 1.0), ("scaled", 1 / 20)])
+def test_init_schemes_draw_the_books_distributions(init, weight_std):
+    torch.manual_seed(0)
+    layer = SigmoidLinear(400, 300, init=init)
+    # 120,000 draws: the sample std is within 1% of the true one with overwhelming probability.
+    assert layer.weight.std().item() == pytest.approx(weight_std, rel=0.01)
+    assert layer.weight.mean().item() == pytest.approx(0.0, abs=0.01 * weight_std)
+    assert layer.bias.std().item() == pytest.approx(1.0, rel=0.15)  # 300 draws
+
+
+def test_modules_repr_and_state_dict_are_nn_linear_like():
+    net = Network([784, 30, 10], init="normal")
+    assert "SigmoidLinear(in_features=784, out_features=30, bias=True, init='normal')" in repr(net)
+    assert list(net.state_dict()) == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    assert net.layers[0].weight.shape == (30, 784)
+    assert SigmoidLinear(3, 2, bias=False).bias is None
+    assert repr(QuadraticCost("sum")) == "QuadraticCost(reduction='sum')"
+
+
+def test_sigmoid_linear_drops_into_an_ordinary_pytorch_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), SigmoidLinear(16, 8), torch.nn.Dropout(0.0), SigmoidLinear(8, 4))
+    images = torch.rand(5, 1, 4, 4)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    QuadraticCost()(model(images), labels).backward()
+    first, second = model[1], model[3]
+    a1 = torch.sigmoid(images.flatten(1) @ first.weight.T + first.bias)
+    a2 = torch.sigmoid(a1 @ second.weight.T + second.bias)
+    ref = torch.autograd.grad(0.5 * ((a2 - torch.eye(4)[labels]) ** 2).sum(1).mean(), [first.weight, second.bias])
+    torch.testing.assert_close(first.weight.grad, ref[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(second.bias.grad, ref[1], rtol=1e-5, atol=1e-7)

@@ -1,0 +1,14 @@
+r"""torch_manualbp: backpropagation written by hand, from chapter 2 of Nielsen's
+"Neural Networks and Deep Learning", as PyTorch autograd Functions and modules.
+
+- :mod:`torch_manualbp.functional`: the Functions whose ``backward`` is BP1-BP4.
+- :mod:`torch_manualbp.nn`: ``SigmoidLinear`` and ``QuadraticCost`` modules.
+- :class:`Network`: the book's ``Network([784, 30, 10])``, with ``backprop`` in matrix form.
+
+Lightning training lives in :mod:`torch_manualbp.lightning`, which this core never imports.
+"""
+from . import functional, nn
+from .network import Backprop, Network
+
+__all__ = ["functional", "nn", "Network", "Backprop"]
+__version__ = "0.1.0"

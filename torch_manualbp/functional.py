@@ -1,0 +1,342 @@
+r"""Backpropagation written by hand: the sigmoid layer and the quadratic cost as autograd Functions.
+
+Each ``backward`` below is one of the four equations of chapter 2 of Michael Nielsen's
+"Neural Networks and Deep Learning", in PyTorch's row layout: a mini-batch of n examples
+is n rows, and ``weight`` is ``(out, in)`` like ``nn.Linear``, which is exactly the book's
+:math:`w^l_{jk}` (row j: a neuron of this layer, column k: a neuron of the layer below).
+
+.. math::
+    z^l = a^{l-1} W^{l\top} + b^l, \qquad a^l = \sigma(z^l), \qquad
+    C = \frac{1}{2n} \sum_x \lVert y(x) - a^L(x) \rVert^2
+
+    \text{(BP1)}\ \delta^L = \nabla_a C \odot \sigma'(z^L) \qquad
+    \text{(BP2)}\ \delta^l = (\delta^{l+1} W^{l+1}) \odot \sigma'(z^l)
+
+    \text{(BP3)}\ \partial C / \partial b^l = \textstyle\sum_x \delta^l_x \qquad
+    \text{(BP4)}\ \partial C / \partial W^l = \delta^{l\top} a^{l-1}
+
+Autograd splits the work between the two Functions: the cost's backward supplies
+:math:`\nabla_a C`, and each layer's backward turns the gradient arriving at its output,
+:math:`\partial C/\partial a^l`, into :math:`\delta^l` by the factor :math:`\sigma'(z^l)`, which is
+BP1 at the output layer and BP2 below it, where :math:`\partial C/\partial a^l = \delta^{l+1} W^{l+1}`
+is what the layer above returned for its input.
+
+Both Functions follow PyTorch's "Extending PyTorch" rules: ``forward`` and ``setup_context``
+apart, tensors kept only through ``save_for_backward``/``save_for_forward``, ``needs_input_grad``
+honoured, a ``backward`` made of differentiable torch operations (so double backward works), a
+``jvp`` for forward-mode AD, and ``generate_vmap_rule`` so ``torch.func.vmap`` and ``grad`` work.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SigmoidLinearFunction",
+    "QuadraticCostFunction",
+    "sigmoid_linear",
+    "quadratic_cost",
+    "targets_like",
+    "sigmoid_prime",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class SigmoidLinearFunction(torch.autograd.Function):
+    r"""A fully-connected sigmoid layer, :math:`a = \sigma(x W^\top + b)`, on a 2-D batch.
+
+    Use :func:`sigmoid_linear`, which checks its arguments and accepts ``(*, in_features)``
+    inputs; this class expects ``x`` of shape ``(N, in_features)`` and trusts its caller.
+
+    Only ``x``, ``weight`` and the output ``a`` are saved for backward: :math:`\sigma'(z) = a(1 - a)`
+    comes from the output, so :math:`z` is never kept. All three are alive anyway (the input, a
+    parameter and the next layer's input), so the layer costs no memory beyond its output.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        z = x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)  # z = x Wᵀ + b, (N, out)
+        return torch.sigmoid(z)  # a = σ(z); torch.sigmoid saturates to 0 or 1 without overflow
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight, output)
+        ctx.save_for_forward(x, weight, output)
+
+    @staticmethod
+    def backward(ctx, grad_a: Tensor):
+        x, weight, a = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        # Under autocast a is bf16/fp16 while x and weight stay fp32: run the products in the forward's
+        # compute dtype, as autocast does for built-in ops; autograd casts each gradient back to the
+        # dtype of its input. Outside autocast every .to() here returns its tensor unchanged.
+        dtype = a.dtype
+        # (BP1) at the output layer, (BP2) below it: δ = ∂C/∂a ⊙ σ'(z), with σ'(z) = a(1 − a)
+        delta = grad_a.to(dtype) * sigmoid_prime(a)  # (N, out)
+        if ctx.needs_input_grad[0]:
+            # ∂C/∂aˡ⁻¹ = δˡ Wˡ: the (δˡ⁺¹ Wˡ⁺¹) of (BP2), handed to the layer below
+            grad_x = delta @ weight.to(dtype)  # (N, in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = delta.T @ x.to(dtype)  # (BP4) ∂C/∂W = δᵀ aˡ⁻¹, (out, in)
+        if ctx.needs_input_grad[2]:
+            grad_bias = delta.sum(0)  # (BP3) ∂C/∂b = Σ_x δ_x, (out,)
+        return grad_x, grad_weight, grad_bias
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None) -> Tensor:
+        # Forward mode: ż = ẋ Wᵀ + x Ẇᵀ + ḃ, then ȧ = σ'(z) ⊙ ż.
+        x, weight, a = ctx.saved_tensors
+        terms = []
+        if x_t is not None:
+            terms.append(x_t @ weight.T)
+        if weight_t is not None:
+            terms.append(x @ weight_t.T)
+        if bias_t is not None:
+            terms.append(bias_t.expand_as(a))
+        return sigmoid_prime(a) * sum(terms[1:], terms[0])
+
+
+class QuadraticCostFunction(torch.autograd.Function):
+    r"""The quadratic cost :math:`C_x = \tfrac12 \lVert y(x) - a(x) \rVert^2`, reduced over examples.
+
+    Use :func:`quadratic_cost`, which checks its arguments and one-hot encodes class labels;
+    this class expects a float target ``y`` shaped like ``a`` and a valid ``reduction``.
+
+    The cost is accumulated in at least float32, so bf16/fp16 activations (autocast) still get an
+    fp32 cost; the gradient for ``a`` is cast back to ``a``'s dtype by autograd.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: Tensor, y: Tensor, reduction: str) -> Tensor:
+        diff = _error(a, y)  # a − y
+        cost_x = 0.5 * (diff * diff).sum(-1)  # C_x = ½‖y(x) − a(x)‖², one per example
+        if reduction == "mean":
+            return cost_x.mean()  # C = (1/n) Σ_x C_x, the book's cost
+        if reduction == "sum":
+            return cost_x.sum()
+        return cost_x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, y, reduction = inputs
+        ctx.save_for_backward(a, y)
+        ctx.save_for_forward(a, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_cost: Tensor):
+        a, y = ctx.saved_tensors
+        grad_a = grad_y = None
+        # ∇_a C = (a − y)/n for the mean: the first factor of (BP1), which the output layer's
+        # backward multiplies by σ'(zᴸ).
+        grad_error = _error(a, y) * _per_example(grad_cost, a, ctx.reduction)
+        if ctx.needs_input_grad[0]:
+            grad_a = grad_error
+        if ctx.needs_input_grad[1]:
+            grad_y = -grad_error
+        return grad_a, grad_y, None
+
+    @staticmethod
+    def jvp(ctx, a_t: Tensor | None, y_t: Tensor | None, _reduction_t) -> Tensor:
+        # Forward mode: Ċ_x = (a − y) · (ȧ − ẏ), reduced like the cost itself.
+        a, y = ctx.saved_tensors
+        error_t = a_t if y_t is None else (-y_t if a_t is None else a_t - y_t)
+        cost_x_t = (_error(a, y) * error_t).sum(-1)
+        if ctx.reduction == "mean":
+            return cost_x_t.mean()
+        if ctx.reduction == "sum":
+            return cost_x_t.sum()
+        return cost_x_t
+
+
+class _SigmoidLinearCompilable(SigmoidLinearFunction):
+    """SigmoidLinearFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
+
+    jvp = torch.autograd.Function.jvp
+
+
+class _QuadraticCostCompilable(QuadraticCostFunction):
+    """QuadraticCostFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
+
+    jvp = torch.autograd.Function.jvp
+
+
+def _compilable(function: type[torch.autograd.Function], twin: type[torch.autograd.Function]):
+    """The Function to apply: ``twin`` while torch.compile traces, ``function`` otherwise.
+
+    Dynamo refuses to trace an autograd.Function that defines a custom ``jvp`` ("Unsupported custom
+    jvp", torch 2.14), so a compiled region uses the same Function without it: forward and backward
+    are identical, and only forward-mode AD through a compiled region is given up.
+    """
+    return twin if torch.compiler.is_compiling() else function
+
+
+def sigmoid_prime(a: Tensor) -> Tensor:
+    r""":math:`\sigma'(z) = \sigma(z)(1 - \sigma(z))`, computed from the activation :math:`a = \sigma(z)`."""
+    return a * (1 - a)
+
+
+def _error(a: Tensor, y: Tensor) -> Tensor:
+    """a − y, in at least float32 so that a bf16/fp16 network still gets an accurate cost."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, y.dtype), torch.float32)
+    return a.to(dtype) - y.to(dtype)
+
+
+def _per_example(grad_cost: Tensor, a: Tensor, reduction: str) -> Tensor:
+    """How much each example's C_x counts in the reduced cost, broadcastable against ``a``."""
+    if reduction == "none":
+        return grad_cost.unsqueeze(-1)
+    if reduction == "sum":
+        return grad_cost
+    return grad_cost / (a.numel() // a.shape[-1])  # the mean: 1/n, n = number of examples
+
+
+def sigmoid_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    r"""Apply :math:`a = \sigma(x W^\top + b)` with the hand-written backward of
+    :class:`SigmoidLinearFunction`.
+
+    Args:
+        x: input activations :math:`a^{l-1}`.
+        weight: the layer's weights :math:`W^l`, one row per neuron of this layer.
+        bias: the layer's biases :math:`b^l`, or ``None`` for none.
+
+    Shape:
+        - x: :math:`(*, H_{in})`, any number of leading dimensions, including none.
+        - weight: :math:`(H_{out}, H_{in})`.
+        - bias: :math:`(H_{out})`.
+        - Output: :math:`(*, H_{out})`.
+
+    Raises:
+        TypeError: an argument is not a floating-point tensor, or their dtypes differ
+            (outside autocast, which mixes dtypes on purpose).
+        ValueError: a shape does not fit, or the tensors are on different devices.
+
+    Examples::
+
+        >>> x = torch.rand(4, 784)
+        >>> weight, bias = torch.randn(30, 784, requires_grad=True), torch.randn(30, requires_grad=True)
+        >>> sigmoid_linear(x, weight, bias).shape
+        torch.Size([4, 30])
+    """
+    _check_float_tensor("x", x)
+    _check_float_tensor("weight", weight)
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    if x.ndim == 0 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"x must have shape (*, in_features) with in_features={in_features} to match weight "
+            f"{tuple(weight.shape)}, got shape {tuple(x.shape)}"
+        )
+    _check_same_kind("x", x, "weight", weight)
+    if bias is not None:
+        _check_float_tensor("bias", bias)
+        if bias.shape != (out_features,):
+            raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
+        _check_same_kind("bias", bias, "weight", weight)
+    a = _compilable(SigmoidLinearFunction, _SigmoidLinearCompilable).apply(x.reshape(-1, in_features), weight, bias)  # (N, out)
+    return a.reshape(*x.shape[:-1], out_features)
+
+
+def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    r"""The quadratic cost of chapter 2, :math:`C = \frac{1}{2n} \sum_x \lVert y(x) - a(x) \rVert^2`,
+    with the hand-written backward of :class:`QuadraticCostFunction`.
+
+    This is not ``F.mse_loss``: that averages over every element and has no :math:`\tfrac12`.
+
+    Args:
+        a: the output activations :math:`a^L`, one row per example.
+        y: the desired outputs, either floats shaped like ``a`` (e.g. one-hot vectors) or
+            integer class labels shaped like ``a`` without its last dimension, one-hot encoded here.
+        reduction: ``"mean"`` for the book's :math:`C`, the average of :math:`C_x = \tfrac12\lVert y - a\rVert^2`
+            over examples; ``"sum"`` for :math:`\sum_x C_x`; ``"none"`` for the :math:`C_x` themselves.
+
+    Shape:
+        - a: :math:`(*, K)`, every leading index an example; :math:`(K)` is a single example.
+        - y: :math:`(*, K)` floats or :math:`(*)` integer labels in ``0..K-1``.
+        - Output: a scalar, or :math:`(*)` for ``reduction="none"``.
+
+    Raises:
+        TypeError: ``a`` is not a floating-point tensor, ``y`` is neither floating nor integer, or
+            a float ``y`` has another dtype than ``a`` (outside autocast).
+        ValueError: a shape does not fit, a label is outside ``0..K-1``, the devices differ,
+            ``reduction`` is unknown, or the mean is asked of zero examples.
+
+    Under :func:`torch.compile` and :mod:`torch.func` transforms a Python branch on tensor values is
+    impossible, so there an out-of-range label is not raised but makes its example's cost NaN.
+
+    Examples::
+
+        >>> a = torch.rand(4, 10, requires_grad=True)
+        >>> quadratic_cost(a, torch.tensor([3, 1, 4, 1])).backward()
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    _check_float_tensor("a", a)
+    if a.ndim == 0 or a.shape[-1] == 0:
+        raise ValueError(f"a must have shape (*, K) with K >= 1 outputs, got shape {tuple(a.shape)}")
+    if reduction == "mean" and a.numel() == 0:
+        raise ValueError(f"the mean cost of zero examples is undefined (a has shape {tuple(a.shape)})")
+    y = targets_like(a, y)
+    return _compilable(QuadraticCostFunction, _QuadraticCostCompilable).apply(a, y, reduction)
+
+
+def targets_like(a: Tensor, y: Tensor) -> Tensor:
+    r"""Return the desired outputs :math:`y(x)` as floats shaped like ``a``.
+
+    A float ``y`` shaped like ``a`` is checked and returned as it is; integer class labels
+    shaped like ``a.shape[:-1]`` become one-hot vectors, the book's representation of a digit.
+
+    Raises:
+        TypeError, ValueError: as :func:`quadratic_cost` documents.
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.device != a.device:
+        raise ValueError(f"y must be on the same device as a ({a.device}), got {y.device}")
+    if y.is_floating_point():
+        if y.shape != a.shape:
+            raise ValueError(f"a float target y must have the shape of a, {tuple(a.shape)}, got {tuple(y.shape)}")
+        _check_same_kind("y", y, "a", a)
+        return y
+    if y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must be floating-point targets or integer class labels, got dtype {y.dtype}")
+    if y.shape != a.shape[:-1]:
+        raise ValueError(
+            f"integer labels y must have shape {tuple(a.shape[:-1])} (one label per row of a), "
+            f"got {tuple(y.shape)}"
+        )
+    classes = a.shape[-1]
+    valid = (y >= 0) & (y < classes)
+    if _can_branch_on_values(y) and not bool(valid.all()):
+        bad = y[~valid].unique()[:5].tolist()
+        raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
+    one_hot = (y.unsqueeze(-1) == torch.arange(classes, device=y.device)).to(a.dtype)
+    # Where the labels could not be checked, an invalid one gives NaN rather than a silent zero row.
+    return torch.where(valid.unsqueeze(-1), one_hot, torch.nan)
+
+
+def _can_branch_on_values(t: Tensor) -> bool:
+    """False under torch.compile and inside torch.func transforms, where a tensor's values cannot steer Python."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _check_float_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _check_same_kind(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Raise unless ``t`` is on ``ref``'s device and, outside autocast, of its dtype."""
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+    if t.dtype != ref.dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")

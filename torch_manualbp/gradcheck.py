@@ -1,0 +1,98 @@
+r"""``manualbp gradcheck``: check every hand-written backward against finite differences.
+
+For each Function and a few shapes (a batch of one, a non-contiguous input, no bias, each
+reduction, labels and float targets) this runs :func:`torch.autograd.gradcheck`, which compares
+the backward and the jvp with finite differences in float64, and
+:func:`torch.autograd.gradgradcheck`, which does the same for the backward of the backward.
+
+To run::
+
+    manualbp gradcheck
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+import warnings
+from typing import Callable, Sequence
+
+import torch
+
+from .functional import quadratic_cost, sigmoid_linear
+
+__all__ = ["Case", "default_cases", "run_checks", "format_table"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One function and its float64 inputs; the inputs that require grad are checked."""
+
+    function: str
+    description: str
+    fn: Callable
+    inputs: tuple
+
+
+def _leaf(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+
+
+def default_cases(seed: int = 0) -> list[Case]:
+    """The cases ``manualbp gradcheck`` runs: every Function, several shapes."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for n, n_in, n_out in [(1, 3, 2), (5, 4, 3), (8, 7, 5)]:
+        x, w, b = _leaf(n, n_in, generator=g), _leaf(n_out, n_in, generator=g), _leaf(n_out, generator=g)
+        cases.append(Case("sigmoid_linear", f"x ({n}, {n_in}), weight ({n_out}, {n_in}), bias", sigmoid_linear, (x, w, b)))
+    x_t = _leaf(4, 6, generator=g).detach().T.requires_grad_()  # (6, 4), non-contiguous
+    w = _leaf(3, 4, generator=g)
+    cases.append(Case("sigmoid_linear", "non-contiguous x (6, 4), no bias", sigmoid_linear, (x_t, w)))
+    x3 = _leaf(2, 3, 4, generator=g)
+    w, b = _leaf(2, 4, generator=g), _leaf(2, generator=g)
+    cases.append(Case("sigmoid_linear", "x (2, 3, 4): leading batch dims", sigmoid_linear, (x3, w, b)))
+    for reduction in ("mean", "sum", "none"):
+        a = torch.rand(5, 4, dtype=torch.float64, generator=g).requires_grad_()
+        y = torch.rand(5, 4, dtype=torch.float64, generator=g).requires_grad_()
+        labels = torch.randint(0, 4, (5,), generator=g)
+        cases.append(Case("quadratic_cost", f"a (5, 4), float y, {reduction}", partial(quadratic_cost, reduction=reduction), (a, y)))
+        cases.append(Case("quadratic_cost", f"a (5, 4), labels, {reduction}", partial(quadratic_cost, reduction=reduction), (a, labels)))
+    a1 = torch.rand(1, 3, dtype=torch.float64, generator=g).requires_grad_()
+    cases.append(Case("quadratic_cost", "a (1, 3), labels, mean", quadratic_cost, (a1, torch.tensor([2]))))
+    return cases
+
+
+def run_checks(cases: Sequence[Case]) -> list[tuple[Case, str, bool, str]]:
+    """Run gradcheck (backward and forward mode) and gradgradcheck on each case.
+
+    Returns one ``(case, check, passed, message)`` row per case and check; a failure's message is
+    the first line of what gradcheck raised.
+    """
+    rows = []
+    with warnings.catch_warnings():
+        # torch's forward-mode AD loads its decompositions through the deprecated torch.jit.script.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+        for case in cases:
+            for name, check in CHECKS.items():
+                try:
+                    rows.append((case, name, check(case.fn, case.inputs), ""))
+                except RuntimeError as error:  # gradcheck raises GradcheckError, a RuntimeError
+                    rows.append((case, name, False, str(error).strip().splitlines()[0]))
+    return rows
+
+
+CHECKS = {
+    "gradcheck": partial(torch.autograd.gradcheck, check_forward_ad=True),
+    "gradgradcheck": torch.autograd.gradgradcheck,
+}
+
+
+def format_table(rows: list[tuple[Case, str, bool, str]]) -> str:
+    """A markdown table of the rows, then a count of passes and failures."""
+    lines = ["| function | case | check | result |", "| --- | --- | --- | --- |"]
+    for case, check, passed, message in rows:
+        result = "PASS" if passed else f"FAIL: {message}"
+        lines.append(f"| {case.function} | {case.description} | {check} | {result} |")
+    failed = sum(not passed for *_, passed, _ in rows)
+    lines.append("")
+    lines.append(f"{len(rows) - failed} passed, {failed} failed")
+    return "\n".join(lines)

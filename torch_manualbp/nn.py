@@ -1,0 +1,154 @@
+r"""``nn.Module`` forms of the hand-written Functions, for use in ordinary PyTorch models.
+
+Examples::
+
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), SigmoidLinear(784, 30), SigmoidLinear(30, 10))
+    >>> cost = QuadraticCost()(model(torch.rand(8, 1, 28, 28)), torch.randint(0, 10, (8,)))
+    >>> cost.backward()  # BP1-BP4, as written in torch_manualbp.functional
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+
+__all__ = ["SigmoidLinear", "QuadraticCost", "INITS"]
+
+INITS = ("scaled", "normal")
+
+
+class SigmoidLinear(nn.Module):
+    r"""A fully-connected layer of sigmoid neurons: :math:`a = \sigma(x W^\top + b)`.
+
+    The forward pass and the gradients are :class:`~torch_manualbp.functional.SigmoidLinearFunction`:
+    its backward computes :math:`\delta = \partial C/\partial a \odot \sigma'(z)` (BP1/BP2) and from it
+    :math:`\partial C/\partial b` (BP3) and :math:`\partial C/\partial W` (BP4), with no autograd inside.
+
+    Args:
+        in_features: size of each input sample, the number of neurons in the layer below.
+        out_features: size of each output sample, the number of neurons in this layer.
+        bias: if ``False``, the layer has no bias :math:`b`. Default: ``True``.
+        init: how :meth:`reset_parameters` draws the parameters, after the book:
+
+            - ``"scaled"`` (default): weights :math:`\mathcal{N}(0, 1/\text{in\_features})`, biases
+              :math:`\mathcal{N}(0, 1)`, the improved initialisation of chapter 3 (``network2.py``).
+              It is the default because it keeps the weighted input :math:`z = \sum_k w_k x_k + b` of
+              order 1, so :math:`\sigma'(z)` is not near 0 and the neurons do not start saturated,
+              which by BP2-BP4 would make them learn slowly; the book shows it learning faster.
+            - ``"normal"``: weights and biases :math:`\mathcal{N}(0, 1)`, as ``network.py`` in chapters
+              1 and 2; use it to reproduce those chapters' results.
+        device, dtype: where and how to allocate the parameters, as for ``nn.Linear``.
+
+    Shape:
+        - Input: :math:`(*, H_{in})` where :math:`H_{in} = \text{in\_features}`.
+        - Output: :math:`(*, H_{out})` where :math:`H_{out} = \text{out\_features}`.
+
+    Attributes:
+        weight: the learnable weights of shape :math:`(H_{out}, H_{in})`; ``weight[j, k]`` is the
+            book's :math:`w^l_{jk}`, from neuron k of the layer below to neuron j of this one.
+        bias: the learnable biases of shape :math:`(H_{out})`.
+
+    Examples::
+
+        >>> layer = SigmoidLinear(784, 30)
+        >>> layer(torch.rand(64, 784)).shape
+        torch.Size([64, 30])
+    """
+
+    __constants__ = ["in_features", "out_features", "init"]
+    in_features: int
+    out_features: int
+    weight: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init: str = "scaled",
+        device=None,
+        dtype=None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("out_features", out_features)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.init = init
+        self.weight = nn.Parameter(torch.empty((out_features, in_features), **factory_kwargs))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights and biases again, by the layer's ``init`` scheme."""
+        std = 1.0 / math.sqrt(self.in_features) if self.init == "scaled" else 1.0
+        nn.init.normal_(self.weight, 0.0, std)
+        if self.bias is not None:
+            nn.init.normal_(self.bias, 0.0, 1.0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.sigmoid_linear(input, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, init={self.init!r}"
+        )
+
+
+class QuadraticCost(nn.Module):
+    r"""The quadratic cost :math:`C = \frac{1}{2n} \sum_x \lVert y(x) - a^L(x) \rVert^2` of chapter 2.
+
+    Its backward, :class:`~torch_manualbp.functional.QuadraticCostFunction`, returns
+    :math:`\nabla_a C = (a - y)/n`, the first factor of BP1. Unlike ``nn.MSELoss`` it halves the
+    squared error and averages over examples, not over every element.
+
+    Args:
+        reduction: ``"mean"`` (default) for the book's :math:`C`, the average over examples of
+            :math:`C_x = \tfrac12 \lVert y(x) - a(x) \rVert^2`; ``"sum"`` for :math:`\sum_x C_x`;
+            ``"none"`` for the :math:`C_x` themselves.
+
+    Shape:
+        - Input ``a``: :math:`(*, K)`, one example per leading index.
+        - Target ``y``: :math:`(*, K)` floats (e.g. one-hot vectors), or :math:`(*)` integer class
+          labels in ``0..K-1``, one-hot encoded inside.
+        - Output: a scalar; :math:`(*)` if ``reduction="none"``.
+
+    Examples::
+
+        >>> cost = QuadraticCost()
+        >>> a = torch.rand(8, 10, requires_grad=True)
+        >>> cost(a, torch.randint(0, 10, (8,))).backward()
+    """
+
+    __constants__ = ["reduction"]
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.quadratic_cost(input, target, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive number of neurons, got {value}")
