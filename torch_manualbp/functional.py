@@ -240,8 +240,10 @@ def sigmoid_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
         if bias.shape != (out_features,):
             raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
         _check_same_kind("bias", bias, "weight", weight)
-    a = _compilable(SigmoidLinearFunction, _SigmoidLinearCompilable).apply(x.reshape(-1, in_features), weight, bias)  # (N, out)
-    return a.reshape(*x.shape[:-1], out_features)
+    function = _compilable(SigmoidLinearFunction, _SigmoidLinearCompilable)
+    if x.ndim == 2:  # a mini-batch of rows, the Function's own layout: no reshape nodes in the graph
+        return function.apply(x, weight, bias)  # (N, out)
+    return function.apply(x.reshape(-1, in_features), weight, bias).reshape(*x.shape[:-1], out_features)
 
 
 def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:

@@ -1,0 +1,8 @@
+r"""Lightning training for torch_manualbp: MNIST data, the training system and the ``manualbp`` CLI.
+
+The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports this package.
+"""
+from .datamodule import MNISTDataModule
+from .module import ManualBPClassifier
+
+__all__ = ["MNISTDataModule", "ManualBPClassifier"]

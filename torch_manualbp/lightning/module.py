@@ -1,0 +1,104 @@
+r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``.
+
+The network and its gradients are the core's: the step's cost is ``QuadraticCost``, so the backward
+pass starts in ``QuadraticCostFunction.backward`` and runs through each ``SigmoidLinearFunction``'s
+hand-written BP1-BP4. Lightning supplies the loop, the optimizer step, logging, checkpoints and DDP.
+
+To run::
+
+    manualbp fit --config experiments/nielsen_ch1.yaml
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..network import Network
+from ..nn import QuadraticCost
+
+__all__ = ["ManualBPClassifier"]
+
+
+class ManualBPClassifier(L.LightningModule):
+    r"""Mini-batch SGD on the quadratic cost, for a ``Network`` of sigmoid layers.
+
+    Plain SGD with learning rate :math:`\eta` on the mean cost is the book's update rule,
+    :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` for a mini-batch of m examples.
+
+    Args:
+        sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
+        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10.
+        init: ``"normal"`` (the book's N(0, 1), chapters 1-2) or ``"scaled"`` (N(0, 1/n_in) weights,
+            chapter 3); see :class:`~torch_manualbp.nn.SigmoidLinear`.
+        momentum: SGD momentum; 0 (off) is the book's plain SGD.
+        weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it; 0 (off) by default.
+        lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
+            the trainer's ``max_epochs``.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int] = [784, 30, 10],
+        eta: float = 3.0,
+        init: Literal["normal", "scaled"] = "normal",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+    ) -> None:
+        super().__init__()
+        if not eta > 0:
+            raise ValueError(f"eta must be a positive learning rate, got {eta}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.network = Network(sizes, init=init)
+        self.cost = QuadraticCost()
+        classes = sizes[-1]
+        self.val_accuracy = MulticlassAccuracy(classes, average="micro")
+        self.test_accuracy = MulticlassAccuracy(classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        cost = self.cost(self.network(x), y)  # its backward starts BP1 (QuadraticCostFunction)
+        # on_epoch only: accumulated as a tensor, so no host sync at every step
+        self.log("train/cost", cost, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        return cost
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
+        if dataloader_idx == 0:
+            self._evaluate(batch, "val", self.val_accuracy)
+        else:
+            self._evaluate(batch, "test", self.test_accuracy)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_accuracy)
+
+    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+        x, y, labels = batch
+        a = self.network(x)
+        accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
+        self.log(f"{stage}/cost", self.cost(a, y), batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
+        self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.SGD(
+            self.parameters(), lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay
+        )
+        if hp.lr_schedule == "constant":
+            return optimizer
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
+            raise ValueError("lr_schedule='cosine' needs trainer.max_epochs to know when to reach 0")
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
