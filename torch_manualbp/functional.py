@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import observe
+
 __all__ = [
     "SigmoidLinearFunction",
     "QuadraticCostFunction",
@@ -75,8 +77,10 @@ class SigmoidLinearFunction(torch.autograd.Function):
         # compute dtype, as autocast does for built-in ops; autograd casts each gradient back to the
         # dtype of its input. Outside autocast every .to() here returns its tensor unchanged.
         dtype = a.dtype
-        # (BP1) at the output layer, (BP2) below it: δ = ∂C/∂a ⊙ σ'(z), with σ'(z) = a(1 − a)
-        delta = grad_a.to(dtype) * sigmoid_prime(a)  # (N, out)
+        sp = sigmoid_prime(a)  # σ'(z) = a(1 − a), (N, out)
+        delta = grad_a.to(dtype) * sp  # (BP1) at the output layer, (BP2) below it: δ = ∂C/∂a ⊙ σ'(z)
+        if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
+            observe._notify(weight, delta, sp)
         if ctx.needs_input_grad[0]:
             # ∂C/∂aˡ⁻¹ = δˡ Wˡ: the (δˡ⁺¹ Wˡ⁺¹) of (BP2), handed to the layer below
             grad_x = delta @ weight.to(dtype)  # (N, in)

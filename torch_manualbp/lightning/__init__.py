@@ -1,8 +1,10 @@
-r"""Lightning training for torch_manualbp: MNIST data, the training system and the ``manualbp`` CLI.
+r"""Lightning training for torch_manualbp: MNIST data, the training system, callbacks that look inside
+backpropagation, and the ``manualbp`` CLI.
 
 The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports this package.
 """
+from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
 
-__all__ = ["MNISTDataModule", "ManualBPClassifier"]
+__all__ = ["MNISTDataModule", "ManualBPClassifier", "LearningSpeedMonitor", "GradientAudit"]

@@ -1,0 +1,181 @@
+r"""Callbacks that look inside backpropagation while a ``ManualBPClassifier`` trains.
+
+- :class:`LearningSpeedMonitor`: per layer, the book's "speed of learning" :math:`\lVert\partial C/\partial b^l\rVert`,
+  :math:`\lVert\partial C/\partial W^l\rVert` and the fraction of saturated neurons, logged every N steps and
+  drawn as a chart at the end (chapter 5's vanishing gradient, measured).
+- :class:`GradientAudit`: every N steps, the hand-written gradients against plain autograd's on the same batch.
+
+To run (the vanishing-gradient experiment)::
+
+    manualbp fit --config experiments/vanishing_gradient.yaml
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..nn import SigmoidLinear
+from ..observe import record_errors
+
+__all__ = ["LearningSpeedMonitor", "GradientAudit"]
+
+
+def _log(trainer, metrics: dict[str, float]) -> None:
+    """Write to the loggers at this step only (``self.log`` would repeat the last value at every later step)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _sigmoid_layers(module: torch.nn.Module) -> list[SigmoidLinear]:
+    return [m for m in module.modules() if isinstance(m, SigmoidLinear)]
+
+
+class LearningSpeedMonitor(L.Callback):
+    r"""Log, per sigmoid layer and every ``every_n_steps`` optimizer steps, how fast it learns.
+
+    Logged for layer ``l`` (1 = the first hidden layer):
+
+    - ``speed/layer{l}``: :math:`\lVert \partial C/\partial b^l \rVert`, the length of the bias gradient, which by
+      BP3 is the batch's error :math:`\delta^l` summed over examples; the book's measure of a layer's speed of learning;
+    - ``grad_w/layer{l}``: :math:`\lVert \partial C/\partial W^l \rVert` (BP4);
+    - ``saturated/layer{l}``: the fraction of (example, neuron) pairs with :math:`\sigma'(z) <` ``saturation``,
+      neurons that by BP1/BP2 barely pass on or receive an error.
+
+    :math:`\sigma'(z)` comes from :func:`torch_manualbp.observe.record_errors`, active only during the monitored
+    steps' backward. At the end of training a chart of the three per layer over the steps is written to
+    ``chart`` (default: ``learning_speed.png`` in the trainer's log directory), with a markdown summary beside it.
+
+    Args:
+        every_n_steps: how often to measure; each measurement costs a copy of the layers' errors.
+        saturation: the :math:`\sigma'(z)` below which a neuron counts as saturated; 0.01 is :math:`|z| > 4.6`,
+            where :math:`\sigma'` is a 25th of its peak 0.25.
+        chart: where to write the PNG chart, or ``None`` for the trainer's log directory.
+    """
+
+    def __init__(self, every_n_steps: int = 100, saturation: float = 0.01, chart: str | None = None) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if not 0 < saturation < 0.25:
+            raise ValueError(f"saturation must lie in (0, 0.25), the range of σ'(z), got {saturation}")
+        self.every_n_steps = every_n_steps
+        self.saturation = saturation
+        self.chart = chart
+        self.history: dict[int, dict[str, float]] = {}
+        self._recording = None
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._recording = record_errors()
+            self._record = self._recording.__enter__()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self._recording is None:
+            return
+        self._recording.__exit__(None, None, None)
+        self._recording = None
+        metrics = {}
+        for l, (layer, errors) in enumerate(zip(_sigmoid_layers(pl_module), self._record.for_network(pl_module)), 1):
+            metrics[f"speed/layer{l}"] = layer.bias.grad.norm().item()
+            metrics[f"grad_w/layer{l}"] = layer.weight.grad.norm().item()
+            metrics[f"saturated/layer{l}"] = (errors.sigmoid_prime < self.saturation).float().mean().item()
+        self.history[trainer.global_step] = metrics
+        _log(trainer, metrics)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.history or not trainer.is_global_zero:
+            return
+        chart = Path(self.chart) if self.chart else Path(trainer.log_dir or trainer.default_root_dir) / "learning_speed.png"
+        chart.parent.mkdir(parents=True, exist_ok=True)
+        self._draw(chart)
+        chart.with_suffix(".md").write_text(self.summary())
+
+    def summary(self) -> str:
+        """A markdown table: each metric per layer at the first and last measured step, and its median."""
+        steps = sorted(self.history)
+        first, last = self.history[steps[0]], self.history[steps[-1]]
+        lines = [
+            f"| metric | at step {steps[0]} | at step {steps[-1]} | median over {len(steps)} measurements |",
+            "| --- | --- | --- | --- |",
+        ]
+        for key in first:
+            values = torch.tensor([self.history[s][key] for s in steps])
+            lines.append(f"| {key} | {first[key]:.4g} | {last[key]:.4g} | {values.median().item():.4g} |")
+        return "\n".join(lines) + "\n"
+
+    def _draw(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = sorted(self.history)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        titles = {"speed": "speed of learning ‖∂C/∂bˡ‖", "grad_w": "‖∂C/∂Wˡ‖", "saturated": "saturated fraction, σ'(z) < "
+                  f"{self.saturation:g}"}  # fmt: skip
+        for ax, (prefix, title) in zip(axes, titles.items()):
+            for key in [k for k in self.history[steps[0]] if k.startswith(prefix + "/")]:
+                ax.plot(steps, [self.history[s][key] for s in steps], label=key.split("/")[1].replace("layer", "layer "))
+            ax.set(title=title, xlabel="step", yscale="linear" if prefix == "saturated" else "log")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+class GradientAudit(L.Callback):
+    r"""Every ``every_n_steps`` steps, recompute the batch's gradients with plain autograd and compare.
+
+    The reference is the network written in plain ops, :math:`a = \sigma(\text{linear}(a, W, b))` layer by layer
+    and :math:`C = \frac{1}{2n}\sum_x \lVert y - a \rVert^2`, differentiated by autograd; it is compared with the
+    ``.grad`` of each parameter that the hand-written backward produced. The largest relative difference
+    (per parameter: max absolute difference / max absolute reference value) is logged as ``audit/max_rel_diff``.
+    Under DDP the reference is averaged over processes, as the gradients are. Meant for a
+    ``ManualBPClassifier``, whose training cost is exactly that.
+
+    Args:
+        every_n_steps: how often to audit; each audit costs one more forward and backward pass.
+        tolerance: the largest relative difference accepted; 1e-4 leaves a wide margin over float32 rounding
+            (about 1e-6 here) while catching any wrong term. Mixed precision needs a looser one.
+        fail: raise ``RuntimeError`` above the tolerance (default) rather than only log.
+    """
+
+    def __init__(self, every_n_steps: int = 100, tolerance: float = 1e-4, fail: bool = True) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if tolerance <= 0:
+            raise ValueError(f"tolerance must be > 0, got {tolerance}")
+        self.every_n_steps = every_n_steps
+        self.tolerance = tolerance
+        self.fail = fail
+        self._batch = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch = batch if trainer.global_step % self.every_n_steps == 0 else None
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self._batch is None:
+            return
+        x, y, _ = self._batch
+        self._batch = None
+        layers = _sigmoid_layers(pl_module)
+        params = [p.detach().requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
+        with torch.enable_grad():
+            a = x
+            for w, b in zip(params[0::2], params[1::2]):
+                a = torch.sigmoid(torch.nn.functional.linear(a, w, b))
+            reference = torch.autograd.grad(0.5 * ((a - y) ** 2).sum(1).mean(), params)
+        ours = [p.grad for layer in layers for p in (layer.weight, layer.bias)]
+        worst = 0.0
+        for mine, theirs in zip(ours, reference):
+            theirs = trainer.strategy.reduce(theirs, reduce_op="mean") if trainer.world_size > 1 else theirs
+            scale = theirs.abs().max().clamp_min(torch.finfo(theirs.dtype).tiny)
+            worst = max(worst, ((mine - theirs).abs().max() / scale).item())
+        _log(trainer, {"audit/max_rel_diff": worst})
+        if worst > self.tolerance and self.fail:
+            raise RuntimeError(
+                f"gradient audit failed at step {trainer.global_step}: the hand-written gradients differ from "
+                f"autograd's by {worst:.3g} (relative), above the tolerance {self.tolerance:g}"
+            )
