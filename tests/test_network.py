@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from book import book_backprop
+from benchmarks.book_network import BookNetwork
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import QuadraticCost, SigmoidLinear
@@ -47,17 +47,21 @@ def test_backprop_equals_plain_autograd(net_and_batch):
 def test_batched_matrix_form_equals_the_books_per_example_loop(net_and_batch):
     net, x, labels = net_and_batch
     result = net.backprop(x, labels)
-    weights = [layer.weight.detach().numpy() for layer in net.layers]
-    biases = [layer.bias.detach().numpy() for layer in net.layers]
+    book = BookNetwork(
+        net.sizes,
+        weights=[layer.weight.detach().numpy() for layer in net.layers],
+        biases=[layer.bias.detach().numpy() for layer in net.layers],
+    )
     y = np.eye(3)[labels.numpy()]
-    per_example = [book_backprop(weights, biases, x[i].numpy(), y[i]) for i in range(len(x))]
+    # network.py's backprop, one column-vector example at a time: (nabla_b, nabla_w), and nabla_b is δ (BP3)
+    per_example = [book.backprop(x[i].numpy().reshape(-1, 1), y[i].reshape(-1, 1)) for i in range(len(x))]
     for l in range(len(net.layers)):
         # update_mini_batch averages the per-example gradients over the mini-batch
-        mean_w = sum(ex[0][l] for ex in per_example) / len(x)
-        mean_b = sum(ex[1][l] for ex in per_example) / len(x)
+        mean_b = sum(nabla_b[l] for nabla_b, _ in per_example).ravel() / len(x)
+        mean_w = sum(nabla_w[l] for _, nabla_w in per_example) / len(x)
         torch.testing.assert_close(result.nabla_w[l], torch.from_numpy(mean_w), **F64)
         torch.testing.assert_close(result.nabla_b[l], torch.from_numpy(mean_b), **F64)
-        deltas = torch.from_numpy(np.stack([ex[2][l] for ex in per_example]))
+        deltas = torch.from_numpy(np.stack([nabla_b[l].ravel() for nabla_b, _ in per_example]))
         torch.testing.assert_close(result.delta[l], deltas, **F64)
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from book import book_backprop
+from benchmarks.book_network import BookNetwork
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
@@ -25,13 +25,16 @@ def test_recorded_errors_equal_backprop_and_the_books_per_example_formula():
     n = len(x)
     for mine, theirs in zip(recorded, net.backprop(x, labels).delta):
         torch.testing.assert_close(mine.delta * n, theirs, **F64)
-    weights = [layer.weight.detach().numpy() for layer in net.layers]
-    biases = [layer.bias.detach().numpy() for layer in net.layers]
+    book = BookNetwork(
+        net.sizes,
+        weights=[layer.weight.detach().numpy() for layer in net.layers],
+        biases=[layer.bias.detach().numpy() for layer in net.layers],
+    )
     y = np.eye(3)[labels.numpy()]
     for i in range(n):
-        _, _, book_deltas = book_backprop(weights, biases, x[i].numpy(), y[i])
+        book_deltas, _ = book.backprop(x[i].numpy().reshape(-1, 1), y[i].reshape(-1, 1))  # nabla_b = δ (BP3)
         for entry, book_delta in zip(recorded, book_deltas):
-            torch.testing.assert_close(entry.delta[i] * n, torch.from_numpy(book_delta), **F64)
+            torch.testing.assert_close(entry.delta[i] * n, torch.from_numpy(book_delta.ravel()), **F64)
 
 
 def test_recorded_sigmoid_prime_is_that_of_the_forward_activations():

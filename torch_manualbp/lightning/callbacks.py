@@ -92,16 +92,19 @@ class LearningSpeedMonitor(L.Callback):
         chart.with_suffix(".md").write_text(self.summary())
 
     def summary(self) -> str:
-        """A markdown table: each metric per layer at the first and last measured step, and its median."""
+        """A markdown table: each metric per layer at the first measured step, and its median over the first
+        and over the last tenth of the measurements (one mini-batch is noisy; a median is not)."""
         steps = sorted(self.history)
-        first, last = self.history[steps[0]], self.history[steps[-1]]
+        tenth = max(1, len(steps) // 10)
         lines = [
-            f"| metric | at step {steps[0]} | at step {steps[-1]} | median over {len(steps)} measurements |",
+            f"| metric | at step {steps[0]} | median, steps {steps[0]}-{steps[tenth - 1]} "
+            f"| median, steps {steps[-tenth]}-{steps[-1]} |",
             "| --- | --- | --- | --- |",
         ]
-        for key in first:
+        for key in self.history[steps[0]]:
             values = torch.tensor([self.history[s][key] for s in steps])
-            lines.append(f"| {key} | {first[key]:.4g} | {last[key]:.4g} | {values.median().item():.4g} |")
+            early, late = values[:tenth].median().item(), values[-tenth:].median().item()
+            lines.append(f"| {key} | {values[0].item():.4g} | {early:.4g} | {late:.4g} |")
         return "\n".join(lines) + "\n"
 
     def _draw(self, path: Path) -> None:

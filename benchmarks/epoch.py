@@ -1,0 +1,241 @@
+r"""Section 2: one training epoch of the book's chapter-1 configuration, four ways.
+
+``[784, 30, 10]``, η = 3.0, mini-batches of 10, the book's N(0, 1) initialisation, 50,000 training
+examples (``--quick``: the first 2,000 of the same shuffled order). All contenders start from the same
+weights and see the same mini-batches in the same order (the data module's seeded epoch-0 permutation):
+
+* ``lightning``: the project's real path, ``ManualBPClassifier`` + ``MNISTDataModule`` under a
+  ``lightning.Trainer`` (no logger, no checkpoints, no progress bar, ``limit_val_batches=0``,
+  ``max_epochs=1``). Timed twice: the epoch alone (train epoch start to end, from a callback) and the
+  whole ``trainer.fit`` call including the Trainer's construction and setup.
+* ``loop (Functions)``: the same network, cost and ``torch.optim.SGD`` in a plain Python loop over the
+  same batch iterable; the difference to ``lightning`` is Lightning's per-step overhead.
+* ``loop (autograd)``: a plain loop with ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops;
+  the difference to ``loop (Functions)`` is the custom Functions' cost in training.
+* ``book (numpy)``: :class:`benchmarks.book_network.BookNetwork`, example by example in float64
+  (CPU only).
+
+Ratios are to ``loop (autograd)``. After each epoch the validation accuracy is computed (not timed)
+as a check that every contender trained the same network the same way.
+
+To run only this section::
+
+    python -m benchmarks --only epoch [--quick]
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_manualbp import Network
+from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
+from torch_manualbp.lightning.datamodule import ShuffledBatches
+from torch_manualbp.nn import QuadraticCost
+
+from .book_network import BookNetwork
+from .timing import median, synchronizer
+
+__all__ = ["run"]
+
+SIZES, ETA, BATCH_SIZE, SEED = [784, 30, 10], 3.0, 10, 0
+
+
+def _quiet_lightning() -> None:
+    """Lightning prints its device summary at every fit and warns about the tiny runs used here."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*(limit_val_batches|log_every_n_steps|num_workers).*")
+
+
+class _EpochTimer:
+    """A Lightning callback (built lazily so this module imports without touching Lightning's classes)."""
+
+    @staticmethod
+    def make(sync):
+        import lightning as L
+
+        class EpochTimer(L.Callback):
+            def __init__(self):
+                self.seconds = None
+
+            def on_train_epoch_start(self, trainer, pl_module):
+                sync()
+                self._start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module):
+                sync()
+                self.seconds = time.perf_counter() - self._start
+
+        return EpochTimer()
+
+
+class EpochBench:
+    """The data, the shared initial weights and the four contenders for one device."""
+
+    def __init__(self, data_dir: Path, examples: int, device: torch.device) -> None:
+        self.device = device
+        self.sync = synchronizer(device)
+        self.steps = -(-examples // BATCH_SIZE)
+        self.examples = examples
+        self.datamodule = MNISTDataModule(str(data_dir), batch_size=BATCH_SIZE, seed=SEED)
+        self.datamodule.setup("fit")
+        torch.manual_seed(SEED)
+        self.initial = Network(SIZES, init="normal").state_dict()
+        train = self.datamodule.splits["train"]
+        self.train = tuple(t.to(device) for t in train)
+        self.val = tuple(t.to(device) for t in self.datamodule.splits["val"])
+        self._prepare_book(train)
+
+    def _batches(self, labels: torch.Tensor | None = None) -> ShuffledBatches:
+        """The data module's own epoch-0 batches (same class, seed and order as under the Trainer)."""
+        x, y, l = self.train
+        return ShuffledBatches(x, y, l if labels is None else labels, BATCH_SIZE, seed=SEED, epoch=0)
+
+    def _prepare_book(self, train) -> None:
+        """The book's data layout, untimed: a list of (784×1, 10×1) float64 columns per example, and the
+        mini-batches' example indices, read off the data module's order by batching the indices themselves."""
+        if self.device.type != "cpu":
+            self.book_batches = None
+            return
+        x, y, _ = train
+        index_batches = [idx for *_, idx in self._batches(torch.arange(len(x)))][: self.steps]
+        used = torch.cat(index_batches)[: self.examples].tolist()
+        x64, y64 = x.double().numpy(), y.double().numpy()
+        self.book_data = {i: (x64[i].reshape(-1, 1).copy(), y64[i].reshape(-1, 1).copy()) for i in used}
+        self.book_batches = [b.tolist() for b in index_batches]
+
+    # -- contenders: each trains one epoch from the initial weights and returns (seconds, extra, network)
+
+    def lightning(self):
+        import lightning as L
+
+        model = ManualBPClassifier(sizes=SIZES, eta=ETA, init="normal")
+        model.network.load_state_dict(self.initial)
+        timer = _EpochTimer.make(self.sync)
+        start = time.perf_counter()
+        trainer = L.Trainer(
+            accelerator=self.device.type,
+            devices=1,
+            max_epochs=1,
+            limit_train_batches=self.steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
+        trainer.fit(model, datamodule=self.datamodule)
+        self.sync()
+        fit_seconds = time.perf_counter() - start
+        return timer.seconds, {"fit_s": fit_seconds}, model.network
+
+    def loop_functions(self):
+        net = Network(SIZES, init="normal", device=self.device)
+        net.load_state_dict(self.initial)
+        cost_fn = QuadraticCost()
+        optimizer = torch.optim.SGD(net.parameters(), lr=ETA)
+        self.sync()
+        start = time.perf_counter()
+        for step, (x, y, _) in enumerate(self._batches()):
+            if step == self.steps:
+                break
+            optimizer.zero_grad()
+            cost_fn(net(x), y).backward()
+            optimizer.step()
+        self.sync()
+        return time.perf_counter() - start, {}, net
+
+    def loop_autograd(self):
+        net = Network(SIZES, init="normal", device=self.device)  # only as a container for the weights
+        net.load_state_dict(self.initial)
+        params = [(layer.weight, layer.bias) for layer in net.layers]
+        optimizer = torch.optim.SGD(net.parameters(), lr=ETA)
+        self.sync()
+        start = time.perf_counter()
+        for step, (x, y, _) in enumerate(self._batches()):
+            if step == self.steps:
+                break
+            optimizer.zero_grad()
+            a = x
+            for w, b in params:
+                a = torch.sigmoid(F.linear(a, w, b))
+            (0.5 * ((a - y) ** 2).sum(1).mean()).backward()
+            optimizer.step()
+        self.sync()
+        return time.perf_counter() - start, {}, net
+
+    def book(self):
+        sd = self.initial
+        weights = [sd[f"layers.{i}.weight"].double().numpy() for i in range(len(SIZES) - 1)]
+        biases = [sd[f"layers.{i}.bias"].double().numpy() for i in range(len(SIZES) - 1)]
+        net = BookNetwork(SIZES, weights=weights, biases=biases)
+        start = time.perf_counter()
+        # cutting the mini-batches from the shuffled data is part of the book's epoch too
+        mini_batches = [[self.book_data[i] for i in batch] for batch in self.book_batches]
+        net.train_epoch(mini_batches, ETA)
+        return time.perf_counter() - start, {}, net
+
+    def contenders(self) -> dict:
+        found = {
+            "lightning": self.lightning,
+            "loop (Functions)": self.loop_functions,
+            "loop (autograd)": self.loop_autograd,
+        }
+        if self.book_batches is not None:
+            found["book (numpy)"] = self.book
+        return found
+
+    def val_accuracy(self, net) -> float:
+        x, _, labels = self.val
+        if isinstance(net, BookNetwork):
+            a = x.double().cpu().numpy()
+            for w, b in zip(net.weights, net.biases):  # all 10,000 columns at once: this is only a check
+                a = 1.0 / (1.0 + np.exp(-(a @ w.T + b.T)))
+            return float((a.argmax(1) == labels.cpu().numpy()).mean())
+        with torch.no_grad():
+            return float((net(x).argmax(1) == labels).float().mean())
+
+
+def run(data_dir: Path, examples: int, repeats: int, device, log=print) -> list[dict]:
+    """Each contender trains ``repeats`` epochs from the same start, in alternating order; one row each."""
+    _quiet_lightning()
+    bench = EpochBench(data_dir, examples, torch.device(device))
+    contenders = bench.contenders()
+    seconds = {name: [] for name in contenders}
+    extra = {name: [] for name in contenders}
+    accuracy = {}
+    names = list(contenders)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            s, more, net = contenders[name]()
+            seconds[name].append(s)
+            extra[name].append(more)
+            accuracy[name] = bench.val_accuracy(net)
+            log(f"  {name:17s} repeat {repeat}: {s:7.3f} s  val accuracy {accuracy[name]:.4f}")
+    reference = median(seconds["loop (autograd)"])
+    rows = []
+    for name in names:
+        epoch_s = median(seconds[name])
+        row = {
+            "contender": name,
+            "device": str(device),
+            "examples": examples,
+            "steps": bench.steps,
+            "epoch_s": epoch_s,
+            "us_per_step": epoch_s / bench.steps * 1e6,
+            "ratio": epoch_s / reference,
+            "val_accuracy": accuracy[name],
+            "samples_s": seconds[name],
+        }
+        if name == "lightning":
+            row["fit_s"] = median([m["fit_s"] for m in extra[name]])
+        rows.append(row)
+    return rows

@@ -1,0 +1,142 @@
+r"""Turn the sections' rows into the outputs: a markdown table, a JSON record and a PNG chart.
+
+* ``benchmark.md``: the machine, the command, then one table per section (medians and ratios).
+* ``benchmark.json``: everything, raw samples included.
+* ``benchmark.png``: custom/autograd time ratio per shape (section 1) and each epoch contender's
+  ratio to the plain autograd loop (section 2), as bars, with a line at 1.0 (equal speed).
+
+Called by ``python -m benchmarks``; not meant to be run on its own.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["markdown", "write"]
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.1f}"
+
+
+def _machine(meta: dict) -> str:
+    m = meta["machine"]
+    return "\n".join([
+        f"- Command: `{meta['command']}` ({meta['date']}, {'quick' if meta['quick'] else 'full'} run)",
+        f"- CPU: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch threads: {m['torch_threads']}, "
+        f"load average at start: {', '.join(f'{x:.2f}' for x in m['load_average'] or [])}",
+        f"- GPU: {m['cuda'] or 'none (CUDA not available)'}",
+        f"- Python {m['python']}, torch {m['torch']}, lightning {m['lightning']}, numpy {m['numpy']}",
+        f"- Timing: `time.perf_counter`, contenders interleaved (A B, B A, ...), medians of "
+        f"{meta['repeats']} samples per contender after a warm-up",
+    ])
+
+
+def _functions_table(rows: list[dict]) -> str:
+    lines = [
+        "| case | device | N | H | custom µs | autograd µs | custom/autograd | saved KiB custom | saved KiB autograd "
+        "| extra KiB custom | extra KiB autograd | max grad diff |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['device']} | {r['batch']} | {r['hidden']} | {r['custom_us']:,.1f} | "
+            f"{r['autograd_us']:,.1f} | {r['ratio']:.2f} | {_kib(r['saved_custom'])} | {_kib(r['saved_autograd'])} | "
+            f"{_kib(r['extra_custom'])} | {_kib(r['extra_autograd'])} | {r['max_grad_diff']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def _epoch_table(rows: list[dict]) -> str:
+    lines = [
+        "| contender | device | examples | steps | epoch s | µs/step | ratio to loop (autograd) | val accuracy after |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        fit = f" (whole fit: {r['fit_s']:.3f})" if "fit_s" in r else ""
+        lines.append(
+            f"| {r['contender']} | {r['device']} | {r['examples']:,} | {r['steps']:,} | {r['epoch_s']:.3f}{fit} | "
+            f"{r['us_per_step']:,.0f} | {r['ratio']:.2f} | {r['val_accuracy']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _time95_table(results: list[dict]) -> str:
+    lines = [
+        "| device | target | reached | test accuracy | step | epoch | s to target (from process start) | process wall s |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['device']} | {r['target']:.0%} | {'yes' if r['reached'] else 'no'} | {r.get('accuracy', float('nan')):.4f} | "
+            f"{r.get('step')} | {r.get('epoch')} | {r.get('elapsed_s', float('nan')):.1f} | {r['process_wall_s']:.1f} |"
+        )
+    hp = results[0]["hparams"]
+    data = results[0]["config"]["data"]
+    lines.append(
+        f"\nConfiguration: `{results[0]['command']}`; sizes {hp['sizes']}, η = {hp['eta']}, init {hp['init']}, "
+        f"mini-batch {data['batch_size']}, test accuracy checked every "
+        f"{results[0]['config']['trainer']['callbacks'][0]['init_args']['every_n_steps']} steps."
+    )
+    return "\n".join(lines)
+
+
+def markdown(meta: dict, sections: dict) -> str:
+    parts = ["# torch_manualbp benchmark", _machine(meta)]
+    if "functions" in sections:
+        parts += [
+            "## 1. Forward+backward: custom Functions vs autograd",
+            "`layer`: 784 → H sigmoid layer, x requires grad. `network`: [784, H, 10] + mean quadratic cost. "
+            "Ratio < 1: the custom Functions are faster. Saved: unique storages saved for backward; extra: "
+            "those the caller does not hold anyway (not an input, parameter, target or the output).",
+            _functions_table(sections["functions"]),
+        ]
+    if "epoch" in sections:
+        parts += [
+            "## 2. One training epoch, [784, 30, 10], η = 3.0, mini-batch 10",
+            "Same initial weights and batches for all; equal validation accuracies confirm they trained alike.",
+            _epoch_table(sections["epoch"]),
+        ]
+    if "time95" in sections:
+        parts += ["## 3. Time to target test accuracy via `manualbp fit`", _time95_table(sections["time95"])]
+    parts += ["## 4. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
+    return "\n\n".join(parts) + "\n"
+
+
+def _plot(sections: dict, path: Path) -> None:
+    panels = [k for k in ("functions", "epoch") if k in sections]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 4.2 * len(panels)), squeeze=False)
+    for ax, key in zip(axes[:, 0], panels):
+        rows = sections[key]
+        if key == "functions":
+            labels = [f"{r['case'][0].upper()} {r['device']}\nN={r['batch']}\nH={r['hidden']}" for r in rows]
+            colors = ["tab:blue" if r["case"] == "layer" else "tab:orange" for r in rows]
+            ax.set_title("Forward+backward time, custom Functions / autograd (blue: layer, orange: network)")
+        else:
+            labels = [f"{r['contender']}\n{r['device']}" for r in rows]
+            colors = "tab:green"
+            ax.set_title("One epoch, time / plain autograd loop")
+        ax.bar(range(len(rows)), [r["ratio"] for r in rows], color=colors)
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel("time ratio (< 1: faster)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(out: Path, meta: dict, sections: dict) -> str:
+    """Write benchmark.md, benchmark.json and benchmark.png under ``out``; return the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(meta, sections)
+    (out / "benchmark.md").write_text(text)
+    (out / "benchmark.json").write_text(json.dumps({"meta": meta, **sections}, indent=2, default=str))
+    _plot(sections, out / "benchmark.png")
+    return text

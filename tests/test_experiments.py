@@ -1,0 +1,40 @@
+"""The experiments' own computations, on small cases (the experiments themselves run from the README)."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+from finite_differences import backprop_gradient, finite_difference_gradient  # noqa: E402
+
+from torch_manualbp import Network  # noqa: E402
+
+
+def test_finite_difference_gradient_agrees_with_backprop_to_forward_difference_precision():
+    torch.manual_seed(0)
+    net = Network([5, 4, 3], dtype=torch.float64)
+    x = torch.rand(6, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    before = [p.detach().clone() for p in net.parameters()]
+    fd = finite_difference_gradient(net, x, labels, eps=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))  # every nudge was undone
+    bp = backprop_gradient(net, x, labels)
+    reference = torch.autograd.grad(
+        0.5 * ((net(x) - torch.eye(3, dtype=torch.float64)[labels]) ** 2).sum(1).mean(), list(net.parameters())
+    )
+    for f, b, r in zip(fd, bp, reference):
+        torch.testing.assert_close(b, r, rtol=1e-10, atol=1e-12)
+        # a forward difference is off by about ε·C''/2: 1e-6 relative to the gradient's scale is ample
+        torch.testing.assert_close(f, b, rtol=0, atol=1e-6 * b.abs().max().item())
+
+
+def test_learning_slowdown_error_is_bp1_and_the_saturated_start_learns_slower():
+    from learning_slowdown import train
+
+    slow, fast = train(2.0, 2.0, epochs=50), train(0.6, 0.9, epochs=50)
+    a = torch.sigmoid(torch.tensor(4.0, dtype=torch.float64)).item()  # z = w·1 + b = 4
+    assert abs(slow["delta"][0] - a * a * (1 - a)) < 1e-15  # (BP1) for C = ½(y − a)², one example
+    # δ = (a − y) σ'(z) with y = 0: the saturated neuron's error is 7 times smaller, and so is its progress.
+    assert slow["delta"][0] < fast["delta"][0] / 5
+    assert slow["cost"][0] - slow["cost"][50] < (fast["cost"][0] - fast["cost"][50]) / 10
