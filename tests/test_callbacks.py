@@ -74,7 +74,12 @@ class DoubledCost(ManualBPClassifier):
     """A training step whose gradients are twice the quadratic cost's: what the audit must catch."""
 
     def training_step(self, batch, batch_idx):
-        return 2 * super().training_step(batch, batch_idx)
+        x, y, _ = batch
+        self.last_mini_batch = (x, y)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(2 * self.network.cost(x, y))
+        optimizer.step()
 
 
 def test_gradient_audit_fails_loudly_on_a_wrong_gradient(tmp_path):

@@ -74,19 +74,33 @@ def test_one_epoch_of_the_nielsen_config_reaches_90_percent_test_accuracy(tmp_pa
     assert last(metrics(tmp_path), "test/accuracy") > 0.90
 
 
-def test_training_step_cost_starts_backward_in_the_hand_written_function():
+def test_training_cost_starts_backward_in_the_hand_written_function():
     model = ManualBPClassifier([784, 30, 10])
-    x = torch.rand(10, 784)
-    labels = torch.randint(0, 10, (10,))
-    cost = model.training_step((x, torch.eye(10)[labels], labels), 0)
-    assert type(cost.grad_fn).__name__ == "QuadraticCostFunctionBackward"
-    assert type(cost.grad_fn.next_functions[0][0]).__name__ == "SigmoidLinearFunctionBackward"
+    x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
+    assert type(model.network.cost(x, labels).grad_fn).__name__ == "NetworkCostFunctionBackward"
+
+
+def test_blocks_of_mini_batches_train_exactly_like_one_mini_batch_per_step(tmp_path):
+    import lightning as L
+
+    weights = []
+    for batch_size, mini_batch_size in ((10, None), (100, 10)):
+        torch.manual_seed(0)
+        model = ManualBPClassifier([784, 30, 10], mini_batch_size=mini_batch_size)
+        trainer = L.Trainer(
+            max_steps=300, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, MNISTDataModule(data_dir=str(ROOT / "data" / "mnist"), batch_size=batch_size))
+        assert trainer.global_step == 300  # SGD updates, not Lightning batches
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))  # the same updates in the same order
 
 
 @pytest.mark.parametrize(
     "kwargs,word",
     [({"eta": 0.0}, "eta"), ({"momentum": 1.0}, "momentum"), ({"weight_decay": -1.0}, "weight_decay"),
-     ({"lr_schedule": "step"}, "lr_schedule")],
+     ({"lr_schedule": "step"}, "lr_schedule"), ({"mini_batch_size": 0}, "mini_batch_size")],
 )  # fmt: skip
 def test_bad_hyperparameters_raise_value_errors(kwargs, word):
     with pytest.raises(ValueError, match=word):

@@ -128,3 +128,42 @@ def test_sigmoid_linear_drops_into_an_ordinary_pytorch_model():
     ref = torch.autograd.grad(0.5 * ((a2 - torch.eye(4)[labels]) ** 2).sum(1).mean(), [first.weight, second.bias])
     torch.testing.assert_close(first.weight.grad, ref[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(second.bias.grad, ref[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_network_cost_equals_the_per_layer_functions_bit_for_bit(dtype):
+    torch.manual_seed(0)
+    net = Network([784, 30, 30, 10], dtype=dtype)
+    x, labels = torch.rand(10, 784, dtype=dtype), torch.randint(0, 10, (10,))
+    fused = net.cost(x, labels)
+    fused.backward()
+    fused_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    layered = quadratic_cost(net(x), labels)
+    layered.backward()
+    # the same operations in the same order, one autograd node instead of one per layer
+    assert torch.equal(fused, layered)
+    assert all(torch.equal(g, p.grad) for g, p in zip(fused_grads, net.parameters()))
+
+
+def test_fused_network_cost_gives_the_input_and_target_gradients_of_plain_autograd():
+    torch.manual_seed(0)
+    net = Network([5, 4, 3], dtype=torch.float64)
+    x = torch.rand(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(6, 3, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(net.cost(x, y), (x, y))
+    a = x
+    for layer in net.layers:
+        a = torch.sigmoid(a @ layer.weight.T + layer.bias)
+    want = torch.autograd.grad(0.5 * ((a - y) ** 2).sum(1).mean(), (x, y))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F64)
+
+
+def test_fused_network_cost_refuses_autocast_and_double_backward_clearly():
+    net = Network([5, 4, 3])
+    x, labels = torch.rand(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="autocast"):
+        net.cost(x, labels)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad(net.cost(x, labels), net.layers[0].weight, create_graph=True)

@@ -13,10 +13,21 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .functional import _check_float_tensor, _check_same_kind, sigmoid_prime, targets_like
+from . import observe
+from .functional import (
+    QuadraticCostFunction,
+    _check_float_tensor,
+    _check_same_kind,
+    _error,
+    _per_example,
+    _targets,
+    sigmoid_delta,
+    sigmoid_prime,
+    targets_like,
+)
 from .nn import SigmoidLinear
 
-__all__ = ["Network", "Backprop"]
+__all__ = ["Network", "Backprop", "NetworkCostFunction", "feedforward", "backpropagate"]
 
 
 class Backprop(NamedTuple):
@@ -96,23 +107,40 @@ class Network(nn.Module):
             :class:`Backprop`: ``nabla_w``, ``nabla_b``, ``delta`` per layer, and the ``cost``.
         """
         self._check_batch(x)
-        # Feedforward, keeping every activation: a⁰ = x, then aˡ = σ(zˡ) with zˡ = aˡ⁻¹ Wˡᵀ + bˡ.
-        activations = [x]
-        for layer in self.layers:
-            activations.append(torch.sigmoid(torch.addmm(layer.bias, activations[-1], layer.weight.T)))
+        weights = [layer.weight for layer in self.layers]
+        activations = feedforward(x, weights, [layer.bias for layer in self.layers])
         output = activations[-1]  # aᴸ, (N, sizes[-1])
         y = targets_like(output, y)
         n = x.shape[0]
-        cost = 0.5 * ((y - output) ** 2).sum(1).mean()  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
-
-        # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
-        deltas = [None] * len(self.layers)
-        deltas[-1] = (output - y) * sigmoid_prime(output)  # (BP1) δᴸ = ∇_a C_x ⊙ σ'(zᴸ)
-        for i in reversed(range(len(self.layers) - 1)):
-            deltas[i] = (deltas[i + 1] @ self.layers[i + 1].weight) * sigmoid_prime(activations[i + 1])  # (BP2)
-        nabla_b = [delta.sum(0) / n for delta in deltas]  # (BP3) ∂C/∂bˡ = (1/n) Σ_x δ^{x,l}
-        nabla_w = [delta.T @ a / n for delta, a in zip(deltas, activations[:-1])]  # (BP4) (1/n) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
+        cost = QuadraticCostFunction.forward(output, y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
+        # ∇_a C_x = aᴸ − y for each example: the rows of δ are the book's per-example δ^{x,l}
+        sum_w, sum_b, deltas = backpropagate(weights, activations, output - y)
+        nabla_w = [s / n for s in sum_w]  # ∂C/∂Wˡ = (1/n) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
+        nabla_b = [s / n for s in sum_b]  # ∂C/∂bˡ = (1/n) Σ_x δ^{x,l}
         return Backprop(nabla_w, nabla_b, deltas, cost)
+
+    def cost(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""The mean quadratic cost of a mini-batch as one autograd node: the fast path for training.
+
+        ``network.cost(x, y)`` equals ``quadratic_cost(network(x), y)``, with the same gradients, but
+        its backward is :class:`NetworkCostFunction`'s: BP1-BP4 over all layers at once, in matrix form
+        (:func:`backpropagate`, as in :meth:`backprop`), instead of one node per layer. Fewer nodes
+        means less per-node overhead, which dominates at the book's mini-batches of 10.
+
+        It gives up what only the per-layer Functions offer: double backward, ``torch.func`` transforms,
+        forward-mode AD and autocast (it computes in the parameters' dtype).
+
+        Shape:
+            - x: :math:`(N, \text{sizes}[0])`.
+            - y: :math:`(N, \text{sizes}[-1])` floats or :math:`(N)` integer labels.
+            - Output: a scalar.
+        """
+        self._check_batch(x)
+        if torch.is_autocast_enabled(x.device.type):
+            raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use quadratic_cost(network(x), y)")
+        y = _targets(y, (x.shape[0], self.sizes[-1]), x)
+        params = [p for layer in self.layers for p in (layer.weight, layer.bias)]
+        return NetworkCostFunction.apply(x, y, *params)
 
     def _check_batch(self, x: Tensor) -> None:
         _check_float_tensor("x", x)
@@ -126,3 +154,74 @@ class Network(nn.Module):
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}"
 
+
+
+def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
+    r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`."""
+    activations = [x]
+    for weight, bias in zip(weights, biases):
+        activations.append(torch.sigmoid(torch.addmm(bias, activations[-1], weight.T)))
+    return activations
+
+
+def backpropagate(
+    weights: Sequence[Tensor], activations: Sequence[Tensor], error: Tensor
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    r"""BP1-BP4 over all layers, from the gradient of the cost with respect to the output activations.
+
+    Args:
+        weights: :math:`W^1 \dots W^L`.
+        activations: :math:`a^0 = x, a^1 \dots a^L`, as :func:`feedforward` returns them.
+        error: :math:`\partial C/\partial a^L`, one row per example.
+
+    Returns:
+        ``(sum_w, sum_b, deltas)``: per layer :math:`\delta^{l\top} a^{l-1}` and :math:`\sum_x \delta^l_x`,
+        which are :math:`\partial C/\partial W^l` and :math:`\partial C/\partial b^l` when the rows of ``error``
+        are the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
+    """
+    # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
+    deltas = [None] * len(weights)
+    deltas[-1] = sigmoid_delta(error, activations[-1])  # (BP1) δᴸ = ∇_a C ⊙ σ'(zᴸ)
+    for i in reversed(range(len(weights) - 1)):
+        deltas[i] = sigmoid_delta(deltas[i + 1] @ weights[i + 1], activations[i + 1])  # (BP2) (δˡ⁺¹ Wˡ⁺¹) ⊙ σ'(zˡ)
+    sum_b = [delta.sum(0) for delta in deltas]  # (BP3) Σ_x δ^{x,l}
+    sum_w = [delta.T @ a for delta, a in zip(deltas, activations[:-1])]  # (BP4) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
+    return sum_w, sum_b, deltas
+
+
+class NetworkCostFunction(torch.autograd.Function):
+    r"""A whole ``Network`` and its mean quadratic cost as one autograd node (see :meth:`Network.cost`).
+
+    ``forward(x, y, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward` and returns
+    :math:`C = \frac{1}{2n}\sum_x \lVert y(x) - a^L(x) \rVert^2`; ``backward`` runs :func:`backpropagate` once.
+    It saves the activations it needs, as autograd would, and no other intermediate. Its backward is not
+    itself differentiable, and says so; the per-layer Functions' are.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, *params: Tensor) -> Tensor:
+        weights, biases = params[0::2], params[1::2]
+        activations = feedforward(x, weights, biases)
+        cost = QuadraticCostFunction.forward(activations[-1], y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
+        ctx.save_for_backward(y, *weights, *activations)
+        return cost
+
+    @staticmethod
+    def backward(ctx, grad_cost: Tensor):
+        if torch.is_grad_enabled():  # backward(create_graph=True): the saved activations are not in any graph
+            raise RuntimeError(
+                "Network.cost's backward is not differentiable (create_graph=True); "
+                "for higher derivatives use quadratic_cost(network(x), y)"
+            )
+        y, *saved = ctx.saved_tensors
+        depth = len(saved) // 2
+        weights, activations = saved[:depth], saved[depth:]
+        output = activations[-1]
+        error = _error(output, y) * _per_example(grad_cost, output, "mean")  # ∇_a C = (aᴸ − y)/n
+        sum_w, sum_b, deltas = backpropagate(weights, activations, error)
+        if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors()
+            for weight, delta, a in zip(weights, deltas, activations[1:]):
+                observe._notify(weight, delta, sigmoid_prime(a))
+        grad_x = deltas[0] @ weights[0] if ctx.needs_input_grad[0] else None  # the (δ¹ W¹) of (BP2), for x
+        grad_y = -error if ctx.needs_input_grad[1] else None
+        return (grad_x, grad_y, *[g for pair in zip(sum_w, sum_b) for g in pair])

@@ -136,7 +136,8 @@ class GradientAudit(L.Callback):
     ``.grad`` of each parameter that the hand-written backward produced. The largest relative difference
     (per parameter: max absolute difference / max absolute reference value) is logged as ``audit/max_rel_diff``.
     Under DDP the reference is averaged over processes, as the gradients are. Meant for a
-    ``ManualBPClassifier``, whose training cost is exactly that.
+    ``ManualBPClassifier``, whose training cost is exactly that and which exposes the mini-batch it just
+    differentiated as ``last_mini_batch``.
 
     Args:
         every_n_steps: how often to audit; each audit costs one more forward and backward pass.
@@ -153,16 +154,11 @@ class GradientAudit(L.Callback):
         self.every_n_steps = every_n_steps
         self.tolerance = tolerance
         self.fail = fail
-        self._batch = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch = batch if trainer.global_step % self.every_n_steps == 0 else None
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        if self._batch is None:
+        if trainer.global_step % self.every_n_steps != 0:
             return
-        x, y, _ = self._batch
-        self._batch = None
+        x, y = pl_module.last_mini_batch  # the mini-batch whose gradients were just computed
         layers = _sigmoid_layers(pl_module)
         params = [p.detach().requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
         with torch.enable_grad():

@@ -1,8 +1,13 @@
 r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``.
 
-The network and its gradients are the core's: the step's cost is ``QuadraticCost``, so the backward
-pass starts in ``QuadraticCostFunction.backward`` and runs through each ``SigmoidLinearFunction``'s
-hand-written BP1-BP4. Lightning supplies the loop, the optimizer step, logging, checkpoints and DDP.
+The network and its gradients are the core's: each SGD step's cost is ``Network.cost``, whose backward
+(``NetworkCostFunction``) runs the hand-written BP1-BP4 over all layers at once; it gives the same numbers
+as the per-layer Functions, bit for bit, with one autograd node instead of one per layer. Lightning
+supplies the loop, the optimizer, logging, checkpoints and DDP.
+
+Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
+(``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
+Lightning's fixed cost per batch (hooks, logging, loop bookkeeping) is then paid once per block.
 
 To run::
 
@@ -37,6 +42,9 @@ class ManualBPClassifier(L.LightningModule):
         weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it; 0 (off) by default.
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
             the trainer's ``max_epochs``.
+        mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
+            1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
+            order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates.
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class ManualBPClassifier(L.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        mini_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if not eta > 0:
@@ -57,7 +66,11 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if mini_batch_size is not None and mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size}")
         self.save_hyperparameters()
+        self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
+        self.last_mini_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y), for GradientAudit
         self.network = Network(sizes, init=init)
         self.cost = QuadraticCost()
         classes = sizes[-1]
@@ -69,10 +82,27 @@ class ManualBPClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        cost = self.cost(self.network(x), y)  # its backward starts BP1 (QuadraticCostFunction)
+        optimizer = self.optimizers()
+        parameters = list(self.network.parameters())
+        size = self.hparams.mini_batch_size or len(x)
+        costs = []
+        for x_m, y_m in zip(x.split(size), y.split(size)):  # the book's mini-batches, in order
+            self.last_mini_batch = (x_m, y_m)
+            cost = self.network.cost(x_m, y_m)  # its backward is BP1-BP4 (NetworkCostFunction)
+            for p in parameters:  # optimizer.zero_grad(), without its per-call profiling overhead
+                p.grad = None
+            self.manual_backward(cost)
+            optimizer.step()  # w → w − η ∂C/∂w, b → b − η ∂C/∂b
+            costs.append(cost.detach())
+        cost = torch.stack(costs).mean()
         # on_epoch only: accumulated as a tensor, so no host sync at every step
         self.log("train/cost", cost, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         return cost
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # manual optimisation steps its scheduler itself
+            scheduler.step()
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
