@@ -120,11 +120,7 @@ class QuadraticCostFunction(torch.autograd.Function):
     def forward(a: Tensor, y: Tensor, reduction: str) -> Tensor:
         diff = _error(a, y)  # a − y
         cost_x = 0.5 * (diff * diff).sum(-1)  # C_x = ½‖y(x) − a(x)‖², one per example
-        if reduction == "mean":
-            return cost_x.mean()  # C = (1/n) Σ_x C_x, the book's cost
-        if reduction == "sum":
-            return cost_x.sum()
-        return cost_x
+        return _reduce(cost_x, reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -151,12 +147,7 @@ class QuadraticCostFunction(torch.autograd.Function):
         # Forward mode: Ċ_x = (a − y) · (ȧ − ẏ), reduced like the cost itself.
         a, y = ctx.saved_tensors
         error_t = a_t if y_t is None else (-y_t if a_t is None else a_t - y_t)
-        cost_x_t = (_error(a, y) * error_t).sum(-1)
-        if ctx.reduction == "mean":
-            return cost_x_t.mean()
-        if ctx.reduction == "sum":
-            return cost_x_t.sum()
-        return cost_x_t
+        return _reduce((_error(a, y) * error_t).sum(-1), ctx.reduction)
 
 
 class _SigmoidLinearCompilable(SigmoidLinearFunction):
@@ -185,7 +176,7 @@ def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
     r"""The error :math:`\delta = \partial C/\partial a \odot \sigma'(z)`, with :math:`\sigma'(z) = a(1 - a)`.
 
     One fused kernel, ATen's ``sigmoid_backward``, instead of three (``1 - a``, two products): at the
-    book's mini-batches of 10 the kernel launches, not the arithmetic, are the cost. It is differentiable
+    book's mini-batches of 10 the number of operations, not the arithmetic, is the cost. It is differentiable
     (double backward, forward mode and vmap all work through it).
     """
     return torch.ops.aten.sigmoid_backward(grad_a, a)
@@ -202,6 +193,15 @@ def _error(a: Tensor, y: Tensor) -> Tensor:
         return a - y
     dtype = torch.promote_types(torch.promote_types(a.dtype, y.dtype), torch.float32)
     return a.to(dtype) - y.to(dtype)
+
+
+def _reduce(per_example: Tensor, reduction: str) -> Tensor:
+    """The mean or sum over examples of a per-example quantity, or the quantity itself for "none"."""
+    if reduction == "mean":
+        return per_example.mean()
+    if reduction == "sum":
+        return per_example.sum()
+    return per_example
 
 
 def _per_example(grad_cost: Tensor, a: Tensor, reduction: str) -> Tensor:

@@ -1,10 +1,11 @@
 r"""Nielsen's ``Network([784, 30, 10])`` as an ``nn.Module``, with chapter 2's algorithm beside it.
 
-``Network.forward`` runs the layers, so ``cost.backward()`` takes the gradients through the
-hand-written Functions one node at a time. ``Network.backprop`` is the same algorithm for the whole
-network at once, in matrix form over a mini-batch and with no autograd: feedforward, BP1 for the
-output error, BP2 down the layers, BP3 and BP4 for the gradients. The two agree to rounding; the
-tests check it.
+``Network.forward`` runs the layers, so ``quadratic_cost(net(x), y).backward()`` takes the gradients
+through the hand-written Functions one node at a time. ``Network.backprop`` is the same algorithm for
+the whole network at once, in matrix form over a mini-batch and with no autograd: :func:`feedforward`,
+then :func:`backpropagate`: BP1 for the output error, BP2 down the layers, BP3 and BP4 for the gradients.
+``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`), the
+fast path for training. All three agree; the tests check it.
 """
 from __future__ import annotations
 
@@ -155,7 +156,6 @@ class Network(nn.Module):
         return f"sizes={self.sizes}"
 
 
-
 def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
     r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`."""
     activations = [x]
@@ -204,6 +204,7 @@ class NetworkCostFunction(torch.autograd.Function):
         activations = feedforward(x, weights, biases)
         cost = QuadraticCostFunction.forward(activations[-1], y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
         ctx.save_for_backward(y, *weights, *activations)
+        ctx.depth = len(weights)
         return cost
 
     @staticmethod
@@ -214,8 +215,7 @@ class NetworkCostFunction(torch.autograd.Function):
                 "for higher derivatives use quadratic_cost(network(x), y)"
             )
         y, *saved = ctx.saved_tensors
-        depth = len(saved) // 2
-        weights, activations = saved[:depth], saved[depth:]
+        weights, activations = saved[: ctx.depth], saved[ctx.depth :]
         output = activations[-1]
         error = _error(output, y) * _per_example(grad_cost, output, "mean")  # ∇_a C = (aᴸ − y)/n
         sum_w, sum_b, deltas = backpropagate(weights, activations, error)
