@@ -1,6 +1,6 @@
 r"""Section 1: forward+backward through the hand-written Functions vs the same computation through autograd.
 
-Two cases, each for batch sizes N in (10, 100, 1000) and hidden sizes H in (30, 100, 1000):
+Three cases, each for batch sizes N in (10, 100, 1000) and hidden sizes H in (30, 100, 1000):
 
 * ``layer``: one sigmoid layer 784 -> H. Custom: ``sigmoid_linear(x, W, b)``; autograd:
   ``torch.sigmoid(F.linear(x, W, b))``. ``x`` requires grad, so BP2's ``grad_x`` is computed too, as
@@ -9,6 +9,8 @@ Two cases, each for batch sizes N in (10, 100, 1000) and hidden sizes H in (30, 
   ``quadratic_cost(sigmoid_linear(sigmoid_linear(x, W1, b1), W2, b2), y)``; autograd: the same with
   ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops ``0.5 * ((a - y) ** 2).sum(1).mean()``.
   ``x`` needs no grad (it is the data).
+* ``network, one node``: the same network and cost through ``Network.cost``, whose backward runs BP1-BP4
+  over both layers in one autograd node.
 
 Each call runs forward, backward, and sets every ``.grad`` back to ``None`` (so no accumulation op).
 The gradients of both contenders are compared once per shape, and the bytes saved for backward are
@@ -21,11 +23,13 @@ To run only this section::
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear
 
 from .saved_bytes import count_saved_bytes
@@ -53,14 +57,20 @@ def _forward_layer(n: int, h: int, device) -> tuple[dict[str, Callable[[], Tenso
     return forwards, [x, w, b], torch.randn(n, h, device=device)
 
 
-def _forward_network(n: int, h: int, device) -> tuple[dict[str, Callable[[], Tensor]], list[Tensor], None]:
-    """Forward passes of [784, h, 10] + mean quadratic cost, and the tensors the caller holds."""
+def _forward_network(n: int, h: int, device, one_node: bool = False):
+    """Forward passes of [784, h, 10] + mean quadratic cost, and the tensors the caller holds.
+
+    ``one_node``: the custom contender is ``Network.cost`` (the whole network and cost as one autograd node)
+    instead of the per-layer Functions.
+    """
+    net = Network([INPUTS, h, CLASSES], device=device)  # weights N(0, 1/n_in), biases N(0, 1)
     x = torch.rand(n, INPUTS, device=device)
     y = F.one_hot(torch.randint(0, CLASSES, (n,), device=device), CLASSES).to(x.dtype)
-    w1, b1 = _param(h, INPUTS, device=device, scale=INPUTS**-0.5), _param(h, device=device)
-    w2, b2 = _param(CLASSES, h, device=device, scale=h**-0.5), _param(CLASSES, device=device)
+    (w1, b1), (w2, b2) = [(layer.weight, layer.bias) for layer in net.layers]
 
     def custom() -> Tensor:
+        if one_node:
+            return net.cost(x, y)
         return quadratic_cost(sigmoid_linear(sigmoid_linear(x, w1, b1), w2, b2), y)
 
     def autograd() -> Tensor:
@@ -70,7 +80,11 @@ def _forward_network(n: int, h: int, device) -> tuple[dict[str, Callable[[], Ten
     return {"custom": custom, "autograd": autograd}, [x, y, w1, b1, w2, b2], None
 
 
-CASES = {"layer": _forward_layer, "network": _forward_network}
+CASES = {
+    "layer": _forward_layer,
+    "network": _forward_network,
+    "network, one node": partial(_forward_network, one_node=True),
+}
 
 
 def _step(forward: Callable[[], Tensor], grad_output: Tensor | None, leaves: list[Tensor]) -> Callable[[], None]:
@@ -131,7 +145,7 @@ def run(device, repeats: int, min_sample_s: float, log=print) -> list[dict]:
         for n in BATCH_SIZES:
             for h in HIDDEN_SIZES:
                 row = measure(case, n, h, device, repeats, min_sample_s)
-                log(f"  {case:7s} N={n:<4d} H={h:<4d} custom {row['custom_us']:9.1f} us  "
+                log(f"  {case:17s} N={n:<4d} H={h:<4d} custom {row['custom_us']:9.1f} us  "
                     f"autograd {row['autograd_us']:9.1f} us  ratio {row['ratio']:.2f}")
                 rows.append(row)
     return rows

@@ -48,6 +48,26 @@ CASES = [
     ("backprop empty batch", lambda: Network([3, 2]).backprop(torch.rand(0, 3), torch.zeros(0, dtype=torch.long)), ValueError, ["x", "non-empty"]),
     ("backprop wrong dtype", lambda: Network([3, 2]).backprop(torch.rand(4, 3).double(), torch.tensor([0, 1, 0, 1])), TypeError, ["x", "dtype"]),
     ("backprop bad label", lambda: Network([3, 2]).backprop(torch.rand(4, 3), torch.tensor([0, 1, 5, 1])), ValueError, ["labels", "[5]"]),
+    # rows added with docs/hostile_inputs.md: every hostile input it lists that ends in an error
+    ("weight not a tensor", lambda: sigmoid_linear(x, [[1.0, 2.0, 3.0]]), TypeError, ["weight", "torch.Tensor"]),
+    ("weight integer", lambda: sigmoid_linear(x, torch.ones(2, 3, dtype=torch.long)), TypeError, ["weight", "floating"]),
+    ("weight 3-d", lambda: sigmoid_linear(x, torch.randn(1, 2, 3)), ValueError, ["weight", "2-D", "(1, 2, 3)"]),
+    ("bias not a tensor", lambda: sigmoid_linear(x, w, [0.0, 0.0]), TypeError, ["bias", "torch.Tensor"]),
+    ("bias integer", lambda: sigmoid_linear(x, w, torch.zeros(2, dtype=torch.long)), TypeError, ["bias", "floating"]),
+    ("bias 2-d", lambda: sigmoid_linear(x, w, torch.zeros(1, 2)), ValueError, ["bias", "(2,)", "(1, 2)"]),
+    ("cost a bool", lambda: quadratic_cost(torch.ones(4, 2, dtype=torch.bool), a), TypeError, ["a", "floating"]),
+    ("cost a complex", lambda: quadratic_cost(torch.ones(4, 2, dtype=torch.cfloat), a), TypeError, ["a", "floating"]),
+    ("cost a no outputs", lambda: quadratic_cost(torch.rand(4, 0), torch.rand(4, 0)), ValueError, ["a", "K >= 1"]),
+    ("cost y complex", lambda: quadratic_cost(a, torch.ones(4, dtype=torch.cfloat)), TypeError, ["y", "complex"]),
+    ("cost float labels", lambda: quadratic_cost(a, torch.tensor([0.0, 1.0, 1.0, 0.0])), ValueError, ["float target y", "(4, 2)", "(4,)"]),
+    ("cost integer one-hot", lambda: quadratic_cost(a, torch.ones(4, 2, dtype=torch.long)), ValueError, ["labels y", "(4,)", "(4, 2)"]),
+    ("network float size", lambda: Network([784, 30.0, 10]), TypeError, ["out_features", "int"]),
+    ("network zero size", lambda: Network([784, 0, 10]), ValueError, ["out_features", "positive"]),
+    ("module bool features", lambda: SigmoidLinear(True, 3), TypeError, ["in_features", "int"]),
+    ("network wrong width", lambda: Network([3, 2])(torch.rand(4, 5)), ValueError, ["x", "in_features=3", "(4, 5)"]),
+    ("backprop 3-d input", lambda: Network([3, 2]).backprop(torch.rand(2, 4, 3), torch.zeros(2, 4, dtype=torch.long)), ValueError, ["x", "(N, 3)", "(2, 4, 3)"]),
+    ("backprop 1-d input", lambda: Network([3, 2]).backprop(torch.rand(3), torch.tensor(0)), ValueError, ["x", "(N, 3)", "(3,)"]),
+    ("backprop on another device", lambda: Network([3, 2]).backprop(torch.rand(4, 3, device="meta"), torch.tensor([0, 1, 0, 1])), ValueError, ["x", "device", "meta"]),
 ]
 
 

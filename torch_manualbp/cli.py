@@ -4,11 +4,21 @@ To run::
 
     manualbp gradcheck                                     # gradcheck every Function, print a table
     manualbp fit --config experiments/nielsen_ch1.yaml     # train MNIST (LightningCLI: fit, validate, test)
+
+A bad setting, a config that does not parse, missing data or a diverging run ends with one line on stderr,
+``manualbp: error: <what is wrong>``, and exit status 2 (1 for a diverged run) instead of a traceback;
+``MANUALBP_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+#: Exit status of a run stopped by bad settings, arguments or files (as argparse uses), and of a diverged run.
+USAGE_ERROR, DIVERGED = 2, 1
+
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,13 +26,42 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] != ["gradcheck"]:
         if args[:1] in ([], ["-h"], ["--help"]):
             print("manualbp gradcheck [--seed N]: check every Function's backward against finite differences\n")
-        from .lightning.cli import run  # Lightning only for the training commands
-
-        run(argv)  # None: LightningCLI reads sys.argv itself
-        return 0
+        return _train(argv)
     parser = argparse.ArgumentParser(prog="manualbp gradcheck", description=_gradcheck.__doc__)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random test inputs")
     return _gradcheck(parser.parse_args(args[1:]).seed)
+
+
+def _train(argv: list[str] | None) -> int:
+    """``manualbp fit|validate|test ...`` through LightningCLI; expected failures become one line on stderr."""
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from .lightning.cli import ConfigError, run  # Lightning only for the training commands
+    from .lightning.safety import DivergenceError
+
+    try:
+        run(argv)  # None: LightningCLI reads sys.argv itself
+    except (ArgumentError, ConfigError, DivergenceError, MisconfigurationException, ValueError, TypeError,
+            OSError) as err:  # fmt: skip
+        if os.environ.get("MANUALBP_DEBUG", "") not in ("", "0"):
+            raise
+        message = _one_line(err)
+        if isinstance(err, ArgumentError):
+            args = sys.argv[1:] if argv is None else argv
+            command = f"manualbp {args[0]}" if args and args[0] in _SUBCOMMANDS else "manualbp"
+            message += f" ({command} --help lists every option)"
+        elif not isinstance(err, (ConfigError, DivergenceError)):
+            message += f" [{type(err).__name__}; MANUALBP_DEBUG=1 shows the traceback]"
+        print(f"manualbp: error: {message}", file=sys.stderr, flush=True)
+        return DIVERGED if isinstance(err, DivergenceError) else USAGE_ERROR
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The exception's message with its lines joined, so that the error is one line whatever raised it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) or type(err).__name__
 
 
 def _gradcheck(seed: int) -> int:

@@ -6,5 +6,14 @@ The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports th
 from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
+from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
-__all__ = ["MNISTDataModule", "ManualBPClassifier", "LearningSpeedMonitor", "GradientAudit"]
+__all__ = [
+    "MNISTDataModule",
+    "ManualBPClassifier",
+    "LearningSpeedMonitor",
+    "GradientAudit",
+    "DivergenceGuard",
+    "DivergenceError",
+    "AtomicCheckpointIO",
+]

@@ -5,21 +5,173 @@ To run::
     manualbp fit --config experiments/nielsen_ch1.yaml
     manualbp fit --config experiments/nielsen_ch1.yaml --trainer.accelerator cuda
     manualbp fit --config experiments/nielsen_ch1.yaml --ckpt_path last   # resume an interrupted run
+
+On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
+
+- checks the settings right after parsing, before anything is built or written, and raises :class:`ConfigError`
+  naming the setting (``model.sizes must start with 784 ...``); ``torch_manualbp.cli.main`` prints such errors as
+  one line;
+- adds a :class:`~torch_manualbp.lightning.safety.DivergenceGuard` to the trainer's callbacks unless the config
+  already has one (configure it there to change ``every_n_steps``);
+- adds an :class:`~torch_manualbp.lightning.safety.AtomicCheckpointIO` to the trainer's plugins unless the config
+  already has a ``CheckpointIO`` plugin (or the strategy is one that brings its own, FSDP or DeepSpeed).
+
+The configs in ``experiments/`` need no change for either.
 """
 from __future__ import annotations
 
+import copy
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
+from ..mnist import find_mnist_files
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
+from .safety import AtomicCheckpointIO, DivergenceGuard
+
+__all__ = ["ConfigError", "ManualBPCLI", "run", "check_settings"]
+
+#: MNIST images are 28 x 28 = 784 pixels, one per input neuron, and there are 10 digits, one per output neuron.
+MNIST_INPUTS, MNIST_CLASSES = 784, 10
+
+#: The largest float32, the largest learning rate SGD can apply to float32 weights (beyond it: RuntimeError).
+FLOAT32_MAX = 3.4028234663852886e38
+
+#: Parse errors raise ``jsonargparse.ArgumentError`` instead of printing the whole usage and exiting.
+_PARSER_KWARGS: dict[str, Any] = {"exit_on_error": False}
+_PARSER_KWARGS.update({name: {"exit_on_error": False} for name in ("fit", "validate", "test", "predict")})
+
+#: Strategies that install their own (sharded) CheckpointIO, which the atomic plugin must not replace.
+_OWN_CHECKPOINT_IO = ("fsdp", "deepspeed", "xla", "modelparallel")
 
 
-def run(args: list[str] | None = None) -> LightningCLI:
-    """Run the Lightning CLI on ``args`` (``fit``/``validate``/``test`` and their options), or on ``sys.argv``."""
-    return LightningCLI(
+class ConfigError(ValueError):
+    """A setting of the ``manualbp`` command is invalid; the message names the setting and what it must be."""
+
+
+class ManualBPCLI(LightningCLI):
+    """``LightningCLI`` with settings checked up front, a divergence guard and atomic checkpoint writes by default."""
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        check_settings(self.config[subcommand] if subcommand else self.config)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = _as_list(kwargs.pop("callbacks", trainer.get("callbacks")))
+        if not any(isinstance(callback, DivergenceGuard) for callback in callbacks):
+            callbacks.append(DivergenceGuard())
+        plugins = _as_list(kwargs.pop("plugins", trainer.get("plugins")))
+        strategy = kwargs.get("strategy", trainer.get("strategy", "auto"))
+        strategy_name = (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
+        has_own = any(name in strategy_name for name in _OWN_CHECKPOINT_IO)
+        if not has_own and not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins or None, **kwargs)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_settings(config) -> None:
+    r"""Raise :class:`ConfigError` for a setting that cannot work, naming it; ``config`` is one subcommand's section.
+
+    Checked: ``model.sizes`` (at least two positive sizes, 784 inputs and 10 outputs for MNIST), ``model.eta``
+    (positive, at most the largest float32), ``model.momentum`` (in [0, 1)), ``model.weight_decay`` (finite, >= 0),
+    ``data.batch_size`` and ``data.eval_batch_size`` (>= 1), ``data.data_dir`` (holds the four MNIST files,
+    unless ``data.download`` is on) and ``ckpt_path`` (an existing, complete checkpoint file, or ``last``/``best``).
+    """
+    model, data = config.get("model"), config.get("data")
+    if model is not None:
+        _check_model(model)
+    if data is not None:
+        _check_data(data)
+    _check_ckpt_path(config.get("ckpt_path"))
+
+
+def _check_model(model) -> None:
+    sizes = model.get("sizes")
+    if sizes is not None:
+        if len(sizes) < 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+            raise ConfigError(f"model.sizes must be at least two positive layer sizes, e.g. [784, 30, 10], got {sizes}")
+        if sizes[0] != MNIST_INPUTS:
+            raise ConfigError(
+                f"model.sizes must start with {MNIST_INPUTS} (MNIST images have {MNIST_INPUTS} pixels), got {sizes}"
+            )
+        if sizes[-1] != MNIST_CLASSES:
+            raise ConfigError(
+                f"model.sizes must end with {MNIST_CLASSES} (one output neuron per digit), got {sizes}"
+            )
+    eta = model.get("eta")
+    if eta is not None and not 0 < eta <= FLOAT32_MAX:  # torch.optim.SGD cannot apply a larger η to float32 weights
+        raise ConfigError(f"model.eta must be a positive learning rate no larger than {FLOAT32_MAX:.4g}, got {eta}")
+    momentum = model.get("momentum")
+    if momentum is not None and not 0 <= momentum < 1:
+        raise ConfigError(f"model.momentum must lie in [0, 1), got {momentum}")
+    weight_decay = model.get("weight_decay")
+    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"model.weight_decay must be finite and >= 0, got {weight_decay}")
+
+
+def _check_data(data) -> None:
+    for key in ("batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {value}")
+    data_dir = data.get("data_dir")
+    if data_dir is None or data.get("download"):
+        return
+    where = Path(data_dir).resolve()
+    if not where.is_dir():
+        raise ConfigError(
+            f"data.data_dir {str(where)!r} is not a directory; point it at the four MNIST IDX files"
+            " (the project ships them in data/mnist) or add --data.download true to fetch them"
+        )
+    try:
+        find_mnist_files(data_dir)
+    except FileNotFoundError as err:
+        raise ConfigError(f"data.data_dir: {err} On the command line: --data.download true.") from None
+
+
+def _check_ckpt_path(ckpt_path) -> None:
+    """A checkpoint file named on the command line must exist and be a whole ``torch.save`` archive (a zip file)."""
+    special = ckpt_path in ("last", "best", "hpc") or str(ckpt_path).lower().startswith("registry")
+    if not ckpt_path or special or "://" in str(ckpt_path):
+        return  # Lightning resolves these itself; "last" with no last checkpoint starts from scratch, with a warning
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path {str(path)!r} is not a file; give a checkpoint file, or 'last' to resume from the newest last.ckpt"
+        )
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose directory is at its very end
+        raise ConfigError(
+            f"ckpt_path {str(path)!r} is not a readable checkpoint (truncated, corrupted or not written by torch.save)"
+        )
+
+
+def run(args: list[str] | dict | None = None, **kwargs: Any) -> LightningCLI:
+    """Run the Lightning CLI on ``args`` (``fit``/``validate``/``test`` and their options), or on ``sys.argv``.
+
+    Raises:
+        ConfigError: a setting is invalid (checked before anything is built).
+        jsonargparse.ArgumentError: the arguments or the config do not parse (unknown key, wrong type).
+        DivergenceError: training diverged (see :class:`~torch_manualbp.lightning.safety.DivergenceGuard`).
+    """
+    kwargs.setdefault("parser_kwargs", copy.deepcopy(_PARSER_KWARGS))  # LightningCLI adds to the nested dicts
+    return ManualBPCLI(
         ManualBPClassifier,
         MNISTDataModule,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,
+        **kwargs,
     )

@@ -15,6 +15,7 @@ To run::
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import lightning as L
@@ -58,8 +59,8 @@ class ManualBPClassifier(L.LightningModule):
         mini_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not eta > 0:
-            raise ValueError(f"eta must be a positive learning rate, got {eta}")
+        if not (math.isfinite(eta) and eta > 0):
+            raise ValueError(f"eta must be a positive, finite learning rate, got {eta}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0:
