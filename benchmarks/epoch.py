@@ -152,25 +152,28 @@ class EpochBench:
         return timer.seconds, {"fit_s": fit_seconds}, model.network
 
     def loop_functions(self):
-        net = Network(SIZES, init="normal", device=self.device)
-        net.load_state_dict(self.initial)
+        net = self._network()
         cost_fn = QuadraticCost()
-        optimizer = torch.optim.SGD(net.parameters(), lr=ETA)
-        self.sync()
-        start = time.perf_counter()
-        for step, (x, y, _) in enumerate(self._batches()):
-            if step == self.steps:
-                break
-            optimizer.zero_grad()
-            cost_fn(net(x), y).backward()
-            optimizer.step()
-        self.sync()
-        return time.perf_counter() - start, {}, net
+        return self._sgd_loop(net, lambda x, y: cost_fn(net(x), y))
 
     def loop_autograd(self):
-        net = Network(SIZES, init="normal", device=self.device)  # only as a container for the weights
+        net = self._network()  # only as a container for the weights
+
+        def cost(x, y):
+            a = x
+            for layer in net.layers:
+                a = torch.sigmoid(F.linear(a, layer.weight, layer.bias))
+            return 0.5 * ((a - y) ** 2).sum(1).mean()
+
+        return self._sgd_loop(net, cost)
+
+    def _network(self) -> Network:
+        net = Network(SIZES, init="normal", device=self.device)
         net.load_state_dict(self.initial)
-        params = [(layer.weight, layer.bias) for layer in net.layers]
+        return net
+
+    def _sgd_loop(self, net: Network, cost):
+        """``torch.optim.SGD`` over the epoch's mini-batches in a plain Python loop, timed."""
         optimizer = torch.optim.SGD(net.parameters(), lr=ETA)
         self.sync()
         start = time.perf_counter()
@@ -178,10 +181,7 @@ class EpochBench:
             if step == self.steps:
                 break
             optimizer.zero_grad()
-            a = x
-            for w, b in params:
-                a = torch.sigmoid(F.linear(a, w, b))
-            (0.5 * ((a - y) ** 2).sum(1).mean()).backward()
+            cost(x, y).backward()
             optimizer.step()
         self.sync()
         return time.perf_counter() - start, {}, net

@@ -80,7 +80,8 @@ def _time95_table(results: list[dict]) -> str:
     data = results[0]["config"]["data"]
     lines.append(
         f"\nConfiguration: `{results[0]['command']}`; sizes {hp['sizes']}, η = {hp['eta']}, init {hp['init']}, "
-        f"mini-batch {data['batch_size']}, test accuracy checked every "
+        f"mini-batch {hp.get('mini_batch_size') or data['batch_size']} ({data['batch_size']} examples per Lightning "
+        f"step), test accuracy checked every "
         f"{results[0]['config']['trainer']['callbacks'][0]['init_args']['every_n_steps']} steps."
     )
     return "\n".join(lines)
@@ -91,7 +92,8 @@ def markdown(meta: dict, sections: dict) -> str:
     if "functions" in sections:
         parts += [
             "## 1. Forward+backward: custom Functions vs autograd",
-            "`layer`: 784 → H sigmoid layer, x requires grad. `network`: [784, H, 10] + mean quadratic cost. "
+            "`layer`: 784 → H sigmoid layer, x requires grad. `network`: [784, H, 10] + mean quadratic cost through "
+            "the per-layer Functions; `network, one node`: the same through `Network.cost`. "
             "Ratio < 1: the custom Functions are faster. Saved: unique storages saved for backward; extra: "
             "those the caller does not hold anyway (not an input, parameter, target or the output).",
             _functions_table(sections["functions"]),
@@ -116,9 +118,12 @@ def _plot(sections: dict, path: Path) -> None:
     for ax, key in zip(axes[:, 0], panels):
         rows = sections[key]
         if key == "functions":
-            labels = [f"{r['case'][0].upper()} {r['device']}\nN={r['batch']}\nH={r['hidden']}" for r in rows]
-            colors = ["tab:blue" if r["case"] == "layer" else "tab:orange" for r in rows]
-            ax.set_title("Forward+backward time, custom Functions / autograd (blue: layer, orange: network)")
+            labels = [f"{r['device']}\nN={r['batch']}\nH={r['hidden']}" for r in rows]
+            palette = {"layer": "tab:blue", "network": "tab:orange", "network, one node": "tab:purple"}
+            colors = [palette.get(r["case"], "tab:gray") for r in rows]
+            ax.set_title(
+                "Forward+backward time, custom / autograd (blue: layer, orange: network, purple: network as one node)"
+            )
         else:
             labels = [f"{r['contender']}\n{r['device']}" for r in rows]
             colors = "tab:green"
