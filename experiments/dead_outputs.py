@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from torch_manualbp.lightning import ManualBPClassifier
-from torch_manualbp.mnist import load_mnist
+from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 
 
 def main() -> None:
@@ -25,9 +24,9 @@ def main() -> None:
     parser.add_argument("runs", type=Path, help="a report folder with seed_*/last/last.ckpt, e.g. runs/report/nielsen_ch1_100")
     parser.add_argument("--data-dir", default="data/mnist")
     args = parser.parse_args()
-    mnist = load_mnist(args.data_dir)
-    x = mnist["test_images"].reshape(-1, 784).float() / 255.0
-    labels = mnist["test_labels"]
+    data = MNISTDataModule(data_dir=args.data_dir)
+    data.setup("test")
+    x, _, labels = data.splits["test"]  # the pixels as training saw them
     print(f"Command: `python experiments/dead_outputs.py {args.runs}` (last checkpoint of each seed, test set)\n")
     print("| seed | test accuracy per digit 0-9 (%) | digits never predicted | largest activation of each output neuron |")
     print("| --- | --- | --- | --- |")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import functional as F
 
-__all__ = ["SigmoidLinear", "QuadraticCost", "INITS"]
+__all__ = ["SigmoidLinear", "QuadraticCost", "INITS", "sigmoid_layers"]
 
 INITS = ("scaled", "normal")
 
@@ -145,6 +145,11 @@ class QuadraticCost(nn.Module):
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
+
+
+def sigmoid_layers(module: nn.Module) -> list[SigmoidLinear]:
+    """Every ``SigmoidLinear`` inside ``module``, in registration order (input side first in a ``Network``)."""
+    return [m for m in module.modules() if isinstance(m, SigmoidLinear)]
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -62,9 +62,9 @@ class ErrorRecord:
 
     def for_network(self, network: torch.nn.Module) -> list[LayerErrors]:
         """The latest entry of each ``SigmoidLinear`` in ``network``, input side first."""
-        from .nn import SigmoidLinear
+        from .nn import sigmoid_layers  # imported here: nn -> functional -> observe would be circular
 
-        return [self.for_weight(m.weight) for m in network.modules() if isinstance(m, SigmoidLinear)]
+        return [self.for_weight(layer.weight) for layer in sigmoid_layers(network)]
 
 
 @contextmanager

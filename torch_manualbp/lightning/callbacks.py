@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..nn import SigmoidLinear
+from ..nn import sigmoid_layers
 from ..observe import record_errors
 
 __all__ = ["LearningSpeedMonitor", "GradientAudit"]
@@ -26,10 +26,6 @@ def _log(trainer, metrics: dict[str, float]) -> None:
     """Write to the loggers at this step only (``self.log`` would repeat the last value at every later step)."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
-
-
-def _sigmoid_layers(module: torch.nn.Module) -> list[SigmoidLinear]:
-    return [m for m in module.modules() if isinstance(m, SigmoidLinear)]
 
 
 class LearningSpeedMonitor(L.Callback):
@@ -76,7 +72,7 @@ class LearningSpeedMonitor(L.Callback):
         self._recording.__exit__(None, None, None)
         self._recording = None
         metrics = {}
-        for l, (layer, errors) in enumerate(zip(_sigmoid_layers(pl_module), self._record.for_network(pl_module)), 1):
+        for l, (layer, errors) in enumerate(zip(sigmoid_layers(pl_module), self._record.for_network(pl_module)), 1):
             metrics[f"speed/layer{l}"] = layer.bias.grad.norm().item()
             metrics[f"grad_w/layer{l}"] = layer.weight.grad.norm().item()
             metrics[f"saturated/layer{l}"] = (errors.sigmoid_prime < self.saturation).float().mean().item()
@@ -159,7 +155,7 @@ class GradientAudit(L.Callback):
         if trainer.global_step % self.every_n_steps != 0:
             return
         x, y = pl_module.last_mini_batch  # the mini-batch whose gradients were just computed
-        layers = _sigmoid_layers(pl_module)
+        layers = sigmoid_layers(pl_module)
         params = [p.detach().requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
         with torch.enable_grad():
             a = x
