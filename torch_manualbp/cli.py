@@ -55,7 +55,22 @@ def _train(argv: list[str] | None) -> int:
             message += f" [{type(err).__name__}; MANUALBP_DEBUG=1 shows the traceback]"
         print(f"manualbp: error: {message}", file=sys.stderr, flush=True)
         return DIVERGED if isinstance(err, DivergenceError) else USAGE_ERROR
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Shut DDP's process group down before the interpreter exits.
+
+    Lightning leaves it open; gloo's worker threads are then destroyed during interpreter shutdown, which
+    sometimes aborts the process ("terminate called without an active exception", exit status -6) after
+    training has finished and saved everything.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _one_line(err: BaseException) -> str:
