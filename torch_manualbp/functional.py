@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import observe
+from .equations import bias_gradient, error_below, sigmoid_delta, sigmoid_prime, weight_gradient
 
 __all__ = [
     "SigmoidLinearFunction",
@@ -78,16 +79,15 @@ class SigmoidLinearFunction(torch.autograd.Function):
         # compute dtype, as autocast does for built-in ops; autograd casts each gradient back to the
         # dtype of its input. Outside autocast every .to() here returns its tensor unchanged.
         dtype = a.dtype
-        delta = sigmoid_delta(grad_a.to(dtype), a)  # (BP1) at the output layer, (BP2) below: δ = ∂C/∂a ⊙ σ'(z)
+        delta = sigmoid_delta(grad_a.to(dtype), a)  # BP1 at the output layer, BP2 below: δ = ∂C/∂a ⊙ σ'(z)
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
             observe._notify(weight, delta, sigmoid_prime(a))
         if ctx.needs_input_grad[0]:
-            # ∂C/∂aˡ⁻¹ = δˡ Wˡ: the (δˡ⁺¹ Wˡ⁺¹) of (BP2), handed to the layer below
-            grad_x = delta @ weight.to(dtype)  # (N, in)
+            grad_x = error_below(delta, weight.to(dtype))  # δˡ Wˡ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:
-            grad_weight = delta.T @ x.to(dtype)  # (BP4) ∂C/∂W = δᵀ aˡ⁻¹, (out, in)
+            grad_weight = weight_gradient(delta, x.to(dtype))  # BP4, (out, in)
         if ctx.needs_input_grad[2]:
-            grad_bias = delta.sum(0)  # (BP3) ∂C/∂b = Σ_x δ_x, (out,)
+            grad_bias = bias_gradient(delta)  # BP3, (out,)
         return grad_x, grad_weight, grad_bias
 
     @staticmethod
@@ -170,21 +170,6 @@ def _compilable(function: type[torch.autograd.Function], twin: type[torch.autogr
     are identical, and only forward-mode AD through a compiled region is given up.
     """
     return twin if torch.compiler.is_compiling() else function
-
-
-def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
-    r"""The error :math:`\delta = \partial C/\partial a \odot \sigma'(z)`, with :math:`\sigma'(z) = a(1 - a)`.
-
-    One fused kernel, ATen's ``sigmoid_backward``, instead of three (``1 - a``, two products): at the
-    book's mini-batches of 10 the number of operations, not the arithmetic, is the cost. It is differentiable
-    (double backward, forward mode and vmap all work through it).
-    """
-    return torch.ops.aten.sigmoid_backward(grad_a, a)
-
-
-def sigmoid_prime(a: Tensor) -> Tensor:
-    r""":math:`\sigma'(z) = \sigma(z)(1 - \sigma(z))`, computed from the activation :math:`a = \sigma(z)`."""
-    return a * (1 - a)
 
 
 def _error(a: Tensor, y: Tensor) -> Tensor:

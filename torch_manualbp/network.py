@@ -4,17 +4,22 @@ r"""Nielsen's ``Network([784, 30, 10])`` as an ``nn.Module``, with chapter 2's a
 through the hand-written Functions one node at a time. ``Network.backprop`` is the same algorithm for
 the whole network at once, in matrix form over a mini-batch and with no autograd: :func:`feedforward`,
 then :func:`backpropagate`: BP1 for the output error, BP2 down the layers, BP3 and BP4 for the gradients.
-``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`), the
-fast path for training. All three agree; the tests check it.
+``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`).
+``Network.sgd_step`` is the book's ``update_mini_batch``: feedforward, BP1-BP4 and the update itself, with no
+autograd at all (:func:`update_mini_batch`); it is the fast path for training. All of them compute the equations
+of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it.
 """
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import observe
+from .equations import backpropagate, descend, error_below, errors, feedforward, sigmoid_prime
 from .functional import (
     QuadraticCostFunction,
     _check_float_tensor,
@@ -22,13 +27,11 @@ from .functional import (
     _error,
     _per_example,
     _targets,
-    sigmoid_delta,
-    sigmoid_prime,
     targets_like,
 )
 from .nn import SigmoidLinear
 
-__all__ = ["Network", "Backprop", "NetworkCostFunction", "feedforward", "backpropagate"]
+__all__ = ["Network", "Backprop", "NetworkCostFunction", "feedforward", "backpropagate", "update_mini_batch"]
 
 
 class Backprop(NamedTuple):
@@ -81,6 +84,7 @@ class Network(nn.Module):
             SigmoidLinear(n_in, n_out, init=init, device=device, dtype=dtype)
             for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
         )
+        self._ones: Tensor | None = None  # see ones()
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
@@ -108,8 +112,8 @@ class Network(nn.Module):
             :class:`Backprop`: ``nabla_w``, ``nabla_b``, ``delta`` per layer, and the ``cost``.
         """
         self._check_batch(x)
-        weights = [layer.weight for layer in self.layers]
-        activations = feedforward(x, weights, [layer.bias for layer in self.layers])
+        weights, biases = self.weights_and_biases()
+        activations = feedforward(x, weights, biases)
         output = activations[-1]  # aᴸ, (N, sizes[-1])
         y = targets_like(output, y)
         n = x.shape[0]
@@ -140,8 +144,60 @@ class Network(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use quadratic_cost(network(x), y)")
         y = _targets(y, (x.shape[0], self.sizes[-1]), x)
-        params = [p for layer in self.layers for p in (layer.weight, layer.bias)]
-        return NetworkCostFunction.apply(x, y, *params)
+        weights, biases = self.weights_and_biases()
+        return NetworkCostFunction.apply(x, y, *[p for pair in zip(weights, biases) for p in pair])
+
+    @torch.no_grad()
+    def sgd_step(self, x: Tensor, y: Tensor, eta: float) -> Tensor:
+        r"""One step of stochastic gradient descent on a mini-batch: the book's ``update_mini_batch``.
+
+        Feedforward, BP1-BP4, then :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` and the same
+        for the biases, for the m examples of the mini-batch, in place and without autograd
+        (:func:`update_mini_batch`). It equals ``network.cost(x, y).backward()`` followed by
+        ``torch.optim.SGD(lr=eta).step()`` up to rounding, in about a third of the operations: no graph, no
+        gradient tensors (BP3 and BP4 are added straight into the parameters), no optimizer.
+
+        Inside :func:`torch_manualbp.observe.record_errors` it hands over each layer's :math:`\partial C/\partial z`
+        and :math:`\sigma'(z)`, as the autograd Functions do. It leaves no ``.grad``.
+
+        Args:
+            x: a mini-batch of inputs, one example per row.
+            y: the desired outputs: floats of shape :math:`(N, \text{sizes}[-1])` or integer class labels.
+            eta: the learning rate :math:`\eta`, a finite number > 0.
+
+        Shape:
+            - x: :math:`(N, \text{sizes}[0])`.
+            - y: :math:`(N, \text{sizes}[-1])` or :math:`(N)`.
+            - Output: a scalar, the mini-batch's mean cost :math:`C` before the update.
+
+        Raises:
+            TypeError, ValueError: bad ``x``, ``y`` or ``eta``, raised before any parameter changes.
+
+        Examples::
+
+            >>> net = Network([784, 30, 10])
+            >>> x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
+            >>> cost = net.sgd_step(x, labels, eta=3.0)
+        """
+        self._check_batch(x)
+        eta = check_learning_rate(eta)
+        if torch.is_autocast_enabled(x.device.type):
+            raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
+        y = _targets(y, (x.shape[0], self.sizes[-1]), x)
+        weights, biases = self.weights_and_biases()
+        return update_mini_batch(weights, biases, x, y, eta, self.ones(x.shape[0], x))
+
+    def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
+        r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
+        return [layer.weight for layer in self.layers], [layer.bias for layer in self.layers]
+
+    def ones(self, n: int, like: Tensor) -> Tensor:
+        """A vector of ``n`` ones in ``like``'s dtype and on its device, for :func:`~torch_manualbp.equations.descend`;
+        kept between calls, since at mini-batches of 10 allocating it would be a noticeable share of a step."""
+        ones = self._ones
+        if ones is None or ones.shape[0] != n or ones.dtype != like.dtype or ones.device != like.device:
+            ones = self._ones = torch.ones(n, dtype=like.dtype, device=like.device)
+        return ones
 
     def _check_batch(self, x: Tensor) -> None:
         _check_float_tensor("x", x)
@@ -156,37 +212,44 @@ class Network(nn.Module):
         return f"sizes={self.sizes}"
 
 
-def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
-    r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`."""
-    activations = [x]
-    for weight, bias in zip(weights, biases):
-        activations.append(torch.sigmoid(torch.addmm(bias, activations[-1], weight.T)))
-    return activations
+def update_mini_batch(
+    weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tensor, y: Tensor, eta: float | Tensor, ones: Tensor
+) -> Tensor:
+    r"""The book's ``update_mini_batch`` in matrix form: one SGD step on ``weights`` and ``biases``, in place.
 
-
-def backpropagate(
-    weights: Sequence[Tensor], activations: Sequence[Tensor], error: Tensor
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    r"""BP1-BP4 over all layers, from the gradient of the cost with respect to the output activations.
+    This is :meth:`Network.sgd_step` without its checks, for callers that have made them, and the body that
+    ``torch.compile`` unrolls (``ManualBPClassifier(compile=True)``). Call it under ``torch.no_grad()``.
 
     Args:
-        weights: :math:`W^1 \dots W^L`.
-        activations: :math:`a^0 = x, a^1 \dots a^L`, as :func:`feedforward` returns them.
-        error: :math:`\partial C/\partial a^L`, one row per example.
+        weights, biases: :math:`W^1 \dots W^L`, :math:`b^1 \dots b^L`, updated in place.
+        x: the mini-batch, :math:`(N, H_0)`; y: float targets, :math:`(N, H_L)`.
+        eta: the learning rate, a number or (compiled) a 0-d tensor; see :func:`~torch_manualbp.equations.descend`.
+        ones: a vector of N ones, in ``x``'s dtype and on its device.
 
     Returns:
-        ``(sum_w, sum_b, deltas)``: per layer :math:`\delta^{l\top} a^{l-1}` and :math:`\sum_x \delta^l_x`,
-        which are :math:`\partial C/\partial W^l` and :math:`\partial C/\partial b^l` when the rows of ``error``
-        are the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
+        The mean quadratic cost of the mini-batch before the update, a 0-d tensor.
     """
-    # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
-    deltas = [None] * len(weights)
-    deltas[-1] = sigmoid_delta(error, activations[-1])  # (BP1) δᴸ = ∇_a C ⊙ σ'(zᴸ)
-    for i in reversed(range(len(weights) - 1)):
-        deltas[i] = sigmoid_delta(deltas[i + 1] @ weights[i + 1], activations[i + 1])  # (BP2) (δˡ⁺¹ Wˡ⁺¹) ⊙ σ'(zˡ)
-    sum_b = [delta.sum(0) for delta in deltas]  # (BP3) Σ_x δ^{x,l}
-    sum_w = [delta.T @ a for delta, a in zip(deltas, activations[:-1])]  # (BP4) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
-    return sum_w, sum_b, deltas
+    n = x.shape[0]
+    activations = feedforward(x, weights, biases)
+    grad_output = activations[-1] - y  # ∇_a C_x = aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
+    cost = grad_output.square().sum() * (0.5 / n)  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
+    deltas = errors(weights, activations, grad_output)  # BP1, then BP2 with every Wˡ⁺¹ before its update
+    if observe._ACTIVE:  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/n, as the Functions hand it over
+        for weight, delta, a in zip(weights, deltas, activations[1:]):
+            observe._notify(weight, delta / n, sigmoid_prime(a))
+    for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
+        descend(weight, bias, delta, a_prev, eta / n, ones)  # BP3 and BP4, added into bˡ and Wˡ
+    return cost
+
+
+def check_learning_rate(eta) -> float:
+    """``eta`` as a float, or a ``TypeError``/``ValueError`` unless it is a real number that is finite and > 0."""
+    if isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1):
+        raise TypeError(f"eta must be a real number (the learning rate), got {type(eta).__name__}")
+    value = float(eta)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"eta must be a positive, finite learning rate, got {value}")
+    return value
 
 
 class NetworkCostFunction(torch.autograd.Function):
@@ -218,10 +281,10 @@ class NetworkCostFunction(torch.autograd.Function):
         weights, activations = saved[: ctx.depth], saved[ctx.depth :]
         output = activations[-1]
         error = _error(output, y) * _per_example(grad_cost, output, "mean")  # ∇_a C = (aᴸ − y)/n
-        sum_w, sum_b, deltas = backpropagate(weights, activations, error)
+        sum_w, sum_b, deltas = backpropagate(weights, activations, error)  # BP1-BP4
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors()
             for weight, delta, a in zip(weights, deltas, activations[1:]):
                 observe._notify(weight, delta, sigmoid_prime(a))
-        grad_x = deltas[0] @ weights[0] if ctx.needs_input_grad[0] else None  # the (δ¹ W¹) of (BP2), for x
+        grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = -error if ctx.needs_input_grad[1] else None
         return (grad_x, grad_y, *[g for pair in zip(sum_w, sum_b) for g in pair])

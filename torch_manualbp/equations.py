@@ -1,0 +1,143 @@
+r"""Chapter 2's equations, each written once; every path in the package computes them here.
+
+PyTorch's row layout: a mini-batch of n examples is n rows, so the book's column vectors :math:`a^l` become
+rows and :math:`w^l a^{l-1}` becomes :math:`a^{l-1} W^{l\top}`, with ``weight`` of shape ``(out, in)`` like
+``nn.Linear``, exactly the book's :math:`w^l_{jk}`.
+
+.. math::
+    z^l = a^{l-1} W^{l\top} + b^l, \qquad a^l = \sigma(z^l)
+
+    \text{(BP1)}\ \delta^L = \nabla_a C \odot \sigma'(z^L) \qquad
+    \text{(BP2)}\ \delta^l = (\delta^{l+1} W^{l+1}) \odot \sigma'(z^l)
+
+    \text{(BP3)}\ \partial C / \partial b^l = \textstyle\sum_x \delta^{x,l} \qquad
+    \text{(BP4)}\ \partial C / \partial W^l = \delta^{l\top} a^{l-1}
+
+Who uses what:
+
+- the per-layer ``SigmoidLinearFunction.backward`` (autograd, one node per layer): :func:`sigmoid_delta`,
+  :func:`error_below`, :func:`bias_gradient`, :func:`weight_gradient`;
+- ``Network.backprop`` and ``Network.cost`` (the whole network at once): :func:`feedforward`, :func:`backpropagate`;
+- ``Network.sgd_step``, the book's ``update_mini_batch`` without autograd: :func:`feedforward`, :func:`errors`,
+  then :func:`descend`, which is BP3 and BP4 fused into the update itself.
+
+:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so :math:`z` is never kept.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "feedforward",
+    "sigmoid_prime",
+    "sigmoid_delta",
+    "error_below",
+    "bias_gradient",
+    "weight_gradient",
+    "errors",
+    "backpropagate",
+    "descend",
+]
+
+
+def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
+    r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`.
+
+    Shape:
+        - x: :math:`(N, H_0)`; ``weights[l]``: :math:`(H_{l+1}, H_l)`; ``biases[l]``: :math:`(H_{l+1})`.
+        - Output: :math:`L + 1` tensors, :math:`(N, H_l)`.
+    """
+    activations = [x]
+    for weight, bias in zip(weights, biases):
+        activations.append(torch.sigmoid(torch.addmm(bias, activations[-1], weight.T)))  # aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ)
+    return activations
+
+
+def sigmoid_prime(a: Tensor) -> Tensor:
+    r""":math:`\sigma'(z) = \sigma(z)(1 - \sigma(z))`, computed from the activation :math:`a = \sigma(z)`."""
+    return a * (1 - a)
+
+
+def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
+    r"""A layer's error :math:`\delta^l = \partial C/\partial a^l \odot \sigma'(z^l)`, with :math:`\sigma'(z) = a(1 - a)`.
+
+    This is BP1 when ``grad_a`` is :math:`\nabla_a C` at the output layer and BP2 when it is
+    :math:`\delta^{l+1} W^{l+1}` (:func:`error_below` of the layer above). One fused kernel, ATen's
+    ``sigmoid_backward``, instead of three (``1 - a``, two products): at the book's mini-batches of 10 the
+    number of operations, not the arithmetic, is the cost. It is differentiable (double backward, forward
+    mode and vmap all work through it).
+    """
+    return torch.ops.aten.sigmoid_backward(grad_a, a)
+
+
+def error_below(delta: Tensor, weight: Tensor) -> Tensor:
+    r""":math:`\partial C/\partial a^{l-1} = \delta^l W^l`: the :math:`\delta^{l+1} W^{l+1}` of (BP2), for the layer below."""
+    return delta @ weight  # (N, in)
+
+
+def bias_gradient(delta: Tensor) -> Tensor:
+    r""":math:`\partial C/\partial b^l = \sum_x \delta^{x,l}`, of shape :math:`(H_l)`."""
+    return delta.sum(0)  # (BP3)
+
+
+def weight_gradient(delta: Tensor, a_prev: Tensor) -> Tensor:
+    r""":math:`\partial C/\partial W^l = \sum_x \delta^{x,l} (a^{x,l-1})^\top = \delta^{l\top} a^{l-1}`, shaped like ``weight``."""
+    return delta.T @ a_prev  # (BP4)
+
+
+def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], grad_output: Tensor) -> list[Tensor]:
+    r"""The error :math:`\delta^l` of every layer, input side first, by BP1 and then BP2 down the layers.
+
+    Args:
+        weights: :math:`W^1 \dots W^L`.
+        activations: :math:`a^0 = x, a^1 \dots a^L`, as :func:`feedforward` returns them.
+        grad_output: :math:`\nabla_a C`, the gradient of the cost with respect to :math:`a^L`, one row per example.
+    """
+    # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
+    deltas = [grad_output] * len(weights)
+    deltas[-1] = sigmoid_delta(grad_output, activations[-1])  # (BP1) δᴸ = ∇_a C ⊙ σ'(zᴸ)
+    for i in reversed(range(len(weights) - 1)):
+        deltas[i] = sigmoid_delta(error_below(deltas[i + 1], weights[i + 1]), activations[i + 1])  # (BP2)
+    return deltas
+
+
+def backpropagate(
+    weights: Sequence[Tensor], activations: Sequence[Tensor], grad_output: Tensor
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    r"""BP1-BP4 over all layers: the errors :func:`errors`, then each layer's gradients from them.
+
+    Returns:
+        ``(sum_w, sum_b, deltas)``: per layer :math:`\delta^{l\top} a^{l-1}` and :math:`\sum_x \delta^{x,l}`,
+        which are :math:`\partial C/\partial W^l` and :math:`\partial C/\partial b^l` when the rows of
+        ``grad_output`` are the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
+    """
+    deltas = errors(weights, activations, grad_output)
+    sum_w = [weight_gradient(delta, a) for delta, a in zip(deltas, activations[:-1])]
+    sum_b = [bias_gradient(delta) for delta in deltas]
+    return sum_w, sum_b, deltas
+
+
+def descend(weight: Tensor, bias: Tensor, delta: Tensor, a_prev: Tensor, step: float | Tensor, ones: Tensor) -> None:
+    r"""Gradient descent on one layer, in place, with BP3 and BP4 fused into the update.
+
+    :math:`W^l \to W^l - s\, \delta^{l\top} a^{l-1}` and :math:`b^l \to b^l - s \sum_x \delta^{x,l}`, without
+    materialising either gradient: ``addmm_`` adds the BP4 product straight into the weights and ``addmv_`` the
+    BP3 sum (as :math:`\delta^{l\top}` times a vector of ones) into the biases. The book's ``update_mini_batch``
+    takes :math:`s = \eta/m` for a mini-batch of m examples.
+
+    Args:
+        weight, bias: the layer's parameters, updated in place.
+        delta: :math:`\delta^l`, :math:`(N, H_l)`; a_prev: :math:`a^{l-1}`, :math:`(N, H_{l-1})`.
+        step: :math:`s`, a Python number, or a 0-d tensor inside ``torch.compile``, where a number would be
+            baked into the compiled code and every new learning rate would compile it again.
+        ones: a vector of N ones, in ``delta``'s dtype and on its device.
+    """
+    if isinstance(step, Tensor):
+        weight.sub_(step * weight_gradient(delta, a_prev))
+        bias.sub_(step * bias_gradient(delta))
+    else:
+        weight.addmm_(delta.T, a_prev, alpha=-step)  # (BP4) fused: W −= s δᵀ aˡ⁻¹
+        bias.addmv_(delta.T, ones, alpha=-step)  # (BP3) fused: b −= s Σ_x δ_x
