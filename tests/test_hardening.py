@@ -205,8 +205,8 @@ def test_divergence_guard_rejects_a_bad_interval():
 def test_cli_run_that_diverges_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
     every = 5
     config = write_config(
-        tmp_path, "diverged", model={"eta": 30.0, "weight_decay": 1.0}, data={"monitor_test": False},
-        trainer={"max_epochs": 30},
+        tmp_path, "diverged", model={"eta": 30.0, "weight_decay": 1.0, "mini_batch_size": None},
+        data={"monitor_test": False, "batch_size": 10}, trainer={"max_epochs": 30},
     )  # fmt: skip
     settings = yaml.safe_load(config.read_text())
     settings["trainer"]["callbacks"][1]["init_args"]["every_n_train_steps"] = every
@@ -266,7 +266,11 @@ def test_resuming_from_last_ignores_a_temporary_file_left_by_a_kill(tmp_path):
 
 
 def test_sigkill_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(tmp_path):
-    fast = {"data": {"batch_size": 500, "monitor_test": False}, "trainer": {"max_epochs": 2, "limit_val_batches": 2}}
+    fast = {
+        "model": {"mini_batch_size": None},  # one SGD step per batch of 500
+        "data": {"batch_size": 500, "monitor_test": False},
+        "trainer": {"max_epochs": 2, "limit_val_batches": 2},
+    }
     straight = write_config(tmp_path, "straight", **fast)
     killed = write_config(tmp_path, "killed", **fast)
     for path in (straight, killed):

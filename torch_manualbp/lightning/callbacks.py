@@ -61,8 +61,13 @@ class LearningSpeedMonitor(L.Callback):
         self.history: dict[int, dict[str, float]] = {}
         self._recording = None
 
+    def observes_step(self, step: int) -> bool:
+        """Whether this callback measures global step ``step``: ``ManualBPClassifier`` runs such steps through
+        autograd, whose backward hooks this callback uses, and the others on its fused path."""
+        return step % self.every_n_steps == 0
+
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        if self.observes_step(trainer.global_step):
             self._recording = record_errors()
             self._record = self._recording.__enter__()
 
@@ -151,8 +156,12 @@ class GradientAudit(L.Callback):
         self.tolerance = tolerance
         self.fail = fail
 
+    def observes_step(self, step: int) -> bool:
+        """Whether this callback audits global step ``step`` (run through autograd by ``ManualBPClassifier``)."""
+        return step % self.every_n_steps == 0
+
     def on_after_backward(self, trainer, pl_module) -> None:
-        if trainer.global_step % self.every_n_steps != 0:
+        if not self.observes_step(trainer.global_step):
             return
         x, y = pl_module.last_mini_batch  # the mini-batch whose gradients were just computed
         layers = sigmoid_layers(pl_module)

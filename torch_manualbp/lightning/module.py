@@ -1,9 +1,14 @@
 r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``.
 
-The network and its gradients are the core's: each SGD step's cost is ``Network.cost``, whose backward
-(``NetworkCostFunction``) runs the hand-written BP1-BP4 over all layers at once; it gives the same numbers
-as the per-layer Functions, bit for bit, with one autograd node instead of one per layer. Lightning
-supplies the loop, the optimizer, logging, checkpoints and DDP.
+The network, its gradients and, on the fast path, the update itself are the core's. Two paths:
+
+- **fused** (plain SGD, the book's): each mini-batch is one ``update_mini_batch`` (``Network.sgd_step``): feedforward,
+  BP1-BP4 and the update in place, with no autograd, no gradient tensors and no optimizer step; with
+  ``compile=True`` several such steps run as one ``torch.compile``-d call.
+- **autograd**: ``Network.cost``, whose backward (``NetworkCostFunction``) runs BP1-BP4 over all layers at once,
+  then ``torch.optim.SGD``. Used where the fused step does not apply (momentum, weight decay, DDP, autocast; said
+  once at the start of training) and for the steps that a callback observes through the backward hooks
+  (:class:`~torch_manualbp.lightning.callbacks.LearningSpeedMonitor`, :class:`~torch_manualbp.lightning.callbacks.GradientAudit`).
 
 Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
 (``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
@@ -15,15 +20,19 @@ To run::
 """
 from __future__ import annotations
 
-import math
+import time
 import warnings
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..network import Network
+from .. import observe
+from ..functional import _targets
+from ..network import Network, check_learning_rate, update_mini_batch
 from ..nn import QuadraticCost
 
 __all__ = ["ManualBPClassifier"]
@@ -52,6 +61,16 @@ class ManualBPClassifier(L.LightningModule):
         mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
             1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
             order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates.
+        compile: run the fused steps through ``torch.compile`` (full graph, static shapes), ``steps_per_call``
+            mini-batches unrolled into one compiled call. Compiling takes seconds to a minute, printed once;
+            Inductor caches the result on disk, so later runs of the same shapes start faster.
+
+    Attributes:
+        steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``). More
+            steps per call save per-call overhead and cost compile time.
+        fused_costs: ``(first global step, costs)`` of the fused steps of the current batch, for
+            :class:`~torch_manualbp.lightning.safety.DivergenceGuard`, which consumes them (and, if one is not
+            finite, calls :meth:`rewind`).
     """
 
     def __init__(
@@ -63,10 +82,10 @@ class ManualBPClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         mini_batch_size: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        if not (math.isfinite(eta) and eta > 0):
-            raise ValueError(f"eta must be a positive, finite learning rate, got {eta}")
+        check_learning_rate(eta)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0:
@@ -75,9 +94,17 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y), for GradientAudit
+        self.fused_costs: list[tuple[int, Tensor]] = []
+        self._fused_runs: list[tuple[int, list[Tensor], Tensor, Tensor, int]] = []  # for rewind()
+        self.steps_per_call = 10
+        self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
+        self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
+        self._compiled = None  # the compiled block of steps, built on first use
         self.network = Network(sizes, init=init)
         self.cost = QuadraticCost()
         classes = sizes[-1]
@@ -87,24 +114,155 @@ class ManualBPClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
+    @property
+    def fused(self) -> bool:
+        """Whether this run trains on the fused path (decided at the start of training; see the module docstring)."""
+        return self._fused
+
+    def on_train_start(self) -> None:
+        reasons = self._autograd_reasons()
+        self._fused = not reasons
+        self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
+        if self._fused:
+            how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
+            watched = [type(callback).__name__ for callback in self._observers]
+            rank_zero_info(
+                f"manualbp: training with the fused SGD step (Network.sgd_step: BP1-BP4 and the update without autograd"
+                f", {how})" + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "")
+            )
+        else:
+            rank_zero_info(
+                f"manualbp: training through autograd and torch.optim.SGD, not the fused SGD step, because "
+                f"{'; '.join(reasons)}" + ("; compile=True is ignored" if self.hparams.compile else "")
+            )
+
+    def _autograd_reasons(self) -> list[str]:
+        """Why the fused step (plain SGD, one process, the parameters' dtype) cannot train this run; [] if it can."""
+        hp, reasons = self.hparams, []
+        if hp.momentum:
+            reasons.append(f"momentum={hp.momentum:g} (the fused step is plain SGD)")
+        if hp.weight_decay:
+            reasons.append(f"weight_decay={hp.weight_decay:g} (the fused step is plain SGD)")
+        if self.trainer.world_size > 1:
+            reasons.append(f"{self.trainer.world_size} processes (DDP averages gradients through autograd's hooks)")
+        precision = str(self.trainer.precision)
+        if "mixed" in precision:
+            reasons.append(f"precision={precision} (autocast)")
+        return reasons
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        optimizer = self.optimizers()
-        parameters = list(self.network.parameters())
         size = self.hparams.mini_batch_size or len(x)
-        costs = []
-        for x_m, y_m in zip(x.split(size), y.split(size)):  # the book's mini-batches, in order
-            self.last_mini_batch = (x_m, y_m)
-            cost = self.network.cost(x_m, y_m)  # its backward is BP1-BP4 (NetworkCostFunction)
-            for p in parameters:  # optimizer.zero_grad(), without its per-call profiling overhead
-                p.grad = None
-            self.manual_backward(cost)
-            optimizer.step()  # w → w − η ∂C/∂w, b → b − η ∂C/∂b
-            costs.append(cost.detach())
-        cost = torch.stack(costs).mean()
+        count = -(-len(x) // size)  # mini-batches in this batch, the last one possibly smaller
+        first_step = self.trainer.global_step
+        self.fused_costs, self._fused_runs = [], []
+        costs, i = [], 0
+        while i < count:
+            j = self._fused_until(first_step, i, count)
+            if j > i:  # mini-batches i..j-1: fused SGD steps
+                x_run, y_run = x[i * size : j * size], y[i * size : j * size]
+                before = [p.detach().clone() for p in self.network.parameters()]  # a few KB: see rewind()
+                block = self._fused_steps(x_run, y_run, size)
+                self.fused_costs.append((first_step + i, block))
+                self._fused_runs.append((first_step + i, before, x_run, y_run, size))
+                costs.append(block)
+                i = j
+            else:
+                costs.append(self._autograd_step(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]))
+                i += 1
+        cost = torch.cat(costs).mean()
         # on_epoch only: accumulated as a tensor, so no host sync at every step
         self.log("train/cost", cost, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         return cost
+
+    def _fused_until(self, first_step: int, i: int, count: int) -> int:
+        """The end of the run of fused steps starting at mini-batch ``i``: the first one a callback observes."""
+        if not self._fused:
+            return i
+        for k in range(i, count):
+            if any(callback.observes_step(first_step + k) for callback in self._observers):
+                return k
+        return count
+
+    def _autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One SGD step through autograd: ``Network.cost``, its backward (BP1-BP4), ``torch.optim.SGD``."""
+        self.last_mini_batch = (x, y)
+        cost = self.network.cost(x, y)  # its backward is BP1-BP4 (NetworkCostFunction)
+        for p in self.network.parameters():  # optimizer.zero_grad(), without its per-call profiling overhead
+            p.grad = None
+        self.manual_backward(cost)
+        self.optimizers().step()  # w → w − η ∂C/∂w, b → b − η ∂C/∂b
+        return cost.detach().reshape(1)
+
+    @torch.no_grad()
+    def _fused_steps(self, x: Tensor, y: Tensor, size: int) -> Tensor:
+        """One fused SGD step per mini-batch of ``size`` rows of ``x``, in order; returns their costs before each update."""
+        network = self.network
+        network._check_batch(x)
+        y = _targets(y, (len(x), network.sizes[-1]), x)
+        eta = self.optimizers().optimizer.param_groups[0]["lr"]  # the scheduler's, if any
+        weights, biases = network.weights_and_biases()
+        steps = -(-len(x) // size)
+        whole = len(x) // size
+        costs = []
+        if self.hparams.compile and not observe._ACTIVE and whole >= self.steps_per_call:
+            calls = whole // self.steps_per_call
+            rows = calls * self.steps_per_call * size
+            xs = x[:rows].reshape(calls, self.steps_per_call, size, -1)
+            ys = y[:rows].reshape(calls, self.steps_per_call, size, -1)
+            eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)
+            ones = network.ones(size, x)
+            for c in range(calls):
+                costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, ones))
+            x, y = x[rows:], y[rows:]
+        for x_m, y_m in zip(x.split(size), y.split(size)):
+            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, network.ones(len(x_m), x_m)).reshape(1))
+        self.last_mini_batch = (x_m, y_m) if len(x) else (xs[-1, -1], ys[-1, -1])
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for _ in range(steps):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
+            progress.increment_ready()
+            progress.increment_completed()
+        return torch.cat(costs)
+
+    def rewind(self, step: int) -> bool:
+        """Undo the fused updates of this batch from global step ``step`` on, for a divergence report.
+
+        The parameters become those before ``step`` (restored from the start of its run of fused steps, then
+        the run's earlier steps replayed eagerly) and their ``.grad`` the gradients of step ``step`` (through
+        autograd), not applied: the state in which the autograd path stops on a non-finite cost. Returns False
+        if ``step`` did not run on the fused path in the current batch.
+        """
+        for first, before, x, y, size in self._fused_runs:
+            if first <= step < first + -(-len(x) // size):
+                rows = (step - first) * size
+                with torch.no_grad():
+                    for p, saved in zip(self.network.parameters(), before):
+                        p.copy_(saved)
+                    eta = self.optimizers().optimizer.param_groups[0]["lr"]
+                    weights, biases = self.network.weights_and_biases()
+                    for start in range(0, rows, size):
+                        x_m, y_m = x[start : start + size], y[start : start + size]
+                        update_mini_batch(weights, biases, x_m, y_m, eta, self.network.ones(size, x_m))
+                parameters = list(self.network.parameters())
+                with torch.enable_grad():
+                    cost = self.network.cost(x[rows : rows + size], y[rows : rows + size])
+                    for p, grad in zip(parameters, torch.autograd.grad(cost, parameters)):
+                        p.grad = grad
+                return True
+        return False
+
+    def _compiled_steps(self, weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor) -> Tensor:
+        """``xs.shape[0]`` fused steps in one compiled call (compiled on first use, which is timed and printed)."""
+        if self._compiled is None:
+            self._compiled = torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
+            start = time.perf_counter()
+            costs = self._compiled(weights, biases, xs, ys, eta, ones)
+            rank_zero_info(
+                f"manualbp: compiled {len(xs)} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
+                "(Inductor caches it on disk: later runs of these shapes start faster)"
+            )
+            return costs
+        return self._compiled(weights, biases, xs, ys, eta, ones)
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
@@ -129,6 +287,7 @@ class ManualBPClassifier(L.LightningModule):
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
 
     def configure_optimizers(self):
+        # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it.
         hp = self.hparams
         optimizer = torch.optim.SGD(
             self.parameters(), lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay
@@ -139,3 +298,8 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError("lr_schedule='cosine' needs trainer.max_epochs to know when to reach 0")
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor) -> Tensor:
+    """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
+    return torch.stack([update_mini_batch(weights, biases, xs[u], ys[u], eta, ones) for u in range(xs.shape[0])])

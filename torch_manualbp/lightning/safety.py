@@ -53,6 +53,12 @@ class DivergenceGuard(L.Callback):
 
     Under DDP the decision is all-reduced at each check, so every process stops at the same step.
 
+    Steps that ``ManualBPClassifier`` runs on its fused path (no autograd, no optimizer) call neither hook: their
+    costs (``fused_costs``) are collected at the end of each batch and before any checkpoint, and checked on the
+    same intervals. The step named is still exact, and before the report the module rewinds the parameters to
+    their state before that step (``ManualBPClassifier.rewind``), with that step's gradients in ``.grad``, so the
+    report and the parameters left are those of a run stopped before applying the bad update.
+
     Args:
         every_n_steps: how often to check the costs. ``None`` (default): every step in a single CPU process, where a
             check is one ``.item()`` of a CPU scalar (about a microsecond), and every 100 steps on an accelerator or
@@ -71,7 +77,7 @@ class DivergenceGuard(L.Callback):
         self.every_n_steps = every_n_steps
         self.parameters_every_n_steps = parameters_every_n_steps
         self._every = every_n_steps or 1
-        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (global step, epoch, cost)
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (first global step, epoch, costs (k,))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.every_n_steps is None:
@@ -83,7 +89,32 @@ class DivergenceGuard(L.Callback):
         self._pending = []
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        self._pending.append((trainer.global_step, trainer.current_epoch, loss.detach()))
+        self._pending.append((trainer.global_step, trainer.current_epoch, loss.detach().reshape(1)))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if getattr(pl_module, "fused", False):  # the check on_before_optimizer_step makes, for the batch's first step
+            self.on_before_optimizer_step(trainer, pl_module, None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        fused = self._collect_fused(trainer, pl_module)
+        if not fused:
+            return
+        first, last = fused[0][0], fused[-1][0] + len(fused[-1][2]) - 1  # steps run since the last collection
+
+        def crossed(every: int) -> bool:  # a multiple of `every` among the update counts first + 1 .. last + 1
+            return (last + 1) // every > first // every
+
+        parameters = crossed(self.parameters_every_n_steps)
+        if parameters or crossed(self._every):
+            self._check(trainer, pl_module, "stopped after this batch's updates", parameters)
+
+    def _collect_fused(self, trainer, pl_module) -> list[tuple[int, int, torch.Tensor]]:
+        """Move the module's fused steps' costs into the pending list; return them."""
+        fused = [(step, trainer.current_epoch, costs) for step, costs in getattr(pl_module, "fused_costs", ())]
+        if fused:
+            pl_module.fused_costs = []
+            self._pending.extend(fused)
+        return fused
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step + 1
@@ -98,12 +129,13 @@ class DivergenceGuard(L.Callback):
         self._check(trainer, pl_module, "no checkpoint of these weights was written", parameters=True)
 
     def _check(self, trainer, pl_module, consequence: str, parameters: bool) -> None:
-        pending, self._pending = self._pending, []
+        self._collect_fused(trainer, pl_module)
+        pending, self._pending = sorted(self._pending, key=lambda entry: entry[0]), []
         params = list(pl_module.parameters()) if parameters else []
-        if len(pending) == 1 and not params:  # the per-step check: one scalar, whose .item() is the cheapest look
+        if len(pending) == 1 and pending[0][2].numel() == 1 and not params:  # one scalar: .item() is the cheapest look
             diverged = not math.isfinite(pending[0][2].item())
         else:  # every flag computed where the tensors are, then one host-device sync for all of them
-            flags = [torch.isfinite(torch.stack([cost.float().reshape(()) for *_, cost in pending]))] if pending else []
+            flags = [torch.isfinite(torch.cat([costs.float() for *_, costs in pending]))] if pending else []
             flags += [torch.isfinite(p).all().reshape(1) for p in params]
             diverged = bool(not torch.cat([f.to(flags[0].device) for f in flags]).all()) if flags else False
         if not trainer.strategy.reduce_boolean_decision(diverged, all=False):
@@ -111,8 +143,11 @@ class DivergenceGuard(L.Callback):
         step, epoch = trainer.global_step, trainer.current_epoch
         first = _first_non_finite(pending)
         if first is not None:
-            step, epoch, cost = pending[first]
-            what = f"the training cost is {cost.item()}"
+            step, epoch, cost = first
+            what = f"the training cost is {cost}"
+            rewind = getattr(pl_module, "rewind", None)
+            if rewind is not None and rewind(step):  # a fused step: undo it and those after it
+                consequence = "stopped before applying the update"
         elif not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
             what = f"the parameters are non-finite after {step} updates"
         else:
@@ -156,9 +191,14 @@ def _check_interval(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive number of steps, got {value!r}")
 
 
-def _first_non_finite(pending: list[tuple[int, int, torch.Tensor]]) -> int | None:
-    """Index of the first non-finite cost in ``pending``, or None (one ``.item()`` per cost)."""
-    return next((i for i, (*_, cost) in enumerate(pending) if not math.isfinite(cost.item())), None)
+def _first_non_finite(pending: list[tuple[int, int, torch.Tensor]]) -> tuple[int, int, float] | None:
+    """``(step, epoch, cost)`` of the first non-finite cost in ``pending`` (sorted by step), or None."""
+    for first_step, epoch, costs in pending:
+        bad = (~torch.isfinite(costs)).nonzero()
+        if len(bad):
+            k = int(bad[0, 0])
+            return first_step + k, epoch, costs[k].item()
+    return None
 
 
 def _non_finite(title: str, named: list[tuple[str, torch.Tensor]], pick) -> str:
