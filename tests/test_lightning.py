@@ -211,3 +211,35 @@ def test_lightning_training_equals_a_plain_sgd_loop_over_the_same_batches(tmp_pa
     trainer.fit(model, data)
     for got, want in zip(model.network.parameters(), network.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_an_epoch_cut_short_by_limit_train_batches_equals_an_uninterrupted_run(tmp_path):
+    # 50 of the 500 batches of 100 per epoch: the kill lands right after the checkpoint at the end of epoch 1
+    # (step 1000, 10 SGD steps per batch), whose saved position is the 50th batch of a 500-batch order.
+    fast = {
+        "data": {"batch_size": 100, "monitor_test": False},
+        "trainer": {"max_epochs": 4, "limit_train_batches": 50, "limit_val_batches": 1},
+    }
+    straight = write_config(tmp_path, "straight", **fast)
+    killed = write_config(tmp_path, "killed", **fast)
+    for path in (straight, killed):
+        config = yaml.safe_load(path.read_text())
+        if path == killed:
+            config["trainer"]["callbacks"].append({"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 1001}})
+        path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    assert run_cli(straight, env=env).returncode == 0
+
+    interrupted = run_cli(killed, env=env)
+    assert interrupted.returncode == -signal.SIGKILL
+    saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 1000 and saved["epoch"] == 1  # the end of the second (shortened) epoch
+
+    config = yaml.safe_load(killed.read_text())
+    config["trainer"]["callbacks"].pop()
+    killed.write_text(yaml.safe_dump(config))
+    resumed = run_cli(killed, "--ckpt_path", "last", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want, got = final_weights(tmp_path, "straight"), final_weights(tmp_path, "killed")
+    for key in want:
+        assert torch.equal(got[key], want[key]), key

@@ -394,3 +394,18 @@ def test_evaluation_batches_are_in_file_order_and_sharded(datamodule):
     assert len(ranks[0]) == len(ranks[1]) == 5
     steps = [torch.cat([b[2] for b in step]) for step in zip(*ranks)]
     assert torch.equal(torch.cat(steps), labels)
+
+
+def test_an_epoch_shortened_by_limit_ends_at_the_limit_and_the_next_starts_a_new_order():
+    images, labels = torch.rand(40, 784), torch.arange(40) % 10
+    targets = torch.nn.functional.one_hot(labels, 10).float()
+    limited = ShuffledBatches(images, targets, labels, batch_size=4, seed=1, limit=3)
+    whole = ShuffledBatches(images, targets, labels, batch_size=4, seed=1)
+    first = [b[2] for b in limited]
+    assert len(first) == 3 and limited.state_dict()["epoch"] == 1 and limited.state_dict()["position"] == 0
+    whole_epochs = [[b[2] for b in whole] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, whole_epochs[0][:3]))  # the same order, cut short
+    second = [b[2] for b in limited]
+    assert all(torch.equal(a, b) for a, b in zip(second, whole_epochs[1][:3]))  # the next epoch's order
+    with pytest.raises(ValueError, match="limit must be a positive number of batches"):
+        ShuffledBatches(images, targets, labels, batch_size=4, limit=0)

@@ -138,9 +138,10 @@ class ShuffledBatches(_TensorBatches):
     when a checkpoint is taken the iterable has handed out exactly the batches the trainer has run.
 
     Epochs are counted by passes rather than read from the trainer, so the class works without one: a pass that
-    runs to the end leaves the state at ``(epoch + 1, 0)``; a pass abandoned early (``limit_train_batches``)
-    makes the next pass start the next epoch; a pass right after :meth:`load_state_dict` resumes the saved
-    position. The pass only starts at its first ``next()``, not at ``iter()``: Lightning calls ``iter()`` once
+    runs to the end of the epoch leaves the state at ``(epoch + 1, 0)``; a pass abandoned early makes the next
+    pass start the next epoch; a pass right after :meth:`load_state_dict` resumes the saved position. An epoch
+    that the trainer shortens on purpose (``limit_train_batches``) ends at ``limit`` batches, so a checkpoint
+    taken after its last batch already points at the next epoch, as for a whole epoch. The pass only starts at its first ``next()``, not at ``iter()``: Lightning calls ``iter()`` once
     just to check that the object is iterable, and that must not count as an epoch.
 
     Only one pass may be in progress at a time (they share the position).
@@ -149,6 +150,8 @@ class ShuffledBatches(_TensorBatches):
         seed: the shuffling seed.
         epoch: the epoch of the first pass (the data module passes ``trainer.current_epoch``, so that
             ``reload_dataloaders_every_n_epochs`` keeps the same sequence of orders).
+        limit: the number of batches an epoch ends after, when the trainer takes fewer than ``len(self)``;
+            ``None``: all of them.
         others: see :class:`_TensorBatches`.
     """
 
@@ -162,10 +165,14 @@ class ShuffledBatches(_TensorBatches):
         epoch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        limit: int | None = None,
     ) -> None:
         super().__init__(images, targets, labels, batch_size, rank, world_size)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive number of batches or None, got {limit!r}")
         self.seed = seed
         self.epoch = epoch
+        self.epoch_length = len(self) if limit is None else min(limit, len(self))
         self.position = 0
         self._resuming = False
 
@@ -176,11 +183,11 @@ class ShuffledBatches(_TensorBatches):
             self.epoch, self.position = self.epoch + 1, 0
         epoch = self.epoch
         order = _permutation(self.num_examples, self.seed, epoch).to(self.tensors[0].device)
-        for step in range(self.position, len(self)):
+        for step in range(self.position, self.epoch_length):
             batch = self._batch(step, order)
             # Move the state past this batch *before* handing it out: a checkpoint taken while the trainer works
-            # on it must resume with the next one. After the last batch the next one is the next epoch's first.
-            self.epoch, self.position = (epoch, step + 1) if step + 1 < len(self) else (epoch + 1, 0)
+            # on it must resume with the next one. After the epoch's last batch the next one is the next epoch's first.
+            self.epoch, self.position = (epoch, step + 1) if step + 1 < self.epoch_length else (epoch + 1, 0)
             yield batch
 
     def state_dict(self) -> dict[str, int]:
@@ -273,10 +280,13 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ShuffledBatches:
         r"""Shuffled mini-batches of the 50,000 training images, ``batch_size`` per process."""
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return ShuffledBatches(
-            *self._split("train"), self.hparams.batch_size, self.hparams.seed, epoch, *self._rank_and_world_size()
-        )
+        train, (rank, world_size) = self._split("train"), self._rank_and_world_size()
+        epoch, limit = 0, None
+        if self.trainer is not None:
+            epoch = self.trainer.current_epoch
+            length = math.ceil(len(train[0]) / (self.hparams.batch_size * world_size))
+            limit = _epoch_limit(length, self.trainer.limit_train_batches)
+        return ShuffledBatches(*train, self.hparams.batch_size, self.hparams.seed, epoch, rank, world_size, limit)
 
     def val_dataloader(self) -> OrderedBatches | list[OrderedBatches]:
         r"""The 10,000 validation images in order, ``eval_batch_size`` per process; then the test images
@@ -302,6 +312,18 @@ class MNISTDataModule(L.LightningDataModule):
         if self.trainer is None:
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
+
+
+def _epoch_limit(length: int, limit_train_batches: int | float | None) -> int | None:
+    r"""The batches per epoch the trainer will take of ``length`` (as Lightning counts ``limit_train_batches``:
+    an int is a number of batches, a float a fraction, rounded down), or ``None`` when it takes them all."""
+    if limit_train_batches is None:
+        return None
+    if isinstance(limit_train_batches, int):
+        taken = min(length, limit_train_batches)
+    else:
+        taken = int(length * limit_train_batches)
+    return taken if 0 < taken < length else None
 
 
 def _as_split(images: Tensor, labels: Tensor) -> Batch:
