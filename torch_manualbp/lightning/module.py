@@ -215,7 +215,8 @@ class ManualBPClassifier(L.LightningModule):
             for c in range(calls):
                 costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, ones))
             x, y = x[rows:], y[rows:]
-        for x_m, y_m in zip(x.split(size), y.split(size)):
+        for start in range(0, len(x), size):  # eager: what is left, or everything
+            x_m, y_m = x[start : start + size], y[start : start + size]
             costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, network.ones(len(x_m), x_m)).reshape(1))
         self.last_mini_batch = (x_m, y_m) if len(x) else (xs[-1, -1], ys[-1, -1])
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
