@@ -7,7 +7,8 @@ Examples::
     python -m benchmarks --only functions epoch        # some sections
     python -m benchmarks --threads 1 --out /tmp/bench  # one intra-op thread, results elsewhere
 
-Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training epoch, four ways),
+Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training epoch, eight ways),
+``cli`` (the main command: one CLI epoch vs the book's, eager and compiled, and 30 epochs end to end),
 ``time95`` (time to 95% test accuracy via ``manualbp fit``). Each also runs on CUDA when a GPU is
 present (``--no-cuda`` to skip).
 """
@@ -19,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-SECTIONS = ("functions", "epoch", "time95")
+SECTIONS = ("functions", "epoch", "cli", "time95")
 QUICK = {"repeats": 5, "min_sample_s": 0.002, "epoch_examples": 2000, "epoch_repeats": 2}
 FULL = {"repeats": 21, "min_sample_s": 0.02, "epoch_examples": 50_000, "epoch_repeats": 3}
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from . import epoch, functions, report, time_to_95
+    from . import cli_epoch, epoch, functions, report, time_to_95
     from .timing import machine_info
 
     size = dict(QUICK if args.quick else FULL)
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[epoch] {device}, {size['epoch_examples']:,} examples", flush=True)
             sections.setdefault("epoch", []).extend(
                 epoch.run(args.data_dir, size["epoch_examples"], size["epoch_repeats"], device))
+        if "cli" in args.only and device == "cpu":
+            print("[cli] manualbp fit --config experiments/nielsen_ch1.yaml", flush=True)
+            sections["cli"] = cli_epoch.run(args.out, args.data_dir, 2 if args.quick else 3, args.quick)
         if "time95" in args.only:
             print(f"[time95] {device}", flush=True)
             sections.setdefault("time95", []).append(time_to_95.run(args.out, device, args.quick))

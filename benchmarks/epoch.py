@@ -1,15 +1,19 @@
-r"""Section 2: one training epoch of the book's chapter-1 configuration, five ways.
+r"""Section 2: one training epoch of the book's chapter-1 configuration, eight ways, and the arithmetic floor.
 
 ``[784, 30, 10]``, η = 3.0, mini-batches of 10, the book's N(0, 1) initialisation, 50,000 training
 examples (``--quick``: the first 2,000 of the same shuffled order). All contenders start from the same
 weights and see the same mini-batches in the same order (the data module's seeded epoch-0 permutation):
 
-* ``lightning``: the project's real path, ``ManualBPClassifier`` + ``MNISTDataModule`` under a
-  ``lightning.Trainer`` (no logger, no checkpoints, no progress bar, ``limit_val_batches=0``,
-  ``max_epochs=1``). Timed twice: the epoch alone (train epoch start to end, from a callback) and the
-  whole ``trainer.fit`` call including the Trainer's construction and setup.
-* ``lightning, 100 per step``: the same, with ``mini_batch_size=10`` and batches of 1,000 from the same order:
-  the same 100 SGD updates per Lightning step, so Lightning's per-step overhead is paid once per 100.
+* ``lightning, 1 per step``: ``ManualBPClassifier`` + ``MNISTDataModule`` under a ``lightning.Trainer`` (no
+  logger, no checkpoints, no progress bar, ``limit_val_batches=0``, ``max_epochs=1``), one mini-batch of 10 per
+  Lightning step, on the fused path (``Network.sgd_step``'s arithmetic, no autograd). Timed twice: the epoch
+  alone (train epoch start to end, from a callback) and the whole ``trainer.fit`` call including the Trainer's
+  construction and setup.
+* ``lightning, 100 per step``: the same with ``mini_batch_size=10`` and batches of 1,000 from the same order,
+  as ``experiments/nielsen_ch1.yaml`` ships: the same SGD updates, Lightning's per-step overhead paid once per 100.
+* ``lightning, 100 per step, compiled``: the same with ``compile=True`` (10 steps per compiled call); compiled
+  once before the timed epochs, so the compile time is not in the epoch (section 3 reports it).
+* ``loop (sgd_step)``: ``Network.sgd_step`` in a plain Python loop: the fused step without Lightning.
 * ``loop (Functions)``: the same network, cost and ``torch.optim.SGD`` in a plain Python loop over the
   same batch iterable; the difference to ``lightning`` is Lightning's per-step overhead.
 * ``loop (autograd)``: a plain loop with ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops;
@@ -17,8 +21,11 @@ weights and see the same mini-batches in the same order (the data module's seede
 * ``book (numpy)``: :class:`benchmarks.book_network.BookNetwork`, example by example in float64
   (CPU only).
 
-Ratios are to ``loop (autograd)``. After each epoch the validation accuracy is computed (not timed)
-as a check that every contender trained the same network the same way.
+Ratios are to ``loop (autograd)``, and the book's time is divided by each contender's (``x book``). The
+``arithmetic floor`` row is no contender: the epoch's floating-point operations (forward, BP2, BP4, BP3 and the
+update; about 1 MFLOP a step) at the matrix-multiply rate this machine reaches on one large ``torch.mm``,
+measured in the same run. After each epoch the validation accuracy is computed (not timed) as a check that
+every contender trained the same network the same way.
 
 To run only this section::
 
@@ -120,13 +127,42 @@ class EpochBench:
     # -- contenders: each trains one epoch from the initial weights and returns (seconds, extra, network)
 
     def lightning(self):
-        """The chapter-1 config as it is: one mini-batch of 10 per Lightning step."""
+        """One mini-batch of 10 per Lightning step."""
         return self._fit(ManualBPClassifier(sizes=SIZES, eta=ETA, init="normal"), self.datamodule, self.steps)
 
-    def lightning_blocks(self):
-        """The same updates in the same order, ``BLOCK`` mini-batches of 10 per Lightning step."""
-        model = ManualBPClassifier(sizes=SIZES, eta=ETA, init="normal", mini_batch_size=BATCH_SIZE)
+    def lightning_blocks(self, compile: bool = False):
+        """The same updates in the same order, ``BLOCK`` mini-batches of 10 per Lightning step (the shipped config)."""
+        model = ManualBPClassifier(sizes=SIZES, eta=ETA, init="normal", mini_batch_size=BATCH_SIZE, compile=compile)
         return self._fit(model, self.block_datamodule, -(-self.steps // BLOCK))
+
+    def lightning_compiled(self):
+        return self.lightning_blocks(compile=True)
+
+    def warm_up_compiled(self, log=print) -> float:
+        """Compile the fused block once (one Lightning batch), so that the timed epochs reuse it; its seconds."""
+        import lightning as L
+
+        model = ManualBPClassifier(sizes=SIZES, eta=ETA, init="normal", mini_batch_size=BATCH_SIZE, compile=True)
+        start = time.perf_counter()
+        L.Trainer(
+            accelerator=self.device.type, devices=1, max_steps=BLOCK, limit_val_batches=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ).fit(model, datamodule=self.block_datamodule)  # fmt: skip
+        seconds = time.perf_counter() - start
+        log(f"  compiled the fused block (and ran {BLOCK} steps) in {seconds:.1f} s")
+        return seconds
+
+    def loop_sgd_step(self):
+        """``Network.sgd_step`` over the same mini-batches: the fused step, no Lightning."""
+        net = self._network()
+        self.sync()
+        start = time.perf_counter()
+        for step, (x, y, _) in enumerate(self._batches()):
+            if step == self.steps:
+                break
+            net.sgd_step(x, y, ETA)
+        self.sync()
+        return time.perf_counter() - start, {}, net
 
     def _fit(self, model: ManualBPClassifier, datamodule: MNISTDataModule, batches: int):
         import lightning as L
@@ -199,8 +235,10 @@ class EpochBench:
 
     def contenders(self) -> dict:
         found = {
-            "lightning": self.lightning,
+            "lightning, 1 per step": self.lightning,
             f"lightning, {BLOCK} per step": self.lightning_blocks,
+            f"lightning, {BLOCK} per step, compiled": self.lightning_compiled,
+            "loop (sgd_step)": self.loop_sgd_step,
             "loop (Functions)": self.loop_functions,
             "loop (autograd)": self.loop_autograd,
         }
@@ -223,6 +261,7 @@ def run(data_dir: Path, examples: int, repeats: int, device, log=print) -> list[
     """Each contender trains ``repeats`` epochs from the same start, in alternating order; one row each."""
     _quiet_lightning()
     bench = EpochBench(data_dir, examples, torch.device(device))
+    compile_s = bench.warm_up_compiled(log)
     contenders = bench.contenders()
     seconds = {name: [] for name in contenders}
     extra = {name: [] for name in contenders}
@@ -236,6 +275,7 @@ def run(data_dir: Path, examples: int, repeats: int, device, log=print) -> list[
             accuracy[name] = bench.val_accuracy(net)
             log(f"  {name:17s} repeat {repeat}: {s:7.3f} s  val accuracy {accuracy[name]:.4f}")
     reference = median(seconds["loop (autograd)"])
+    book = median(seconds["book (numpy)"]) if "book (numpy)" in seconds else None
     rows = []
     for name in names:
         epoch_s = median(seconds[name])
@@ -247,10 +287,42 @@ def run(data_dir: Path, examples: int, repeats: int, device, log=print) -> list[
             "epoch_s": epoch_s,
             "us_per_step": epoch_s / bench.steps * 1e6,
             "ratio": epoch_s / reference,
+            "x_book": book / epoch_s if book else None,
             "val_accuracy": accuracy[name],
             "samples_s": seconds[name],
         }
         if name.startswith("lightning"):
             row["fit_s"] = median([m["fit_s"] for m in extra[name]])
+        if name.endswith("compiled"):
+            row["compile_s"] = compile_s
         rows.append(row)
+    floor_s = _epoch_flops(bench.steps) / _gemm_flops_per_s(bench.device, bench.sync)
+    rows.append({
+        "contender": "arithmetic floor", "device": str(device), "examples": examples, "steps": bench.steps,
+        "epoch_s": floor_s, "us_per_step": floor_s / bench.steps * 1e6, "ratio": floor_s / reference,
+        "x_book": book / floor_s if book else None, "val_accuracy": None, "samples_s": [],
+    })  # fmt: skip
     return rows
+
+
+def _epoch_flops(steps: int) -> float:
+    """Multiply-adds x 2 of one epoch of fused steps: forward, BP2, BP4, BP3 (as a product) and the update."""
+    pairs = list(zip(SIZES[:-1], SIZES[1:]))
+    forward = sum(2 * BATCH_SIZE * n_in * n_out for n_in, n_out in pairs)
+    bp2 = sum(2 * BATCH_SIZE * n_in * n_out for n_in, n_out in pairs[1:])
+    bp3_bp4 = sum(2 * BATCH_SIZE * (n_in + 1) * n_out for n_in, n_out in pairs)
+    return steps * (forward + bp2 + bp3_bp4)
+
+
+def _gemm_flops_per_s(device: torch.device, sync) -> float:
+    """The rate of one large float32 matrix product on ``device``, best of 5: an optimistic bound for small ones."""
+    a = torch.rand(1024, 1024, device=device)
+    b = torch.rand(1024, 1024, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best

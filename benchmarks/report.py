@@ -54,14 +54,18 @@ def _functions_table(rows: list[dict]) -> str:
 
 def _epoch_table(rows: list[dict]) -> str:
     lines = [
-        "| contender | device | examples | steps | epoch s | µs/step | ratio to loop (autograd) | val accuracy after |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| contender | device | examples | steps | epoch s | µs/step | ratio to loop (autograd) | x book | "
+        "val accuracy after |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         fit = f" (whole fit: {r['fit_s']:.3f})" if "fit_s" in r else ""
+        compiled = f" (compile: {r['compile_s']:.1f})" if "compile_s" in r else ""
+        x_book = f"{r['x_book']:.1f}" if r.get("x_book") else "–"
+        accuracy = f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "–"
         lines.append(
-            f"| {r['contender']} | {r['device']} | {r['examples']:,} | {r['steps']:,} | {r['epoch_s']:.3f}{fit} | "
-            f"{r['us_per_step']:,.0f} | {r['ratio']:.2f} | {r['val_accuracy']:.4f} |"
+            f"| {r['contender']} | {r['device']} | {r['examples']:,} | {r['steps']:,} | {r['epoch_s']:.3f}{fit}{compiled} "
+            f"| {r['us_per_step']:,.0f} | {r['ratio']:.2f} | {x_book} | {accuracy} |"
         )
     return "\n".join(lines)
 
@@ -87,6 +91,25 @@ def _time95_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cli_table(r: dict) -> str:
+    lines = [
+        f"`manualbp fit --config {r['config']}`; one epoch = wall time with `--trainer.max_epochs 2` minus with `1` "
+        f"(training and validation), median of {r['repeats']} interleaved rounds.",
+        "",
+        "| run | one epoch s | x book | process with 1 epoch s |",
+        "| --- | ---: | ---: | ---: |",
+        f"| book (numpy), per-example | {r['book_epoch_s']:.3f} | 1.0 | – |",
+    ]
+    for kind, label in (("eager", "manualbp fit"), ("compiled", "manualbp fit --model.compile true")):
+        lines.append(
+            f"| {label} | {r[f'{kind}_epoch_s']:.3f} | {r[f'{kind}_x_book']:.1f} | {r[f'{kind}_one_epoch_process_s']:.1f} |"
+        )
+    lines.append(f"\nCompiling run (1 epoch, Inductor cache filled): {r['compile_run_s']:.1f} s.")
+    if "thirty_epochs_s" in r:
+        lines.append(f"The README's main command, 30 epochs end to end after set-up: {r['thirty_epochs_s']:.1f} s.")
+    return "\n".join(lines)
+
+
 def markdown(meta: dict, sections: dict) -> str:
     parts = ["# torch_manualbp benchmark", _machine(meta)]
     if "functions" in sections:
@@ -104,9 +127,11 @@ def markdown(meta: dict, sections: dict) -> str:
             "Same initial weights and batches for all; equal validation accuracies confirm they trained alike.",
             _epoch_table(sections["epoch"]),
         ]
+    if "cli" in sections:
+        parts += ["## 3. The main command, one epoch and thirty", _cli_table(sections["cli"])]
     if "time95" in sections:
-        parts += ["## 3. Time to target test accuracy via `manualbp fit`", _time95_table(sections["time95"])]
-    parts += ["## 4. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
+        parts += ["## 4. Time to target test accuracy via `manualbp fit`", _time95_table(sections["time95"])]
+    parts += ["## 5. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
     return "\n\n".join(parts) + "\n"
 
 

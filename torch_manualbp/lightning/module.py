@@ -104,7 +104,6 @@ class ManualBPClassifier(L.LightningModule):
         self.steps_per_call = 10
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
-        self._compiled = None  # the compiled block of steps, built on first use
         self.network = Network(sizes, init=init)
         self.cost = QuadraticCost()
         classes = sizes[-1]
@@ -253,17 +252,21 @@ class ManualBPClassifier(L.LightningModule):
         return False
 
     def _compiled_steps(self, weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor) -> Tensor:
-        """``xs.shape[0]`` fused steps in one compiled call (compiled on first use, which is timed and printed)."""
-        if self._compiled is None:
-            self._compiled = torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
-            start = time.perf_counter()
-            costs = self._compiled(weights, biases, xs, ys, eta, ones)
-            rank_zero_info(
-                f"manualbp: compiled {len(xs)} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
-                "(Inductor caches it on disk: later runs of these shapes start faster)"
-            )
-            return costs
-        return self._compiled(weights, biases, xs, ys, eta, ones)
+        """``xs.shape[0]`` fused steps in one compiled call; the first call for new shapes is timed and printed."""
+        global _compiled_unrolled_steps
+        if _compiled_unrolled_steps is None:  # one per process, so that every module reuses Dynamo's cache
+            _compiled_unrolled_steps = torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
+        key = (tuple(xs.shape), tuple(ys.shape), tuple(tuple(w.shape) for w in weights), xs.dtype, str(xs.device))
+        if key in _compiled_shapes:
+            return _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones)
+        start = time.perf_counter()
+        costs = _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones)
+        _compiled_shapes.add(key)
+        rank_zero_info(
+            f"manualbp: compiled {len(xs)} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
+            "(Inductor caches it on disk: later runs of these shapes start faster)"
+        )
+        return costs
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
@@ -299,6 +302,10 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError("lr_schedule='cosine' needs trainer.max_epochs to know when to reach 0")
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+_compiled_unrolled_steps = None  # torch.compile(_unrolled_steps), built on first use
+_compiled_shapes: set[tuple] = set()  # shapes it has been called with in this process
 
 
 def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor) -> Tensor:
