@@ -116,3 +116,18 @@ def test_sgd_step_rejects_bad_input_before_changing_any_parameter(x, y, eta, err
         net.sgd_step(x, y, eta)
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sgd_steps_on_cuda_equal_those_on_the_cpu():
+    torch.manual_seed(3)
+    cpu = Network([784, 30, 10], init="normal", dtype=torch.float64)
+    gpu = Network([784, 30, 10], init="normal", dtype=torch.float64, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    for _ in range(10):
+        x, labels = torch.rand(10, 784, dtype=torch.float64), torch.randint(0, 10, (10,))
+        want = cpu.sgd_step(x, labels, 3.0)
+        got = gpu.sgd_step(x.cuda(), labels.cuda(), 3.0)
+        torch.testing.assert_close(got.cpu(), want, **F64)
+    for a, b in zip(gpu.parameters(), cpu.parameters()):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), **F64)

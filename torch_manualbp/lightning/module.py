@@ -178,6 +178,8 @@ class ManualBPClassifier(L.LightningModule):
         """The end of the run of fused steps starting at mini-batch ``i``: the first one a callback observes."""
         if not self._fused:
             return i
+        if not self._observers:
+            return count
         for k in range(i, count):
             if any(callback.observes_step(first_step + k) for callback in self._observers):
                 return k
