@@ -28,11 +28,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from torch_manualbp.images import load_images
 from torch_manualbp.mnist import find_mnist_files, load_mnist
 
 __all__ = ["MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
 
 Batch = tuple[Tensor, Tensor, Tensor]
+PredictBatch = tuple[Tensor, list[str], list[str], list[bool]]  # x, file names, notes, readable
 
 #: Nielsen's split of the 60,000 training images: the first 50,000 train, the last 10,000 validate.
 NUM_TRAIN = 50_000
@@ -228,6 +230,8 @@ class MNISTDataModule(L.LightningDataModule):
         monitor_test: also evaluate the test set at every validation, as a second validation dataloader, the
             way chapter 1 prints a test accuracy after every epoch. Off by default: choosing an epoch or a
             model by its test accuracy is peeking; the book's figures are reproduced with it on.
+        predict_path: what ``manualbp predict`` answers: an image file, a directory of images or an IDX images
+            file (see :func:`torch_manualbp.images.load_images`).
     """
 
     def __init__(
@@ -238,6 +242,7 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = False,
         seed: int = 0,
         monitor_test: bool = False,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -287,6 +292,22 @@ class MNISTDataModule(L.LightningDataModule):
     def test_dataloader(self) -> OrderedBatches:
         r"""The 10,000 test images in order, ``eval_batch_size`` per process."""
         return OrderedBatches(*self._split("test"), self.hparams.eval_batch_size, *self._rank_and_world_size())
+
+    def predict_dataloader(self) -> list[PredictBatch]:
+        r"""The images at ``predict_path`` made MNIST-like, in batches of ``eval_batch_size``: each batch is
+        ``(x, names, notes, readable)``, with a row of zeros in ``x`` for a file that could not be read (its note
+        says why), so that every file gets its line."""
+        if not self.hparams.predict_path:
+            raise ValueError("data.predict_path must name an image file, a directory of images or an IDX images file")
+        images = load_images(self.hparams.predict_path)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        batches = []
+        for start in range(0, len(images), self.hparams.eval_batch_size):
+            chunk = images[start : start + self.hparams.eval_batch_size]
+            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(784) for image in chunk])
+            names, notes = [image.name for image in chunk], [image.note for image in chunk]
+            batches.append((x.to(device), names, notes, [image.pixels is not None for image in chunk]))
+        return batches
 
     def _split(self, name: str) -> Batch:
         r"""Split ``name``, moved once to the trainer's device so that batches are cut there without host copies."""
