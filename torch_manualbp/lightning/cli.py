@@ -20,7 +20,10 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
   unless the config sets ``report: false`` or already lists one, and a
   :class:`~torch_manualbp.lightning.report.PredictionReport` to ``predict``;
 - turns Lightning's progress bar off by default when standard output is not a terminal (a CI log), where its
-  carriage returns would fill the log; ``--trainer.enable_progress_bar`` decides otherwise.
+  carriage returns would fill the log; ``--trainer.enable_progress_bar`` decides otherwise;
+- logs to CSV under ``runs/manualbp`` by default (Lightning would pick TensorBoard whenever it is installed); the
+  configs name their logger, and ``--trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger``
+  switches a config's logger to TensorBoard (``pip install -e ".[tensorboard]"``).
 
 The configs in ``experiments/`` need no change for either.
 """
@@ -35,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import find_mnist_files
 from .datamodule import MNISTDataModule
@@ -199,7 +204,8 @@ def _check_ckpt_path(ckpt_path) -> None:
 
 def refused_checkpoint_message(err: pickle.UnpicklingError) -> str:
     """What to tell the user when ``torch.load(weights_only=True)`` refuses a checkpoint, with torch's reason."""
-    reason = next((line.strip() for line in str(err).splitlines() if line.strip().startswith("WeightsUnpickler")), "")
+    # torch names what it refused on a line of its own ("Trying to load unsupported GLOBAL posix.system ...")
+    reason = next((line.strip().rstrip(".") for line in str(err).splitlines() if "GLOBAL" in line), "")
     return (
         "torch.load(weights_only=True) refused to load it (it holds objects that could run code); load only"
         f" checkpoints from a source you trust{f' ({reason})' if reason else ''}"
@@ -221,7 +227,10 @@ def run(args: list[str] | dict | None = None, **kwargs: Any) -> LightningCLI:
         MNISTDataModule,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"enable_progress_bar": sys.stdout.isatty()},  # no carriage returns in a CI log
+        trainer_defaults={
+            "enable_progress_bar": sys.stdout.isatty(),  # no carriage returns in a CI log
+            "logger": lazy_instance(CSVLogger, save_dir="runs", name="manualbp"),  # not TensorBoard, even if installed
+        },
         args=args,
         **kwargs,
     )

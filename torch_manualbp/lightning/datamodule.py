@@ -28,10 +28,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from torch_manualbp.images import load_images
+from torch_manualbp.images import LoadedImage, load_images
 from torch_manualbp.mnist import find_mnist_files, load_mnist
 
-__all__ = ["MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
+__all__ = ["ImageBatches", "MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
 
 Batch = tuple[Tensor, Tensor, Tensor]
 PredictBatch = tuple[Tensor, list[str], list[str], list[bool]]  # x, file names, notes, readable
@@ -293,21 +293,12 @@ class MNISTDataModule(L.LightningDataModule):
         r"""The 10,000 test images in order, ``eval_batch_size`` per process."""
         return OrderedBatches(*self._split("test"), self.hparams.eval_batch_size, *self._rank_and_world_size())
 
-    def predict_dataloader(self) -> list[PredictBatch]:
-        r"""The images at ``predict_path`` made MNIST-like, in batches of ``eval_batch_size``: each batch is
-        ``(x, names, notes, readable)``, with a row of zeros in ``x`` for a file that could not be read (its note
-        says why), so that every file gets its line."""
+    def predict_dataloader(self) -> ImageBatches:
+        r"""The images at ``predict_path`` made MNIST-like, ``eval_batch_size`` per batch (see :class:`ImageBatches`)."""
         if not self.hparams.predict_path:
             raise ValueError("data.predict_path must name an image file, a directory of images or an IDX images file")
-        images = load_images(self.hparams.predict_path)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        batches = []
-        for start in range(0, len(images), self.hparams.eval_batch_size):
-            chunk = images[start : start + self.hparams.eval_batch_size]
-            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(784) for image in chunk])
-            names, notes = [image.name for image in chunk], [image.note for image in chunk]
-            batches.append((x.to(device), names, notes, [image.pixels is not None for image in chunk]))
-        return batches
+        return ImageBatches(load_images(self.hparams.predict_path), self.hparams.eval_batch_size, device)
 
     def _split(self, name: str) -> Batch:
         r"""Split ``name``, moved once to the trainer's device so that batches are cut there without host copies."""
@@ -330,3 +321,26 @@ def _as_split(images: Tensor, labels: Tensor) -> Batch:
     x = images.reshape(len(images), -1).to(torch.float32) / 255.0
     y = torch.nn.functional.one_hot(labels, num_classes=10).to(torch.float32)
     return x, y, labels
+
+
+class ImageBatches:
+    r"""Batches ``(x, names, notes, readable)`` of :class:`~torch_manualbp.images.LoadedImage` s, in their order.
+
+    ``x`` is float32 ``(B, 784)`` on ``device``, with a row of zeros for an image that could not be read (its note
+    says why; ``readable`` is ``False``), so that every file keeps its place and gets its line.
+    """
+
+    def __init__(self, images: list[LoadedImage], batch_size: int, device: torch.device) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images, self.batch_size, self.device = images, batch_size, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self) -> Iterator[PredictBatch]:
+        for start in range(0, len(self.images), self.batch_size):
+            chunk = self.images[start : start + self.batch_size]
+            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(784) for image in chunk])
+            readable = [image.pixels is not None for image in chunk]
+            yield x.to(self.device), [image.name for image in chunk], [image.note for image in chunk], readable

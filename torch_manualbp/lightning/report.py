@@ -116,7 +116,8 @@ class EpochReport(L.Callback):
     def summary(self, trainer, seconds: float, chart: Path) -> str:
         r"""The lines printed at the end of ``fit``: best and last epoch, time, and where everything was written."""
         validated = [row for row in self.history if row["val_total"]]
-        lines = ["", f"Finished {len(self.history)} epochs in {seconds:.1f} s"]
+        epochs = len(self.history)
+        lines = ["", f"Finished {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s"]
         if validated:
             best = max(validated, key=lambda row: (row["val_correct"] / row["val_total"], -row["epoch"]))
             lines.append(f"Best epoch {best['epoch']} (by validation accuracy): {_accuracies(best)}")
@@ -125,7 +126,8 @@ class EpochReport(L.Callback):
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 best_path = best_path or (callback.best_model_path if callback.monitor else "")
-                last_path = last_path or callback.last_model_path
+                # without a monitor, a ModelCheckpoint's "best" is simply the newest file it wrote
+                last_path = last_path or callback.last_model_path or ("" if callback.monitor else callback.best_model_path)
         lines.append(f"Best checkpoint: {best_path or 'none written'}")
         lines.append(f"Last checkpoint: {last_path or 'none written'}")
         lines.append(f"Metrics: {_metrics_location(trainer)}")
@@ -182,11 +184,11 @@ def _accuracies(row: dict[str, Any]) -> str:
 
 
 def _metrics_location(trainer) -> str:
-    r"""The CSV file of a ``CSVLogger``, the log directory of any other logger, or that there is none."""
+    r"""The CSV file of a ``CSVLogger``, the log directory of any other logger (TensorBoard's), or that there is none."""
     if trainer.logger is None:
         return "not logged (trainer.logger is off)"
     metrics_file = getattr(trainer.logger.experiment, "metrics_file_path", None)  # CSVLogger's metrics.csv
-    return str(metrics_file or trainer.logger.log_dir)
+    return str(metrics_file) if metrics_file else f"{trainer.logger.log_dir} ({type(trainer.logger).__name__})"
 
 
 def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -208,8 +210,10 @@ def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
     accuracy_ax.set(title="accuracy per epoch", xlabel="epoch", ylabel="% correct")
     cost_ax.set(title="quadratic cost per epoch", xlabel="epoch", ylabel="C", yscale="log")
     for ax in (accuracy_ax, cost_ax):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -245,7 +249,7 @@ class PredictionReport(L.Callback):
                 line = f"{name}: cannot read it: {notes[i]}"
             else:
                 (first, second), (a_first, a_second) = top.indices[i].tolist(), top.values[i].tolist()
-                line = f"{name}: {first} (top 2: {first} {a_first:.3f}, {second} {a_second:.3f})"
+                line = f"{name}: predicted {first} (top 2 output activations: {first} {a_first:.3f}, {second} {a_second:.3f})"
                 line += f"; {notes[i]}" if notes[i] else ""
             if trainer.is_global_zero:
                 print(line, flush=True)
