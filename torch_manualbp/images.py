@@ -56,10 +56,11 @@ def mnist_like(image: Image.Image) -> tuple[Tensor, bool]:
 
     Steps: grayscale (transparent areas count as white paper); if the background is light (the median of the border
     pixels above mid-grey) the image is inverted, since MNIST's digits are light on dark; the background level
-    becomes 0 and full ink 1; the digit's bounding box (every pixel above the background) is resized, aspect kept, so
-    that its longer side is 20 pixels (anti-aliased, as MNIST's were); it is placed in a 28 x 28 field so that its
-    centre of mass falls on pixel (14, 14), where MNIST's digits have theirs. An MNIST image saved as a PNG comes
-    back unchanged.
+    becomes 0 and the strongest stroke 1 (MNIST's digits came from black-and-white scans: full ink); the digit's
+    bounding box (every pixel above the background) is resized, aspect kept, so that its longer side is 20 pixels
+    (anti-aliased, as MNIST's were); it is placed in a 28 x 28 field so that its centre of mass falls on pixel
+    (14, 14), where MNIST's digits have theirs. An MNIST image saved as a PNG comes back unchanged when its
+    brightest pixel is 255 (nine in ten are), otherwise scaled so that it is 1.
 
     Args:
         image: a PIL image of a single digit, any mode and size.
@@ -77,11 +78,11 @@ def mnist_like(image: Image.Image) -> tuple[Tensor, bool]:
     inverted = bool(_border(gray).median() > 127.5)
     if inverted:
         gray = 255.0 - gray
-    background = _border(gray).median()
-    ink = ((gray - background) / (255.0 - background)).clamp(0.0, 1.0)  # background 0, full ink 1
+    background, darkest = _border(gray).median(), gray.max()
+    if darkest <= background:
+        raise ValueError("image holds no digit: no pixel is darker than the background")
+    ink = ((gray - background) / (darkest - background)).clamp(0.0, 1.0)  # paper 0, the strongest stroke 1
     rows, cols = ink.gt(0).any(1).nonzero(), ink.gt(0).any(0).nonzero()
-    if len(rows) == 0:
-        raise ValueError("image holds no digit: every pixel is at the background level")
     digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = digit.shape
     scale = DIGIT_BOX / max(height, width)
