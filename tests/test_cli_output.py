@@ -265,3 +265,14 @@ def test_a_checkpoint_that_weights_only_refuses_is_one_line_exit_2_and_nothing_r
     assert "refused to load it (it holds objects that could run code)" in result.stderr and "posix.system" in result.stderr
     assert not marker.exists()
     assert sorted(p.name for p in work.rglob("*")) == before  # nothing written
+
+
+def test_a_predict_path_that_does_not_exist_is_one_line_naming_it(tmp_path, capsys):
+    from torch_manualbp.cli import main
+
+    config = write_config(tmp_path, trainer={"max_epochs": 1})
+    missing = tmp_path / "no_such_digits"
+    assert main(["predict", "--config", str(config), "--data.predict_path", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"manualbp: error: data.predict_path {str(missing)!r} does not exist; give an image file, a directory"
+                   " of images or an IDX images file"]  # fmt: skip
