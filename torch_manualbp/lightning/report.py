@@ -128,10 +128,10 @@ class EpochReport(L.Callback):
                 best_path = best_path or (callback.best_model_path if callback.monitor else "")
                 # without a monitor, a ModelCheckpoint's "best" is simply the newest file it wrote
                 last_path = last_path or callback.last_model_path or ("" if callback.monitor else callback.best_model_path)
-        lines.append(f"Best checkpoint: {best_path or 'none written'}")
-        lines.append(f"Last checkpoint: {last_path or 'none written'}")
+        lines.append(f"Best checkpoint: {_shown(best_path) if best_path else 'none written'}")
+        lines.append(f"Last checkpoint: {_shown(last_path) if last_path else 'none written'}")
         lines.append(f"Metrics: {_metrics_location(trainer)}")
-        lines.append(f"Curves: {chart}")
+        lines.append(f"Curves: {_shown(chart)}")
         return "\n".join(lines)
 
     def state_dict(self) -> dict[str, Any]:
@@ -183,12 +183,18 @@ def _accuracies(row: dict[str, Any]) -> str:
     return ", ".join(found)
 
 
+def _shown(path) -> str:
+    r"""``path`` relative to the working directory when it lies inside it (as the configs name them), else whole."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _metrics_location(trainer) -> str:
     r"""The CSV file of a ``CSVLogger``, the log directory of any other logger (TensorBoard's), or that there is none."""
     if trainer.logger is None:
         return "not logged (trainer.logger is off)"
     metrics_file = getattr(trainer.logger.experiment, "metrics_file_path", None)  # CSVLogger's metrics.csv
-    return str(metrics_file) if metrics_file else f"{trainer.logger.log_dir} ({type(trainer.logger).__name__})"
+    return _shown(metrics_file) if metrics_file else f"{_shown(trainer.logger.log_dir)} ({type(trainer.logger).__name__})"
 
 
 def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
