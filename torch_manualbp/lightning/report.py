@@ -157,19 +157,19 @@ class EpochReport(L.Callback):
 
 def _epoch_line(row: dict[str, Any]) -> str:
     r"""The book's ``Epoch N: correct / total`` line, then the validation accuracy, training cost and seconds."""
-    parts = []
-    if row["test_total"]:
-        parts.append(f"Epoch {row['epoch']}: {row['test_correct']} / {row['test_total']} test images")
-        parts.append(f"validation {100 * row['val_correct'] / row['val_total']:.2f}%" if row["val_total"] else "")
+    epoch, rest = row["epoch"], []
+    if row["test_total"]:  # the book's count is of the test images
+        head = f"Epoch {epoch}: {row['test_correct']} / {row['test_total']} test images"
+        if row["val_total"]:
+            rest.append(f"validation {100 * row['val_correct'] / row['val_total']:.2f}%")
     elif row["val_total"]:
-        accuracy = 100 * row["val_correct"] / row["val_total"]
-        parts.append(f"Epoch {row['epoch']}: {row['val_correct']} / {row['val_total']} validation images ({accuracy:.2f}%)")
+        correct, total = row["val_correct"], row["val_total"]
+        head = f"Epoch {epoch}: {correct} / {total} validation images ({100 * correct / total:.2f}%)"
     else:
-        parts.append(f"Epoch {row['epoch']}: not evaluated")
+        head = f"Epoch {epoch}: not evaluated"
     if row["train_cost"] is not None:
-        parts.append(f"training cost {row['train_cost']:.4f}")
-    parts.append(f"{row['seconds']:.1f} s")
-    head, *rest = [part for part in parts if part]
+        rest.append(f"training cost {row['train_cost']:.4f}")
+    rest.append(f"{row['seconds']:.1f} s")
     return f"{head}; {', '.join(rest)}"
 
 
