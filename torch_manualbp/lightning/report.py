@@ -82,9 +82,9 @@ class EpochReport(L.Callback):
             print(_epoch_line(row), flush=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: under DDP it is a broadcast
         if not trainer.is_global_zero or not self.history:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         chart = log_dir / CURVES_PNG
         draw_curves(self.history, chart)
         print(self.summary(trainer, time.perf_counter() - self._fit_start, chart), flush=True)
