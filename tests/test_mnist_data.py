@@ -153,7 +153,7 @@ def test_hyperparameters_are_saved():
     dm = MNISTDataModule(batch_size=20, seed=7)
     expected = {
         "data_dir": "data/mnist", "batch_size": 20, "eval_batch_size": 1000, "download": False, "seed": 7,
-        "monitor_test": False,
+        "monitor_test": False, "predict_path": None,
     }  # fmt: skip
     assert dm.hparams == expected
     assert dm.splits == {}  # no data work before setup()

@@ -4,15 +4,17 @@ To run::
 
     manualbp gradcheck                                     # gradcheck every Function, print a table
     manualbp fit --config experiments/nielsen_ch1.yaml     # train MNIST (LightningCLI: fit, validate, test)
+    manualbp predict --config experiments/nielsen_ch1.yaml --ckpt_path last --data.predict_path my_digit.png
 
-A bad setting, a config that does not parse, missing data or a diverging run ends with one line on stderr,
-``manualbp: error: <what is wrong>``, and exit status 2 (1 for a diverged run) instead of a traceback;
-``MANUALBP_DEBUG=1`` shows the traceback instead.
+A bad setting, a config that does not parse, missing data, a checkpoint that could run code, images that cannot be
+read or a diverging run end with one line on stderr, ``manualbp: error: <what is wrong>``, and exit status 2
+(1 for a diverged run) instead of a traceback; ``MANUALBP_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 
 #: Exit status of a run stopped by bad settings, arguments or files (as argparse uses), and of a diverged run.
@@ -33,17 +35,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(argv: list[str] | None) -> int:
-    """``manualbp fit|validate|test ...`` through LightningCLI; expected failures become one line on stderr."""
+    """``manualbp fit|validate|test|predict ...`` through LightningCLI; expected failures become one line on stderr."""
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from .lightning.cli import ConfigError, run  # Lightning only for the training commands
+    from .lightning.cli import ConfigError, refused_checkpoint_message, run  # Lightning only for these commands
+    from .lightning.report import UnreadableImagesError
     from .lightning.safety import DivergenceError
 
     try:
         run(argv)  # None: LightningCLI reads sys.argv itself
     except (ArgumentError, ConfigError, DivergenceError, MisconfigurationException, ValueError, TypeError,
-            OSError) as err:  # fmt: skip
+            OSError, pickle.UnpicklingError) as err:  # fmt: skip
         if os.environ.get("MANUALBP_DEBUG", "") not in ("", "0"):
             raise
         message = _one_line(err)
@@ -51,7 +54,9 @@ def _train(argv: list[str] | None) -> int:
             args = sys.argv[1:] if argv is None else argv
             command = f"manualbp {args[0]}" if args and args[0] in _SUBCOMMANDS else "manualbp"
             message += f" ({command} --help lists every option)"
-        elif not isinstance(err, (ConfigError, DivergenceError)):
+        elif isinstance(err, pickle.UnpicklingError):  # a checkpoint Lightning found itself (--ckpt_path last)
+            message = f"the checkpoint to resume from: {refused_checkpoint_message(err)}"
+        elif not isinstance(err, (ConfigError, DivergenceError, UnreadableImagesError)):
             message += f" [{type(err).__name__}; MANUALBP_DEBUG=1 shows the traceback]"
         print(f"manualbp: error: {message}", file=sys.stderr, flush=True)
         return DIVERGED if isinstance(err, DivergenceError) else USAGE_ERROR

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MNIST_FILES", "MNIST_SHA256", "find_mnist_files", "load_mnist", "read_idx"]
+__all__ = ["MNIST_FILES", "MNIST_SHA256", "find_mnist_files", "load_mnist", "parse_idx_images", "read_idx"]
 
 #: Key in the dict returned by :func:`load_mnist` -> file name (without ``.gz``), as torchvision names them.
 MNIST_FILES: dict[str, str] = {
@@ -166,6 +166,22 @@ def read_idx(path: str | os.PathLike, name: str, magic: int) -> Tensor:
     tensor = _parse_idx(data, path, magic)
     _check_sha256(data, path, name)
     return tensor
+
+
+def parse_idx_images(path: str | os.PathLike) -> Tensor:
+    r"""Read any IDX file of uint8 images (MNIST's format, not only MNIST's own files: no checksum is checked).
+
+    Args:
+        path: the file, gzip-compressed if its name ends in ``.gz``.
+
+    Returns:
+        uint8 ``(N, rows, columns)``.
+
+    Raises:
+        ValueError: bad gzip, wrong magic number or wrong length; the message names the file.
+    """
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), path, _IMAGES_MAGIC)
 
 
 def load_mnist(data_dir: str | os.PathLike = "data/mnist") -> dict[str, Tensor]:

@@ -1,11 +1,13 @@
 r"""Lightning training for torch_manualbp: MNIST data, the training system, callbacks that look inside
-backpropagation, and the ``manualbp`` CLI.
+backpropagation, the report of what happened (the book's line per epoch, a summary, predictions), and the
+``manualbp`` CLI.
 
 The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports this package.
 """
 from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
+from .report import EpochReport, PredictionReport
 from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
 __all__ = [
@@ -16,4 +18,6 @@ __all__ = [
     "DivergenceGuard",
     "DivergenceError",
     "AtomicCheckpointIO",
+    "EpochReport",
+    "PredictionReport",
 ]

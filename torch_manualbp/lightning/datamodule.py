@@ -28,11 +28,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from torch_manualbp.images import LoadedImage, load_images
 from torch_manualbp.mnist import find_mnist_files, load_mnist
 
-__all__ = ["MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
+__all__ = ["ImageBatches", "MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
 
 Batch = tuple[Tensor, Tensor, Tensor]
+PredictBatch = tuple[Tensor, list[str], list[str], list[bool]]  # x, file names, notes, readable
 
 #: Nielsen's split of the 60,000 training images: the first 50,000 train, the last 10,000 validate.
 NUM_TRAIN = 50_000
@@ -235,6 +237,8 @@ class MNISTDataModule(L.LightningDataModule):
         monitor_test: also evaluate the test set at every validation, as a second validation dataloader, the
             way chapter 1 prints a test accuracy after every epoch. Off by default: choosing an epoch or a
             model by its test accuracy is peeking; the book's figures are reproduced with it on.
+        predict_path: what ``manualbp predict`` answers: an image file, a directory of images or an IDX images
+            file (see :func:`torch_manualbp.images.load_images`).
     """
 
     def __init__(
@@ -245,6 +249,7 @@ class MNISTDataModule(L.LightningDataModule):
         download: bool = False,
         seed: int = 0,
         monitor_test: bool = False,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -298,6 +303,13 @@ class MNISTDataModule(L.LightningDataModule):
         r"""The 10,000 test images in order, ``eval_batch_size`` per process."""
         return OrderedBatches(*self._split("test"), self.hparams.eval_batch_size, *self._rank_and_world_size())
 
+    def predict_dataloader(self) -> ImageBatches:
+        r"""The images at ``predict_path`` made MNIST-like, ``eval_batch_size`` per batch (see :class:`ImageBatches`)."""
+        if not self.hparams.predict_path:
+            raise ValueError("data.predict_path must name an image file, a directory of images or an IDX images file")
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return ImageBatches(load_images(self.hparams.predict_path), self.hparams.eval_batch_size, device)
+
     def _split(self, name: str) -> Batch:
         r"""Split ``name``, moved once to the trainer's device so that batches are cut there without host copies."""
         if not self.splits:
@@ -331,3 +343,26 @@ def _as_split(images: Tensor, labels: Tensor) -> Batch:
     x = images.reshape(len(images), -1).to(torch.float32) / 255.0
     y = torch.nn.functional.one_hot(labels, num_classes=10).to(torch.float32)
     return x, y, labels
+
+
+class ImageBatches:
+    r"""Batches ``(x, names, notes, readable)`` of :class:`~torch_manualbp.images.LoadedImage` s, in their order.
+
+    ``x`` is float32 ``(B, 784)`` on ``device``, with a row of zeros for an image that could not be read (its note
+    says why; ``readable`` is ``False``), so that every file keeps its place and gets its line.
+    """
+
+    def __init__(self, images: list[LoadedImage], batch_size: int, device: torch.device) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images, self.batch_size, self.device = images, batch_size, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self) -> Iterator[PredictBatch]:
+        for start in range(0, len(self.images), self.batch_size):
+            chunk = self.images[start : start + self.batch_size]
+            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(784) for image in chunk])
+            readable = [image.pixels is not None for image in chunk]
+            yield x.to(self.device), [image.name for image in chunk], [image.note for image in chunk], readable
