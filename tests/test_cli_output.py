@@ -185,8 +185,9 @@ def test_predict_on_pngs_of_mnist_test_images_answers_as_the_network_does_on_the
         Image.fromarray(255 - image.numpy()).save(tmp_path / f"dark_{i:02d}.png")
     result = manualbp("predict", "--config", config, "--ckpt_path", checkpoint, "--data.predict_path", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    with torch.no_grad():
-        a = _network(checkpoint)(images.reshape(-1, 784).float() / 255)
+    pixels = images.reshape(-1, 784).float()
+    with torch.no_grad():  # predict scales each image's strongest stroke to 1 (255 in 9 of 10 MNIST images)
+        a = _network(checkpoint)(pixels / pixels.amax(1, keepdim=True))
     top = a.topk(2, dim=1)
     answers = _predictions(result.stdout)
     assert len(answers) == 24
@@ -195,8 +196,9 @@ def test_predict_on_pngs_of_mnist_test_images_answers_as_the_network_does_on_the
             match = answers[name]
             assert int(match[2]) == int(match[3]) == top.indices[i, 0]
             assert int(match[5]) == top.indices[i, 1]
-            assert float(match[4]) == pytest.approx(top.values[i, 0].item(), abs=5e-4)
-            assert float(match[6]) == pytest.approx(top.values[i, 1].item(), abs=5e-4)
+            # printed with 3 decimals: 5e-4 of rounding, plus float32 differences of the resampled image
+            assert float(match[4]) == pytest.approx(top.values[i, 0].item(), abs=6e-4)
+            assert float(match[6]) == pytest.approx(top.values[i, 1].item(), abs=6e-4)
             assert match[7] == note
     # the short run has learnt: most of these twelve are the digits the labels say
     assert sum(int(answers[f"white_{i:02d}.png"][2]) == mnist["test_labels"][i] for i in range(12)) >= 9
