@@ -340,7 +340,7 @@ def _mean_cost(cost: str, activations: Sequence[Tensor], weights: Sequence[Tenso
 
 
 def l2_weight_decay(lmbda, n) -> float:
-    """The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
+    r"""The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
     ``weight_decay``, :math:`\lambda/n`; a ``TypeError``/``ValueError`` naming the argument unless ``lmbda`` is a
     finite number >= 0 and, when it is not 0, ``n`` a positive int."""
     if isinstance(lmbda, bool) or not isinstance(lmbda, Real):

@@ -23,8 +23,8 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..network import Network
-from ..nn import QuadraticCost
+from ..network import Network, l2_weight_decay
+from .datamodule import NUM_TRAIN
 
 __all__ = ["ManualBPClassifier"]
 
@@ -35,18 +35,25 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 
 class ManualBPClassifier(L.LightningModule):
-    r"""Mini-batch SGD on the quadratic cost, for a ``Network`` of sigmoid layers.
+    r"""Mini-batch SGD on the quadratic or the cross-entropy cost, for a ``Network`` of sigmoid layers.
 
     Plain SGD with learning rate :math:`\eta` on the mean cost is the book's update rule,
     :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` for a mini-batch of m examples.
 
     Args:
         sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
-        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10.
+        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5.
+        cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
         init: ``"normal"`` (the book's N(0, 1), chapters 1-2) or ``"scaled"`` (N(0, 1/n_in) weights,
             chapter 3); see :class:`~torch_manualbp.nn.SigmoidLinear`.
         momentum: SGD momentum; 0 (off) is the book's plain SGD.
-        weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it; 0 (off) by default.
+        weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it, to weights and biases; 0 (off) by
+            default. For the book's regularisation use ``lmbda``.
+        lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
+            biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
+            ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
+        training_set_size: the :math:`n` in :math:`\lambda/n`, the number of training examples; 50,000 for the
+            book's MNIST split (:class:`~torch_manualbp.lightning.MNISTDataModule`).
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
             the trainer's ``max_epochs``.
         mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
@@ -58,9 +65,12 @@ class ManualBPClassifier(L.LightningModule):
         self,
         sizes: list[int] = [784, 30, 10],
         eta: float = 3.0,
+        cost: Literal["quadratic", "cross_entropy"] = "quadratic",
         init: Literal["normal", "scaled"] = "normal",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        lmbda: float = 0.0,
+        training_set_size: int = NUM_TRAIN,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         mini_batch_size: int | None = None,
     ) -> None:
@@ -71,6 +81,9 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        l2_weight_decay(lmbda, training_set_size)  # raises on a bad lmbda or training_set_size
+        if lmbda and weight_decay:
+            raise ValueError("give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if mini_batch_size is not None and mini_batch_size < 1:
@@ -78,8 +91,7 @@ class ManualBPClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y), for GradientAudit
-        self.network = Network(sizes, init=init)
-        self.cost = QuadraticCost()
+        self.network = Network(sizes, cost=cost, init=init)
         classes = sizes[-1]
         self.val_accuracy = MulticlassAccuracy(classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(classes, average="micro")
@@ -125,14 +137,18 @@ class ManualBPClassifier(L.LightningModule):
         x, y, labels = batch
         a = self.network(x)
         accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
-        self.log(f"{stage}/cost", self.cost(a, y), batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
+        cost = self.network.layered_cost(x, y)  # C₀, without the L2 term; the cross-entropy's from zᴸ
+        self.log(f"{stage}/cost", cost, batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.SGD(
-            self.parameters(), lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
+        parameters = self.parameters()
+        if hp.lmbda:  # the book's L2: weight_decay = λ/n on the weights, none on the biases
+            weights, biases = self.network.weights_and_biases()
+            decay = l2_weight_decay(hp.lmbda, hp.training_set_size)
+            parameters = [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
+        optimizer = torch.optim.SGD(parameters, lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
