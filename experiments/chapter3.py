@@ -53,7 +53,10 @@ def main() -> None:
     table = results_table(name, histories, seconds, args.book)
     if args.book_val is not None:
         median_val = statistics.median(100 * max(h["val/accuracy"].values()) for h in histories.values())
-        table += f"\n\nMedian best validation accuracy {median_val:.2f}%; the book reports {args.book_val:.2f}% on the validation data."
+        table += (
+            f"\n\nMedian best validation accuracy {median_val:.2f}%; "
+            f"the book reports {args.book_val:.2f}% on the validation data."
+        )
     command = " ".join(["python", "experiments/chapter3.py", *sys.argv[1:]])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.md").write_text(f"Command: `{command}`\n\n{table}\n")

@@ -17,7 +17,9 @@ def test_training_equals_the_books_regularised_cross_entropy_update_over_the_sam
     data.setup("fit")
     eta, lmbda, n = 0.5, 5.0, 1000  # a small n, so that the decay 1 − ηλ/n = 0.9975 per step shows in 100 steps
     torch.manual_seed(0)
-    model = ManualBPClassifier([784, 30, 10], eta=eta, cost="cross_entropy", lmbda=lmbda, training_set_size=n, init="normal")
+    model = ManualBPClassifier(
+        [784, 30, 10], eta=eta, cost="cross_entropy", lmbda=lmbda, training_set_size=n, init="normal"
+    )
     params = [p.detach().clone() for p in model.network.parameters()]
     # network2.py's step with plain autograd: W → (1 − ηλ/n) W − η ∂C₀/∂W, b → b − η ∂C₀/∂b, C₀ the cross-entropy.
     for step, (x, y, _) in enumerate(data.train_dataloader()):

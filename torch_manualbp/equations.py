@@ -111,8 +111,8 @@ def output_error(error: Tensor, a: Tensor, cost: str) -> Tensor:
         ValueError: ``cost`` is not one of :data:`COSTS`.
     """
     if cost == "cross_entropy":
-        # ∂C/∂aᴸ = (aᴸ − y)/(aᴸ(1 − aᴸ)) and σ'(zᴸ) = aᴸ(1 − aᴸ) cancel exactly; their product would be ∞·0 = NaN
-        # for an output saturated at exactly 0 or 1.
+        # ∂C/∂aᴸ = (aᴸ − y)/(aᴸ(1 − aᴸ)) and σ'(zᴸ) = aᴸ(1 − aᴸ) cancel exactly; their product
+        # would be ∞·0 = NaN for an output saturated at exactly 0 or 1.
         return error  # (BP1) δᴸ = aᴸ − y
     if cost == "quadratic":
         return sigmoid_delta(error, a)  # (BP1) δᴸ = (aᴸ − y) ⊙ σ'(zᴸ)
