@@ -60,7 +60,7 @@ def main() -> None:
     command = " ".join(["python", "experiments/chapter3.py", *sys.argv[1:]])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.md").write_text(f"Command: `{command}`\n\n{table}\n")
-    plot(name, histories, args.out / f"{name}.png")
+    plot(name, histories, args.out / f"{name}.png", settings["model"].get("cost", "quadratic"))
     print(table)
 
 
