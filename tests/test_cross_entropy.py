@@ -398,3 +398,23 @@ def test_sgd_step_rejects_bad_lmbda_or_n_before_changing_any_parameter(lmbda, n,
     with pytest.raises(error, match=words):
         net.sgd_step(torch.rand(4, 5), torch.tensor([0, 1, 2, 0]), 0.5, lmbda=lmbda, n=n)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_update_mini_batch_with_cross_entropy_and_l2_compiles_to_one_graph_equal_to_eager():
+    # update_mini_batch is what ManualBPClassifier(compile=True) unrolls; η is a 0-d tensor there.
+    from torch_manualbp.network import update_mini_batch
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager, compiled = Network([20, 8, 4], cost="cross_entropy"), Network([20, 8, 4], cost="cross_entropy")
+    compiled.load_state_dict(eager.state_dict())
+    step = torch.compile(update_mini_batch, fullgraph=True, dynamic=False)
+    eta, ones = torch.tensor(0.5), torch.ones(5)
+    for _ in range(3):
+        x, y = torch.rand(5, 20), TF.one_hot(torch.randint(0, 4, (5,)), 4).float()
+        with torch.no_grad():
+            want = update_mini_batch(*eager.weights_and_biases(), x, y, eta, ones, "cross_entropy", 5.0 / 50)
+            got = step(*compiled.weights_and_biases(), x, y, eta, ones, "cross_entropy", 5.0 / 50)
+        torch.testing.assert_close(got, want, **F32)
+    for p, q in zip(compiled.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), **F32)
