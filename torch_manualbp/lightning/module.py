@@ -43,36 +43,36 @@ class ManualBPClassifier(L.LightningModule):
     Args:
         sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
         eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5.
-        cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
         init: ``"normal"`` (the book's N(0, 1), chapters 1-2) or ``"scaled"`` (N(0, 1/n_in) weights,
             chapter 3); see :class:`~torch_manualbp.nn.SigmoidLinear`.
         momentum: SGD momentum; 0 (off) is the book's plain SGD.
         weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it, to weights and biases; 0 (off) by
             default. For the book's regularisation use ``lmbda``.
-        lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
-            biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
-            ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
-        training_set_size: the :math:`n` in :math:`\lambda/n`, the number of training examples; 50,000 for the
-            book's MNIST split (:class:`~torch_manualbp.lightning.MNISTDataModule`).
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
             the trainer's ``max_epochs``.
         mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
             1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
             order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates.
+        cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
+        lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
+            biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
+            ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
+        training_set_size: the :math:`n` in :math:`\lambda/n`, the number of training examples; 50,000 for the
+            book's MNIST split (:class:`~torch_manualbp.lightning.MNISTDataModule`).
     """
 
     def __init__(
         self,
         sizes: list[int] = [784, 30, 10],
         eta: float = 3.0,
-        cost: Literal["quadratic", "cross_entropy"] = "quadratic",
         init: Literal["normal", "scaled"] = "normal",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        lmbda: float = 0.0,
-        training_set_size: int = NUM_TRAIN,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         mini_batch_size: int | None = None,
+        cost: Literal["quadratic", "cross_entropy"] = "quadratic",
+        lmbda: float = 0.0,
+        training_set_size: int = NUM_TRAIN,
     ) -> None:
         super().__init__()
         if not (math.isfinite(eta) and eta > 0):
@@ -83,7 +83,9 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         l2_weight_decay(lmbda, training_set_size)  # raises on a bad lmbda or training_set_size
         if lmbda and weight_decay:
-            raise ValueError("give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both")
+            raise ValueError(
+                "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
+            )
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if mini_batch_size is not None and mini_batch_size < 1:
