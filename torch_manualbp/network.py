@@ -3,8 +3,9 @@ r"""Nielsen's ``Network([784, 30, 10])`` as an ``nn.Module``, with chapter 2's a
 
 ``Network.forward`` runs the layers, so ``quadratic_cost(net(x), y).backward()`` takes the gradients
 through the hand-written Functions one node at a time (``Network.layered_cost`` does that for either cost).
-``Network.backprop`` is the same algorithm for the whole network at once, in matrix form over a mini-batch and with no autograd: :func:`feedforward`,
-then :func:`backpropagate`: BP1 for the output error, BP2 down the layers, BP3 and BP4 for the gradients.
+``Network.backprop`` is the same algorithm for the whole network at once, in matrix form over a mini-batch and
+with no autograd: :func:`feedforward`, then :func:`backpropagate`: BP1 for the output error, BP2 down the
+layers, BP3 and BP4 for the gradients.
 ``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`).
 ``Network.sgd_step`` is the book's ``update_mini_batch``: feedforward, BP1-BP4 and the update itself, with no
 autograd at all (:func:`update_mini_batch`); it is the fast path for training. All of them compute the equations
