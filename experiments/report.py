@@ -47,7 +47,8 @@ def main() -> None:
     table = results_table(name, histories, seconds, args.book)
     command = " ".join(["python", "experiments/report.py", *sys.argv[1:]])
     (args.out / f"{name}.md").write_text(f"Command: `{command}`\n\n{table}\n")
-    plot(name, histories, args.out / f"{name}.png")
+    cost = yaml.safe_load(args.config.read_text()).get("model", {}).get("cost", "quadratic")
+    plot(name, histories, args.out / f"{name}.png", cost)
     print(table)
 
 
@@ -131,7 +132,7 @@ def results_table(name: str, histories: dict, seconds: dict, book: float | None)
     return "\n".join(lines)
 
 
-def plot(name: str, histories: dict, path: Path) -> None:
+def plot(name: str, histories: dict, path: Path, cost: str = "quadratic") -> None:
     fig, (acc_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (seed, h) in enumerate(histories.items()):
         for ax, metric, keys in ((acc_ax, "accuracy", ("val", "test")), (cost_ax, "cost", ("train", "val"))):
@@ -140,7 +141,7 @@ def plot(name: str, histories: dict, path: Path) -> None:
                 values = [h[f"{key}/{metric}"][e] * (100 if metric == "accuracy" else 1) for e in epochs]
                 ax.plot(epochs, values, style, color=f"C{i}", label=f"{key}, seed {seed}")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{name}: accuracy per epoch")
-    cost_ax.set(xlabel="epoch", ylabel="quadratic cost C", title=f"{name}: cost per epoch", yscale="log")
+    cost_ax.set(xlabel="epoch", ylabel=f"{cost.replace('_', '-')} cost C", title=f"{name}: cost per epoch", yscale="log")
     for ax in (acc_ax, cost_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -70,6 +70,14 @@ def test_gradient_audit_logs_agreement_with_autograd(tmp_path):
     assert sorted(audits) == [0, 5, 10, 15] and max(audits.values()) < 1e-5
 
 
+def test_gradient_audit_of_a_cross_entropy_run_compares_with_autograd_on_that_cost(tmp_path):
+    torch.manual_seed(0)
+    model = ManualBPClassifier([784, 30, 10], eta=0.5, cost="cross_entropy")
+    trainer, _ = fit(tmp_path, model, [GradientAudit(every_n_steps=5)], steps=20)
+    audits = [row["audit/max_rel_diff"] for row in logged(trainer).values() if "audit/max_rel_diff" in row]
+    assert len(audits) == 4 and max(audits) < 1e-5
+
+
 class DoubledCost(ManualBPClassifier):
     """A training step whose gradients are twice the quadratic cost's: what the audit must catch."""
 

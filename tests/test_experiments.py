@@ -38,3 +38,15 @@ def test_learning_slowdown_error_is_bp1_and_the_saturated_start_learns_slower():
     # δ = (a − y) σ'(z) with y = 0: the saturated neuron's error is 7 times smaller, and so is its progress.
     assert slow["delta"][0] < fast["delta"][0] / 5
     assert slow["cost"][0] - slow["cost"][50] < (fast["cost"][0] - fast["cost"][50]) / 10
+
+
+def test_learning_slowdown_cross_entropy_error_is_a_minus_y_and_the_saturated_start_learns_at_once():
+    from learning_slowdown import train
+
+    cross_entropy, quadratic = train(2.0, 2.0, "cross_entropy", epochs=50), train(2.0, 2.0, "quadratic", epochs=50)
+    a = torch.sigmoid(torch.tensor(4.0, dtype=torch.float64)).item()
+    assert abs(cross_entropy["delta"][0] - a) < 1e-15  # (BP1) δ = a − y with y = 0: no σ'(z) factor
+    # From the same saturated start (a ≈ 0.98), 50 steps: the cross-entropy brings a below 0.15, the quadratic cost
+    # has not moved it by 0.01.
+    assert cross_entropy["output"][50] < 0.15
+    assert quadratic["output"][0] - quadratic["output"][50] < 0.01

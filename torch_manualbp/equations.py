@@ -13,15 +13,24 @@ rows and :math:`w^l a^{l-1}` becomes :math:`a^{l-1} W^{l\top}`, with ``weight`` 
     \text{(BP3)}\ \partial C / \partial b^l = \textstyle\sum_x \delta^{x,l} \qquad
     \text{(BP4)}\ \partial C / \partial W^l = \delta^{l\top} a^{l-1}
 
+BP1 depends on the cost, and :func:`output_error` is the one place that says how:
+:math:`\delta^L = (a^L - y) \odot \sigma'(z^L)` for chapter 2's quadratic cost, :math:`\delta^L = a^L - y`
+for chapter 3's cross-entropy, whose :math:`\partial C/\partial a = (a - y)/(a(1 - a))` cancels
+:math:`\sigma'(z^L) = a(1 - a)`. Writing that cancellation out is also what keeps a saturated output finite:
+computed as two factors it is :math:`\infty \cdot 0` = NaN once :math:`a^L` rounds to exactly 0 or 1.
+
 Who uses what:
 
 - the per-layer ``SigmoidLinearFunction.backward`` (autograd, one node per layer): :func:`sigmoid_delta`,
   :func:`error_below`, :func:`bias_gradient`, :func:`weight_gradient`;
 - ``Network.backprop`` and ``Network.cost`` (the whole network at once): :func:`feedforward`, :func:`backpropagate`;
+- ``SigmoidCrossEntropyFunction.backward`` (the output layer and the cross-entropy as one node): :func:`output_error`,
+  then :func:`error_below`, :func:`bias_gradient` and :func:`weight_gradient` as the per-layer Function;
 - ``Network.sgd_step``, the book's ``update_mini_batch`` without autograd: :func:`feedforward`, :func:`errors`,
   then :func:`descend`, which is BP3 and BP4 fused into the update itself.
 
-:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so :math:`z` is never kept.
+:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so :math:`z` is never kept;
+only the cross-entropy's value needs :math:`z^L`, which is recomputed (:func:`weighted_input`).
 """
 from __future__ import annotations
 
@@ -30,10 +39,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+#: The costs BP1 is written for: chapter 2's quadratic cost and chapter 3's cross-entropy.
+COSTS = ("quadratic", "cross_entropy")
+
 __all__ = [
+    "COSTS",
     "feedforward",
+    "weighted_input",
     "sigmoid_prime",
     "sigmoid_delta",
+    "output_error",
     "error_below",
     "bias_gradient",
     "weight_gradient",
@@ -52,8 +67,17 @@ def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) 
     """
     activations = [x]
     for weight, bias in zip(weights, biases):
-        activations.append(torch.sigmoid(torch.addmm(bias, activations[-1], weight.T)))  # aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ)
+        activations.append(torch.sigmoid(weighted_input(activations[-1], weight, bias)))  # aˡ = σ(zˡ)
     return activations
+
+
+def weighted_input(a_prev: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    r"""A layer's weighted input :math:`z^l = a^{l-1} W^{l\top} + b^l`, :math:`(N, H_l)`.
+
+    :func:`feedforward` keeps only :math:`a^l = \sigma(z^l)`; the cross-entropy's value needs :math:`z^L` itself
+    (see :func:`~torch_manualbp.functional.cross_entropy_from_z`), and recomputes it with this, one small product.
+    """
+    return a_prev @ weight.T if bias is None else torch.addmm(bias, a_prev, weight.T)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ
 
 
 def sigmoid_prime(a: Tensor) -> Tensor:
@@ -73,6 +97,28 @@ def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
     return torch.ops.aten.sigmoid_backward(grad_a, a)
 
 
+def output_error(error: Tensor, a: Tensor, cost: str) -> Tensor:
+    r"""(BP1) The output layer's error :math:`\delta^L` from its error :math:`a^L - y`, for the network's cost.
+
+    Args:
+        error: :math:`a^L - y` of each example, one row per example, scaled by the example's share of the
+            cost being differentiated (1/n for the mean over n examples). For the quadratic cost this is
+            :math:`\nabla_a C`; for the cross-entropy it is not, and that is the point.
+        a: the output activations :math:`a^L = \sigma(z^L)`.
+        cost: ``"quadratic"`` or ``"cross_entropy"``.
+
+    Raises:
+        ValueError: ``cost`` is not one of :data:`COSTS`.
+    """
+    if cost == "cross_entropy":
+        # ∂C/∂aᴸ = (aᴸ − y)/(aᴸ(1 − aᴸ)) and σ'(zᴸ) = aᴸ(1 − aᴸ) cancel exactly; their product
+        # would be ∞·0 = NaN for an output saturated at exactly 0 or 1.
+        return error  # (BP1) δᴸ = aᴸ − y
+    if cost == "quadratic":
+        return sigmoid_delta(error, a)  # (BP1) δᴸ = (aᴸ − y) ⊙ σ'(zᴸ)
+    raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+
+
 def error_below(delta: Tensor, weight: Tensor) -> Tensor:
     r""":math:`\partial C/\partial a^{l-1} = \delta^l W^l`: the :math:`\delta^{l+1} W^{l+1}` of (BP2), for the layer below."""
     return delta @ weight  # (N, in)
@@ -88,33 +134,37 @@ def weight_gradient(delta: Tensor, a_prev: Tensor) -> Tensor:
     return delta.T @ a_prev  # (BP4)
 
 
-def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], grad_output: Tensor) -> list[Tensor]:
+def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], error: Tensor, cost: str = "quadratic") -> list[Tensor]:
     r"""The error :math:`\delta^l` of every layer, input side first, by BP1 and then BP2 down the layers.
 
     Args:
         weights: :math:`W^1 \dots W^L`.
         activations: :math:`a^0 = x, a^1 \dots a^L`, as :func:`feedforward` returns them.
-        grad_output: :math:`\nabla_a C`, the gradient of the cost with respect to :math:`a^L`, one row per example.
+        error: :math:`a^L - y`, one row per example, scaled by each example's share of the cost (see
+            :func:`output_error`); for the quadratic cost it is :math:`\nabla_a C`.
+        cost: which BP1, ``"quadratic"`` (default) or ``"cross_entropy"``.
     """
     # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
-    deltas = [grad_output] * len(weights)
-    deltas[-1] = sigmoid_delta(grad_output, activations[-1])  # (BP1) δᴸ = ∇_a C ⊙ σ'(zᴸ)
+    deltas = [error] * len(weights)
+    deltas[-1] = output_error(error, activations[-1], cost)  # (BP1)
     for i in reversed(range(len(weights) - 1)):
         deltas[i] = sigmoid_delta(error_below(deltas[i + 1], weights[i + 1]), activations[i + 1])  # (BP2)
     return deltas
 
 
 def backpropagate(
-    weights: Sequence[Tensor], activations: Sequence[Tensor], grad_output: Tensor
+    weights: Sequence[Tensor], activations: Sequence[Tensor], error: Tensor, cost: str = "quadratic"
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     r"""BP1-BP4 over all layers: the errors :func:`errors`, then each layer's gradients from them.
+
+    ``error`` and ``cost`` are as for :func:`errors`.
 
     Returns:
         ``(sum_w, sum_b, deltas)``: per layer :math:`\delta^{l\top} a^{l-1}` and :math:`\sum_x \delta^{x,l}`,
         which are :math:`\partial C/\partial W^l` and :math:`\partial C/\partial b^l` when the rows of
-        ``grad_output`` are the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
+        ``error`` are scaled by the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
     """
-    deltas = errors(weights, activations, grad_output)
+    deltas = errors(weights, activations, error, cost)
     sum_w = [weight_gradient(delta, a) for delta, a in zip(deltas, activations[:-1])]
     sum_b = [bias_gradient(delta) for delta in deltas]
     return sum_w, sum_b, deltas

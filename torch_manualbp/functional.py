@@ -1,4 +1,5 @@
-r"""Backpropagation written by hand: the sigmoid layer and the quadratic cost as autograd Functions.
+r"""Backpropagation written by hand: the sigmoid layer, the quadratic cost, and the output layer with chapter 3's
+cross-entropy cost, as autograd Functions.
 
 Each ``backward`` below is one of the four equations of chapter 2 of Michael Nielsen's
 "Neural Networks and Deep Learning", in PyTorch's row layout: a mini-batch of n examples
@@ -21,6 +22,11 @@ Autograd splits the work between the two Functions: the cost's backward supplies
 BP1 at the output layer and BP2 below it, where :math:`\partial C/\partial a^l = \delta^{l+1} W^{l+1}`
 is what the layer above returned for its input.
 
+The cross-entropy cannot be split that way without a NaN: its :math:`\nabla_a C = (a - y)/(a(1 - a))` is
+infinite where the output saturates, and the layer's :math:`\sigma'(z) = 0` there. So
+:class:`SigmoidCrossEntropyFunction` is the output layer and the cost in one node, computed from :math:`z^L`
+(the softplus form), whose backward starts from BP1 as chapter 3 writes it, :math:`\delta^L = a^L - y`.
+
 Both Functions follow PyTorch's "Extending PyTorch" rules: ``forward`` and ``setup_context``
 apart, tensors kept only through ``save_for_backward``/``save_for_forward``, ``needs_input_grad``
 honoured, a ``backward`` made of differentiable torch operations (so double backward works), a
@@ -32,13 +38,23 @@ import torch
 from torch import Tensor
 
 from . import observe
-from .equations import bias_gradient, error_below, sigmoid_delta, sigmoid_prime, weight_gradient
+from .equations import (
+    bias_gradient,
+    error_below,
+    output_error,
+    sigmoid_delta,
+    sigmoid_prime,
+    weight_gradient,
+    weighted_input,
+)
 
 __all__ = [
     "SigmoidLinearFunction",
     "QuadraticCostFunction",
+    "SigmoidCrossEntropyFunction",
     "sigmoid_linear",
     "quadratic_cost",
+    "sigmoid_cross_entropy",
     "targets_like",
     "sigmoid_prime",
     "sigmoid_delta",
@@ -150,6 +166,76 @@ class QuadraticCostFunction(torch.autograd.Function):
         return _reduce((_error(a, y) * error_t).sum(-1), ctx.reduction)
 
 
+class SigmoidCrossEntropyFunction(torch.autograd.Function):
+    r"""The output layer and chapter 3's cross-entropy cost as one node, reduced over examples:
+
+    .. math::
+        z = x W^\top + b, \qquad
+        C_x = -\sum_j \left[y_j \ln \sigma(z_j) + (1 - y_j) \ln(1 - \sigma(z_j))\right]
+            = \sum_j \left[\operatorname{softplus}(z_j) - y_j z_j\right]
+
+    Use :func:`sigmoid_cross_entropy`, which checks its arguments and one-hot encodes class labels; this class
+    expects ``x`` of shape ``(N, in_features)`` and a float ``y`` of shape ``(N, out_features)``.
+
+    The cost is computed from :math:`z` (``ln σ(z)`` would be ``ln 0`` for a saturated output), and the backward
+    starts from BP1 for this cost, :math:`\delta^L = a^L - y`, never forming :math:`\nabla_a C`. Only the inputs
+    are saved; the backward recomputes :math:`z` from them (one ``(N, in) × (in, out)`` product, the output
+    layer's, which is small), so that it is made of differentiable operations on the inputs alone and double
+    backward is exact.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str) -> Tensor:
+        z = weighted_input(x, weight, bias)  # zᴸ = x Wᵀ + b, (N, out)
+        return _reduce(_cross_entropy(z, y), reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, y, reduction = inputs
+        ctx.save_for_backward(x, weight, bias, y)
+        ctx.save_for_forward(x, weight, bias, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_cost: Tensor):
+        x, weight, bias, y = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = grad_y = None
+        z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (see the class docstring)
+        a = torch.sigmoid(z)  # aᴸ
+        share = _per_example(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
+        delta = output_error((a - y) * share, a, "cross_entropy")  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled
+        if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
+            observe._notify(weight, delta, sigmoid_prime(a))
+        if ctx.needs_input_grad[0]:
+            grad_x = error_below(delta, weight)  # δᴸ Wᴸ, handed to the layer below for its BP2, (N, in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight_gradient(delta, x)  # BP4, (out, in)
+        if ctx.needs_input_grad[2]:
+            grad_bias = bias_gradient(delta)  # BP3, (out,)
+        if ctx.needs_input_grad[3]:
+            grad_y = -z * share  # ∂C_x/∂y_j = −z_j
+        return grad_x, grad_weight, grad_bias, grad_y, None
+
+    @staticmethod
+    def jvp(ctx, x_t, weight_t, bias_t, y_t, _reduction_t) -> Tensor:
+        # Forward mode: ż = ẋ Wᵀ + x Ẇᵀ + ḃ, then Ċ_x = Σ_j (σ(z_j) − y_j) ż_j − z_j ẏ_j, reduced like the cost.
+        x, weight, bias, y = ctx.saved_tensors
+        z = weighted_input(x, weight, bias)
+        z_t = torch.zeros_like(z)
+        if x_t is not None:
+            z_t = z_t + x_t @ weight.T
+        if weight_t is not None:
+            z_t = z_t + x @ weight_t.T
+        if bias_t is not None:
+            z_t = z_t + bias_t
+        rate = (torch.sigmoid(z) - y) * z_t  # (N, out)
+        if y_t is not None:
+            rate = rate - z * y_t
+        return _reduce(rate.sum(-1), ctx.reduction)
+
+
 class _SigmoidLinearCompilable(SigmoidLinearFunction):
     """SigmoidLinearFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
 
@@ -158,6 +244,12 @@ class _SigmoidLinearCompilable(SigmoidLinearFunction):
 
 class _QuadraticCostCompilable(QuadraticCostFunction):
     """QuadraticCostFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
+
+    jvp = torch.autograd.Function.jvp
+
+
+class _SigmoidCrossEntropyCompilable(SigmoidCrossEntropyFunction):
+    """SigmoidCrossEntropyFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
 
     jvp = torch.autograd.Function.jvp
 
@@ -178,6 +270,12 @@ def _error(a: Tensor, y: Tensor) -> Tensor:
         return a - y
     dtype = torch.promote_types(torch.promote_types(a.dtype, y.dtype), torch.float32)
     return a.to(dtype) - y.to(dtype)
+
+
+def _cross_entropy(z: Tensor, y: Tensor) -> Tensor:
+    r""":math:`C_x = \sum_j [\operatorname{softplus}(z_j) - y_j z_j]` per example: the cross-entropy of
+    :math:`a = \sigma(z)`, finite for any finite :math:`z` (``logaddexp(z, 0)`` is softplus without overflow)."""
+    return (torch.logaddexp(z, z.new_zeros(())) - y * z).sum(-1)
 
 
 def _reduce(per_example: Tensor, reduction: str) -> Tensor:
@@ -225,26 +323,57 @@ def sigmoid_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
         >>> sigmoid_linear(x, weight, bias).shape
         torch.Size([4, 30])
     """
-    _check_float_tensor("x", x)
-    _check_float_tensor("weight", weight)
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
-    out_features, in_features = weight.shape
-    if x.ndim == 0 or x.shape[-1] != in_features:
-        raise ValueError(
-            f"x must have shape (*, in_features) with in_features={in_features} to match weight "
-            f"{tuple(weight.shape)}, got shape {tuple(x.shape)}"
-        )
-    _check_same_kind("x", x, "weight", weight)
-    if bias is not None:
-        _check_float_tensor("bias", bias)
-        if bias.shape != (out_features,):
-            raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
-        _check_same_kind("bias", bias, "weight", weight)
+    out_features, in_features = _check_layer(x, weight, bias)
     function = _compilable(SigmoidLinearFunction, _SigmoidLinearCompilable)
     if x.ndim == 2:  # a mini-batch of rows, the Function's own layout: no reshape nodes in the graph
         return function.apply(x, weight, bias)  # (N, out)
     return function.apply(x.reshape(-1, in_features), weight, bias).reshape(*x.shape[:-1], out_features)
+
+
+def sigmoid_cross_entropy(
+    x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str = "mean"
+) -> Tensor:
+    r"""The output layer :math:`a^L = \sigma(x W^\top + b)` and chapter 3's cross-entropy cost of it, in one step,
+    :math:`C = -\frac{1}{n} \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, with the hand-written
+    backward of :class:`SigmoidCrossEntropyFunction`: BP1 as :math:`\delta^L = a^L - y`, then BP3, BP4 and
+    :math:`\delta^L W^L` for the layer below.
+
+    It takes the output layer's input and parameters, not :math:`a^L`, because the cost is computed from
+    :math:`z^L` and stays finite when the output saturates. It equals ``binary_cross_entropy_with_logits(x @ weight.T
+    + bias, y, reduction="none").sum(-1).mean()``: summed over the outputs, averaged over the examples.
+
+    Args:
+        x: the activations :math:`a^{L-1}` of the layer below the output layer.
+        weight, bias: the output layer's :math:`W^L` and :math:`b^L` (``bias`` may be ``None``).
+        y: the desired outputs, floats in [0, 1] shaped like the output, or integer class labels, one-hot encoded here.
+        reduction: ``"mean"`` for the book's :math:`C`; ``"sum"`` for :math:`\sum_x C_x`; ``"none"`` for the
+            :math:`C_x` themselves.
+
+    Shape:
+        - x: :math:`(*, H_{in})`; weight: :math:`(K, H_{in})`; bias: :math:`(K)`.
+        - y: :math:`(*, K)` floats or :math:`(*)` integer labels in ``0..K-1``.
+        - Output: a scalar, or :math:`(*)` for ``reduction="none"``.
+
+    Raises:
+        TypeError, ValueError: as :func:`sigmoid_linear` and :func:`quadratic_cost` document.
+
+    Examples::
+
+        >>> hidden = sigmoid_linear(torch.rand(8, 784), w1, b1)  # (8, 30)
+        >>> sigmoid_cross_entropy(hidden, w2, b2, torch.randint(0, 10, (8,))).backward()
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    out_features, in_features = _check_layer(x, weight, bias)
+    examples = x.shape[:-1]
+    if reduction == "mean" and x.numel() == 0:
+        raise ValueError(f"the mean cost of zero examples is undefined (x has shape {tuple(x.shape)})")
+    y = _targets(y, (*examples, out_features), x)
+    function = _compilable(SigmoidCrossEntropyFunction, _SigmoidCrossEntropyCompilable)
+    if x.ndim == 2:  # a mini-batch of rows, the Function's own layout
+        return function.apply(x, weight, bias, y, reduction)
+    cost = function.apply(x.reshape(-1, in_features), weight, bias, y.reshape(-1, out_features), reduction)
+    return cost.reshape(examples) if reduction == "none" else cost
 
 
 def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
@@ -332,6 +461,27 @@ def _targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
 def _can_branch_on_values(t: Tensor) -> bool:
     """False under torch.compile and inside torch.func transforms, where a tensor's values cannot steer Python."""
     return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _check_layer(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a layer, after checking that ``x``, ``weight`` and ``bias`` fit it."""
+    _check_float_tensor("x", x)
+    _check_float_tensor("weight", weight)
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    if x.ndim == 0 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"x must have shape (*, in_features) with in_features={in_features} to match weight "
+            f"{tuple(weight.shape)}, got shape {tuple(x.shape)}"
+        )
+    _check_same_kind("x", x, "weight", weight)
+    if bias is not None:
+        _check_float_tensor("bias", bias)
+        if bias.shape != (out_features,):
+            raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
+        _check_same_kind("bias", bias, "weight", weight)
+    return out_features, in_features
 
 
 def _check_float_tensor(name: str, t) -> None:

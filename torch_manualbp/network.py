@@ -1,13 +1,16 @@
-r"""Nielsen's ``Network([784, 30, 10])`` as an ``nn.Module``, with chapter 2's algorithm beside it.
+r"""Nielsen's ``Network([784, 30, 10])`` as an ``nn.Module``, with chapter 2's algorithm beside it, and chapter 3's
+``Network(sizes, cost="cross_entropy")`` with the book's L2 regularisation.
 
 ``Network.forward`` runs the layers, so ``quadratic_cost(net(x), y).backward()`` takes the gradients
-through the hand-written Functions one node at a time. ``Network.backprop`` is the same algorithm for
-the whole network at once, in matrix form over a mini-batch and with no autograd: :func:`feedforward`,
-then :func:`backpropagate`: BP1 for the output error, BP2 down the layers, BP3 and BP4 for the gradients.
+through the hand-written Functions one node at a time (``Network.layered_cost`` does that for either cost).
+``Network.backprop`` is the same algorithm for the whole network at once, in matrix form over a mini-batch and
+with no autograd: :func:`feedforward`, then :func:`backpropagate`: BP1 for the output error, BP2 down the
+layers, BP3 and BP4 for the gradients.
 ``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`).
 ``Network.sgd_step`` is the book's ``update_mini_batch``: feedforward, BP1-BP4 and the update itself, with no
 autograd at all (:func:`update_mini_batch`); it is the fast path for training. All of them compute the equations
-of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it.
+of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it. The cost
+(``"quadratic"`` or ``"cross_entropy"``) changes BP1 only, in :func:`~torch_manualbp.equations.output_error`.
 """
 from __future__ import annotations
 
@@ -19,19 +22,39 @@ import torch
 from torch import Tensor, nn
 
 from . import observe
-from .equations import backpropagate, descend, error_below, errors, feedforward, sigmoid_prime
+from .equations import (
+    COSTS,
+    backpropagate,
+    descend,
+    error_below,
+    errors,
+    feedforward,
+    sigmoid_prime,
+    weighted_input,
+)
 from .functional import (
     QuadraticCostFunction,
+    SigmoidCrossEntropyFunction,
     _check_float_tensor,
     _check_same_kind,
     _error,
     _per_example,
     _targets,
+    quadratic_cost,
+    sigmoid_cross_entropy,
     targets_like,
 )
 from .nn import SigmoidLinear
 
-__all__ = ["Network", "Backprop", "NetworkCostFunction", "feedforward", "backpropagate", "update_mini_batch"]
+__all__ = [
+    "Network",
+    "Backprop",
+    "NetworkCostFunction",
+    "feedforward",
+    "backpropagate",
+    "update_mini_batch",
+    "l2_weight_decay",
+]
 
 
 class Backprop(NamedTuple):
@@ -43,7 +66,7 @@ class Backprop(NamedTuple):
         delta: the errors :math:`\delta^{x,l} = \partial C_x/\partial z^{x,l}` of each example,
             each of shape :math:`(N, H_l)`. They are per example, as in the book, so they do not
             shrink with the batch; the gradients of the mean cost :math:`C` average them over x.
-        cost: :math:`C = \frac{1}{2n}\sum_x \lVert y(x) - a^L(x) \rVert^2`, a scalar.
+        cost: the mean cost :math:`C` of the mini-batch (the network's ``cost``), a scalar.
     """
 
     nabla_w: list[Tensor]
@@ -58,6 +81,14 @@ class Network(nn.Module):
     Args:
         sizes: the number of neurons in each layer, input layer first. ``[784, 30, 10]`` is 784 input
             pixels, one hidden layer of 30 neurons and 10 output neurons, one per digit.
+        cost: the cost every method trains on, as ``network2.py``'s ``Network(sizes, cost=...)``:
+
+            - ``"quadratic"`` (default): chapter 2's :math:`C = \frac{1}{2n}\sum_x \lVert y(x) - a^L(x) \rVert^2`,
+              whose BP1 is :math:`\delta^L = (a^L - y) \odot \sigma'(z^L)`.
+            - ``"cross_entropy"``: chapter 3's
+              :math:`C = -\frac{1}{n}\sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, whose BP1 is
+              :math:`\delta^L = a^L - y`: no :math:`\sigma'(z^L)`, so a saturated, wrong output still learns. Its
+              value is computed from :math:`z^L`, finite however saturated the outputs.
         init: the initialisation of every layer, ``"scaled"`` (default) or ``"normal"``; see
             :class:`~torch_manualbp.nn.SigmoidLinear`.
         device, dtype: where and how to allocate the parameters.
@@ -66,6 +97,9 @@ class Network(nn.Module):
         - Input: :math:`(*, \text{sizes}[0])`.
         - Output: :math:`(*, \text{sizes}[-1])`, the output activations :math:`a^L`.
 
+    Attributes:
+        cost_name: ``"quadratic"`` or ``"cross_entropy"``, as given (``cost`` itself is the method :meth:`cost`).
+
     Examples::
 
         >>> net = Network([784, 30, 10])
@@ -73,13 +107,22 @@ class Network(nn.Module):
         >>> result = net.backprop(x, labels)  # BP1-BP4 in matrix form, no autograd
         >>> [g.shape for g in result.nabla_w]
         [torch.Size([30, 784]), torch.Size([10, 30])]
+        >>> net = Network([784, 100, 10], cost="cross_entropy", init="normal")  # chapter 3
+        >>> cost = net.sgd_step(x, labels, eta=0.5, lmbda=5.0, n=50_000)
     """
 
-    def __init__(self, sizes: Sequence[int], init: str = "scaled", device=None, dtype=None) -> None:
+    def __init__(
+        self, sizes: Sequence[int], cost: str = "quadratic", init: str = "scaled", device=None, dtype=None
+    ) -> None:
         super().__init__()
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
             raise ValueError(f"sizes must be a list of at least two layer sizes, e.g. [784, 30, 10], got {sizes!r}")
+        if not isinstance(cost, str):
+            raise TypeError(f"cost must be the name of a cost, one of {COSTS}, got {type(cost).__name__}")
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
         self.sizes = list(sizes)
+        self.cost_name = cost
         self.layers = nn.ModuleList(
             SigmoidLinear(n_in, n_out, init=init, device=device, dtype=dtype)
             for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
@@ -93,7 +136,7 @@ class Network(nn.Module):
 
     @torch.no_grad()
     def backprop(self, x: Tensor, y: Tensor) -> Backprop:
-        r"""The gradient of the mean quadratic cost on a mini-batch, by BP1-BP4 in matrix form.
+        r"""The gradient of the mean cost on a mini-batch, by BP1-BP4 in matrix form.
 
         This is ``network.py``'s ``backprop`` for all examples at once: each example is a row, so
         the book's column vectors :math:`a^l` become rows and :math:`w^l a^{l-1}` becomes
@@ -117,23 +160,23 @@ class Network(nn.Module):
         output = activations[-1]  # aᴸ, (N, sizes[-1])
         y = targets_like(output, y)
         n = x.shape[0]
-        cost = QuadraticCostFunction.forward(output, y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
-        # ∇_a C_x = aᴸ − y for each example: the rows of δ are the book's per-example δ^{x,l}
-        sum_w, sum_b, deltas = backpropagate(weights, activations, output - y)
+        cost = _mean_cost(self.cost_name, activations, weights, biases, y)
+        # aᴸ − y unscaled: the rows of δ are the book's per-example δ^{x,l}
+        sum_w, sum_b, deltas = backpropagate(weights, activations, output - y, self.cost_name)
         nabla_w = [s / n for s in sum_w]  # ∂C/∂Wˡ = (1/n) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
         nabla_b = [s / n for s in sum_b]  # ∂C/∂bˡ = (1/n) Σ_x δ^{x,l}
         return Backprop(nabla_w, nabla_b, deltas, cost)
 
     def cost(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""The mean quadratic cost of a mini-batch as one autograd node: the fast path for training.
+        r"""The mean cost of a mini-batch as one autograd node: the fast path for training through autograd.
 
-        ``network.cost(x, y)`` equals ``quadratic_cost(network(x), y)``, with the same gradients, but
+        ``network.cost(x, y)`` equals :meth:`layered_cost`, with the same gradients, but
         its backward is :class:`NetworkCostFunction`'s: BP1-BP4 over all layers at once, in matrix form
         (:func:`backpropagate`, as in :meth:`backprop`), instead of one node per layer. Fewer nodes
         means less per-node overhead, which dominates at the book's mini-batches of 10.
 
-        It gives up what only the per-layer Functions offer: double backward, ``torch.func`` transforms,
-        forward-mode AD and autocast (it computes in the parameters' dtype).
+        It gives up what only the per-layer Functions (:meth:`layered_cost`) offer: double backward,
+        ``torch.func`` transforms, forward-mode AD and autocast (it computes in the parameters' dtype).
 
         Shape:
             - x: :math:`(N, \text{sizes}[0])`.
@@ -142,13 +185,34 @@ class Network(nn.Module):
         """
         self._check_batch(x)
         if torch.is_autocast_enabled(x.device.type):
-            raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use quadratic_cost(network(x), y)")
+            raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)")
         y = _targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        return NetworkCostFunction.apply(x, y, *[p for pair in zip(weights, biases) for p in pair])
+        return NetworkCostFunction.apply(x, y, self.cost_name, *[p for pair in zip(weights, biases) for p in pair])
+
+    def layered_cost(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""The mean cost of a mini-batch through the per-layer Functions, one autograd node per layer.
+
+        For the quadratic cost it is ``quadratic_cost(network(x), y)``; for the cross-entropy the output layer
+        and the cost are one node, :func:`~torch_manualbp.functional.sigmoid_cross_entropy`, whose backward
+        starts at :math:`\delta^L = a^L - y`. It equals :meth:`cost` and supports what that does not: double
+        backward, ``torch.func`` transforms, forward-mode AD and autocast.
+
+        Shape:
+            - x: :math:`(*, \text{sizes}[0])`.
+            - y: :math:`(*, \text{sizes}[-1])` floats or :math:`(*)` integer labels.
+            - Output: a scalar.
+        """
+        if self.cost_name == "quadratic":
+            return quadratic_cost(self(x), y)
+        hidden = x
+        for layer in self.layers[:-1]:
+            hidden = layer(hidden)
+        output = self.layers[-1]
+        return sigmoid_cross_entropy(hidden, output.weight, output.bias, y)
 
     @torch.no_grad()
-    def sgd_step(self, x: Tensor, y: Tensor, eta: float) -> Tensor:
+    def sgd_step(self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int | None = None) -> Tensor:
         r"""One step of stochastic gradient descent on a mini-batch: the book's ``update_mini_batch``.
 
         Feedforward, BP1-BP4, then :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` and the same
@@ -157,6 +221,11 @@ class Network(nn.Module):
         ``torch.optim.SGD(lr=eta).step()`` up to rounding, in about a third of the operations: no graph, no
         gradient tensors (BP3 and BP4 are added straight into the parameters), no optimizer.
 
+        With ``lmbda`` it is chapter 3's L2-regularised step, ``network2.py``'s: the cost gains
+        :math:`\frac{\lambda}{2n}\sum_w w^2` over the n examples of the training set, and the weights (not the
+        biases) decay, :math:`w \to (1 - \frac{\eta\lambda}{n}) w - \frac{\eta}{m} \sum_x \partial C_{0,x}/\partial w`.
+        That is ``torch.optim.SGD(lr=eta, weight_decay=lmbda / n)`` applied to the weights only.
+
         Inside :func:`torch_manualbp.observe.record_errors` it hands over each layer's :math:`\partial C/\partial z`
         and :math:`\sigma'(z)`, as the autograd Functions do. It leaves no ``.grad``.
 
@@ -164,14 +233,17 @@ class Network(nn.Module):
             x: a mini-batch of inputs, one example per row.
             y: the desired outputs: floats of shape :math:`(N, \text{sizes}[-1])` or integer class labels.
             eta: the learning rate :math:`\eta`, a finite number > 0.
+            lmbda: the book's regularisation parameter :math:`\lambda \ge 0` (``lambda`` is a Python keyword,
+                hence the book's spelling); 0 (default) is no regularisation.
+            n: the size of the whole training set (50,000 for the book's MNIST split), required with ``lmbda``.
 
         Shape:
             - x: :math:`(N, \text{sizes}[0])`.
             - y: :math:`(N, \text{sizes}[-1])` or :math:`(N)`.
-            - Output: a scalar, the mini-batch's mean cost :math:`C` before the update.
+            - Output: a scalar, the mini-batch's mean cost :math:`C_0` before the update, without the L2 term.
 
         Raises:
-            TypeError, ValueError: bad ``x``, ``y`` or ``eta``, raised before any parameter changes.
+            TypeError, ValueError: bad ``x``, ``y``, ``eta``, ``lmbda`` or ``n``, raised before any parameter changes.
 
         Examples::
 
@@ -181,11 +253,13 @@ class Network(nn.Module):
         """
         self._check_batch(x)
         eta = check_learning_rate(eta)
+        weight_decay = l2_weight_decay(lmbda, n)
         if torch.is_autocast_enabled(x.device.type):
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
         y = _targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        return update_mini_batch(weights, biases, x, y, eta, self.ones(x.shape[0], x))
+        ones = self.ones(x.shape[0], x)
+        return update_mini_batch(weights, biases, x, y, eta, ones, self.cost_name, weight_decay)
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
@@ -209,11 +283,18 @@ class Network(nn.Module):
         _check_same_kind("x", x, "the network's weights", weight)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}"
+        return f"sizes={self.sizes}, cost={self.cost_name!r}"
 
 
 def update_mini_batch(
-    weights: Sequence[Tensor], biases: Sequence[Tensor], x: Tensor, y: Tensor, eta: float | Tensor, ones: Tensor
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    x: Tensor,
+    y: Tensor,
+    eta: float | Tensor,
+    ones: Tensor,
+    cost: str = "quadratic",
+    weight_decay: float = 0.0,
 ) -> Tensor:
     r"""The book's ``update_mini_batch`` in matrix form: one SGD step on ``weights`` and ``biases``, in place.
 
@@ -225,21 +306,55 @@ def update_mini_batch(
         x: the mini-batch, :math:`(N, H_0)`; y: float targets, :math:`(N, H_L)`.
         eta: the learning rate, a number or (compiled) a 0-d tensor; see :func:`~torch_manualbp.equations.descend`.
         ones: a vector of N ones, in ``x``'s dtype and on its device.
+        cost: ``"quadratic"`` (default) or ``"cross_entropy"``: which BP1, and which cost is returned.
+        weight_decay: :math:`\lambda/n`, the book's L2 regularisation as ``torch.optim.SGD``'s ``weight_decay``
+            (see :func:`l2_weight_decay`): each weight, not bias, is first multiplied by :math:`1 - \eta\lambda/n`.
+            A Python number: ``torch.compile`` specialises on it, as on ``cost``.
 
     Returns:
-        The mean quadratic cost of the mini-batch before the update, a 0-d tensor.
+        The mean cost :math:`C_0` of the mini-batch before the update (no L2 term), a 0-d tensor.
     """
-    n = x.shape[0]
+    m = x.shape[0]
     activations = feedforward(x, weights, biases)
-    grad_output = activations[-1] - y  # ∇_a C_x = aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
-    cost = grad_output.square().sum() * (0.5 / n)  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
-    deltas = errors(weights, activations, grad_output)  # BP1, then BP2 with every Wˡ⁺¹ before its update
-    if observe._ACTIVE:  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/n, as the Functions hand it over
+    error = activations[-1] - y  # aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
+    if cost == "quadratic":
+        mean_cost = error.square().sum() * (0.5 / m)  # C = 1/(2m) Σ_x ‖y(x) − aᴸ(x)‖²
+    else:
+        mean_cost = _mean_cost(cost, activations, weights, biases, y)
+    deltas = errors(weights, activations, error, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
+    if observe._ACTIVE:  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it over
         for weight, delta, a in zip(weights, deltas, activations[1:]):
-            observe._notify(weight, delta / n, sigmoid_prime(a))
+            observe._notify(weight, delta / m, sigmoid_prime(a))
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
-        descend(weight, bias, delta, a_prev, eta / n, ones)  # BP3 and BP4, added into bˡ and Wˡ
-    return cost
+        if weight_decay:  # a Python number: no branch on a tensor
+            weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
+        descend(weight, bias, delta, a_prev, eta / m, ones)  # BP3 and BP4, added into bˡ and Wˡ
+    return mean_cost
+
+
+def _mean_cost(cost: str, activations: Sequence[Tensor], weights: Sequence[Tensor], biases: Sequence[Tensor], y: Tensor) -> Tensor:
+    """The mini-batch's mean cost C from the feedforward's activations; the cross-entropy's from zᴸ, recomputed,
+    with the very operations of the per-layer Functions' forward."""
+    if cost == "cross_entropy":
+        return SigmoidCrossEntropyFunction.forward(activations[-2], weights[-1], biases[-1], y, "mean")
+    return QuadraticCostFunction.forward(activations[-1], y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
+
+
+def l2_weight_decay(lmbda, n) -> float:
+    r"""The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
+    ``weight_decay``, :math:`\lambda/n`; a ``TypeError``/``ValueError`` naming the argument unless ``lmbda`` is a
+    finite number >= 0 and, when it is not 0, ``n`` a positive int."""
+    if isinstance(lmbda, bool) or not isinstance(lmbda, Real):
+        raise TypeError(f"lmbda must be a real number (the L2 regularisation parameter λ), got {type(lmbda).__name__}")
+    if not (math.isfinite(lmbda) and lmbda >= 0):
+        raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda}")
+    if lmbda == 0:
+        return 0.0
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be the training-set size, an int, when lmbda is given; got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be the training-set size, a positive number of examples, got {n}")
+    return float(lmbda) / n
 
 
 def check_learning_rate(eta) -> float:
@@ -253,38 +368,41 @@ def check_learning_rate(eta) -> float:
 
 
 class NetworkCostFunction(torch.autograd.Function):
-    r"""A whole ``Network`` and its mean quadratic cost as one autograd node (see :meth:`Network.cost`).
+    r"""A whole ``Network`` and its mean cost as one autograd node (see :meth:`Network.cost`).
 
-    ``forward(x, y, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward` and returns
-    :math:`C = \frac{1}{2n}\sum_x \lVert y(x) - a^L(x) \rVert^2`; ``backward`` runs :func:`backpropagate` once.
+    ``forward(x, y, cost, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward` and returns the mean ``cost``
+    (``"quadratic"`` or ``"cross_entropy"``); ``backward`` runs :func:`backpropagate` once.
     It saves the activations it needs, as autograd would, and no other intermediate. Its backward is not
     itself differentiable, and says so; the per-layer Functions' are.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, cost: str, *params: Tensor) -> Tensor:
         weights, biases = params[0::2], params[1::2]
         activations = feedforward(x, weights, biases)
-        cost = QuadraticCostFunction.forward(activations[-1], y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
-        ctx.save_for_backward(y, *weights, *activations)
-        ctx.depth = len(weights)
-        return cost
+        mean_cost = _mean_cost(cost, activations, weights, biases, y)
+        ctx.save_for_backward(y, biases[-1], *weights, *activations)  # bᴸ: only for the cross-entropy's ∂C/∂y
+        ctx.depth, ctx.cost = len(weights), cost
+        return mean_cost
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
         if torch.is_grad_enabled():  # backward(create_graph=True): the saved activations are not in any graph
             raise RuntimeError(
                 "Network.cost's backward is not differentiable (create_graph=True); "
-                "for higher derivatives use quadratic_cost(network(x), y)"
+                "for higher derivatives use network.layered_cost(x, y)"
             )
-        y, *saved = ctx.saved_tensors
+        y, last_bias, *saved = ctx.saved_tensors
         weights, activations = saved[: ctx.depth], saved[ctx.depth :]
         output = activations[-1]
-        error = _error(output, y) * _per_example(grad_cost, output, "mean")  # ∇_a C = (aᴸ − y)/n
-        sum_w, sum_b, deltas = backpropagate(weights, activations, error)  # BP1-BP4
+        share = _per_example(grad_cost, output, "mean")  # 1/n: each example's share of the mean
+        error = _error(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
+        sum_w, sum_b, deltas = backpropagate(weights, activations, error, ctx.cost)  # BP1-BP4
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors()
             for weight, delta, a in zip(weights, deltas, activations[1:]):
                 observe._notify(weight, delta, sigmoid_prime(a))
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
-        grad_y = -error if ctx.needs_input_grad[1] else None
-        return (grad_x, grad_y, *[g for pair in zip(sum_w, sum_b) for g in pair])
+        grad_y = None
+        if ctx.needs_input_grad[1]:  # ∂C_x/∂y is −(aᴸ − y) for the quadratic cost, −zᴸ for the cross-entropy
+            grad_y = -error if ctx.cost == "quadratic" else -weighted_input(activations[-2], weights[-1], last_bias) * share
+        return (grad_x, grad_y, None, *[g for pair in zip(sum_w, sum_b) for g in pair])

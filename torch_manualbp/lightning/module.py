@@ -2,9 +2,9 @@ r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Netwo
 
 The network, its gradients and, on the fast path, the update itself are the core's. Two paths:
 
-- **fused** (plain SGD, the book's): each mini-batch is one ``update_mini_batch`` (``Network.sgd_step``): feedforward,
-  BP1-BP4 and the update in place, with no autograd, no gradient tensors and no optimizer step; with
-  ``compile=True`` several such steps run as one ``torch.compile``-d call.
+- **fused** (the book's SGD, with its L2 ``lmbda`` if set): each mini-batch is one ``update_mini_batch``
+  (``Network.sgd_step``): feedforward, BP1-BP4 and the update in place, with no autograd, no gradient tensors and
+  no optimizer step; with ``compile=True`` several such steps run as one ``torch.compile``-d call.
 - **autograd**: ``Network.cost``, whose backward (``NetworkCostFunction``) runs BP1-BP4 over all layers at once,
   then ``torch.optim.SGD``. Used where the fused step does not apply (momentum, weight decay, DDP, autocast; said
   once at the start of training) and for the steps that a callback observes through the backward hooks
@@ -32,8 +32,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .. import observe
 from ..functional import _targets
-from ..network import Network, check_learning_rate, update_mini_batch
-from ..nn import QuadraticCost
+from ..network import Network, check_learning_rate, l2_weight_decay, update_mini_batch
+from .datamodule import NUM_TRAIN
 
 __all__ = ["ManualBPClassifier"]
 
@@ -44,23 +44,30 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 
 
 class ManualBPClassifier(L.LightningModule):
-    r"""Mini-batch SGD on the quadratic cost, for a ``Network`` of sigmoid layers.
+    r"""Mini-batch SGD on the quadratic or the cross-entropy cost, for a ``Network`` of sigmoid layers.
 
     Plain SGD with learning rate :math:`\eta` on the mean cost is the book's update rule,
     :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` for a mini-batch of m examples.
 
     Args:
         sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
-        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10.
+        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5.
         init: ``"normal"`` (the book's N(0, 1), chapters 1-2) or ``"scaled"`` (N(0, 1/n_in) weights,
             chapter 3); see :class:`~torch_manualbp.nn.SigmoidLinear`.
         momentum: SGD momentum; 0 (off) is the book's plain SGD.
-        weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it; 0 (off) by default.
+        weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it, to weights and biases; 0 (off) by
+            default. For the book's regularisation use ``lmbda``.
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
             the trainer's ``max_epochs``.
         mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
             1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
             order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates.
+        cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
+        lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
+            biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
+            ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
+        training_set_size: the :math:`n` in :math:`\lambda/n`, the number of training examples; 50,000 for the
+            book's MNIST split (:class:`~torch_manualbp.lightning.MNISTDataModule`).
         compile: run the fused steps through ``torch.compile`` (full graph, static shapes), ``steps_per_call``
             mini-batches unrolled into one compiled call. Compiling takes seconds to a minute, printed once;
             Inductor caches the result on disk, so later runs of the same shapes start faster.
@@ -82,6 +89,9 @@ class ManualBPClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         mini_batch_size: int | None = None,
+        cost: Literal["quadratic", "cross_entropy"] = "quadratic",
+        lmbda: float = 0.0,
+        training_set_size: int = NUM_TRAIN,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -90,6 +100,11 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        l2_weight_decay(lmbda, training_set_size)  # raises on a bad lmbda or training_set_size
+        if lmbda and weight_decay:
+            raise ValueError(
+                "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
+            )
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if mini_batch_size is not None and mini_batch_size < 1:
@@ -104,8 +119,7 @@ class ManualBPClassifier(L.LightningModule):
         self.steps_per_call = 10
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
-        self.network = Network(sizes, init=init)
-        self.cost = QuadraticCost()
+        self.network = Network(sizes, cost=cost, init=init)
         classes = sizes[-1]
         self.val_accuracy = MulticlassAccuracy(classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(classes, average="micro")
@@ -141,7 +155,9 @@ class ManualBPClassifier(L.LightningModule):
         if hp.momentum:
             reasons.append(f"momentum={hp.momentum:g} (the fused step is plain SGD)")
         if hp.weight_decay:
-            reasons.append(f"weight_decay={hp.weight_decay:g} (the fused step is plain SGD)")
+            reasons.append(
+                f"weight_decay={hp.weight_decay:g} (torch's, on every parameter; the fused step has the book's lmbda)"
+            )
         if self.trainer.world_size > 1:
             reasons.append(f"{self.trainer.world_size} processes (DDP averages gradients through autograd's hooks)")
         precision = str(self.trainer.precision)
@@ -203,6 +219,7 @@ class ManualBPClassifier(L.LightningModule):
         y = _targets(y, (len(x), network.sizes[-1]), x)
         eta = self.optimizers().optimizer.param_groups[0]["lr"]  # the scheduler's, if any
         weights, biases = network.weights_and_biases()
+        rule = self._update_rule()
         steps = -(-len(x) // size)
         whole = len(x) // size
         costs = []
@@ -214,11 +231,11 @@ class ManualBPClassifier(L.LightningModule):
             eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)
             ones = network.ones(size, x)
             for c in range(calls):
-                costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, ones))
+                costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, ones, rule))
             x, y = x[rows:], y[rows:]
         for start in range(0, len(x), size):  # eager: what is left, or everything
             x_m, y_m = x[start : start + size], y[start : start + size]
-            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, network.ones(len(x_m), x_m)).reshape(1))
+            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, network.ones(len(x_m), x_m), *rule).reshape(1))
         self.last_mini_batch = (x_m, y_m) if len(x) else (xs[-1, -1], ys[-1, -1])
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         for _ in range(steps):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
@@ -244,7 +261,7 @@ class ManualBPClassifier(L.LightningModule):
                     weights, biases = self.network.weights_and_biases()
                     for start in range(0, rows, size):
                         x_m, y_m = x[start : start + size], y[start : start + size]
-                        update_mini_batch(weights, biases, x_m, y_m, eta, self.network.ones(size, x_m))
+                        update_mini_batch(weights, biases, x_m, y_m, eta, self.network.ones(size, x_m), *self._update_rule())
                 parameters = list(self.network.parameters())
                 with torch.enable_grad():
                     cost = self.network.cost(x[rows : rows + size], y[rows : rows + size])
@@ -253,16 +270,22 @@ class ManualBPClassifier(L.LightningModule):
                 return True
         return False
 
-    def _compiled_steps(self, weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor) -> Tensor:
+    def _update_rule(self) -> tuple[str, float]:
+        """``(cost, weight_decay)`` for :func:`~torch_manualbp.network.update_mini_batch`: the network's cost and
+        the book's L2 as :math:`\lambda/n` (see ``lmbda``)."""
+        return self.network.cost_name, l2_weight_decay(self.hparams.lmbda, self.hparams.training_set_size)
+
+    def _compiled_steps(self, weights, biases, xs, ys, eta: Tensor, ones: Tensor, rule: tuple[str, float]) -> Tensor:
         """``xs.shape[0]`` fused steps in one compiled call; the first call for new shapes is timed and printed."""
         global _compiled_unrolled_steps
         if _compiled_unrolled_steps is None:  # one per process, so that every module reuses Dynamo's cache
             _compiled_unrolled_steps = torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
-        key = (tuple(xs.shape), tuple(ys.shape), tuple(tuple(w.shape) for w in weights), xs.dtype, str(xs.device))
+        shapes = (tuple(xs.shape), tuple(ys.shape), tuple(tuple(w.shape) for w in weights))
+        key = (shapes, xs.dtype, str(xs.device), rule)
         if key in _compiled_shapes:
-            return _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones)
+            return _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones, *rule)
         start = time.perf_counter()
-        costs = _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones)
+        costs = _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones, *rule)
         _compiled_shapes.add(key)
         rank_zero_info(
             f"manualbp: compiled {len(xs)} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
@@ -289,7 +312,8 @@ class ManualBPClassifier(L.LightningModule):
         x, y, labels = batch
         a = self.network(x)
         accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
-        self.log(f"{stage}/cost", self.cost(a, y), batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
+        cost = self.network.layered_cost(x, y)  # C₀, without the L2 term; the cross-entropy's from zᴸ
+        self.log(f"{stage}/cost", cost, batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
         # the book's "9129 / 10000": an exact count, summed over batches and processes (EpochReport prints it)
         correct = (a.argmax(-1) == labels).sum().float()
@@ -303,9 +327,12 @@ class ManualBPClassifier(L.LightningModule):
     def configure_optimizers(self):
         # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it.
         hp = self.hparams
-        optimizer = torch.optim.SGD(
-            self.parameters(), lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay
-        )
+        parameters = self.parameters()
+        if hp.lmbda:  # the book's L2: weight_decay = λ/n on the weights, none on the biases
+            weights, biases = self.network.weights_and_biases()
+            decay = l2_weight_decay(hp.lmbda, hp.training_set_size)
+            parameters = [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
+        optimizer = torch.optim.SGD(parameters, lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
@@ -318,6 +345,7 @@ _compiled_unrolled_steps = None  # torch.compile(_unrolled_steps), built on firs
 _compiled_shapes: set[tuple] = set()  # shapes it has been called with in this process
 
 
-def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor) -> Tensor:
+def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: str, decay: float):
     """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
-    return torch.stack([update_mini_batch(weights, biases, xs[u], ys[u], eta, ones) for u in range(xs.shape[0])])
+    steps = range(xs.shape[0])
+    return torch.stack([update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in steps])
