@@ -80,7 +80,7 @@ class SigmoidLinearFunction(torch.autograd.Function):
         dtype = a.dtype
         delta = sigmoid_delta(grad_a.to(dtype), a)  # (BP1) at the output layer, (BP2) below: δ = ∂C/∂a ⊙ σ'(z)
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe._notify(weight, delta, sigmoid_prime(a))
+            observe._notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             # ∂C/∂aˡ⁻¹ = δˡ Wˡ: the (δˡ⁺¹ Wˡ⁺¹) of (BP2), handed to the layer below
             grad_x = delta @ weight.to(dtype)  # (N, in)

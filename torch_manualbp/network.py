@@ -220,8 +220,8 @@ class NetworkCostFunction(torch.autograd.Function):
         error = _error(output, y) * _per_example(grad_cost, output, "mean")  # ∇_a C = (aᴸ − y)/n
         sum_w, sum_b, deltas = backpropagate(weights, activations, error)
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors()
-            for weight, delta, a in zip(weights, deltas, activations[1:]):
-                observe._notify(weight, delta, sigmoid_prime(a))
+            for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
+                observe._notify(weight, delta, sigmoid_prime(a), a_in)
         grad_x = deltas[0] @ weights[0] if ctx.needs_input_grad[0] else None  # the (δ¹ W¹) of (BP2), for x
         grad_y = -error if ctx.needs_input_grad[1] else None
         return (grad_x, grad_y, *[g for pair in zip(sum_w, sum_b) for g in pair])
