@@ -279,41 +279,48 @@ def _layer_statistics(
 ) -> tuple[Tensor, ParameterStatistics, ParameterStatistics | None]:
     """One layer's per-example squared norms (N,) and parameter statistics, from the per-example δ^{x,l} and
     a^{x,l−1} and the gradient sums Σ_x δ^{x,l} (a^{x,l−1})ᵀ and Σ_x δ^{x,l} (None: the layer has no bias)."""
-    n = delta.shape[0]
+    # 1/N as a tensor: each product with a Python number would convert it to one first, an op per call
+    inv_n = torch.full((), 1.0 / delta.shape[0], dtype=delta.dtype, device=delta.device)
     delta_sq, a_sq = delta * delta, a_in * a_in  # (N, H_l), (N, H_{l−1})
     delta_sq_norm = delta_sq.sum(1)  # ‖δ^{x,l}‖² = ‖∂C_x/∂bˡ‖², (N,)
     sq_norm = delta_sq_norm * a_sq.sum(1)  # ‖δ^{x,l} (a^{x,l−1})ᵀ‖² = ‖δ^{x,l}‖² ‖a^{x,l−1}‖², (N,)
-    weight = _parameter_statistics(sum_w / n, delta_sq.T @ a_sq, n)  # Σ_x (δ^{x,l})² ((a^{x,l−1})²)ᵀ
+    weight = _parameter_statistics(sum_w * inv_n, delta_sq.T @ a_sq, inv_n)  # Σ_x (δ^{x,l})² ((a^{x,l−1})²)ᵀ
     if sum_b is None:
         return sq_norm, weight, None
-    return sq_norm + delta_sq_norm, weight, _parameter_statistics(sum_b / n, delta_sq.sum(0), n)
+    return sq_norm + delta_sq_norm, weight, _parameter_statistics(sum_b * inv_n, delta_sq.sum(0), inv_n)
 
 
-def _parameter_statistics(mean: Tensor, sum_grad_squared: Tensor, n: int) -> ParameterStatistics:
+def _parameter_statistics(mean: Tensor, sum_grad_squared: Tensor, inv_n: Tensor) -> ParameterStatistics:
     # (1/N) Σ_x g_x² − ḡ² can come out a rounding error below 0 where every g_x is the same (say, 0)
-    variance = (sum_grad_squared / n - mean * mean).clamp_min(0)
+    variance = torch.addcmul(sum_grad_squared * inv_n, mean, mean, value=-1).clamp_min_(0)
     return ParameterStatistics(mean, sum_grad_squared, variance)
 
 
 def _statistics(layers: list[tuple[Tensor, ParameterStatistics, ParameterStatistics | None]]) -> GradientStatistics:
     """Assemble GradientStatistics from each layer's ``(per-example squared norms, weight, bias)``."""
     per_example_sq_norm = torch.stack([sq_norm for sq_norm, _, _ in layers], dim=1)  # (N, L)
-    n = per_example_sq_norm.shape[0]
-    layer_statistics, mean_sq_norms = [], []
-    for sq_norm, weight, bias in layers:
-        params = [weight] if bias is None else [weight, bias]
-        mean_sq_norm = sum((p.mean * p.mean).sum() for p in params)  # ‖ḡ‖² of this layer
-        mean_sq_norms.append(mean_sq_norm)
-        layer_statistics.append(LayerGradientStatistics(weight, bias, *_noise_scale(sq_norm.mean(), mean_sq_norm, n)))
-    total = _noise_scale(per_example_sq_norm.sum(1).mean(), sum(mean_sq_norms), n)
-    return GradientStatistics(per_example_sq_norm, layer_statistics, *total)
+    sq_norm_of_mean = torch.stack([  # ‖ḡ‖² of each layer's parameters, (L,)
+        (weight.mean * weight.mean).sum() + (0 if bias is None else (bias.mean * bias.mean).sum())
+        for _, weight, bias in layers
+    ])
+    norms = torch.stack([per_example_sq_norm.mean(0), sq_norm_of_mean])  # (2, L)
+    norms = torch.cat([norms, norms.sum(1, keepdim=True)], dim=1)  # (2, L + 1): all parameters together last
+    true_grad_sq_norm, trace_covariance, noise_scale = _noise_scale(norms[0], norms[1], len(per_example_sq_norm))
+    per_layer = zip(layers, true_grad_sq_norm.unbind(), trace_covariance.unbind(), noise_scale.unbind())
+    return GradientStatistics(
+        per_example_sq_norm,
+        [LayerGradientStatistics(weight, bias, *estimates) for (_, weight, bias), *estimates in per_layer],
+        true_grad_sq_norm[-1],
+        trace_covariance[-1],
+        noise_scale[-1],
+    )
 
 
 def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     r"""McCandlish et al.'s unbiased :math:`\lvert G\rvert^2` and :math:`S` (appendix A) from
     :math:`\frac1N\sum_x\lVert g_x\rVert^2` and :math:`\lVert\bar g\rVert^2`, and :math:`B_\text{simple} = S/\lvert G\rvert^2`."""
-    true_grad_sq_norm = (n * sq_norm_of_mean - mean_of_sq_norms) / (n - 1)  # |G|², B_small = 1, B_big = N
-    trace_covariance = (mean_of_sq_norms - sq_norm_of_mean) / (1 - 1 / n)  # S = tr Σ
+    true_grad_sq_norm = (n * sq_norm_of_mean - mean_of_sq_norms) * (1.0 / (n - 1))  # |G|², B_small = 1, B_big = N
+    trace_covariance = (mean_of_sq_norms - sq_norm_of_mean) * (n / (n - 1.0))  # S = tr Σ, the 1/(1 − 1/N) factor
     return true_grad_sq_norm, trace_covariance, trace_covariance / true_grad_sq_norm
 
 
