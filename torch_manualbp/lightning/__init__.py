@@ -6,6 +6,7 @@ The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports th
 from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
+from .noise import GradientNoiseMonitor
 from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ManualBPClassifier",
     "LearningSpeedMonitor",
     "GradientAudit",
+    "GradientNoiseMonitor",
     "DivergenceGuard",
     "DivergenceError",
     "AtomicCheckpointIO",
