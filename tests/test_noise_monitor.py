@@ -84,8 +84,10 @@ class RawEstimates(L.Callback):
 def test_noise_monitor_smooths_the_two_estimates_apart_then_divides(tmp_path):
     torch.manual_seed(0)
     monitor, raw = GradientNoiseMonitor(every_n_steps=5, smoothing=0.5), RawEstimates()
-    trainer = L.Trainer(max_steps=11, limit_val_batches=0, callbacks=[raw, monitor], logger=False, default_root_dir=tmp_path,
-                        enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=11, limit_val_batches=0, callbacks=[raw, monitor], logger=False, default_root_dir=tmp_path,
+        enable_checkpointing=False, enable_progress_bar=False,
+    )  # fmt: skip
     trainer.fit(ManualBPClassifier([784, 30, 10]), MNISTDataModule(data_dir=DATA, batch_size=20))
     (g0, s0), (g5, s5) = raw.estimates[0], raw.estimates[5]
     assert monitor.history[0]["b_simple/all"] == pytest.approx(s0 / g0, rel=1e-5)
