@@ -15,9 +15,9 @@ saturation (where denormal floats could slow the CPU and distort the comparison)
 Memory: the peak bytes that tensors created during one call hold at the same time (the network, the batch and
 anything alive before the call do not count), for the backprop step and for ``gradient_statistics``. It is
 measured by :class:`PeakNewBytes` on the CPU and by ``torch.cuda.max_memory_allocated`` on CUDA. Beside it
-its result (mean, sum of squares and variance of every parameter, and the (N, L) norms, which is O(parameters)
-and not transient), and two bounds: :math:`N \sum_l H_l` floats (the issue's goal, the input layer included: :math:`(a^0)^2` is
-formed) and N copies of all parameters (what per-example gradients done naively would hold).
+its result (mean, sum of squares and variance of every parameter, and the (N, L) norms: O(parameters) and not
+transient), and two bounds: :math:`N \sum_l H_l` floats (the issue's goal, the input layer included, since
+:math:`(a^0)^2` is formed) and N copies of all parameters (what per-example gradients done naively would hold).
 
 To run only this section::
 
@@ -172,8 +172,9 @@ def run(device: str, repeats: int, min_sample_s: float) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     """The section's table, for benchmark.md."""
     lines = [
-        "| device | N | backprop step µs | statistics + step µs | ratio | autograd step µs | recorded + statistics µs "
-        "| ratio | peak KiB, backprop | peak KiB, statistics (its result) | N·ΣH floats, KiB | N copies of the parameters, KiB |",
+        "| device | N | backprop step µs | statistics + step µs | ratio | autograd step µs "
+        "| recorded + statistics µs | ratio | peak KiB, backprop | peak KiB, statistics (its result) "
+        "| N·ΣH floats, KiB | N copies of the parameters, KiB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -182,7 +183,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['device']} | {r['batch']:,} | {us['backprop step']:,.1f} | {us['statistics + step']:,.1f} | "
             f"{r['ratio_backprop']:.2f} | {us['autograd step']:,.1f} | {us['recorded + statistics']:,.1f} | "
             f"{r['ratio_autograd']:.2f} | {r['peak_backprop_bytes'] / 1024:,.1f} | "
-            f"{r['peak_statistics_bytes'] / 1024:,.1f} ({r['result_bytes'] / 1024:,.1f}) | {r['n_sum_h_bytes'] / 1024:,.1f} | "
+            f"{r['peak_statistics_bytes'] / 1024:,.1f} ({r['result_bytes'] / 1024:,.1f}) | "
+            f"{r['n_sum_h_bytes'] / 1024:,.1f} | "
             f"{r['n_copies_of_params_bytes'] / 1024:,.1f} |"
         )
     return "\n".join(lines)

@@ -143,8 +143,8 @@ def test_statistics_match_backpack_batch_l2_sum_grad_squared_and_variance_float6
 
 
 def test_trace_covariance_is_the_unbiased_sample_variance_and_true_grad_corrects_the_mean_norm():
-    # E‖ḡ‖² = |G|² + S/N: the two estimators must satisfy ‖ḡ‖² = |G|² + S/N exactly on any batch, and S is
-    # the summed unbiased variance of the per-example gradients.
+    # E‖ḡ‖² = |G|² + S/N: the two estimators satisfy ‖ḡ‖² = |G|² + S/N exactly on any batch, and S is the
+    # summed unbiased variance of the per-example gradients.
     net, x, labels = network_and_batch(n=13)
     stats = gradient_statistics(net, x, labels)
     n = len(x)
@@ -209,7 +209,8 @@ def test_statistics_from_a_recorded_sum_cost_backward_need_reduction_sum():
 
 def test_recorded_statistics_of_a_layer_without_bias_match_vmap():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(SigmoidLinear(6, 5, bias=False, dtype=torch.float64), SigmoidLinear(5, 3, dtype=torch.float64))
+    f64 = torch.float64
+    model = torch.nn.Sequential(SigmoidLinear(6, 5, bias=False, dtype=f64), SigmoidLinear(5, 3, dtype=f64))
     x, y = torch.rand(8, 6, dtype=torch.float64), torch.rand(8, 3, dtype=torch.float64)
     with record_errors() as record:
         quadratic_cost(model(x), y).backward()

@@ -53,7 +53,8 @@ def test_noise_monitor_logs_b_simple_snr_and_norm_percentiles_of_the_batch_about
 
     def b_simple(g):  # McCandlish et al. appendix A with B_small = 1, B_big = N; smoothing cancels at the start
         mean_of_sq_norms, sq_norm_of_mean = (g**2).sum(1).mean(), (g.mean(0) ** 2).sum()
-        return ((mean_of_sq_norms - sq_norm_of_mean) / (1 - 1 / n)) / ((n * sq_norm_of_mean - mean_of_sq_norms) / (n - 1))
+        trace = (mean_of_sq_norms - sq_norm_of_mean) / (1 - 1 / n)
+        return trace / ((n * sq_norm_of_mean - mean_of_sq_norms) / (n - 1))
 
     first = rows[0]
     assert first["b_simple/all"] == pytest.approx(b_simple(torch.cat(g, 1)).item(), rel=1e-4)
@@ -92,7 +93,8 @@ def test_noise_monitor_smooths_the_two_estimates_apart_then_divides(tmp_path):
     (g0, s0), (g5, s5) = raw.estimates[0], raw.estimates[5]
     assert monitor.history[0]["b_simple/all"] == pytest.approx(s0 / g0, rel=1e-5)
     # averages 0.5·(0.5·x₀) + 0.5·x₅ of |G|² and of S, divided; not the average of the two ratios
-    assert monitor.history[5]["b_simple/all"] == pytest.approx((0.25 * s0 + 0.5 * s5) / (0.25 * g0 + 0.5 * g5), rel=1e-5)
+    expected = (0.25 * s0 + 0.5 * s5) / (0.25 * g0 + 0.5 * g5)
+    assert monitor.history[5]["b_simple/all"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_noise_monitor_catches_up_when_a_batch_makes_many_steps(tmp_path):

@@ -109,7 +109,7 @@ class ErrorRecord:
             >>> record.gradient_statistics(net).noise_scale
         """
         if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', the reduction of the recorded cost, got {reduction!r}")
+            raise ValueError(f"reduction must be 'mean' or 'sum', how the recorded cost was reduced, got {reduction!r}")
         entries = self.for_network(network)
         if not entries:
             raise ValueError(f"network has no SigmoidLinear layers to take statistics of ({type(network).__name__})")
@@ -283,7 +283,7 @@ def _layer_statistics(
     inv_n = torch.full((), 1.0 / delta.shape[0], dtype=delta.dtype, device=delta.device)
     delta_sq, a_sq = delta * delta, a_in * a_in  # (N, H_l), (N, H_{l−1})
     delta_sq_norm = delta_sq.sum(1)  # ‖δ^{x,l}‖² = ‖∂C_x/∂bˡ‖², (N,)
-    sq_norm = delta_sq_norm * a_sq.sum(1)  # ‖δ^{x,l} (a^{x,l−1})ᵀ‖² = ‖δ^{x,l}‖² ‖a^{x,l−1}‖², (N,)
+    sq_norm = delta_sq_norm * a_sq.sum(1)  # ‖δ^{x,l} (a^{x,l−1})ᵀ‖² = ‖δ^{x,l}‖² ‖a^{x,l−1}‖²
     weight = _parameter_statistics(sum_w * inv_n, delta_sq.T @ a_sq, inv_n)  # Σ_x (δ^{x,l})² ((a^{x,l−1})²)ᵀ
     if sum_b is None:
         return sq_norm, weight, None
@@ -318,7 +318,8 @@ def _statistics(layers: list[tuple[Tensor, ParameterStatistics, ParameterStatist
 
 def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     r"""McCandlish et al.'s unbiased :math:`\lvert G\rvert^2` and :math:`S` (appendix A) from
-    :math:`\frac1N\sum_x\lVert g_x\rVert^2` and :math:`\lVert\bar g\rVert^2`, and :math:`B_\text{simple} = S/\lvert G\rvert^2`."""
+    :math:`\frac1N\sum_x\lVert g_x\rVert^2` and :math:`\lVert\bar g\rVert^2`, and
+    :math:`B_\text{simple} = S/\lvert G\rvert^2`."""
     true_grad_sq_norm = (n * sq_norm_of_mean - mean_of_sq_norms) * (1.0 / (n - 1))  # |G|², B_small = 1, B_big = N
     trace_covariance = (mean_of_sq_norms - sq_norm_of_mean) * (n / (n - 1.0))  # S = tr Σ, the 1/(1 − 1/N) factor
     return true_grad_sq_norm, trace_covariance, trace_covariance / true_grad_sq_norm
@@ -326,7 +327,7 @@ def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> t
 
 def _check_two_examples(name: str, n: int) -> None:
     if n < 2:
-        raise ValueError(f"{name} must hold at least 2 examples: the variance of one example's gradient is undefined, got {n}")
+        raise ValueError(f"{name} must hold at least 2 examples: one example's gradient has no variance, got {n}")
 
 
 def _sigmoid_layers(network: torch.nn.Module) -> list:

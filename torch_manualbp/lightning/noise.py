@@ -105,7 +105,8 @@ class GradientNoiseMonitor(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not self.history or not trainer.is_global_zero:
             return
-        chart = Path(self.chart) if self.chart else Path(trainer.log_dir or trainer.default_root_dir) / "gradient_noise.png"
+        directory = Path(trainer.log_dir or trainer.default_root_dir)
+        chart = Path(self.chart) if self.chart else directory / "gradient_noise.png"
         chart.parent.mkdir(parents=True, exist_ok=True)
         self._draw(chart)
 
