@@ -208,7 +208,8 @@ class GradientStatistics:
 
     Attributes:
         per_example_sq_norm: :math:`\lVert\partial C_x/\partial W^l\rVert^2 + \lVert\partial C_x/\partial b^l\rVert^2`
-            per example and layer, input side first (BackPACK's BatchL2Grad of the weight plus that of the bias).
+            per example and layer, input side first: BackPACK's BatchL2Grad of the weight plus that of the bias
+            for a sum cost, and :math:`N^2` times it for a mean cost.
         layers: one :class:`LayerGradientStatistics` per sigmoid layer, input side first.
         true_grad_sq_norm: the estimate of :math:`\lvert G\rvert^2`, all parameters together.
         trace_covariance: the estimate of :math:`S = \operatorname{tr}\Sigma` of one example's gradient.
@@ -267,8 +268,8 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
         raise TypeError(f"network must be a torch_manualbp.Network, got {type(network).__name__}")
     network._check_batch(x)
     _check_two_examples("x", len(x))
-    weights = [layer.weight.detach() for layer in network.layers]
-    activations = feedforward(x, weights, [layer.bias.detach() for layer in network.layers])
+    weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
+    activations = feedforward(x, weights, [layer.bias for layer in network.layers])
     error = activations[-1] - targets_like(activations[-1], y)  # ∇_a C_x = aᴸ − y: the rows are the δ^{x,l}
     sum_w, sum_b, deltas = backpropagate(weights, activations, error)
     return _statistics([_layer_statistics(*layer) for layer in zip(deltas, activations[:-1], sum_w, sum_b)])
