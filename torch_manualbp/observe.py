@@ -90,12 +90,12 @@ class ErrorRecord:
         are those of the examples' own costs :math:`C_x`, so ``reduction`` says how that cost was made of them:
         ``"mean"`` (default; ``quadratic_cost``, ``Network.cost``) for :math:`C = \frac1N\sum_x C_x`, whose
         recorded errors are :math:`\delta^{x,l}/N` and are multiplied by N here, or ``"sum"`` for
-        :math:`\sum_x C_x`. Any other scaling of the cost (say, ``(0.5 * cost).backward()``) scales the means by
-        it and the other statistics by its square.
+        :math:`\sum_x C_x`. Any other factor c on the cost (say, ``(0.5 * cost).backward()``) multiplies the means
+        by c and the squared statistics by c², and leaves the noise scale unchanged.
 
         Args:
-            network: the module whose ``SigmoidLinear`` layers the backward went through, any but the
-                ``Network`` of :func:`gradient_statistics` included. A layer without bias gets ``bias=None``.
+            network: the module whose ``SigmoidLinear`` layers the backward went through: a ``Network`` or any
+                other module made of them. A layer without bias gets ``bias=None``.
             reduction: ``"mean"`` or ``"sum"``, as above.
 
         Shape:
