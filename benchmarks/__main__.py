@@ -9,7 +9,8 @@ Examples::
 
 Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training epoch, eight ways),
 ``cli`` (the main command: one CLI epoch vs the book's, eager and compiled, and 30 epochs end to end),
-``time95`` (time to 95% test accuracy via ``manualbp fit``). Each also runs on CUDA when a GPU is
+``time95`` (time to 95% test accuracy via ``manualbp fit``), ``statistics`` (per-example gradient statistics
+on top of a step). Each also runs on CUDA when a GPU is
 present (``--no-cuda`` to skip).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-SECTIONS = ("functions", "epoch", "cli", "time95")
+SECTIONS = ("functions", "epoch", "cli", "time95", "statistics")
 QUICK = {"repeats": 5, "min_sample_s": 0.002, "epoch_examples": 2000, "epoch_repeats": 2}
 FULL = {"repeats": 21, "min_sample_s": 0.02, "epoch_examples": 50_000, "epoch_repeats": 3}
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from . import cli_epoch, epoch, functions, report, time_to_95
+    from . import cli_epoch, epoch, functions, report, statistics, time_to_95
     from .timing import machine_info
 
     size = dict(QUICK if args.quick else FULL)
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if "time95" in args.only:
             print(f"[time95] {device}", flush=True)
             sections.setdefault("time95", []).append(time_to_95.run(args.out, device, args.quick))
+        if "statistics" in args.only:
+            print(f"[statistics] {device}", flush=True)
+            sections.setdefault("statistics", []).extend(statistics.run(device, size["repeats"], size["min_sample_s"]))
     print()
     print(report.write(args.out, meta, sections))
     print(f"written: {args.out / 'benchmark.md'}, {args.out / 'benchmark.json'}, {args.out / 'benchmark.png'}")

@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .statistics import markdown as statistics_table  # noqa: E402
+
 __all__ = ["markdown", "write"]
 
 
@@ -131,7 +133,14 @@ def markdown(meta: dict, sections: dict) -> str:
         parts += ["## 3. The main command, one epoch and thirty", _cli_table(sections["cli"])]
     if "time95" in sections:
         parts += ["## 4. Time to target test accuracy via `manualbp fit`", _time95_table(sections["time95"])]
-    parts += ["## 5. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
+    if "statistics" in sections:
+        parts += [
+            "## 5. Per-example gradient statistics on top of a step, [784, 30, 10]",
+            "Ratios: statistics + step / backprop step, and recorded + statistics / autograd step; goal ≤ 1.5. "
+            "Peak: bytes held at once by tensors allocated during the call (`benchmarks/statistics.py`).",
+            statistics_table(sections["statistics"]),
+        ]
+    parts += ["## 6. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
     return "\n\n".join(parts) + "\n"
 
 

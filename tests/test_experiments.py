@@ -50,3 +50,14 @@ def test_learning_slowdown_cross_entropy_error_is_a_minus_y_and_the_saturated_st
     # has not moved it by 0.01.
     assert cross_entropy["output"][50] < 0.15
     assert quadratic["output"][0] - quadratic["output"][50] < 0.01
+
+
+def test_batch_size_fit_recovers_s_min_and_b_noise_from_steps_on_the_papers_curve():
+    from batch_size import eta_for, fit_both, fit_s_min
+
+    batches = [1, 10, 100, 1000]
+    steps = [2000 * (1 + 150 / b) for b in batches]  # S = S_min (1 + B_noise/B), S_min = 2,000, B_noise = 150
+    s_min, b_noise = fit_both(batches, steps)
+    assert abs(s_min / 2000 - 1) < 0.02 and abs(b_noise / 150 - 1) < 0.03  # the B_noise grid is 2.3% apart
+    assert abs(fit_s_min(batches, steps, 150.0) - 2000) < 1e-6
+    assert [eta_for(b) for b in batches] == [0.3, 3.0, 6.0, 6.0]  # linear from the book's η = 3 at 10, capped

@@ -97,7 +97,7 @@ class SigmoidLinearFunction(torch.autograd.Function):
         dtype = a.dtype
         delta = sigmoid_delta(grad_a.to(dtype), a)  # BP1 at the output layer, BP2 below: δ = ∂C/∂a ⊙ σ'(z)
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe._notify(weight, delta, sigmoid_prime(a))
+            observe._notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             grad_x = error_below(delta, weight.to(dtype))  # δˡ Wˡ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:
@@ -207,7 +207,7 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         share = _per_example(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
         delta = output_error((a - y) * share, a, "cross_entropy")  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe._notify(weight, delta, sigmoid_prime(a))
+            observe._notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             grad_x = error_below(delta, weight)  # δᴸ Wᴸ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:

@@ -323,8 +323,8 @@ def update_mini_batch(
         mean_cost = _mean_cost(cost, activations, weights, biases, y)
     deltas = errors(weights, activations, error, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
     if observe._ACTIVE:  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it over
-        for weight, delta, a in zip(weights, deltas, activations[1:]):
-            observe._notify(weight, delta / m, sigmoid_prime(a))
+        for weight, delta, a_prev, a in zip(weights, deltas, activations[:-1], activations[1:]):
+            observe._notify(weight, delta / m, sigmoid_prime(a), a_prev)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
             weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
@@ -399,8 +399,8 @@ class NetworkCostFunction(torch.autograd.Function):
         error = _error(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
         sum_w, sum_b, deltas = backpropagate(weights, activations, error, ctx.cost)  # BP1-BP4
         if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors()
-            for weight, delta, a in zip(weights, deltas, activations[1:]):
-                observe._notify(weight, delta, sigmoid_prime(a))
+            for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
+                observe._notify(weight, delta, sigmoid_prime(a), a_in)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
         if ctx.needs_input_grad[1]:  # ∂C_x/∂y is −(aᴸ − y) for the quadratic cost, −zᴸ for the cross-entropy

@@ -13,7 +13,16 @@ Here the backward of :class:`~torch_manualbp.functional.SigmoidLinearFunction` c
 Each entry holds :math:`\partial C/\partial z^l` for the cost being differentiated, one row per example;
 for the mean cost :math:`C = \frac1n \sum_x C_x` that is :math:`\delta^{x,l}/n`, the book's per-example
 error divided by the batch size. It also holds :math:`\sigma'(z^l)`, which says which neurons are
-saturated. When no recording is active, the backward pays one check of an empty list.
+saturated, and the layer's input :math:`a^{l-1}`. When no recording is active, the backward pays one
+check of an empty list.
+
+Those two rows per example are all that per-example gradients need: by BP4 one example's weight gradient is
+:math:`\partial C_x/\partial W^l = \delta^{x,l} (a^{x,l-1})^\top`, an outer product, so its squared norm is
+:math:`\lVert\delta^{x,l}\rVert^2 \lVert a^{x,l-1}\rVert^2` and the elementwise sum of squares over the batch is
+:math:`(\delta^{l} \odot \delta^{l})^\top (a^{l-1} \odot a^{l-1})`; no example's weight gradient is ever formed.
+:func:`gradient_statistics` computes these statistics (BackPACK's BatchL2Grad, SumGradSquared and Variance, and
+the gradient noise scale of McCandlish et al. 2018) with one pass of its own, and
+:meth:`ErrorRecord.gradient_statistics` from what a recorded ``backward()`` saw.
 """
 from __future__ import annotations
 
@@ -24,7 +33,15 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["LayerErrors", "ErrorRecord", "record_errors"]
+__all__ = [
+    "LayerErrors",
+    "ErrorRecord",
+    "record_errors",
+    "ParameterStatistics",
+    "LayerGradientStatistics",
+    "GradientStatistics",
+    "gradient_statistics",
+]
 
 # The records being filled. Global rather than thread-local: on CUDA, autograd runs backward on a
 # device thread of its own, not on the thread that entered record_errors().
@@ -39,11 +56,13 @@ class LayerErrors:
         weight: the layer's weight parameter, which identifies the layer.
         delta: :math:`\partial C/\partial z` of the layer, ``(N, out_features)``, detached.
         sigmoid_prime: :math:`\sigma'(z) = a(1 - a)`, ``(N, out_features)``, detached.
+        input: the layer's input :math:`a^{l-1}`, ``(N, in_features)``, detached.
     """
 
     weight: Tensor
     delta: Tensor
     sigmoid_prime: Tensor
+    input: Tensor
 
 
 @dataclass
@@ -62,9 +81,49 @@ class ErrorRecord:
 
     def for_network(self, network: torch.nn.Module) -> list[LayerErrors]:
         """The latest entry of each ``SigmoidLinear`` in ``network``, input side first."""
-        from .nn import sigmoid_layers  # imported here: nn -> functional -> observe would be circular
+        return [self.for_weight(layer.weight) for layer in _sigmoid_layers(network)]
 
-        return [self.for_weight(layer.weight) for layer in sigmoid_layers(network)]
+    def gradient_statistics(self, network: torch.nn.Module, reduction: str = "mean") -> GradientStatistics:
+        r"""The statistics of :func:`gradient_statistics`, from the latest recorded backward through ``network``.
+
+        The recorded :math:`\partial C/\partial z^l` belongs to the cost that was differentiated; the statistics
+        are those of the examples' own costs :math:`C_x`, so ``reduction`` says how that cost was made of them:
+        ``"mean"`` (default; ``quadratic_cost``, ``Network.cost``) for :math:`C = \frac1N\sum_x C_x`, whose
+        recorded errors are :math:`\delta^{x,l}/N` and are multiplied by N here, or ``"sum"`` for
+        :math:`\sum_x C_x`. Any other factor c on the cost (say, ``(0.5 * cost).backward()``) multiplies the means
+        by c and the squared statistics by c², and leaves the noise scale unchanged.
+
+        Args:
+            network: the module whose ``SigmoidLinear`` layers the backward went through: a ``Network`` or any
+                other module made of them. A layer without bias gets ``bias=None``.
+            reduction: ``"mean"`` or ``"sum"``, as above.
+
+        Shape:
+            The recorded backward's mini-batch held :math:`N \ge 2` examples; the result is shaped as for
+            :func:`gradient_statistics`.
+
+        Examples::
+
+            >>> with record_errors() as record:
+            ...     quadratic_cost(net(x), labels).backward()
+            >>> record.gradient_statistics(net).noise_scale
+        """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', how the recorded cost was reduced, got {reduction!r}")
+        entries = self.for_network(network)
+        if not entries:
+            raise ValueError(f"network has no SigmoidLinear layers to take statistics of ({type(network).__name__})")
+        n = entries[0].delta.shape[0]
+        _check_two_examples("the recorded mini-batch", n)
+        layers = []
+        for layer, entry in zip(_sigmoid_layers(network), entries):
+            # in at least float32: under autocast δ is bf16/fp16 while the input may be float32
+            dtype = torch.promote_types(torch.promote_types(entry.delta.dtype, entry.input.dtype), torch.float32)
+            delta = entry.delta.to(dtype) * (n if reduction == "mean" else 1)  # (N, H_l), the book's δ^{x,l}
+            a_in = entry.input.to(dtype)  # (N, H_{l−1})
+            sum_b = delta.sum(0) if layer.bias is not None else None  # (BP3) Σ_x δ^{x,l}
+            layers.append(_layer_statistics(delta, a_in, delta.T @ a_in, sum_b))  # (BP4) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
+        return _statistics(layers)
 
 
 @contextmanager
@@ -78,8 +137,203 @@ def record_errors() -> Iterator[ErrorRecord]:
         _ACTIVE.remove(record)
 
 
-def _notify(weight: Tensor, delta: Tensor, sigmoid_prime: Tensor) -> None:
-    """Called by SigmoidLinearFunction.backward while a recording is active."""
-    entry = LayerErrors(weight, delta.detach(), sigmoid_prime.detach())  # fresh tensors: no copy needed
+def _notify(weight: Tensor, delta: Tensor, sigmoid_prime: Tensor, input: Tensor) -> None:
+    """Called by the backward of SigmoidLinearFunction and NetworkCostFunction while a recording is active."""
+    # δ and σ'(z) are fresh tensors and the input is saved for backward anyway: no copy needed
+    entry = LayerErrors(weight, delta.detach(), sigmoid_prime.detach(), input.detach())
     for record in _ACTIVE:
         record.entries.append(entry)
+
+
+@dataclass(frozen=True)
+class ParameterStatistics:
+    r"""Statistics of one parameter :math:`\theta`'s per-example gradients :math:`g_x = \partial C_x/\partial\theta`,
+    where :math:`C_x = \tfrac12\lVert y(x) - a^L(x)\rVert^2` is example x's own cost (the book's per-example nabla).
+
+    BackPACK computes the same quantities for the gradients of the cost that was differentiated: for a cost
+    that is a sum over examples (``reduction="sum"``) its ``sum_grad_squared`` and ``variance`` are these, and
+    for a mean (``reduction="mean"``) each of its per-example gradients is :math:`g_x/N`, so its
+    ``sum_grad_squared`` and ``variance`` are these divided by :math:`N^2`.
+
+    Attributes:
+        mean: :math:`\bar g = \frac1N \sum_x g_x`, the gradient of the mean cost :math:`C`.
+        sum_grad_squared: :math:`\sum_x g_x \odot g_x`, elementwise.
+        variance: :math:`\frac1N \sum_x (g_x - \bar g)^2`, elementwise; divided by N like BackPACK's ``Variance``
+            (multiply by :math:`N/(N-1)` for the unbiased estimate).
+
+    Shape:
+        Every attribute has the shape of the parameter.
+    """
+
+    mean: Tensor
+    sum_grad_squared: Tensor
+    variance: Tensor
+
+
+@dataclass(frozen=True)
+class LayerGradientStatistics:
+    r"""The per-example gradient statistics of one sigmoid layer, and its gradient noise scale.
+
+    Attributes:
+        weight: :class:`ParameterStatistics` of :math:`W^l`.
+        bias: :class:`ParameterStatistics` of :math:`b^l`, or ``None`` for a layer without bias.
+        true_grad_sq_norm, trace_covariance, noise_scale: as in :class:`GradientStatistics`, for this
+            layer's parameters only.
+    """
+
+    weight: ParameterStatistics
+    bias: ParameterStatistics | None
+    true_grad_sq_norm: Tensor
+    trace_covariance: Tensor
+    noise_scale: Tensor
+
+
+@dataclass(frozen=True)
+class GradientStatistics:
+    r"""What :func:`gradient_statistics` returns: per-example gradient statistics of a mini-batch of N examples.
+
+    The noise scale is the "simple" one of McCandlish et al. (2018, "An Empirical Model of Large-Batch
+    Training"), :math:`B_\text{simple} = \operatorname{tr}\Sigma / \lvert G\rvert^2`: the mini-batch size at which
+    the gradient's noise is as large as its signal, beyond which larger batches give diminishing returns.
+    :math:`\lvert G\rvert^2` and :math:`S = \operatorname{tr}\Sigma` are the paper's unbiased estimators
+    (appendix A) from the batch sizes :math:`B_\text{small} = 1` (each :math:`g_x`) and :math:`B_\text{big} = N`
+    (their mean :math:`\bar g`):
+
+    .. math::
+        \lvert G\rvert^2 \approx \frac{N\lVert\bar g\rVert^2 - \frac1N\sum_x\lVert g_x\rVert^2}{N - 1}, \qquad
+        S \approx \frac{\frac1N\sum_x\lVert g_x\rVert^2 - \lVert\bar g\rVert^2}{1 - 1/N}
+
+    One batch gives a noisy estimate, and :math:`\lvert G\rvert^2`'s may even be negative when the noise
+    dominates; the paper averages :math:`\lvert G\rvert^2` and :math:`S` over many batches before dividing.
+
+    Attributes:
+        per_example_sq_norm: :math:`\lVert\partial C_x/\partial W^l\rVert^2 + \lVert\partial C_x/\partial b^l\rVert^2`
+            per example and layer, input side first: BackPACK's BatchL2Grad of the weight plus that of the bias
+            for a sum cost, and :math:`N^2` times it for a mean cost.
+        layers: one :class:`LayerGradientStatistics` per sigmoid layer, input side first.
+        true_grad_sq_norm: the estimate of :math:`\lvert G\rvert^2`, all parameters together.
+        trace_covariance: the estimate of :math:`S = \operatorname{tr}\Sigma` of one example's gradient.
+        noise_scale: :math:`B_\text{simple} = S/\lvert G\rvert^2`.
+
+    Shape:
+        - per_example_sq_norm: :math:`(N, L)` for L layers.
+        - true_grad_sq_norm, trace_covariance, noise_scale: scalars.
+    """
+
+    per_example_sq_norm: Tensor
+    layers: list[LayerGradientStatistics]
+    true_grad_sq_norm: Tensor
+    trace_covariance: Tensor
+    noise_scale: Tensor
+
+
+@torch.no_grad()
+def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> GradientStatistics:
+    r"""Per-example gradient statistics of a mini-batch and its gradient noise scale, in one BP1-BP4 pass.
+
+    One :func:`~torch_manualbp.network.feedforward` and one :func:`~torch_manualbp.network.backpropagate`
+    with the error :math:`a^L - y` give each example's own :math:`\delta^{x,l}` (a row of each layer's error),
+    and with the activations :math:`a^{x,l-1}` that is every per-example gradient by BP3/BP4, in outer-product
+    form: nothing of size N times a weight matrix is formed, the extra memory is :math:`O(N \sum_l H_l)`. No
+    autograd is used, no parameter is changed and no ``.grad`` is written. :math:`C_x` is the network's own cost
+    of one example: :math:`\tfrac12\lVert y - a^L\rVert^2` by default, the cross-entropy for
+    ``Network(sizes, cost="cross_entropy")`` (then BP1 gives :math:`\delta^{x,L} = a^{x,L} - y`).
+
+    Args:
+        network: a :class:`~torch_manualbp.network.Network`.
+        x: a mini-batch of at least two inputs, one example per row, in the network's dtype and device.
+        y: the desired outputs, floats shaped like the output or integer class labels.
+
+    Shape:
+        - x: :math:`(N, \text{sizes}[0])`, :math:`N \ge 2`.
+        - y: :math:`(N, \text{sizes}[-1])` or :math:`(N)`.
+
+    Returns:
+        :class:`GradientStatistics`.
+
+    Raises:
+        TypeError: ``network`` is not a ``Network``, or ``x``/``y`` are not tensors of a fitting dtype.
+        ValueError: a shape does not fit, ``x`` has fewer than two examples, or a label is out of range.
+
+    Examples::
+
+        >>> net = Network([784, 30, 10])
+        >>> stats = gradient_statistics(net, torch.rand(100, 784), torch.randint(0, 10, (100,)))
+        >>> stats.per_example_sq_norm.shape, stats.layers[0].weight.variance.shape
+        (torch.Size([100, 2]), torch.Size([30, 784]))
+        >>> stats.noise_scale  # B_simple, in examples
+    """
+    from .functional import targets_like  # imported here: functional and network import this module
+    from .network import Network, backpropagate, feedforward
+
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a torch_manualbp.Network, got {type(network).__name__}")
+    network._check_batch(x)
+    _check_two_examples("x", len(x))
+    weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
+    activations = feedforward(x, weights, [layer.bias for layer in network.layers])
+    error = activations[-1] - targets_like(activations[-1], y)  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
+    sum_w, sum_b, deltas = backpropagate(weights, activations, error, network.cost_name)
+    return _statistics([_layer_statistics(*layer) for layer in zip(deltas, activations[:-1], sum_w, sum_b)])
+
+
+def _layer_statistics(
+    delta: Tensor, a_in: Tensor, sum_w: Tensor, sum_b: Tensor | None
+) -> tuple[Tensor, ParameterStatistics, ParameterStatistics | None]:
+    """One layer's per-example squared norms (N,) and parameter statistics, from the per-example δ^{x,l} and
+    a^{x,l−1} and the gradient sums Σ_x δ^{x,l} (a^{x,l−1})ᵀ and Σ_x δ^{x,l} (None: the layer has no bias)."""
+    # 1/N as a tensor: each product with a Python number would convert it to one first, an op per call
+    inv_n = torch.full((), 1.0 / delta.shape[0], dtype=delta.dtype, device=delta.device)
+    delta_sq, a_sq = delta * delta, a_in * a_in  # (N, H_l), (N, H_{l−1})
+    delta_sq_norm = delta_sq.sum(1)  # ‖δ^{x,l}‖² = ‖∂C_x/∂bˡ‖², (N,)
+    sq_norm = delta_sq_norm * a_sq.sum(1)  # ‖δ^{x,l} (a^{x,l−1})ᵀ‖² = ‖δ^{x,l}‖² ‖a^{x,l−1}‖²
+    weight = _parameter_statistics(sum_w * inv_n, delta_sq.T @ a_sq, inv_n)  # Σ_x (δ^{x,l})² ((a^{x,l−1})²)ᵀ
+    if sum_b is None:
+        return sq_norm, weight, None
+    return sq_norm + delta_sq_norm, weight, _parameter_statistics(sum_b * inv_n, delta_sq.sum(0), inv_n)
+
+
+def _parameter_statistics(mean: Tensor, sum_grad_squared: Tensor, inv_n: Tensor) -> ParameterStatistics:
+    # (1/N) Σ_x g_x² − ḡ² can come out a rounding error below 0 where every g_x is the same (say, 0)
+    variance = torch.addcmul(sum_grad_squared * inv_n, mean, mean, value=-1).clamp_min_(0)
+    return ParameterStatistics(mean, sum_grad_squared, variance)
+
+
+def _statistics(layers: list[tuple[Tensor, ParameterStatistics, ParameterStatistics | None]]) -> GradientStatistics:
+    """Assemble GradientStatistics from each layer's ``(per-example squared norms, weight, bias)``."""
+    per_example_sq_norm = torch.stack([sq_norm for sq_norm, _, _ in layers], dim=1)  # (N, L)
+    sq_norm_of_mean = torch.stack([  # ‖ḡ‖² of each layer's parameters, (L,)
+        (weight.mean * weight.mean).sum() + (0 if bias is None else (bias.mean * bias.mean).sum())
+        for _, weight, bias in layers
+    ])
+    norms = torch.stack([per_example_sq_norm.mean(0), sq_norm_of_mean])  # (2, L)
+    norms = torch.cat([norms, norms.sum(1, keepdim=True)], dim=1)  # (2, L + 1): all parameters together last
+    true_grad_sq_norm, trace_covariance, noise_scale = _noise_scale(norms[0], norms[1], len(per_example_sq_norm))
+    per_layer = zip(layers, true_grad_sq_norm.unbind(), trace_covariance.unbind(), noise_scale.unbind())
+    return GradientStatistics(
+        per_example_sq_norm,
+        [LayerGradientStatistics(weight, bias, *estimates) for (_, weight, bias), *estimates in per_layer],
+        true_grad_sq_norm[-1],
+        trace_covariance[-1],
+        noise_scale[-1],
+    )
+
+
+def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""McCandlish et al.'s unbiased :math:`\lvert G\rvert^2` and :math:`S` (appendix A) from
+    :math:`\frac1N\sum_x\lVert g_x\rVert^2` and :math:`\lVert\bar g\rVert^2`, and
+    :math:`B_\text{simple} = S/\lvert G\rvert^2`."""
+    true_grad_sq_norm = (n * sq_norm_of_mean - mean_of_sq_norms) * (1.0 / (n - 1))  # |G|², B_small = 1, B_big = N
+    trace_covariance = (mean_of_sq_norms - sq_norm_of_mean) * (n / (n - 1.0))  # S = tr Σ, the 1/(1 − 1/N) factor
+    return true_grad_sq_norm, trace_covariance, trace_covariance / true_grad_sq_norm
+
+
+def _check_two_examples(name: str, n: int) -> None:
+    if n < 2:
+        raise ValueError(f"{name} must hold at least 2 examples: one example's gradient has no variance, got {n}")
+
+
+def _sigmoid_layers(network: torch.nn.Module) -> list:
+    from .nn import sigmoid_layers  # imported here: nn -> functional -> observe would be circular
+
+    return sigmoid_layers(network)

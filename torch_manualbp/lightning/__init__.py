@@ -7,6 +7,7 @@ The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports th
 from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
+from .noise import GradientNoiseMonitor
 from .report import EpochReport, PredictionReport
 from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
@@ -15,6 +16,7 @@ __all__ = [
     "ManualBPClassifier",
     "LearningSpeedMonitor",
     "GradientAudit",
+    "GradientNoiseMonitor",
     "DivergenceGuard",
     "DivergenceError",
     "AtomicCheckpointIO",
