@@ -36,18 +36,23 @@ def _manualbp() -> list[str]:
     return [found] if found else [sys.executable, "-m", "torch_manualbp.cli"]
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository (where ``manualbp`` runs), so results name no machine's paths."""
+    return os.path.relpath(path, REPO)
+
+
 def effective_config(out: Path, device: str, quick: bool) -> dict:
-    """fast_95.yaml with the device, the output paths and, for a smoke run, a lower target."""
+    """fast_95.yaml with the device, the output paths (relative to the repository) and, for a smoke run, a lower
+    target."""
     config = yaml.safe_load(CONFIG.read_text())
     trainer = config["trainer"]
     trainer["accelerator"] = device
-    trainer["default_root_dir"] = str(out / f"time95_{device}")  # where LightningCLI saves config.yaml
+    trainer["default_root_dir"] = _relative(out / f"time95_{device}")  # where LightningCLI saves config.yaml
     stopper = trainer["callbacks"][0]["init_args"]
-    stopper["result_file"] = str(out / f"time_to_95_{device}.json")
+    stopper["result_file"] = _relative(out / f"time_to_95_{device}.json")
     if quick:  # a smoke run: the mechanism end to end, not the figure
         stopper["target"], stopper["every_n_steps"] = 0.90, 200
         trainer["max_time"] = "00:00:00:40"
-    config["data"]["data_dir"] = str(REPO / config["data"]["data_dir"])
     return config
 
 
@@ -58,9 +63,9 @@ def run(out: Path, device: str, quick: bool, log=print) -> dict:
     config_path = out / f"time_to_95_{device}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    result_file = Path(config["trainer"]["callbacks"][0]["init_args"]["result_file"])
+    result_file = REPO / config["trainer"]["callbacks"][0]["init_args"]["result_file"]
     result_file.unlink(missing_ok=True)
-    command = [*_manualbp(), "fit", "--config", str(config_path)]
+    command = [*_manualbp(), "fit", "--config", _relative(config_path)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     log(f"  {' '.join(command)}")
     start = time.time()
@@ -71,7 +76,8 @@ def run(out: Path, device: str, quick: bool, log=print) -> dict:
         tail = (completed.stdout + completed.stderr)[-3000:]
         raise RuntimeError(f"manualbp fit failed (exit {completed.returncode}):\n{tail}")
     result = json.loads(result_file.read_text())
-    result.update(process_wall_s=wall, command=" ".join(command), config_file=str(config_path),
+    shown = ["manualbp", *command[len(_manualbp()):]]  # the installed script's path is this machine's
+    result.update(process_wall_s=wall, command=" ".join(shown), config_file=_relative(config_path),
                   config=config, quick=quick)
     status = "reached" if result["reached"] else "NOT reached"
     log(f"  {status} {result['target']:.0%}: accuracy {result.get('accuracy', float('nan')):.4f} at step "
