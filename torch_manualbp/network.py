@@ -218,7 +218,7 @@ class Network(nn.Module):
         Feedforward, BP1-BP4, then :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` and the same
         for the biases, for the m examples of the mini-batch, in place and without autograd
         (:func:`update_mini_batch`). It equals ``network.cost(x, y).backward()`` followed by
-        ``torch.optim.SGD(lr=eta).step()`` up to rounding, in about a third of the operations: no graph, no
+        ``torch.optim.SGD(lr=eta).step()`` up to rounding, with far fewer operations: no graph, no
         gradient tensors (BP3 and BP4 are added straight into the parameters), no optimizer.
 
         With ``lmbda`` it is chapter 3's L2-regularised step, ``network2.py``'s: the cost gains
