@@ -145,7 +145,7 @@ class Network(nn.Module):
         Returns:
             :class:`Backprop`: ``nabla_w``, ``nabla_b``, ``delta`` per layer, and the ``cost``.
         """
-        self._check_batch(x)
+        self.check_batch(x)
         weights, biases = self.weights_and_biases()
         activations = feedforward(x, weights, biases)
         output = activations[-1]  # aᴸ, (N, sizes[-1])
@@ -174,7 +174,7 @@ class Network(nn.Module):
             - y: :math:`(N, \text{sizes}[-1])` floats or :math:`(N)` integer labels.
             - Output: a scalar.
         """
-        self._check_batch(x)
+        self.check_batch(x)
         if torch.is_autocast_enabled(x.device.type):
             raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)")
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
@@ -242,7 +242,7 @@ class Network(nn.Module):
             >>> x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
             >>> cost = net.sgd_step(x, labels, eta=3.0)
         """
-        self._check_batch(x)
+        self.check_batch(x)
         eta = check_learning_rate(eta)
         weight_decay = l2_weight_decay(lmbda, n)
         if torch.is_autocast_enabled(x.device.type):
@@ -264,7 +264,8 @@ class Network(nn.Module):
             ones = self._ones = torch.ones(n, dtype=like.dtype, device=like.device)
         return ones
 
-    def _check_batch(self, x: Tensor) -> None:
+    def check_batch(self, x: Tensor) -> None:
+        """Raise unless ``x`` is a non-empty ``(N, sizes[0])`` mini-batch of the network's dtype, on its device."""
         check_float_tensor("x", x)
         if x.ndim != 2 or x.shape[1] != self.sizes[0] or x.shape[0] == 0:
             raise ValueError(

@@ -282,7 +282,7 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
 
     if not isinstance(network, Network):
         raise TypeError(f"network must be a torch_manualbp.Network, got {type(network).__name__}")
-    network._check_batch(x)
+    network.check_batch(x)
     _check_two_examples("x", len(x))
     weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
     activations = feedforward(x, weights, [layer.bias for layer in network.layers])

@@ -261,7 +261,7 @@ class ManualBPClassifier(L.LightningModule):
     def _fused_steps(self, x: Tensor, y: Tensor, size: int) -> Tensor:
         """One fused SGD step per mini-batch of ``size`` rows of ``x``, in order; returns their costs before each update."""
         network = self.network
-        network._check_batch(x)
+        network.check_batch(x)
         y = targets(y, (len(x), network.sizes[-1]), x)
         eta = self.optimizers().optimizer.param_groups[0]["lr"]  # the scheduler's, if any
         weights, biases = network.weights_and_biases()
