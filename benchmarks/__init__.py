@@ -11,7 +11,7 @@ Sections (see each module):
 1. :mod:`benchmarks.functions`: forward+backward of the sigmoid layer and of ``[784, H, 10]`` + quadratic
    cost, custom Functions vs autograd, plus the bytes each saves for backward.
 2. :mod:`benchmarks.epoch`: one training epoch of the book's configuration through Lightning, a plain
-   PyTorch loop and the book's own numpy algorithm (:mod:`benchmarks.book_network`).
+   PyTorch loop and the book's own numpy algorithm (:mod:`torch_manualbp.reference`).
 3. :mod:`benchmarks.time_to_95`: wall-clock time to 95% test accuracy through ``manualbp fit``.
 4. The same on CUDA when a GPU is present (skipped otherwise).
 

@@ -18,7 +18,7 @@ weights and see the same mini-batches in the same order (the data module's seede
   same batch iterable; the difference to ``lightning`` is Lightning's per-step overhead.
 * ``loop (autograd)``: a plain loop with ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops;
   the difference to ``loop (Functions)`` is the custom Functions' cost in training.
-* ``book (numpy)``: :class:`benchmarks.book_network.BookNetwork`, example by example in float64
+* ``book (numpy)``: :class:`torch_manualbp.reference.BookNetwork`, example by example in float64
   (CPU only).
 
 Ratios are to ``loop (autograd)``, and the book's time is divided by each contender's (``x book``). The
@@ -46,9 +46,9 @@ from torch_manualbp import Network
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 from torch_manualbp.lightning.datamodule import ShuffledBatches
 from torch_manualbp.nn import QuadraticCost
+from torch_manualbp.reference import BookNetwork
 
-from .book_network import BookNetwork
-from .timing import median, synchronizer
+from .timing import alternating, median, synchronizer
 
 __all__ = ["run"]
 
@@ -267,13 +267,12 @@ def run(data_dir: Path, examples: int, repeats: int, device, log=print) -> list[
     extra = {name: [] for name in contenders}
     accuracy = {}
     names = list(contenders)
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else reversed(names):
-            s, more, net = contenders[name]()
-            seconds[name].append(s)
-            extra[name].append(more)
-            accuracy[name] = bench.val_accuracy(net)
-            log(f"  {name:17s} repeat {repeat}: {s:7.3f} s  val accuracy {accuracy[name]:.4f}")
+    for repeat, name in alternating(names, repeats):  # each contender times its own epoch
+        s, more, net = contenders[name]()
+        seconds[name].append(s)
+        extra[name].append(more)
+        accuracy[name] = bench.val_accuracy(net)
+        log(f"  {name:17s} repeat {repeat}: {s:7.3f} s  val accuracy {accuracy[name]:.4f}")
     reference = median(seconds["loop (autograd)"])
     book = median(seconds["book (numpy)"]) if "book (numpy)" in seconds else None
     rows = []

@@ -10,11 +10,11 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["interleaved", "median", "machine_info", "synchronizer"]
+__all__ = ["alternating", "interleaved", "median", "machine_info", "synchronizer"]
 
 
 def synchronizer(device: torch.device | str) -> Callable[[], None]:
@@ -39,6 +39,13 @@ def _calls_per_sample(fn: Callable[[], object], min_sample_s: float, sync: Calla
         calls = max(calls * 2, int(calls * 1.2 * min_sample_s / max(elapsed, 1e-9)))
 
 
+def alternating(names: list[str], repeats: int) -> Iterator[tuple[int, str]]:
+    """``(repeat, name)`` in the order the samples are taken: the names in turn, forwards then backwards."""
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            yield repeat, name
+
+
 def interleaved(
     contenders: dict[str, Callable[[], object]],
     repeats: int,
@@ -58,15 +65,13 @@ def interleaved(
     sync()
     calls = {name: _calls_per_sample(fn, min_sample_s, sync) for name, fn in contenders.items()}
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else reversed(names):
-            fn, n = contenders[name], calls[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync()
-            samples[name].append((time.perf_counter() - start) / n)
+    for _, name in alternating(list(contenders), repeats):
+        fn, n = contenders[name], calls[name]
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        samples[name].append((time.perf_counter() - start) / n)
     return samples, calls
 
 

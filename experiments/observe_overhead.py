@@ -1,7 +1,7 @@
 r"""What watching δˡ costs: a training step with ``record_errors()`` off, on, and the check itself.
 
-The Functions' backward looks at one module-level list, ``observe._ACTIVE``, and does nothing more
-when it is empty. This measures that test alone, and one forward+backward of ``[784, 30, 10]`` on a
+The Functions' backward asks ``observe.is_recording()`` (is one module-level list empty?) and does
+nothing more when it is not recording. This measures that test alone, and one forward+backward of ``[784, 30, 10]`` on a
 mini-batch of 10 with the recording off and on, interleaved (medians of 15 samples of 200 steps).
 
 To run::
@@ -45,12 +45,12 @@ def main(out: Path = Path("experiments/results")) -> None:
             for _ in range(200):
                 fn()
             samples[name].append((time.perf_counter() - start) / 200 * 1e6)
-    check_ns = min(timeit.repeat("bool(observe._ACTIVE)", globals={"observe": observe}, number=100_000, repeat=5)) * 1e4
+    check_ns = min(timeit.repeat("observe.is_recording()", globals={"observe": observe}, number=100_000, repeat=5)) * 1e4
     off, on = statistics.median(samples["off"]), statistics.median(samples["on"])
     table = "\n".join([
         "| what | time |",
         "| --- | --- |",
-        f"| the test in each layer's backward when nothing records (`bool(observe._ACTIVE)`) | {check_ns:.0f} ns |",
+        f"| the test in each layer's backward when nothing records (`observe.is_recording()`) | {check_ns:.0f} ns |",
         f"| forward+backward of [784, 30, 10], mini-batch 10, recording off | {off:.1f} µs |",
         f"| the same inside `record_errors()` | {on:.1f} µs ({on / off:.2f}x) |",
     ])  # fmt: skip

@@ -1,4 +1,4 @@
-"""A CheckpointIO that SIGKILLs its own process halfway through writing a checkpoint (test_hardening.py).
+"""A CheckpointIO that SIGKILLs its own process halfway through writing a checkpoint (test_atomic_checkpoints.py).
 
 Used as ``trainer.plugins`` in a YAML config, with ``PYTHONPATH=tests``; it replaces the CLI's default
 ``AtomicCheckpointIO`` and behaves exactly like it until the checkpoint chosen to be killed.

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.book_network import BookNetwork
 from benchmarks.saved_bytes import count_saved_bytes
 from torch_manualbp import Network
+from torch_manualbp.reference import BookNetwork
 
 SIZES = [6, 5, 4, 3]
 

@@ -1,5 +1,4 @@
 """LearningSpeedMonitor and GradientAudit in short real trainings on MNIST."""
-import csv
 from pathlib import Path
 
 import lightning as L
@@ -7,9 +6,8 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from conftest import DATA_DIR, logged
 from torch_manualbp.lightning import GradientAudit, LearningSpeedMonitor, ManualBPClassifier, MNISTDataModule
-
-DATA = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
 
 
 def fit(tmp_path, model, callbacks, steps):
@@ -17,17 +15,9 @@ def fit(tmp_path, model, callbacks, steps):
         max_steps=steps, limit_val_batches=0, callbacks=callbacks, logger=CSVLogger(tmp_path, name="run"),
         enable_checkpointing=False, enable_progress_bar=False, log_every_n_steps=1,
     )  # fmt: skip
-    data = MNISTDataModule(data_dir=DATA)
+    data = MNISTDataModule(data_dir=str(DATA_DIR))
     trainer.fit(model, data)
     return trainer, data
-
-
-def logged(trainer) -> dict[int, dict[str, float]]:
-    rows = {}
-    with open(Path(trainer.logger.log_dir) / "metrics.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            rows.setdefault(int(row["step"]), {}).update({k: float(v) for k, v in row.items() if v and "/" in k})
-    return rows
 
 
 def test_learning_speed_monitor_logs_each_layers_speed_and_saturation(tmp_path):
@@ -43,7 +33,7 @@ def test_learning_speed_monitor_logs_each_layers_speed_and_saturation(tmp_path):
         assert {f"speed/layer{l}", f"grad_w/layer{l}", f"saturated/layer{l}"} <= rows[0].keys()
 
     # Step 0, recomputed independently: the first batch through the initial weights, by hand.
-    fresh = MNISTDataModule(data_dir=DATA)
+    fresh = MNISTDataModule(data_dir=str(DATA_DIR))
     fresh.setup("fit")
     x, y, _ = next(iter(fresh.train_dataloader()))
     a, activations = x, []

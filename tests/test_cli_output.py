@@ -6,38 +6,28 @@ network applied by hand to the raw MNIST tensors, and PIL opening the files name
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import os
 import re
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from test_lightning import ROOT, write_config
+from conftest import DATA_DIR, ROOT, manualbp, metrics, write_config
 from torch_manualbp.images import mnist_like
 from torch_manualbp.lightning import ManualBPClassifier
 from torch_manualbp.mnist import load_mnist
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 EPOCH_LINE = re.compile(r"^Epoch (\d+): (\d+) / (\d+) test images; validation (\d+\.\d\d)%, training cost (\d\.\d{4}), \d+\.\d s$")
 PREDICT_LINE = re.compile(r"^(.+): predicted (\d) \(top 2 output activations: (\d) (\d\.\d{3}), (\d) (\d\.\d{3})\)(; .*)?$")
 
 
-def manualbp(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch_manualbp.cli", *map(str, args)]
-    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(ROOT), str(Path(__file__).parent)]))
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def mnist() -> dict[str, torch.Tensor]:
-    return load_mnist(ROOT / "data" / "mnist")
+    return load_mnist(DATA_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +43,6 @@ def trained(tmp_path_factory):
     result = manualbp("fit", "--config", config)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path, config, result
-
-
-def _metrics_rows(tmp_path: Path) -> list[dict]:
-    with open(tmp_path / "runs" / "config" / "version_0" / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _network(checkpoint: Path) -> torch.nn.Module:
@@ -78,8 +63,8 @@ def test_fit_prints_the_books_line_after_every_epoch_with_the_exact_count_of_cor
     assert "\r" not in result.stdout
     lines = [EPOCH_LINE.match(line) for line in result.stdout.splitlines() if line.startswith("Epoch ")]
     assert len(lines) == 2 and all(lines), result.stdout
-    evaluated = [row for row in _metrics_rows(tmp_path) if row["test/accuracy"]]
-    trained_rows = [row for row in _metrics_rows(tmp_path) if row["train/cost"]]
+    evaluated = [row for row in metrics(tmp_path) if row["test/accuracy"]]
+    trained_rows = [row for row in metrics(tmp_path) if row["train/cost"]]
     for epoch, (match, row, train_row) in enumerate(zip(lines, evaluated, trained_rows)):
         assert int(match[1]) == epoch and int(match[3]) == 10_000
         # torchmetrics' accuracy, written by Lightning's CSV logger, times the 10,000 test images
@@ -90,7 +75,7 @@ def test_fit_prints_the_books_line_after_every_epoch_with_the_exact_count_of_cor
 
 def test_fit_ends_with_a_summary_of_the_best_and_last_epochs_and_files_that_exist(trained):
     tmp_path, _, result = trained
-    rows = [row for row in _metrics_rows(tmp_path) if row["val/accuracy"]]
+    rows = [row for row in metrics(tmp_path) if row["val/accuracy"]]
     val = [float(row["val/accuracy"]) for row in rows]
     best = max(range(len(val)), key=lambda epoch: (val[epoch], -epoch))
     best_line = _summary_value(result.stdout, f"Best epoch {best} (by validation accuracy)")

@@ -11,17 +11,13 @@ import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
+from conftest import autograd_output, leaves
 from torch_manualbp import Network
 from torch_manualbp.functional import sigmoid_cross_entropy, sigmoid_linear
 from torch_manualbp.observe import record_errors
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)  # float32 rounding in another order, as in test_functional.py
-
-
-def leaves(*shapes, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*s, dtype=dtype, generator=g).requires_grad_() for s in shapes]
 
 
 def reference_cost(x, weight, bias, y):
@@ -31,9 +27,7 @@ def reference_cost(x, weight, bias, y):
 
 def reference_network_cost(net, x, y):
     """A Network's cross-entropy in plain autograd ops."""
-    a = x
-    for layer in net.layers[:-1]:
-        a = torch.sigmoid(TF.linear(a, layer.weight, layer.bias))
+    a = autograd_output(list(net.parameters())[:-2], x)
     return reference_cost(a, net.layers[-1].weight, net.layers[-1].bias, y)
 
 

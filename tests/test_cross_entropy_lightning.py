@@ -1,19 +1,16 @@
 """ManualBPClassifier with chapter 3's cross-entropy cost and the book's L2 regularisation, against the book's
 update written out with plain autograd over the same mini-batches."""
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as TF
 
+from conftest import DATA_DIR
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_training_equals_the_books_regularised_cross_entropy_update_over_the_same_batches(tmp_path):
-    data = MNISTDataModule(data_dir=str(ROOT / "data" / "mnist"), seed=3)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), seed=3)
     data.setup("fit")
     eta, lmbda, n = 0.5, 5.0, 1000  # a small n, so that the decay 1 − ηλ/n = 0.9975 per step shows in 100 steps
     torch.manual_seed(0)
@@ -43,7 +40,7 @@ def test_training_equals_the_books_regularised_cross_entropy_update_over_the_sam
 
 
 def test_validation_cost_is_the_cross_entropy_of_the_validation_images(tmp_path):
-    data = MNISTDataModule(data_dir=str(ROOT / "data" / "mnist"))
+    data = MNISTDataModule(data_dir=str(DATA_DIR))
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=20, limit_val_batches=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, default_root_dir=tmp_path,

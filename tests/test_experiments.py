@@ -1,14 +1,8 @@
 """The experiments' own computations, on small cases (the experiments themselves run from the README)."""
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-
-from finite_differences import backprop_gradient, finite_difference_gradient  # noqa: E402
-
-from torch_manualbp import Network  # noqa: E402
+from conftest import autograd_output, autograd_quadratic_cost, import_experiment
+from torch_manualbp import Network
 
 
 def test_finite_difference_gradient_agrees_with_backprop_to_forward_difference_precision():
@@ -17,12 +11,13 @@ def test_finite_difference_gradient_agrees_with_backprop_to_forward_difference_p
     x = torch.rand(6, 5, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 2, 1, 0])
     before = [p.detach().clone() for p in net.parameters()]
-    fd = finite_difference_gradient(net, x, labels, eps=1e-6)
+    finite_differences = import_experiment("finite_differences")
+    fd = finite_differences.finite_difference_gradient(net, x, labels, eps=1e-6)
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))  # every nudge was undone
-    bp = backprop_gradient(net, x, labels)
-    reference = torch.autograd.grad(
-        0.5 * ((net(x) - torch.eye(3, dtype=torch.float64)[labels]) ** 2).sum(1).mean(), list(net.parameters())
-    )
+    bp = finite_differences.backprop_gradient(net, x, labels)
+    y = torch.eye(3, dtype=torch.float64)[labels]
+    cost = autograd_quadratic_cost(autograd_output(net.parameters(), x), y)
+    reference = torch.autograd.grad(cost, list(net.parameters()))
     for f, b, r in zip(fd, bp, reference):
         torch.testing.assert_close(b, r, rtol=1e-10, atol=1e-12)
         # a forward difference is off by about ε·C''/2: 1e-6 relative to the gradient's scale is ample
@@ -30,7 +25,7 @@ def test_finite_difference_gradient_agrees_with_backprop_to_forward_difference_p
 
 
 def test_learning_slowdown_error_is_bp1_and_the_saturated_start_learns_slower():
-    from learning_slowdown import train
+    train = import_experiment("learning_slowdown").train
 
     slow, fast = train(2.0, 2.0, epochs=50), train(0.6, 0.9, epochs=50)
     a = torch.sigmoid(torch.tensor(4.0, dtype=torch.float64)).item()  # z = w·1 + b = 4
@@ -41,7 +36,7 @@ def test_learning_slowdown_error_is_bp1_and_the_saturated_start_learns_slower():
 
 
 def test_learning_slowdown_cross_entropy_error_is_a_minus_y_and_the_saturated_start_learns_at_once():
-    from learning_slowdown import train
+    train = import_experiment("learning_slowdown").train
 
     cross_entropy, quadratic = train(2.0, 2.0, "cross_entropy", epochs=50), train(2.0, 2.0, "quadratic", epochs=50)
     a = torch.sigmoid(torch.tensor(4.0, dtype=torch.float64)).item()
@@ -53,7 +48,8 @@ def test_learning_slowdown_cross_entropy_error_is_a_minus_y_and_the_saturated_st
 
 
 def test_batch_size_fit_recovers_s_min_and_b_noise_from_steps_on_the_papers_curve():
-    from batch_size import eta_for, fit_both, fit_s_min
+    batch_size = import_experiment("batch_size")
+    eta_for, fit_both, fit_s_min = batch_size.eta_for, batch_size.fit_both, batch_size.fit_s_min
 
     batches = [1, 10, 100, 1000]
     steps = [2000 * (1 + 150 / b) for b in batches]  # S = S_min (1 + B_noise/B), S_min = 2,000, B_noise = 150

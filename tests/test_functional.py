@@ -8,6 +8,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import autograd_output, autograd_quadratic_cost, leaves
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear
 
 # float32 tolerance: the two paths differ only in rounding order. A length-K dot product in float32
@@ -15,21 +16,6 @@ from torch_manualbp.functional import quadratic_cost, sigmoid_linear
 # used here, so 1e-5 relative (and 1e-6 absolute for values near zero) has a margin of ~3x.
 F32 = dict(rtol=1e-5, atol=1e-6)
 F64 = dict(rtol=1e-10, atol=1e-10)
-
-
-def reference_layer(x, weight, bias):
-    """The layer in plain autograd ops."""
-    return torch.sigmoid(TF.linear(x, weight, bias))
-
-
-def reference_cost(a, y):
-    """The book's mean quadratic cost in plain autograd ops."""
-    return 0.5 * ((a - y) ** 2).sum(-1).mean()
-
-
-def leaves(*shapes, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*s, dtype=dtype, generator=g).requires_grad_() for s in shapes]
 
 
 SHAPES = [(1, 3, 2), (5, 4, 3), (16, 10, 7)]
@@ -68,7 +54,7 @@ def test_layer_and_cost_match_autograd(dtype, tol, n, n_in, n_out):
     x, w, b, y = leaves((n, n_in), (n_out, n_in), (n_out,), (n, n_out), dtype=dtype)
     cost = quadratic_cost(sigmoid_linear(x, w, b), y)
     grads = torch.autograd.grad(cost, (x, w, b, y))
-    ref_cost = reference_cost(reference_layer(x, w, b), y)
+    ref_cost = autograd_quadratic_cost(autograd_output((w, b), x), y)
     ref_grads = torch.autograd.grad(ref_cost, (x, w, b, y))
     torch.testing.assert_close(cost, ref_cost, **tol)
     for got, want in zip(grads, ref_grads):
@@ -80,11 +66,11 @@ def test_layer_accepts_leading_batch_dims_like_nn_linear():
     a = sigmoid_linear(x, w, b)
     assert a.shape == (2, 3, 4)
     g = torch.autograd.grad(a.sum(), (x, w, b))
-    ref = torch.autograd.grad(reference_layer(x, w, b).sum(), (x, w, b))
+    ref = torch.autograd.grad(autograd_output((w, b), x).sum(), (x, w, b))
     for got, want in zip(g, ref):
         torch.testing.assert_close(got, want, **F64)
     single = sigmoid_linear(x[0, 0], w, b)  # one example of shape (in,)
-    torch.testing.assert_close(single, reference_layer(x[0, 0], w, b), **F64)
+    torch.testing.assert_close(single, autograd_output((w, b), x[0, 0]), **F64)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -138,9 +124,9 @@ def test_per_example_gradients_by_vmap_grad_equal_a_python_loop():
 
     per_example = vmap(grad(cost, argnums=(0, 1)), in_dims=(None, None, 0, 0))(w, b, x, labels)
     for i in range(6):
-        a = reference_layer(x[i : i + 1], w, b)
+        a = autograd_output((w, b), x[i : i + 1])
         y = TF.one_hot(labels[i : i + 1], 3).to(x.dtype)
-        want = torch.autograd.grad(reference_cost(a, y), (w, b))
+        want = torch.autograd.grad(autograd_quadratic_cost(a, y), (w, b))
         torch.testing.assert_close(per_example[0][i], want[0], **F64)
         torch.testing.assert_close(per_example[1][i], want[1], **F64)
 
@@ -153,7 +139,7 @@ def test_forward_mode_jvp_equals_autograd_reference():
         return quadratic_cost(sigmoid_linear(x, w, b), y)
 
     def ref(x, w, b, y):
-        return reference_cost(reference_layer(x, w, b), y)
+        return autograd_quadratic_cost(autograd_output((w, b), x), y)
 
     primals = tuple(t.detach() for t in (x, w, b, y))
     tangents = tuple(t.detach() for t in tangents)
@@ -193,7 +179,7 @@ def test_autocast_bf16_on_cpu_gives_bf16_activations_fp32_cost_and_fp32_gradient
     assert gw.dtype == torch.float32 and gb.dtype == torch.float32
     assert torch.isfinite(cost) and torch.isfinite(gw).all() and torch.isfinite(gb).all()
     # bf16 keeps 8 bits of mantissa (eps 2^-8 ≈ 0.004): within a few percent of the fp32 result.
-    ref_cost = reference_cost(reference_layer(x, w, b), TF.one_hot(labels, 30).float())
+    ref_cost = autograd_quadratic_cost(autograd_output((w, b), x), TF.one_hot(labels, 30).float())
     ref_gw, ref_gb = torch.autograd.grad(ref_cost, (w, b))
     torch.testing.assert_close(cost, ref_cost, rtol=2e-2, atol=0)
     torch.testing.assert_close(gb, ref_gb, rtol=5e-2, atol=5e-3)
@@ -217,7 +203,7 @@ def test_autocast_on_cuda_gives_low_precision_activations_and_fp32_gradients(dty
 def test_layer_and_cost_match_autograd_on_cuda():
     x, w, b, y = (t.detach().cuda().requires_grad_() for t in leaves((10, 784), (30, 784), (30,), (10, 30)))
     grads = torch.autograd.grad(quadratic_cost(sigmoid_linear(x, w, b), y), (x, w, b))
-    ref = torch.autograd.grad(reference_cost(reference_layer(x, w, b), y), (x, w, b))
+    ref = torch.autograd.grad(autograd_quadratic_cost(autograd_output((w, b), x), y), (x, w, b))
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want, **F64)
 
@@ -234,6 +220,6 @@ def test_huge_weighted_inputs_give_finite_values_and_no_warnings(scale):
         grads = torch.autograd.grad(cost, (x, w, b))
     assert torch.isfinite(a).all() and torch.isfinite(cost)
     assert all(torch.isfinite(g).all() for g in grads)
-    ref = torch.autograd.grad(reference_cost(reference_layer(x, w, b), TF.one_hot(torch.tensor([1, 0]), 3).double()), (x, w, b))
+    ref = torch.autograd.grad(autograd_quadratic_cost(autograd_output((w, b), x), TF.one_hot(torch.tensor([1, 0]), 3).double()), (x, w, b))
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want, **F64)

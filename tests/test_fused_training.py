@@ -1,15 +1,13 @@
 """ManualBPClassifier's fused path (Network.sgd_step's arithmetic, no autograd) against its autograd path, compiled
 against eager, and the fallbacks it announces."""
 import logging
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from conftest import DATA_DIR
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
-
-DATA = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
 
 
 class ObserveEveryStep(L.Callback):
@@ -32,7 +30,7 @@ def _fit(tmp_path, steps: int, callbacks=(), **model_kwargs) -> ManualBPClassifi
         max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
     )  # fmt: skip
-    trainer.fit(model, MNISTDataModule(data_dir=DATA, batch_size=100, seed=2))
+    trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=100, seed=2))
     assert trainer.global_step == steps  # SGD updates, counted on both paths
     return model
 

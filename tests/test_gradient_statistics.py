@@ -6,11 +6,11 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.book_network import BookNetwork
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import SigmoidLinear
 from torch_manualbp.observe import gradient_statistics, record_errors
+from torch_manualbp.reference import BookNetwork
 
 RTOL = 1e-10  # relative, float64, as the issue asks
 SIZES = [6, 5, 4, 3]

@@ -1,56 +1,17 @@
 """Training MNIST through the real entry point: the CLI, the YAML configs, DDP, and resume after a kill."""
-import csv
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from conftest import (
+    DATA_DIR, assert_resume_ends_like_the_straight_run, autograd_output, autograd_quadratic_cost, edit_config,
+    final_weights, last, metrics, run_cli, write_config,
+)  # fmt: skip
 from torch_manualbp.cli import main
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
-NIELSEN = ROOT / "experiments" / "nielsen_ch1.yaml"
-
-
-def write_config(tmp_path: Path, name: str = "config", source: Path = NIELSEN, **sections) -> Path:
-    """``source`` with its logs and checkpoints under tmp_path and ``sections`` merged into it."""
-    settings = yaml.safe_load(source.read_text())
-    settings["data"]["data_dir"] = str(ROOT / "data" / "mnist")
-    trainer = settings["trainer"]
-    trainer["logger"]["init_args"].update(save_dir=str(tmp_path / "runs"), name=name, version=0)
-    trainer["callbacks"][1]["init_args"]["dirpath"] = str(tmp_path / name / "last")
-    for section, changes in sections.items():
-        if isinstance(changes, dict):
-            settings.setdefault(section, {}).update(changes)
-        else:
-            settings[section] = changes
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
-
-def metrics(tmp_path: Path, name: str = "config") -> list[dict]:
-    with open(tmp_path / "runs" / name / "version_0" / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def last(rows: list[dict], key: str) -> float:
-    return float([r[key] for r in rows if r.get(key)][-1])
-
-
-def final_weights(tmp_path: Path, name: str) -> dict:
-    checkpoint = torch.load(tmp_path / name / "last" / "last.ckpt", map_location="cpu", weights_only=True)
-    return {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
-
-
-def run_cli(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch_manualbp.cli", "fit", "--config", str(config), *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+KILL_AT_STEP = {"class_path": "kill_at_step.KillAtStep"}  # tests/kill_at_step.py, on the runs' PYTHONPATH
 
 
 def test_short_cli_training_on_real_mnist_beats_chance_by_far(tmp_path):
@@ -91,7 +52,7 @@ def test_blocks_of_mini_batches_train_exactly_like_one_mini_batch_per_step(tmp_p
             max_steps=300, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, default_root_dir=tmp_path,
         )  # fmt: skip
-        trainer.fit(model, MNISTDataModule(data_dir=str(ROOT / "data" / "mnist"), batch_size=batch_size))
+        trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=batch_size))
         assert trainer.global_step == 300  # SGD updates, not Lightning batches
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # the same updates in the same order
@@ -110,15 +71,10 @@ def test_bad_hyperparameters_raise_value_errors(kwargs, word):
 def test_ddp_with_two_cpu_processes_equals_one_process_with_the_same_global_batch(tmp_path):
     steps = {"max_epochs": 1, "limit_train_batches": 100, "limit_val_batches": 1, "accelerator": "cpu"}
     common = {"model": {"init": "scaled"}, "trainer": steps}
-    single = write_config(tmp_path, "single", data={"batch_size": 10, "monitor_test": False}, **common)
-    ddp = write_config(tmp_path, "ddp", data={"batch_size": 5, "monitor_test": False}, **common)
-    for name in ("single", "ddp"):
-        config = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())
-        config["trainer"]["callbacks"][1]["init_args"]["every_n_train_steps"] = 100
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    assert run_cli(single, env=env).returncode == 0
-    result = run_cli(ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2", env=env)
+    single = write_config(tmp_path, "single", data={"batch_size": 10, "monitor_test": False}, checkpoint_every=100, **common)
+    ddp = write_config(tmp_path, "ddp", data={"batch_size": 5, "monitor_test": False}, checkpoint_every=100, **common)
+    assert run_cli(single).returncode == 0
+    result = run_cli(ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = final_weights(tmp_path, "single"), final_weights(tmp_path, "ddp")
     assert one.keys() == two.keys()
@@ -131,31 +87,18 @@ def test_ddp_with_two_cpu_processes_equals_one_process_with_the_same_global_batc
 
 def test_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     fast = {"data": {"batch_size": 100, "monitor_test": False}, "trainer": {"max_epochs": 2}}
-    straight = write_config(tmp_path, "straight", **fast)
-    killed = write_config(tmp_path, "killed", **fast)
-    for path in (straight, killed):
-        config = yaml.safe_load(path.read_text())
-        config["trainer"]["callbacks"][1]["init_args"]["every_n_train_steps"] = 50
-        if path == killed:
-            config["trainer"]["callbacks"].append({"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 333}})
-        path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
-    assert run_cli(straight, env=env).returncode == 0
+    straight = write_config(tmp_path, "straight", checkpoint_every=50, **fast)
+    killed = write_config(tmp_path, "killed", checkpoint_every=50, **fast)
+    edit_config(killed, lambda s: s["trainer"]["callbacks"].append(KILL_AT_STEP | {"init_args": {"step": 333}}))
+    assert run_cli(straight).returncode == 0
 
-    interrupted = run_cli(killed, env=env)
+    interrupted = run_cli(killed)
     assert interrupted.returncode == -signal.SIGKILL
     saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 300 and saved["epoch"] == 0  # mid-epoch: 500 steps per epoch
 
     # Resume from the same config without the killer, as a user would after a crash.
-    config = yaml.safe_load(killed.read_text())
-    config["trainer"]["callbacks"].pop()
-    killed.write_text(yaml.safe_dump(config))
-    resumed = run_cli(killed, "--ckpt_path", "last", env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    want, got = final_weights(tmp_path, "straight"), final_weights(tmp_path, "killed")
-    for key in want:
-        assert torch.equal(got[key], want[key]), key
+    assert_resume_ends_like_the_straight_run(tmp_path, killed, lambda s: s["trainer"]["callbacks"].pop())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -175,7 +118,7 @@ def test_data_module_and_model_run_without_the_cli(tmp_path):
         enable_progress_bar=False, default_root_dir=tmp_path,
     )  # fmt: skip
     model = ManualBPClassifier([784, 30, 10], init="scaled")
-    data = MNISTDataModule(data_dir=str(ROOT / "data" / "mnist"))
+    data = MNISTDataModule(data_dir=str(DATA_DIR))
     trainer.fit(model, data)
     assert trainer.global_step == 50
     x, _, labels = (t[:2000] for t in data.splits["val"])  # the two validation batches of 1,000
@@ -187,7 +130,7 @@ def test_data_module_and_model_run_without_the_cli(tmp_path):
 def test_lightning_training_equals_a_plain_sgd_loop_over_the_same_batches(tmp_path):
     import lightning as L
 
-    data = MNISTDataModule(data_dir=str(ROOT / "data" / "mnist"), seed=3)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), seed=3)
     data.setup("fit")
     torch.manual_seed(0)
     model = ManualBPClassifier([784, 30, 10], eta=3.0, init="normal")
@@ -197,10 +140,8 @@ def test_lightning_training_equals_a_plain_sgd_loop_over_the_same_batches(tmp_pa
     for step, (x, y, _) in enumerate(data.train_dataloader()):
         if step == 200:
             break
-        a = x
-        for layer in network.layers:
-            a = torch.sigmoid(a @ layer.weight.T + layer.bias)
-        grads = torch.autograd.grad(0.5 * ((a - y) ** 2).sum(1).mean(), list(network.parameters()))
+        cost = autograd_quadratic_cost(autograd_output(network.parameters(), x), y)
+        grads = torch.autograd.grad(cost, list(network.parameters()))
         with torch.no_grad():
             for p, g in zip(network.parameters(), grads):
                 p -= 3.0 * g
@@ -222,24 +163,12 @@ def test_resume_after_an_epoch_cut_short_by_limit_train_batches_equals_an_uninte
     }
     straight = write_config(tmp_path, "straight", **fast)
     killed = write_config(tmp_path, "killed", **fast)
-    for path in (straight, killed):
-        config = yaml.safe_load(path.read_text())
-        if path == killed:
-            config["trainer"]["callbacks"].append({"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 1001}})
-        path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
-    assert run_cli(straight, env=env).returncode == 0
+    edit_config(killed, lambda s: s["trainer"]["callbacks"].append(KILL_AT_STEP | {"init_args": {"step": 1001}}))
+    assert run_cli(straight).returncode == 0
 
-    interrupted = run_cli(killed, env=env)
+    interrupted = run_cli(killed)
     assert interrupted.returncode == -signal.SIGKILL
     saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 1000 and saved["epoch"] == 1  # the end of the second (shortened) epoch
 
-    config = yaml.safe_load(killed.read_text())
-    config["trainer"]["callbacks"].pop()
-    killed.write_text(yaml.safe_dump(config))
-    resumed = run_cli(killed, "--ckpt_path", "last", env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    want, got = final_weights(tmp_path, "straight"), final_weights(tmp_path, "killed")
-    for key in want:
-        assert torch.equal(got[key], want[key]), key
+    assert_resume_ends_like_the_straight_run(tmp_path, killed, lambda s: s["trainer"]["callbacks"].pop())

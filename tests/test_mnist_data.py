@@ -7,7 +7,8 @@ gz files, well-known facts about MNIST, or an uninterrupted run of the same iter
 from __future__ import annotations
 
 import gzip
-import shutil
+import os
+import re
 import struct
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DATA_DIR, copy_mnist_files
 from torch_manualbp.lightning.datamodule import MNISTDataModule, OrderedBatches, ShuffledBatches
 from torch_manualbp.mnist import MNIST_FILES, load_mnist
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
 NAMES = list(MNIST_FILES.values())
 
 
@@ -54,14 +55,6 @@ def datamodule() -> MNISTDataModule:
 def idx_bytes() -> dict[str, bytes]:
     r"""The gunzipped IDX bytes of each file, by file name."""
     return {name: gzip.decompress((DATA_DIR / f"{name}.gz").read_bytes()) for name in NAMES}
-
-
-def _copy_all(dst: Path, skip: str | None = None) -> None:
-    r"""Copy the four gz files into ``dst`` (writable copies), leaving out file ``skip``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in NAMES:
-        if name != skip:
-            (dst / f"{name}.gz").write_bytes((DATA_DIR / f"{name}.gz").read_bytes())
 
 
 def _ids_batches(num: int, batch_size: int, **kwargs) -> ShuffledBatches:
@@ -163,7 +156,7 @@ def test_hyperparameters_are_saved():
 
 
 def test_corrupted_images_file_names_the_file(tmp_path, idx_bytes):
-    _copy_all(tmp_path)
+    copy_mnist_files(tmp_path)
     data = bytearray(idx_bytes["train-images-idx3-ubyte"])
     data[16 + 28 * 14 + 14] ^= 0xFF  # one pixel of the first image: structure intact, content wrong
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(data), compresslevel=1))
@@ -173,7 +166,7 @@ def test_corrupted_images_file_names_the_file(tmp_path, idx_bytes):
 
 
 def test_truncated_gz_file_raises_value_error_naming_the_file(tmp_path):
-    _copy_all(tmp_path)
+    copy_mnist_files(tmp_path)
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz.*gzip"):
@@ -181,7 +174,7 @@ def test_truncated_gz_file_raises_value_error_naming_the_file(tmp_path):
 
 
 def test_wrong_magic_number_raises_value_error(tmp_path, idx_bytes):
-    _copy_all(tmp_path, skip="train-labels-idx1-ubyte")
+    copy_mnist_files(tmp_path, skip="train-labels-idx1-ubyte")
     data = bytearray(idx_bytes["train-labels-idx1-ubyte"])
     data[3] = 0x03  # 2049 -> 2051: a labels file that claims to hold images
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(bytes(data))
@@ -190,14 +183,14 @@ def test_wrong_magic_number_raises_value_error(tmp_path, idx_bytes):
 
 
 def test_truncated_raw_file_reports_expected_and_found_length(tmp_path, idx_bytes):
-    _copy_all(tmp_path, skip="t10k-images-idx3-ubyte")
+    copy_mnist_files(tmp_path, skip="t10k-images-idx3-ubyte")
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes["t10k-images-idx3-ubyte"][:-784])
     with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*needs 7840016 bytes, found 7839232"):
         load_mnist(tmp_path)
 
 
 def test_missing_file_message_names_the_file_the_directory_and_what_to_do(tmp_path):
-    _copy_all(tmp_path, skip="t10k-images-idx3-ubyte")
+    copy_mnist_files(tmp_path, skip="t10k-images-idx3-ubyte")
     with pytest.raises(FileNotFoundError) as err:
         load_mnist(tmp_path)
     message = str(err.value)
@@ -215,10 +208,36 @@ def test_data_module_without_download_raises_for_missing_files(tmp_path):
 
 
 def test_loading_writes_nothing(tmp_path):
-    _copy_all(tmp_path)
+    copy_mnist_files(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     load_mnist(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d[:-1], r"wrong length: its header \(60000,\) needs 60008 bytes, found 60007"),
+        (lambda d: d + b"\x07", r"wrong length: its header \(60000,\) needs 60008 bytes, found 60009"),
+        # a well-formed labels file of 59,999 labels (one fewer than there are images): only the checksum knows
+        (lambda d: struct.pack(">ii", 2049, 59_999) + d[8:-1], r"failed its checksum"),
+        (lambda d: b"", r"wrong IDX magic number: expected 2049, found only 0 bytes"),
+        (lambda d: d[:6], r"truncated: expected a 8-byte header, found 6"),
+    ],
+    ids=["one label short", "one label too many", "consistent but 59999 labels", "empty", "header cut"],
+)
+def test_labels_file_of_the_wrong_length_is_a_clear_error_and_nothing_is_kept(tmp_path, idx_bytes, edit, message):
+    data_dir = copy_mnist_files(tmp_path, skip="train-labels-idx1-ubyte")
+    (data_dir / "train-labels-idx1-ubyte").write_bytes(edit(idx_bytes["train-labels-idx1-ubyte"]))
+    before = sorted(os.listdir(data_dir))
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte") as info:
+        load_mnist(data_dir)
+    assert re.search(message, str(info.value)), str(info.value)
+    data = MNISTDataModule(data_dir=str(data_dir))
+    with pytest.raises(ValueError, match=message):
+        data.setup("fit")
+    assert data.splits == {}  # no partial cache: a later setup() reads the files again
+    assert sorted(os.listdir(data_dir)) == before  # and nothing was written
 
 
 # --- other layouts ---------------------------------------------------------------------------------------------------
@@ -232,7 +251,7 @@ def test_raw_uncompressed_files_load_the_same_data(tmp_path, idx_bytes, mnist):
 
 
 def test_torchvision_mnist_raw_layout_is_found(tmp_path, mnist):
-    _copy_all(tmp_path / "MNIST" / "raw")
+    copy_mnist_files(tmp_path / "MNIST" / "raw")
     loaded = load_mnist(tmp_path)
     assert all(torch.equal(loaded[key], mnist[key]) for key in MNIST_FILES)
     dm = MNISTDataModule(data_dir=str(tmp_path))

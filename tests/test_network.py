@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.book_network import BookNetwork
+from conftest import autograd_output, autograd_quadratic_cost
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import QuadraticCost, SigmoidLinear
+from torch_manualbp.reference import BookNetwork
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 
@@ -35,11 +36,8 @@ def test_backprop_equals_plain_autograd(net_and_batch):
     net, x, labels = net_and_batch
     result = net.backprop(x, labels)
     params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
-    a = x
-    for layer in net.layers:
-        a = torch.sigmoid(a @ layer.weight.T + layer.bias)
     y = torch.nn.functional.one_hot(labels, 3).double()
-    grads = torch.autograd.grad(0.5 * ((a - y) ** 2).sum(1).mean(), params)
+    grads = torch.autograd.grad(autograd_quadratic_cost(autograd_output(params, x), y), params)
     for got, want in zip([g for pair in zip(result.nabla_w, result.nabla_b) for g in pair], grads):
         torch.testing.assert_close(got, want, **F64)
 
@@ -123,9 +121,8 @@ def test_sigmoid_linear_drops_into_an_ordinary_pytorch_model():
     labels = torch.tensor([0, 1, 2, 3, 0])
     QuadraticCost()(model(images), labels).backward()
     first, second = model[1], model[3]
-    a1 = torch.sigmoid(images.flatten(1) @ first.weight.T + first.bias)
-    a2 = torch.sigmoid(a1 @ second.weight.T + second.bias)
-    ref = torch.autograd.grad(0.5 * ((a2 - torch.eye(4)[labels]) ** 2).sum(1).mean(), [first.weight, second.bias])
+    a = autograd_output([first.weight, first.bias, second.weight, second.bias], images.flatten(1))
+    ref = torch.autograd.grad(autograd_quadratic_cost(a, torch.eye(4)[labels]), [first.weight, second.bias])
     torch.testing.assert_close(first.weight.grad, ref[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(second.bias.grad, ref[1], rtol=1e-5, atol=1e-7)
 
@@ -152,10 +149,7 @@ def test_fused_network_cost_gives_the_input_and_target_gradients_of_plain_autogr
     x = torch.rand(6, 5, dtype=torch.float64, requires_grad=True)
     y = torch.rand(6, 3, dtype=torch.float64, requires_grad=True)
     got = torch.autograd.grad(net.cost(x, y), (x, y))
-    a = x
-    for layer in net.layers:
-        a = torch.sigmoid(a @ layer.weight.T + layer.bias)
-    want = torch.autograd.grad(0.5 * ((a - y) ** 2).sum(1).mean(), (x, y))
+    want = torch.autograd.grad(autograd_quadratic_cost(autograd_output(net.parameters(), x), y), (x, y))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **F64)
 

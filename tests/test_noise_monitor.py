@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.func import grad, vmap
 
-from tests.test_callbacks import DATA, logged
+from conftest import DATA_DIR, logged
 from torch_manualbp.lightning import GradientNoiseMonitor, ManualBPClassifier, MNISTDataModule
 from torch_manualbp.observe import gradient_statistics
 
@@ -17,7 +17,7 @@ def fit(tmp_path, model, monitor, steps, batch_size):
         max_steps=steps, limit_val_batches=0, callbacks=[monitor], logger=CSVLogger(tmp_path, name="run"),
         enable_checkpointing=False, enable_progress_bar=False, log_every_n_steps=1,
     )  # fmt: skip
-    trainer.fit(model, MNISTDataModule(data_dir=DATA, batch_size=batch_size))
+    trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=batch_size))
     return trainer
 
 
@@ -45,7 +45,7 @@ def test_noise_monitor_logs_b_simple_snr_and_norm_percentiles_of_the_batch_about
     assert sorted(step for step, row in rows.items() if "b_simple/all" in row) == [0, 10, 20]
 
     # Step 0, recomputed independently: the first batch through the initial weights, per example by torch.func.
-    data = MNISTDataModule(data_dir=DATA, batch_size=50)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=50)
     data.setup("fit")
     x, y, _ = next(iter(data.train_dataloader()))
     g = per_example_gradients(start, x.double(), y.double())
@@ -89,7 +89,7 @@ def test_noise_monitor_smooths_the_two_estimates_apart_then_divides(tmp_path):
         max_steps=11, limit_val_batches=0, callbacks=[raw, monitor], logger=False, default_root_dir=tmp_path,
         enable_checkpointing=False, enable_progress_bar=False,
     )  # fmt: skip
-    trainer.fit(ManualBPClassifier([784, 30, 10]), MNISTDataModule(data_dir=DATA, batch_size=20))
+    trainer.fit(ManualBPClassifier([784, 30, 10]), MNISTDataModule(data_dir=str(DATA_DIR), batch_size=20))
     (g0, s0), (g5, s5) = raw.estimates[0], raw.estimates[5]
     assert monitor.history[0]["b_simple/all"] == pytest.approx(s0 / g0, rel=1e-5)
     # averages 0.5·(0.5·x₀) + 0.5·x₅ of |G|² and of S, divided; not the average of the two ratios

@@ -2,10 +2,10 @@
 import numpy as np
 import torch
 
-from benchmarks.book_network import BookNetwork
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
+from torch_manualbp.reference import BookNetwork
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.book_network import BookNetwork
+from conftest import autograd_output, autograd_quadratic_cost
 from torch_manualbp import Network
 from torch_manualbp.observe import record_errors
+from torch_manualbp.reference import BookNetwork
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 
@@ -55,10 +56,7 @@ def test_sgd_steps_equal_autograd_and_torch_optim_sgd_float32():
     for _ in range(20):
         x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
         cost = net.sgd_step(x, labels, 3.0)
-        a = x
-        for w, b in zip(reference[0::2], reference[1::2]):
-            a = torch.sigmoid(torch.nn.functional.linear(a, w, b))
-        expected = 0.5 * ((a - torch.nn.functional.one_hot(labels, 10)) ** 2).sum(1).mean()
+        expected = autograd_quadratic_cost(autograd_output(reference, x), torch.nn.functional.one_hot(labels, 10))
         optimizer.zero_grad()
         expected.backward()
         optimizer.step()

@@ -27,7 +27,9 @@ Who uses what:
 - ``SigmoidCrossEntropyFunction.backward`` (the output layer and the cross-entropy as one node): :func:`output_error`,
   then :func:`error_below`, :func:`bias_gradient` and :func:`weight_gradient` as the per-layer Function;
 - ``Network.sgd_step``, the book's ``update_mini_batch`` without autograd: :func:`feedforward`, :func:`errors`,
-  then :func:`descend`, which is BP3 and BP4 fused into the update itself.
+  then :func:`descend`, which is BP3 and BP4 fused into the update itself;
+- every path's cost value: :func:`quadratic_costs` or :func:`cross_entropy_costs` per example, reduced by
+  :func:`reduce_costs`; every backward's :math:`a^L - y` scaled by :func:`example_share`.
 
 :math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so :math:`z` is never kept;
 only the cross-entropy's value needs :math:`z^L`, which is recomputed (:func:`weighted_input`).
@@ -44,6 +46,11 @@ COSTS = ("quadratic", "cross_entropy")
 
 __all__ = [
     "COSTS",
+    "a_minus_y",
+    "quadratic_costs",
+    "cross_entropy_costs",
+    "reduce_costs",
+    "example_share",
     "feedforward",
     "weighted_input",
     "sigmoid_prime",
@@ -56,6 +63,46 @@ __all__ = [
     "backpropagate",
     "descend",
 ]
+
+
+def a_minus_y(a: Tensor, y: Tensor) -> Tensor:
+    """a − y, in at least float32 so that a bf16/fp16 network still gets an accurate cost."""
+    if a.dtype == y.dtype and a.dtype in (torch.float32, torch.float64):  # the usual case: no casts to look up
+        return a - y
+    dtype = torch.promote_types(torch.promote_types(a.dtype, y.dtype), torch.float32)
+    return a.to(dtype) - y.to(dtype)
+
+
+def quadratic_costs(a: Tensor, y: Tensor) -> Tensor:
+    r"""Chapter 2's :math:`C_x = \tfrac12 \lVert y(x) - a(x) \rVert^2`, one per example (row)."""
+    diff = a_minus_y(a, y)  # a − y
+    return 0.5 * (diff * diff).sum(-1)
+
+
+def cross_entropy_costs(z: Tensor, y: Tensor) -> Tensor:
+    r"""Chapter 3's :math:`C_x = \sum_j [\operatorname{softplus}(z_j) - y_j z_j]` per example: the cross-entropy of
+    :math:`a = \sigma(z)`, finite for any finite :math:`z` (``logaddexp(z, 0)`` is softplus without overflow)."""
+    return (torch.logaddexp(z, z.new_zeros(())) - y * z).sum(-1)
+
+
+def reduce_costs(per_example: Tensor, reduction: str) -> Tensor:
+    r"""The mean (the book's :math:`C = \frac1n \sum_x C_x`) or sum over examples of a per-example quantity, or the
+    quantity itself for "none"."""
+    if reduction == "mean":
+        return per_example.mean()
+    if reduction == "sum":
+        return per_example.sum()
+    return per_example
+
+
+def example_share(grad_cost: Tensor, a: Tensor, reduction: str) -> Tensor:
+    """How much each example's C_x counts in the reduced cost (times the gradient arriving at it), broadcastable
+    against ``a``: 1/n for the mean over n examples."""
+    if reduction == "none":
+        return grad_cost.unsqueeze(-1)
+    if reduction == "sum":
+        return grad_cost
+    return grad_cost / (a.numel() // a.shape[-1])  # the mean: 1/n, n = number of examples
 
 
 def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
@@ -75,7 +122,7 @@ def weighted_input(a_prev: Tensor, weight: Tensor, bias: Tensor | None) -> Tenso
     r"""A layer's weighted input :math:`z^l = a^{l-1} W^{l\top} + b^l`, :math:`(N, H_l)`.
 
     :func:`feedforward` keeps only :math:`a^l = \sigma(z^l)`; the cross-entropy's value needs :math:`z^L` itself
-    (see :func:`~torch_manualbp.functional.cross_entropy_from_z`), and recomputes it with this, one small product.
+    (see :func:`cross_entropy_costs`), and recomputes it with this, one small product.
     """
     return a_prev @ weight.T if bias is None else torch.addmm(bias, a_prev, weight.T)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ
 

@@ -38,10 +38,16 @@ import torch
 from torch import Tensor
 
 from . import observe
+from .checks import check_float_tensor, check_same_kind, targets
 from .equations import (
+    a_minus_y,
     bias_gradient,
+    cross_entropy_costs,
     error_below,
+    example_share,
     output_error,
+    quadratic_costs,
+    reduce_costs,
     sigmoid_delta,
     sigmoid_prime,
     weight_gradient,
@@ -96,8 +102,8 @@ class SigmoidLinearFunction(torch.autograd.Function):
         # dtype of its input. Outside autocast every .to() here returns its tensor unchanged.
         dtype = a.dtype
         delta = sigmoid_delta(grad_a.to(dtype), a)  # BP1 at the output layer, BP2 below: δ = ∂C/∂a ⊙ σ'(z)
-        if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe._notify(weight, delta, sigmoid_prime(a), x)
+        if observe.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
+            observe.notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             grad_x = error_below(delta, weight.to(dtype))  # δˡ Wˡ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:
@@ -134,9 +140,8 @@ class QuadraticCostFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(a: Tensor, y: Tensor, reduction: str) -> Tensor:
-        diff = _error(a, y)  # a − y
-        cost_x = 0.5 * (diff * diff).sum(-1)  # C_x = ½‖y(x) − a(x)‖², one per example
-        return _reduce(cost_x, reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
+        cost_x = quadratic_costs(a, y)  # C_x = ½‖y(x) − a(x)‖², one per example
+        return reduce_costs(cost_x, reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -151,7 +156,7 @@ class QuadraticCostFunction(torch.autograd.Function):
         grad_a = grad_y = None
         # ∇_a C = (a − y)/n for the mean: the first factor of (BP1), which the output layer's
         # backward multiplies by σ'(zᴸ).
-        grad_error = _error(a, y) * _per_example(grad_cost, a, ctx.reduction)
+        grad_error = a_minus_y(a, y) * example_share(grad_cost, a, ctx.reduction)
         if ctx.needs_input_grad[0]:
             grad_a = grad_error
         if ctx.needs_input_grad[1]:
@@ -163,7 +168,7 @@ class QuadraticCostFunction(torch.autograd.Function):
         # Forward mode: Ċ_x = (a − y) · (ȧ − ẏ), reduced like the cost itself.
         a, y = ctx.saved_tensors
         error_t = a_t if y_t is None else (-y_t if a_t is None else a_t - y_t)
-        return _reduce((_error(a, y) * error_t).sum(-1), ctx.reduction)
+        return reduce_costs((a_minus_y(a, y) * error_t).sum(-1), ctx.reduction)
 
 
 class SigmoidCrossEntropyFunction(torch.autograd.Function):
@@ -189,7 +194,7 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str) -> Tensor:
         z = weighted_input(x, weight, bias)  # zᴸ = x Wᵀ + b, (N, out)
-        return _reduce(_cross_entropy(z, y), reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
+        return reduce_costs(cross_entropy_costs(z, y), reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -204,10 +209,10 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = grad_y = None
         z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (see the class docstring)
         a = torch.sigmoid(z)  # aᴸ
-        share = _per_example(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
+        share = example_share(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
         delta = output_error((a - y) * share, a, "cross_entropy")  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled
-        if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe._notify(weight, delta, sigmoid_prime(a), x)
+        if observe.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
+            observe.notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             grad_x = error_below(delta, weight)  # δᴸ Wᴸ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:
@@ -233,7 +238,7 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         rate = (torch.sigmoid(z) - y) * z_t  # (N, out)
         if y_t is not None:
             rate = rate - z * y_t
-        return _reduce(rate.sum(-1), ctx.reduction)
+        return reduce_costs(rate.sum(-1), ctx.reduction)
 
 
 class _SigmoidLinearCompilable(SigmoidLinearFunction):
@@ -262,38 +267,6 @@ def _compilable(function: type[torch.autograd.Function], twin: type[torch.autogr
     are identical, and only forward-mode AD through a compiled region is given up.
     """
     return twin if torch.compiler.is_compiling() else function
-
-
-def _error(a: Tensor, y: Tensor) -> Tensor:
-    """a − y, in at least float32 so that a bf16/fp16 network still gets an accurate cost."""
-    if a.dtype == y.dtype and a.dtype in (torch.float32, torch.float64):  # the usual case: no casts to look up
-        return a - y
-    dtype = torch.promote_types(torch.promote_types(a.dtype, y.dtype), torch.float32)
-    return a.to(dtype) - y.to(dtype)
-
-
-def _cross_entropy(z: Tensor, y: Tensor) -> Tensor:
-    r""":math:`C_x = \sum_j [\operatorname{softplus}(z_j) - y_j z_j]` per example: the cross-entropy of
-    :math:`a = \sigma(z)`, finite for any finite :math:`z` (``logaddexp(z, 0)`` is softplus without overflow)."""
-    return (torch.logaddexp(z, z.new_zeros(())) - y * z).sum(-1)
-
-
-def _reduce(per_example: Tensor, reduction: str) -> Tensor:
-    """The mean or sum over examples of a per-example quantity, or the quantity itself for "none"."""
-    if reduction == "mean":
-        return per_example.mean()
-    if reduction == "sum":
-        return per_example.sum()
-    return per_example
-
-
-def _per_example(grad_cost: Tensor, a: Tensor, reduction: str) -> Tensor:
-    """How much each example's C_x counts in the reduced cost, broadcastable against ``a``."""
-    if reduction == "none":
-        return grad_cost.unsqueeze(-1)
-    if reduction == "sum":
-        return grad_cost
-    return grad_cost / (a.numel() // a.shape[-1])  # the mean: 1/n, n = number of examples
 
 
 def sigmoid_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -368,7 +341,7 @@ def sigmoid_cross_entropy(
     examples = x.shape[:-1]
     if reduction == "mean" and x.numel() == 0:
         raise ValueError(f"the mean cost of zero examples is undefined (x has shape {tuple(x.shape)})")
-    y = _targets(y, (*examples, out_features), x)
+    y = targets(y, (*examples, out_features), x)
     function = _compilable(SigmoidCrossEntropyFunction, _SigmoidCrossEntropyCompilable)
     if x.ndim == 2:  # a mini-batch of rows, the Function's own layout
         return function.apply(x, weight, bias, y, reduction)
@@ -410,7 +383,7 @@ def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    _check_float_tensor("a", a)
+    check_float_tensor("a", a)
     if a.ndim == 0 or a.shape[-1] == 0:
         raise ValueError(f"a must have shape (*, K) with K >= 1 outputs, got shape {tuple(a.shape)}")
     if reduction == "mean" and a.numel() == 0:
@@ -428,45 +401,13 @@ def targets_like(a: Tensor, y: Tensor) -> Tensor:
     Raises:
         TypeError, ValueError: as :func:`quadratic_cost` documents.
     """
-    return _targets(y, a.shape, a)
-
-
-def _targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """:func:`targets_like` for outputs of ``shape`` on ``like``'s device, in ``like``'s dtype."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    if y.device != like.device:
-        raise ValueError(f"y must be on the same device as a ({like.device}), got {y.device}")
-    if y.is_floating_point():
-        if y.shape != shape:
-            raise ValueError(f"a float target y must have the shape of a, {tuple(shape)}, got {tuple(y.shape)}")
-        _check_same_kind("y", y, "a", like)
-        return y
-    if y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"y must be floating-point targets or integer class labels, got dtype {y.dtype}")
-    if y.shape != shape[:-1]:
-        raise ValueError(
-            f"integer labels y must have shape {tuple(shape[:-1])} (one label per row of a), got {tuple(y.shape)}"
-        )
-    classes = shape[-1]
-    valid = (y >= 0) & (y < classes)
-    if _can_branch_on_values(y) and not bool(valid.all()):
-        bad = y[~valid].unique()[:5].tolist()
-        raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
-    one_hot = (y.unsqueeze(-1) == torch.arange(classes, device=y.device)).to(like.dtype)
-    # Where the labels could not be checked, an invalid one gives NaN rather than a silent zero row.
-    return torch.where(valid.unsqueeze(-1), one_hot, torch.nan)
-
-
-def _can_branch_on_values(t: Tensor) -> bool:
-    """False under torch.compile and inside torch.func transforms, where a tensor's values cannot steer Python."""
-    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return targets(y, a.shape, a)
 
 
 def _check_layer(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int]:
     """``(out_features, in_features)`` of a layer, after checking that ``x``, ``weight`` and ``bias`` fit it."""
-    _check_float_tensor("x", x)
-    _check_float_tensor("weight", weight)
+    check_float_tensor("x", x)
+    check_float_tensor("weight", weight)
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape
@@ -475,25 +416,10 @@ def _check_layer(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, i
             f"x must have shape (*, in_features) with in_features={in_features} to match weight "
             f"{tuple(weight.shape)}, got shape {tuple(x.shape)}"
         )
-    _check_same_kind("x", x, "weight", weight)
+    check_same_kind("x", x, "weight", weight)
     if bias is not None:
-        _check_float_tensor("bias", bias)
+        check_float_tensor("bias", bias)
         if bias.shape != (out_features,):
             raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
-        _check_same_kind("bias", bias, "weight", weight)
+        check_same_kind("bias", bias, "weight", weight)
     return out_features, in_features
-
-
-def _check_float_tensor(name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-
-
-def _check_same_kind(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
-    """Raise unless ``t`` is on ``ref``'s device and, outside autocast, of its dtype."""
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
-    if t.dtype != ref.dtype and not torch.is_autocast_enabled(t.device.type):
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")

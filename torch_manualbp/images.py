@@ -25,12 +25,12 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from .mnist import parse_idx_images
+from .mnist import MNIST_SIZE, parse_idx_images
 
-__all__ = ["DIGIT_BOX", "MNIST_SIZE", "LoadedImage", "load_images", "mnist_like"]
+__all__ = ["DIGIT_BOX", "LoadedImage", "load_images", "mnist_like"]
 
-#: MNIST's field is 28 x 28 pixels; its digits were fitted into a 20 x 20 box inside it.
-MNIST_SIZE, DIGIT_BOX = 28, 20
+#: MNIST's digits were fitted into a 20 x 20 box inside the 28 x 28 field (``MNIST_SIZE``).
+DIGIT_BOX = 20
 
 #: The first four bytes of an IDX file of unsigned-byte images with three dimensions (N, rows, columns).
 _IDX_IMAGES_MAGIC = b"\x00\x00\x08\x03"

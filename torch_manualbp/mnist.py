@@ -26,7 +26,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MNIST_FILES", "MNIST_SHA256", "find_mnist_files", "load_mnist", "parse_idx_images", "read_idx"]
+__all__ = [
+    "MNIST_SIZE",
+    "MNIST_INPUTS",
+    "MNIST_CLASSES",
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "find_mnist_files",
+    "load_mnist",
+    "parse_idx_images",
+    "read_idx",
+]
+
+#: MNIST images are 28 x 28 = 784 pixels, one per input neuron, and there are 10 digits, one per output neuron.
+MNIST_SIZE = 28
+MNIST_INPUTS = MNIST_SIZE * MNIST_SIZE
+MNIST_CLASSES = 10
 
 #: Key in the dict returned by :func:`load_mnist` -> file name (without ``.gz``), as torchvision names them.
 MNIST_FILES: dict[str, str] = {

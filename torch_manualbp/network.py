@@ -14,36 +14,28 @@ of :mod:`torch_manualbp.equations`, where each is written once, and they agree; 
 """
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import observe
+from .checks import check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
 from .equations import (
     COSTS,
+    a_minus_y,
     backpropagate,
+    cross_entropy_costs,
     descend,
     error_below,
     errors,
+    example_share,
     feedforward,
+    quadratic_costs,
     sigmoid_prime,
     weighted_input,
 )
-from .functional import (
-    QuadraticCostFunction,
-    SigmoidCrossEntropyFunction,
-    _check_float_tensor,
-    _check_same_kind,
-    _error,
-    _per_example,
-    _targets,
-    quadratic_cost,
-    sigmoid_cross_entropy,
-    targets_like,
-)
+from .functional import quadratic_cost, sigmoid_cross_entropy, targets_like
 from .nn import SigmoidLinear
 
 __all__ = [
@@ -53,7 +45,6 @@ __all__ = [
     "feedforward",
     "backpropagate",
     "update_mini_batch",
-    "l2_weight_decay",
 ]
 
 
@@ -154,7 +145,7 @@ class Network(nn.Module):
         Returns:
             :class:`Backprop`: ``nabla_w``, ``nabla_b``, ``delta`` per layer, and the ``cost``.
         """
-        self._check_batch(x)
+        self.check_batch(x)
         weights, biases = self.weights_and_biases()
         activations = feedforward(x, weights, biases)
         output = activations[-1]  # aᴸ, (N, sizes[-1])
@@ -183,10 +174,10 @@ class Network(nn.Module):
             - y: :math:`(N, \text{sizes}[-1])` floats or :math:`(N)` integer labels.
             - Output: a scalar.
         """
-        self._check_batch(x)
+        self.check_batch(x)
         if torch.is_autocast_enabled(x.device.type):
             raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)")
-        y = _targets(y, (x.shape[0], self.sizes[-1]), x)
+        y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
         return NetworkCostFunction.apply(x, y, self.cost_name, *[p for pair in zip(weights, biases) for p in pair])
 
@@ -251,12 +242,12 @@ class Network(nn.Module):
             >>> x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
             >>> cost = net.sgd_step(x, labels, eta=3.0)
         """
-        self._check_batch(x)
+        self.check_batch(x)
         eta = check_learning_rate(eta)
         weight_decay = l2_weight_decay(lmbda, n)
         if torch.is_autocast_enabled(x.device.type):
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
-        y = _targets(y, (x.shape[0], self.sizes[-1]), x)
+        y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
         ones = self.ones(x.shape[0], x)
         return update_mini_batch(weights, biases, x, y, eta, ones, self.cost_name, weight_decay)
@@ -273,14 +264,15 @@ class Network(nn.Module):
             ones = self._ones = torch.ones(n, dtype=like.dtype, device=like.device)
         return ones
 
-    def _check_batch(self, x: Tensor) -> None:
-        _check_float_tensor("x", x)
+    def check_batch(self, x: Tensor) -> None:
+        """Raise unless ``x`` is a non-empty ``(N, sizes[0])`` mini-batch of the network's dtype, on its device."""
+        check_float_tensor("x", x)
         if x.ndim != 2 or x.shape[1] != self.sizes[0] or x.shape[0] == 0:
             raise ValueError(
                 f"x must be a non-empty mini-batch of shape (N, {self.sizes[0]}), got shape {tuple(x.shape)}"
             )
         weight = self.layers[0].weight
-        _check_same_kind("x", x, "the network's weights", weight)
+        check_same_kind("x", x, "the network's weights", weight)
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, cost={self.cost_name!r}"
@@ -308,8 +300,8 @@ def update_mini_batch(
         ones: a vector of N ones, in ``x``'s dtype and on its device.
         cost: ``"quadratic"`` (default) or ``"cross_entropy"``: which BP1, and which cost is returned.
         weight_decay: :math:`\lambda/n`, the book's L2 regularisation as ``torch.optim.SGD``'s ``weight_decay``
-            (see :func:`l2_weight_decay`): each weight, not bias, is first multiplied by :math:`1 - \eta\lambda/n`.
-            A Python number: ``torch.compile`` specialises on it, as on ``cost``.
+            (see :func:`~torch_manualbp.checks.l2_weight_decay`): each weight, not bias, is first multiplied by
+            :math:`1 - \eta\lambda/n`. A Python number: ``torch.compile`` specialises on it, as on ``cost``.
 
     Returns:
         The mean cost :math:`C_0` of the mini-batch before the update (no L2 term), a 0-d tensor.
@@ -322,9 +314,9 @@ def update_mini_batch(
     else:
         mean_cost = _mean_cost(cost, activations, weights, biases, y)
     deltas = errors(weights, activations, error, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
-    if observe._ACTIVE:  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it over
+    if observe.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
         for weight, delta, a_prev, a in zip(weights, deltas, activations[:-1], activations[1:]):
-            observe._notify(weight, delta / m, sigmoid_prime(a), a_prev)
+            observe.notify(weight, delta / m, sigmoid_prime(a), a_prev)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
             weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
@@ -333,38 +325,11 @@ def update_mini_batch(
 
 
 def _mean_cost(cost: str, activations: Sequence[Tensor], weights: Sequence[Tensor], biases: Sequence[Tensor], y: Tensor) -> Tensor:
-    """The mini-batch's mean cost C from the feedforward's activations; the cross-entropy's from zᴸ, recomputed,
-    with the very operations of the per-layer Functions' forward."""
+    """The mini-batch's mean cost C from the feedforward's activations; the cross-entropy's from zᴸ, recomputed;
+    the same operations as the per-layer Functions' forward."""
     if cost == "cross_entropy":
-        return SigmoidCrossEntropyFunction.forward(activations[-2], weights[-1], biases[-1], y, "mean")
-    return QuadraticCostFunction.forward(activations[-1], y, "mean")  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
-
-
-def l2_weight_decay(lmbda, n) -> float:
-    r"""The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
-    ``weight_decay``, :math:`\lambda/n`; a ``TypeError``/``ValueError`` naming the argument unless ``lmbda`` is a
-    finite number >= 0 and, when it is not 0, ``n`` a positive int."""
-    if isinstance(lmbda, bool) or not isinstance(lmbda, Real):
-        raise TypeError(f"lmbda must be a real number (the L2 regularisation parameter λ), got {type(lmbda).__name__}")
-    if not (math.isfinite(lmbda) and lmbda >= 0):
-        raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda}")
-    if lmbda == 0:
-        return 0.0
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be the training-set size, an int, when lmbda is given; got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be the training-set size, a positive number of examples, got {n}")
-    return float(lmbda) / n
-
-
-def check_learning_rate(eta) -> float:
-    """``eta`` as a float, or a ``TypeError``/``ValueError`` unless it is a real number that is finite and > 0."""
-    if isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1):
-        raise TypeError(f"eta must be a real number (the learning rate), got {type(eta).__name__}")
-    value = float(eta)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"eta must be a positive, finite learning rate, got {value}")
-    return value
+        return cross_entropy_costs(weighted_input(activations[-2], weights[-1], biases[-1]), y).mean()
+    return quadratic_costs(activations[-1], y).mean()  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
 
 
 class NetworkCostFunction(torch.autograd.Function):
@@ -395,12 +360,12 @@ class NetworkCostFunction(torch.autograd.Function):
         y, last_bias, *saved = ctx.saved_tensors
         weights, activations = saved[: ctx.depth], saved[ctx.depth :]
         output = activations[-1]
-        share = _per_example(grad_cost, output, "mean")  # 1/n: each example's share of the mean
-        error = _error(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
+        share = example_share(grad_cost, output, "mean")  # 1/n: each example's share of the mean
+        error = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
         sum_w, sum_b, deltas = backpropagate(weights, activations, error, ctx.cost)  # BP1-BP4
-        if observe._ACTIVE:  # inside torch_manualbp.observe.record_errors()
+        if observe.is_recording():  # inside torch_manualbp.observe.record_errors()
             for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
-                observe._notify(weight, delta, sigmoid_prime(a), a_in)
+                observe.notify(weight, delta, sigmoid_prime(a), a_in)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
         if ctx.needs_input_grad[1]:  # ∂C_x/∂y is −(aᴸ − y) for the quadratic cost, −zᴸ for the cross-entropy

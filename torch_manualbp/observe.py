@@ -33,10 +33,15 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .checks import targets
+from .equations import backpropagate, feedforward
+
 __all__ = [
     "LayerErrors",
     "ErrorRecord",
     "record_errors",
+    "is_recording",
+    "notify",
     "ParameterStatistics",
     "LayerGradientStatistics",
     "GradientStatistics",
@@ -137,8 +142,18 @@ def record_errors() -> Iterator[ErrorRecord]:
         _ACTIVE.remove(record)
 
 
-def _notify(weight: Tensor, delta: Tensor, sigmoid_prime: Tensor, input: Tensor) -> None:
-    """Called by the backward of SigmoidLinearFunction and NetworkCostFunction while a recording is active."""
+def is_recording() -> bool:
+    """Whether a :func:`record_errors` is active: the backward passes ask before computing what :func:`notify` takes.
+
+    A plain function of a global list, so ``torch.compile(fullgraph=True)`` traces it (guarding on the list)."""
+    return bool(_ACTIVE)
+
+
+def notify(weight: Tensor, delta: Tensor, sigmoid_prime: Tensor, input: Tensor) -> None:
+    r"""Hand one layer's :math:`\partial C/\partial z`, :math:`\sigma'(z)` and input to every active recording.
+
+    Called by every backward pass that computes :math:`\delta^l` (the autograd Functions, ``NetworkCostFunction``,
+    ``update_mini_batch``) while :func:`is_recording`; ``weight`` identifies the layer."""
     # δ and σ'(z) are fresh tensors and the input is saved for backward anyway: no copy needed
     entry = LayerErrors(weight, delta.detach(), sigmoid_prime.detach(), input.detach())
     for record in _ACTIVE:
@@ -263,16 +278,16 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
         (torch.Size([100, 2]), torch.Size([30, 784]))
         >>> stats.noise_scale  # B_simple, in examples
     """
-    from .functional import targets_like  # imported here: functional and network import this module
-    from .network import Network, backpropagate, feedforward
+    from .network import Network  # imported here: network imports this module for notify()
 
     if not isinstance(network, Network):
         raise TypeError(f"network must be a torch_manualbp.Network, got {type(network).__name__}")
-    network._check_batch(x)
+    network.check_batch(x)
     _check_two_examples("x", len(x))
     weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
     activations = feedforward(x, weights, [layer.bias for layer in network.layers])
-    error = activations[-1] - targets_like(activations[-1], y)  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
+    output = activations[-1]
+    error = output - targets(y, output.shape, output)  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
     sum_w, sum_b, deltas = backpropagate(weights, activations, error, network.cost_name)
     return _statistics([_layer_statistics(*layer) for layer in zip(deltas, activations[:-1], sum_w, sum_b)])
 
@@ -334,6 +349,6 @@ def _check_two_examples(name: str, n: int) -> None:
 
 
 def _sigmoid_layers(network: torch.nn.Module) -> list:
-    from .nn import sigmoid_layers  # imported here: nn -> functional -> observe would be circular
+    from .nn import sigmoid_layers  # imported here: nn imports functional, which imports this module for notify()
 
     return sigmoid_layers(network)

@@ -30,7 +30,6 @@ The configs in ``experiments/`` need no change for either.
 from __future__ import annotations
 
 import copy
-import math
 import pickle
 import sys
 import zipfile
@@ -43,19 +42,14 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from ..mnist import find_mnist_files
+from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
 from .datamodule import MNISTDataModule
-from .module import ManualBPClassifier
+from .module import ManualBPClassifier, check_hyperparameters
 from .report import EpochReport, PredictionReport
 from .safety import AtomicCheckpointIO, DivergenceGuard
 
 __all__ = ["ConfigError", "ManualBPCLI", "run", "check_settings", "refused_checkpoint_message"]
 
-#: MNIST images are 28 x 28 = 784 pixels, one per input neuron, and there are 10 digits, one per output neuron.
-MNIST_INPUTS, MNIST_CLASSES = 784, 10
-
-#: The largest float32, the largest learning rate SGD can apply to float32 weights (beyond it: RuntimeError).
-FLOAT32_MAX = 3.4028234663852886e38
 
 #: Parse errors raise ``jsonargparse.ArgumentError`` instead of printing the whole usage and exiting.
 _PARSER_KWARGS: dict[str, Any] = {"exit_on_error": False}
@@ -116,8 +110,8 @@ def _as_list(value) -> list:
 def check_settings(config) -> None:
     r"""Raise :class:`ConfigError` for a setting that cannot work, naming it; ``config`` is one subcommand's section.
 
-    Checked: ``model.sizes`` (at least two positive sizes, 784 inputs and 10 outputs for MNIST), ``model.eta``
-    (positive, at most the largest float32), ``model.momentum`` (in [0, 1)), ``model.weight_decay`` (finite, >= 0),
+    Checked: ``model.sizes`` (at least two positive sizes, 784 inputs and 10 outputs for MNIST), ``model.eta``,
+    ``model.momentum`` and ``model.weight_decay`` (by the classifier's own rules, :func:`check_hyperparameters`),
     ``data.batch_size`` and ``data.eval_batch_size`` (>= 1), ``data.data_dir`` (holds the four MNIST files,
     unless ``data.download`` is on) and ``ckpt_path`` (an existing, complete checkpoint file, or ``last``/``best``).
     """
@@ -127,6 +121,11 @@ def check_settings(config) -> None:
     if data is not None:
         _check_data(data)
     _check_ckpt_path(config.get("ckpt_path"))
+
+
+#: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for
+#: MNIST, and the rest when the classifier is built.
+_MODEL_SETTINGS = ("eta", "momentum", "weight_decay")
 
 
 def _check_model(model) -> None:
@@ -142,15 +141,11 @@ def _check_model(model) -> None:
             raise ConfigError(
                 f"model.sizes must end with {MNIST_CLASSES} (one output neuron per digit), got {sizes}"
             )
-    eta = model.get("eta")
-    if eta is not None and not 0 < eta <= FLOAT32_MAX:  # torch.optim.SGD cannot apply a larger η to float32 weights
-        raise ConfigError(f"model.eta must be a positive learning rate no larger than {FLOAT32_MAX:.4g}, got {eta}")
-    momentum = model.get("momentum")
-    if momentum is not None and not 0 <= momentum < 1:
-        raise ConfigError(f"model.momentum must lie in [0, 1), got {momentum}")
-    weight_decay = model.get("weight_decay")
-    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"model.weight_decay must be finite and >= 0, got {weight_decay}")
+    settings = {name: model.get(name) for name in _MODEL_SETTINGS if model.get(name) is not None}
+    try:
+        check_hyperparameters(**settings)  # the classifier's own rules, before anything is built
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.{err}") from None
 
 
 def _check_data(data) -> None:

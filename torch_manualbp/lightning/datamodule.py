@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from torch_manualbp.images import LoadedImage, load_images
-from torch_manualbp.mnist import find_mnist_files, load_mnist
+from torch_manualbp.mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files, load_mnist
 
 __all__ = ["ImageBatches", "MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
 
@@ -341,7 +340,7 @@ def _epoch_limit(length: int, limit_train_batches: int | float | None) -> int | 
 def _as_split(images: Tensor, labels: Tensor) -> Batch:
     r"""uint8 ``(N, 28, 28)`` images and int64 labels -> float32 rows in [0, 1], one-hot targets, labels."""
     x = images.reshape(len(images), -1).to(torch.float32) / 255.0
-    y = torch.nn.functional.one_hot(labels, num_classes=10).to(torch.float32)
+    y = torch.nn.functional.one_hot(labels, num_classes=MNIST_CLASSES).to(torch.float32)
     return x, y, labels
 
 
@@ -363,6 +362,6 @@ class ImageBatches:
     def __iter__(self) -> Iterator[PredictBatch]:
         for start in range(0, len(self.images), self.batch_size):
             chunk = self.images[start : start + self.batch_size]
-            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(784) for image in chunk])
+            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(MNIST_INPUTS) for image in chunk])
             readable = [image.pixels is not None for image in chunk]
             yield x.to(self.device), [image.name for image in chunk], [image.note for image in chunk], readable

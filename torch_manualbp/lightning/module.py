@@ -20,6 +20,7 @@ To run::
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Literal
@@ -31,16 +32,73 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from .. import observe
-from ..functional import _targets
-from ..network import Network, check_learning_rate, l2_weight_decay, update_mini_batch
+from ..checks import check_learning_rate, l2_weight_decay, targets
+from ..network import Network, update_mini_batch
 from .datamodule import NUM_TRAIN
 
-__all__ = ["ManualBPClassifier"]
+__all__ = ["ManualBPClassifier", "check_hyperparameters"]
+
+#: The largest float32: ``torch.optim.SGD`` cannot apply a larger learning rate to float32 weights (RuntimeError).
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 # Under manual optimisation Lightning warns that a checkpoint taken every N steps holds the weights after that
 # batch's updates. That is the state an exact resume needs (with the batch position saved beside it; see
 # test_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run), so the warning would only mislead.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+
+
+def check_hyperparameters(**settings) -> None:
+    """Raise a ``ValueError`` (or ``TypeError``) whose message starts with the setting's name, for the first of
+    ``ManualBPClassifier``'s ``settings`` (given by name, any subset) that cannot work. The classifier checks all of
+    them; ``manualbp`` checks a config's before building anything, and prints the message after ``model.``."""
+    for name, rule in _RULES.items():
+        if name in settings:
+            rule(settings[name])
+    if "lmbda" in settings:  # raises on a bad lmbda or training_set_size
+        l2_weight_decay(settings["lmbda"], settings.get("training_set_size", NUM_TRAIN))
+    if settings.get("lmbda") and settings.get("weight_decay"):
+        raise ValueError("give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both")
+
+
+def _check_eta(eta) -> None:
+    if check_learning_rate(eta) > FLOAT32_MAX:
+        raise ValueError(f"eta must be a positive learning rate no larger than {FLOAT32_MAX:.4g}, got {float(eta)}")
+
+
+def _check_momentum(momentum) -> None:
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+
+
+def _check_weight_decay(weight_decay) -> None:
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
+
+
+def _check_lr_schedule(lr_schedule) -> None:
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+
+
+def _check_mini_batch_size(mini_batch_size) -> None:
+    if mini_batch_size is not None and mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size}")
+
+
+def _check_compile(compile) -> None:
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
+
+
+#: One rule per setting, each written once (see check_hyperparameters); lmbda's needs training_set_size too.
+_RULES = {
+    "eta": _check_eta,
+    "momentum": _check_momentum,
+    "weight_decay": _check_weight_decay,
+    "lr_schedule": _check_lr_schedule,
+    "mini_batch_size": _check_mini_batch_size,
+    "compile": _check_compile,
+}
 
 
 class ManualBPClassifier(L.LightningModule):
@@ -95,22 +153,10 @@ class ManualBPClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_learning_rate(eta)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        l2_weight_decay(lmbda, training_set_size)  # raises on a bad lmbda or training_set_size
-        if lmbda and weight_decay:
-            raise ValueError(
-                "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
-            )
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if mini_batch_size is not None and mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size}")
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
+        check_hyperparameters(
+            eta=eta, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
+            mini_batch_size=mini_batch_size, lmbda=lmbda, training_set_size=training_set_size, compile=compile,
+        )  # fmt: skip
         self.save_hyperparameters()
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y), for GradientAudit
@@ -215,15 +261,15 @@ class ManualBPClassifier(L.LightningModule):
     def _fused_steps(self, x: Tensor, y: Tensor, size: int) -> Tensor:
         """One fused SGD step per mini-batch of ``size`` rows of ``x``, in order; returns their costs before each update."""
         network = self.network
-        network._check_batch(x)
-        y = _targets(y, (len(x), network.sizes[-1]), x)
+        network.check_batch(x)
+        y = targets(y, (len(x), network.sizes[-1]), x)
         eta = self.optimizers().optimizer.param_groups[0]["lr"]  # the scheduler's, if any
         weights, biases = network.weights_and_biases()
         rule = self._update_rule()
         steps = -(-len(x) // size)
         whole = len(x) // size
         costs = []
-        if self.hparams.compile and not observe._ACTIVE and whole >= self.steps_per_call:
+        if self.hparams.compile and not observe.is_recording() and whole >= self.steps_per_call:
             calls = whole // self.steps_per_call
             rows = calls * self.steps_per_call * size
             xs = x[:rows].reshape(calls, self.steps_per_call, size, -1)

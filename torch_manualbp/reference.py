@@ -3,13 +3,14 @@ r"""The book's algorithm as the baseline: Nielsen's ``network.py`` structure in 
 One example at a time, as column vectors: ``feedforward``, ``backprop`` of a single example (BP1-BP4),
 and ``update_mini_batch`` summing the per-example nablas over the mini-batch before one step
 ``w -> w - (eta / m) * sum_x nabla_w_x``. Nothing is vectorised over examples, on purpose: this is
-the reference point the batched PyTorch code is measured against. Written for this benchmark, after
-the structure the book describes; the weights can be copied from a ``torch_manualbp.Network`` so that
-both start from the same point.
+the reference point the batched PyTorch code is measured against: the tests compare the hand-written
+backprop with it, and the benchmarks time it. Written after the structure the book describes; the
+weights can be copied from a ``torch_manualbp.Network`` so that both start from the same point. It
+needs numpy only, and nothing else in the package imports it.
 
 To run (a toy check)::
 
-    python -m benchmarks.book_network
+    python -m torch_manualbp.reference
 """
 from __future__ import annotations
 

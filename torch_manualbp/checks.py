@@ -1,0 +1,90 @@
+r"""The argument checks that ``functional``, ``network`` and ``lightning`` share, each written once.
+
+Every check raises a ``TypeError`` (wrong kind of value) or a ``ValueError`` (wrong shape, device or range) that names
+the argument and says what was expected; ``tests/test_bad_input.py`` holds one case per message. Tensor values are
+checked only where a Python branch on them is possible (not under ``torch.compile`` or ``torch.func``).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_float_tensor", "check_same_kind", "targets", "check_learning_rate", "l2_weight_decay"]
+
+
+def check_float_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_same_kind(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Raise unless ``t`` is on ``ref``'s device and, outside autocast, of its dtype."""
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+    if t.dtype != ref.dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+
+
+def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The desired outputs as floats of ``shape`` on ``like``'s device, in ``like``'s dtype: a float ``y`` checked
+    and returned as it is, integer class labels one-hot encoded (the book's representation of a digit)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.device != like.device:
+        raise ValueError(f"y must be on the same device as a ({like.device}), got {y.device}")
+    if y.is_floating_point():
+        if y.shape != shape:
+            raise ValueError(f"a float target y must have the shape of a, {tuple(shape)}, got {tuple(y.shape)}")
+        check_same_kind("y", y, "a", like)
+        return y
+    if y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must be floating-point targets or integer class labels, got dtype {y.dtype}")
+    if y.shape != shape[:-1]:
+        raise ValueError(
+            f"integer labels y must have shape {tuple(shape[:-1])} (one label per row of a), got {tuple(y.shape)}"
+        )
+    classes = shape[-1]
+    valid = (y >= 0) & (y < classes)
+    if _can_branch_on_values(y) and not bool(valid.all()):
+        bad = y[~valid].unique()[:5].tolist()
+        raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
+    one_hot = (y.unsqueeze(-1) == torch.arange(classes, device=y.device)).to(like.dtype)
+    # Where the labels could not be checked, an invalid one gives NaN rather than a silent zero row.
+    return torch.where(valid.unsqueeze(-1), one_hot, torch.nan)
+
+
+def _can_branch_on_values(t: Tensor) -> bool:
+    """False under torch.compile and inside torch.func transforms, where a tensor's values cannot steer Python."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def check_learning_rate(eta) -> float:
+    """``eta`` as a float, or a ``TypeError``/``ValueError`` unless it is a real number that is finite and > 0."""
+    if isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1):
+        raise TypeError(f"eta must be a real number (the learning rate), got {type(eta).__name__}")
+    value = float(eta)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"eta must be a positive, finite learning rate, got {value}")
+    return value
+
+
+def l2_weight_decay(lmbda, n) -> float:
+    r"""The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
+    ``weight_decay``, :math:`\lambda/n`; a ``TypeError``/``ValueError`` naming the argument unless ``lmbda`` is a
+    finite number >= 0 and, when it is not 0, ``n`` a positive int."""
+    if isinstance(lmbda, bool) or not isinstance(lmbda, Real):
+        raise TypeError(f"lmbda must be a real number (the L2 regularisation parameter λ), got {type(lmbda).__name__}")
+    if not (math.isfinite(lmbda) and lmbda >= 0):
+        raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda}")
+    if lmbda == 0:
+        return 0.0
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be the training-set size, an int, when lmbda is given; got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be the training-set size, a positive number of examples, got {n}")
+    return float(lmbda) / n
