@@ -315,21 +315,6 @@ def test_regularised_sgd_steps_equal_autograd_and_torch_sgd_weight_decay_on_weig
         torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
 
 
-def test_sgd_step_hands_record_errors_what_the_one_node_backward_hands_it():
-    torch.manual_seed(2)
-    net = Network([6, 5, 4], cost="cross_entropy", dtype=torch.float64)
-    twin = Network([6, 5, 4], cost="cross_entropy", dtype=torch.float64)
-    twin.load_state_dict(net.state_dict())
-    x, labels = torch.rand(3, 6, dtype=torch.float64), torch.tensor([0, 3, 1])
-    with record_errors() as via_autograd:
-        twin.layered_cost(x, labels).backward()
-    with record_errors() as fused:
-        net.sgd_step(x, labels, 1.0)
-    for want, got in zip(via_autograd.for_network(twin), fused.for_network(net)):
-        torch.testing.assert_close(got.delta, want.delta, **F64)
-        torch.testing.assert_close(got.sigmoid_prime, want.sigmoid_prime, **F64)
-
-
 def test_cross_entropy_learns_a_saturated_wrong_output_that_the_quadratic_cost_does_not():
     # BP1's point: at z = 10 with y = 0, the quadratic δ = (a − y) σ'(z) ≈ 4.5e-5, the cross-entropy's δ = a − y ≈ 1.
     deltas = {}

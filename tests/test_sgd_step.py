@@ -75,14 +75,16 @@ def test_sgd_step_leaves_no_grad_and_returns_a_cost_with_no_graph():
     assert all(p.requires_grad for p in net.parameters())
 
 
-def test_sgd_step_hands_record_errors_what_the_functions_hand_it():
+@pytest.mark.parametrize("cost, backward_through", [("quadratic", "cost"), ("quadratic", "layered_cost"),
+                                                     ("cross_entropy", "cost"), ("cross_entropy", "layered_cost")])
+def test_sgd_step_hands_record_errors_what_the_functions_hand_it(cost, backward_through):
     torch.manual_seed(2)
-    net = Network([6, 5, 4], dtype=torch.float64)
-    twin = Network([6, 5, 4], dtype=torch.float64)
+    net = Network([6, 5, 4], cost=cost, dtype=torch.float64)
+    twin = Network([6, 5, 4], cost=cost, dtype=torch.float64)
     twin.load_state_dict(net.state_dict())
     x, labels = torch.rand(3, 6, dtype=torch.float64), torch.tensor([0, 3, 1])
-    with record_errors() as via_autograd:
-        twin.cost(x, labels).backward()
+    with record_errors() as via_autograd:  # the one-node backward, or the per-layer Functions'
+        getattr(twin, backward_through)(x, labels).backward()
     with record_errors() as fused:
         net.sgd_step(x, labels, 1.0)
     for want, got in zip(via_autograd.for_network(twin), fused.for_network(net)):
