@@ -222,7 +222,7 @@ class ManualBPClassifier(L.LightningModule):
             j = self._fused_until(first_step, i, count)
             if j > i:  # mini-batches i..j-1: fused SGD steps
                 x_run, y_run = x[i * size : j * size], y[i * size : j * size]
-                before = [p.detach().clone() for p in self.network.parameters()]  # a few KB: see rewind()
+                before = [p.detach().clone() for p in self.network.parameters()]  # one copy per batch: see rewind()
                 block = self._fused_steps(x_run, y_run, size)
                 self.fused_costs.append((first_step + i, block))
                 self._fused_runs.append((first_step + i, before, x_run, y_run, size))
