@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 epoch.run(args.data_dir, size["epoch_examples"], size["epoch_repeats"], device))
         if "cli" in args.only and device == "cpu":
             print("[cli] manualbp fit --config experiments/nielsen_ch1.yaml", flush=True)
-            sections["cli"] = cli_epoch.run(args.out, args.data_dir, 2 if args.quick else 3, args.quick)
+            sections["cli"] = cli_epoch.run(args.data_dir, 2 if args.quick else 3, args.quick)
         if "time95" in args.only:
             print(f"[time95] {device}", flush=True)
             sections.setdefault("time95", []).append(time_to_95.run(args.out, device, args.quick))

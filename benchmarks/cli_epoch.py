@@ -10,7 +10,8 @@ r"""Section 3: the main command as a user runs it, ``manualbp fit --config exper
 * **30 epochs**: the shipped config end to end (``manualbp fit --config experiments/nielsen_ch1.yaml``), process
   wall time, after set-up (the virtual environment exists).
 
-Every run writes its logs and checkpoints under ``--out``; paths in the results are relative to the repository.
+Every run writes its config, logs and checkpoints into a temporary directory, removed at the end; the results name
+paths relative to the repository.
 
 To run only this section::
 
@@ -19,13 +20,15 @@ To run only this section::
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from .epoch import EpochBench
 from .time_to_95 import REPO, _manualbp
 from .timing import median
 
@@ -35,7 +38,7 @@ CONFIG = REPO / "experiments" / "nielsen_ch1.yaml"
 
 
 def _config(out: Path, name: str) -> Path:
-    """The shipped config, with its logs and checkpoints under ``out`` instead of ``runs/``."""
+    """The shipped config, written into ``out`` with its logs and checkpoints there instead of under ``runs/``."""
     config = yaml.safe_load(CONFIG.read_text())
     trainer = config["trainer"]
     trainer["logger"]["init_args"].update(save_dir=str(out / "cli_runs"), name=name)
@@ -65,11 +68,16 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def run(out: Path, data_dir: Path, repeats: int, quick: bool, log=print) -> dict:
-    from .epoch import EpochBench
+def run(data_dir: Path, repeats: int, quick: bool, log=print) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="manualbp_cli_"))
+    try:
+        return _run(scratch, data_dir, repeats, quick, log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    book = EpochBench(data_dir, 2000 if quick else 50_000, __import__("torch").device("cpu"))
+
+def _run(out: Path, data_dir: Path, repeats: int, quick: bool, log) -> dict:
+    book = EpochBench(data_dir, 50_000, __import__("torch").device("cpu"))  # the CLI epoch is always a whole one
     eager, compiled = _config(out, "eager"), _config(out, "compiled")
     compile_s = _fit(compiled, "--trainer.max_epochs", "1", "--model.compile", "true")  # fills Inductor's cache
     log(f"  compiling run (1 epoch): {compile_s:.1f} s")
