@@ -263,31 +263,39 @@ class ManualBPClassifier(L.LightningModule):
         network = self.network
         network.check_batch(x)
         y = targets(y, (len(x), network.sizes[-1]), x)
-        eta = self.optimizers().optimizer.param_groups[0]["lr"]  # the scheduler's, if any
-        weights, biases = network.weights_and_biases()
-        rule = self._update_rule()
+        eta, rule = self._learning_rate(), self._update_rule()
         steps = -(-len(x) // size)
-        whole = len(x) // size
-        costs = []
-        if self.hparams.compile and not observe.is_recording() and whole >= self.steps_per_call:
-            calls = whole // self.steps_per_call
+        self.last_mini_batch = (x[(steps - 1) * size :], y[(steps - 1) * size :])
+        costs, rows = [], 0
+        if self.hparams.compile and not observe.is_recording() and len(x) // size >= self.steps_per_call:
+            calls = len(x) // size // self.steps_per_call
             rows = calls * self.steps_per_call * size
             xs = x[:rows].reshape(calls, self.steps_per_call, size, -1)
             ys = y[:rows].reshape(calls, self.steps_per_call, size, -1)
             eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)
-            ones = network.ones(size, x)
+            weights, biases = network.weights_and_biases()
             for c in range(calls):
-                costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, ones, rule))
-            x, y = x[rows:], y[rows:]
-        for start in range(0, len(x), size):  # eager: what is left, or everything
-            x_m, y_m = x[start : start + size], y[start : start + size]
-            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, network.ones(len(x_m), x_m), *rule).reshape(1))
-        self.last_mini_batch = (x_m, y_m) if len(x) else (xs[-1, -1], ys[-1, -1])
+                costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, network.ones(size, x), rule))
+        costs += self._eager_steps(x[rows:], y[rows:], size, eta, rule)  # what is left, or everything
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         for _ in range(steps):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
             progress.increment_ready()
             progress.increment_completed()
         return torch.cat(costs)
+
+    def _eager_steps(self, x: Tensor, y: Tensor, size: int, eta: float, rule: tuple[str, float]) -> list[Tensor]:
+        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` (``y``: float targets), in order."""
+        weights, biases = self.network.weights_and_biases()
+        costs = []
+        for start in range(0, len(x), size):
+            x_m, y_m = x[start : start + size], y[start : start + size]
+            ones = self.network.ones(len(x_m), x_m)
+            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, ones, *rule).reshape(1))
+        return costs
+
+    def _learning_rate(self) -> float:
+        """The optimizer's η, which its scheduler (if any) sets; the fused path reads it and never steps it."""
+        return self.optimizers().optimizer.param_groups[0]["lr"]
 
     def rewind(self, step: int) -> bool:
         """Undo the fused updates of this batch from global step ``step`` on, for a divergence report.
@@ -303,11 +311,8 @@ class ManualBPClassifier(L.LightningModule):
                 with torch.no_grad():
                     for p, saved in zip(self.network.parameters(), before):
                         p.copy_(saved)
-                    eta = self.optimizers().optimizer.param_groups[0]["lr"]
-                    weights, biases = self.network.weights_and_biases()
-                    for start in range(0, rows, size):
-                        x_m, y_m = x[start : start + size], y[start : start + size]
-                        update_mini_batch(weights, biases, x_m, y_m, eta, self.network.ones(size, x_m), *self._update_rule())
+                    y_float = targets(y, (len(x), self.network.sizes[-1]), x)
+                    self._eager_steps(x[:rows], y_float[:rows], size, self._learning_rate(), self._update_rule())
                 parameters = list(self.network.parameters())
                 with torch.enable_grad():
                     cost = self.network.cost(x[rows : rows + size], y[rows : rows + size])
