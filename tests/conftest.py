@@ -33,6 +33,15 @@ quiet = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWa
 # --- the independent reference: the network and its cost in plain autograd ops -----------------------------------
 
 
+def network_and_batch(cost: str = "quadratic"):
+    """A float64 ``Network([6, 5, 4, 3], cost=cost)`` seeded 0, a batch of 7 inputs and their labels in 0..2."""
+    from torch_manualbp import Network
+
+    torch.manual_seed(0)
+    net = Network([6, 5, 4, 3], cost=cost, dtype=torch.float64)
+    return net, torch.rand(7, 6, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0, 2, 2])
+
+
 def leaves(*shapes, dtype=torch.float64, seed=0) -> list[torch.Tensor]:
     """Random normal tensors of the given shapes that require grad, from their own seeded generator."""
     g = torch.Generator().manual_seed(seed)

@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
-from conftest import autograd_output, leaves
+from conftest import autograd_output, leaves, network_and_batch
 from torch_manualbp import Network
 from torch_manualbp.functional import sigmoid_cross_entropy, sigmoid_linear
 from torch_manualbp.observe import record_errors
@@ -156,11 +156,7 @@ def test_saturated_outputs_give_finite_costs_and_gradients_equal_to_autograd(dty
 
 @pytest.fixture
 def net_and_batch():
-    torch.manual_seed(0)
-    net = Network([6, 5, 4, 3], cost="cross_entropy", dtype=torch.float64)
-    x = torch.rand(7, 6, dtype=torch.float64)
-    labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
-    return net, x, labels
+    return network_and_batch("cross_entropy")
 
 
 def test_backprop_equals_plain_autograd_float64(net_and_batch):

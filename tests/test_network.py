@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import autograd_output, autograd_quadratic_cost
+from conftest import autograd_output, autograd_quadratic_cost, network_and_batch
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import QuadraticCost, SigmoidLinear
@@ -14,11 +14,7 @@ F64 = dict(rtol=1e-10, atol=1e-12)
 
 @pytest.fixture
 def net_and_batch():
-    torch.manual_seed(0)
-    net = Network([6, 5, 4, 3], dtype=torch.float64)
-    x = torch.rand(7, 6, dtype=torch.float64)
-    labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
-    return net, x, labels
+    return network_and_batch()
 
 
 def test_backprop_equals_backward_through_the_functions(net_and_batch):
