@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from torch_manualbp import Network
+from conftest import network_and_batch
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
 from torch_manualbp.reference import BookNetwork
@@ -10,14 +10,8 @@ from torch_manualbp.reference import BookNetwork
 F64 = dict(rtol=1e-10, atol=1e-12)
 
 
-def small_network_and_batch():
-    torch.manual_seed(0)
-    net = Network([6, 5, 4, 3], dtype=torch.float64)
-    return net, torch.rand(7, 6, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0, 2, 2])
-
-
 def test_recorded_errors_equal_backprop_and_the_books_per_example_formula():
-    net, x, labels = small_network_and_batch()
+    net, x, labels = network_and_batch()
     with record_errors() as record:
         quadratic_cost(net(x), labels).backward()
     recorded = record.for_network(net)
@@ -38,7 +32,7 @@ def test_recorded_errors_equal_backprop_and_the_books_per_example_formula():
 
 
 def test_recorded_sigmoid_prime_is_that_of_the_forward_activations():
-    net, x, labels = small_network_and_batch()
+    net, x, labels = network_and_batch()
     with record_errors() as record:
         quadratic_cost(net(x), labels).backward()
     a = x
@@ -48,7 +42,7 @@ def test_recorded_sigmoid_prime_is_that_of_the_forward_activations():
 
 
 def test_recording_on_and_off_give_bit_identical_gradients():
-    net, x, labels = small_network_and_batch()
+    net, x, labels = network_and_batch()
     quadratic_cost(net(x), labels).backward()
     without = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
@@ -59,8 +53,21 @@ def test_recording_on_and_off_give_bit_identical_gradients():
 
 
 def test_nothing_is_recorded_outside_the_context():
-    net, x, labels = small_network_and_batch()
+    net, x, labels = network_and_batch()
     with record_errors() as record:
         pass
     quadratic_cost(net(x), labels).backward()
     assert record.entries == []
+
+
+def test_nested_recordings_each_see_exactly_the_backward_passes_run_inside_them():
+    # the inner record ends holding the same entries as the outer one (equal lists): leaving it must still stop
+    # the inner record, not the outer one
+    net, x, labels = network_and_batch()
+    with record_errors() as outer:
+        with record_errors() as inner:
+            quadratic_cost(net(x), labels).backward()
+        quadratic_cost(net(x), labels).backward()
+    quadratic_cost(net(x), labels).backward()
+    assert len(inner.entries) == 3 and len(outer.entries) == 6
+    assert all(a is b for a, b in zip(inner.entries, outer.entries))

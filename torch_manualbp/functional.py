@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import observe
+from . import recording
 from .checks import check_float_tensor, check_same_kind, targets
 from .equations import (
     a_minus_y,
@@ -102,8 +102,8 @@ class SigmoidLinearFunction(torch.autograd.Function):
         # dtype of its input. Outside autocast every .to() here returns its tensor unchanged.
         dtype = a.dtype
         delta = sigmoid_delta(grad_a.to(dtype), a)  # BP1 at the output layer, BP2 below: δ = ∂C/∂a ⊙ σ'(z)
-        if observe.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe.notify(weight, delta, sigmoid_prime(a), x)
+        if recording.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
+            recording.notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             grad_x = error_below(delta, weight.to(dtype))  # δˡ Wˡ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:
@@ -211,8 +211,8 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         a = torch.sigmoid(z)  # aᴸ
         share = example_share(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
         delta = output_error((a - y) * share, a, "cross_entropy")  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled
-        if observe.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            observe.notify(weight, delta, sigmoid_prime(a), x)
+        if recording.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
+            recording.notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
             grad_x = error_below(delta, weight)  # δᴸ Wᴸ, handed to the layer below for its BP2, (N, in)
         if ctx.needs_input_grad[1]:

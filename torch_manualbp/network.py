@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import observe
+from . import recording
 from .checks import check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
 from .equations import (
     COSTS,
@@ -314,9 +314,9 @@ def update_mini_batch(
     else:
         mean_cost = _mean_cost(cost, activations, weights, biases, y)
     deltas = errors(weights, activations, error, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
-    if observe.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
+    if recording.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
         for weight, delta, a_prev, a in zip(weights, deltas, activations[:-1], activations[1:]):
-            observe.notify(weight, delta / m, sigmoid_prime(a), a_prev)
+            recording.notify(weight, delta / m, sigmoid_prime(a), a_prev)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
             weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
@@ -363,9 +363,9 @@ class NetworkCostFunction(torch.autograd.Function):
         share = example_share(grad_cost, output, "mean")  # 1/n: each example's share of the mean
         error = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
         sum_w, sum_b, deltas = backpropagate(weights, activations, error, ctx.cost)  # BP1-BP4
-        if observe.is_recording():  # inside torch_manualbp.observe.record_errors()
+        if recording.is_recording():  # inside torch_manualbp.observe.record_errors()
             for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
-                observe.notify(weight, delta, sigmoid_prime(a), a_in)
+                recording.notify(weight, delta, sigmoid_prime(a), a_in)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
         if ctx.needs_input_grad[1]:  # ∂C_x/∂y is −(aᴸ − y) for the quadratic cost, −zᴸ for the cross-entropy

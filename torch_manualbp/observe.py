@@ -35,6 +35,9 @@ from torch import Tensor
 
 from .checks import targets
 from .equations import backpropagate, feedforward
+from .network import Network
+from .nn import sigmoid_layers
+from .recording import LayerErrors, is_recording, listening, notify  # the hook, re-exported: observe.notify() etc.
 
 __all__ = [
     "LayerErrors",
@@ -47,27 +50,6 @@ __all__ = [
     "GradientStatistics",
     "gradient_statistics",
 ]
-
-# The records being filled. Global rather than thread-local: on CUDA, autograd runs backward on a
-# device thread of its own, not on the thread that entered record_errors().
-_ACTIVE: list["ErrorRecord"] = []
-
-
-@dataclass(frozen=True)
-class LayerErrors:
-    r"""What one sigmoid layer's backward computed.
-
-    Attributes:
-        weight: the layer's weight parameter, which identifies the layer.
-        delta: :math:`\partial C/\partial z` of the layer, ``(N, out_features)``, detached.
-        sigmoid_prime: :math:`\sigma'(z) = a(1 - a)`, ``(N, out_features)``, detached.
-        input: the layer's input :math:`a^{l-1}`, ``(N, in_features)``, detached.
-    """
-
-    weight: Tensor
-    delta: Tensor
-    sigmoid_prime: Tensor
-    input: Tensor
 
 
 @dataclass
@@ -86,7 +68,7 @@ class ErrorRecord:
 
     def for_network(self, network: torch.nn.Module) -> list[LayerErrors]:
         """The latest entry of each ``SigmoidLinear`` in ``network``, input side first."""
-        return [self.for_weight(layer.weight) for layer in _sigmoid_layers(network)]
+        return [self.for_weight(layer.weight) for layer in sigmoid_layers(network)]
 
     def gradient_statistics(self, network: torch.nn.Module, reduction: str = "mean") -> GradientStatistics:
         r"""The statistics of :func:`gradient_statistics`, from the latest recorded backward through ``network``.
@@ -121,7 +103,7 @@ class ErrorRecord:
         n = entries[0].delta.shape[0]
         _check_two_examples("the recorded mini-batch", n)
         layers = []
-        for layer, entry in zip(_sigmoid_layers(network), entries):
+        for layer, entry in zip(sigmoid_layers(network), entries):
             # in at least float32: under autocast δ is bf16/fp16 while the input may be float32
             dtype = torch.promote_types(torch.promote_types(entry.delta.dtype, entry.input.dtype), torch.float32)
             delta = entry.delta.to(dtype) * (n if reduction == "mean" else 1)  # (N, H_l), the book's δ^{x,l}
@@ -135,29 +117,8 @@ class ErrorRecord:
 def record_errors() -> Iterator[ErrorRecord]:
     """Record every sigmoid layer's :math:`\\partial C/\\partial z` and :math:`\\sigma'(z)` during backward."""
     record = ErrorRecord()
-    _ACTIVE.append(record)
-    try:
+    with listening(record.entries):
         yield record
-    finally:
-        _ACTIVE.remove(record)
-
-
-def is_recording() -> bool:
-    """Whether a :func:`record_errors` is active: the backward passes ask before computing what :func:`notify` takes.
-
-    A plain function of a global list, so ``torch.compile(fullgraph=True)`` traces it (guarding on the list)."""
-    return bool(_ACTIVE)
-
-
-def notify(weight: Tensor, delta: Tensor, sigmoid_prime: Tensor, input: Tensor) -> None:
-    r"""Hand one layer's :math:`\partial C/\partial z`, :math:`\sigma'(z)` and input to every active recording.
-
-    Called by every backward pass that computes :math:`\delta^l` (the autograd Functions, ``NetworkCostFunction``,
-    ``update_mini_batch``) while :func:`is_recording`; ``weight`` identifies the layer."""
-    # δ and σ'(z) are fresh tensors and the input is saved for backward anyway: no copy needed
-    entry = LayerErrors(weight, delta.detach(), sigmoid_prime.detach(), input.detach())
-    for record in _ACTIVE:
-        record.entries.append(entry)
 
 
 @dataclass(frozen=True)
@@ -278,8 +239,6 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
         (torch.Size([100, 2]), torch.Size([30, 784]))
         >>> stats.noise_scale  # B_simple, in examples
     """
-    from .network import Network  # imported here: network imports this module for notify()
-
     if not isinstance(network, Network):
         raise TypeError(f"network must be a torch_manualbp.Network, got {type(network).__name__}")
     network.check_batch(x)
@@ -346,9 +305,3 @@ def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> t
 def _check_two_examples(name: str, n: int) -> None:
     if n < 2:
         raise ValueError(f"{name} must hold at least 2 examples: one example's gradient has no variance, got {n}")
-
-
-def _sigmoid_layers(network: torch.nn.Module) -> list:
-    from .nn import sigmoid_layers  # imported here: nn imports functional, which imports this module for notify()
-
-    return sigmoid_layers(network)

@@ -322,7 +322,7 @@ class ManualBPClassifier(L.LightningModule):
         return False
 
     def _update_rule(self) -> tuple[str, float]:
-        """``(cost, weight_decay)`` for :func:`~torch_manualbp.network.update_mini_batch`: the network's cost and
+        r"""``(cost, weight_decay)`` for :func:`~torch_manualbp.network.update_mini_batch`: the network's cost and
         the book's L2 as :math:`\lambda/n` (see ``lmbda``)."""
         return self.network.cost_name, l2_weight_decay(self.hparams.lmbda, self.hparams.training_set_size)
 
