@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from . import cli_epoch, epoch, functions, report, statistics, time_to_95
-    from .timing import machine_info
+    from torch_manualbp.timing import machine_info
 
     size = dict(QUICK if args.quick else FULL)
     size["repeats"] = args.repeats or size["repeats"]

@@ -30,7 +30,7 @@ import yaml
 
 from .epoch import EpochBench
 from .time_to_95 import REPO, _manualbp
-from .timing import median
+from torch_manualbp.timing import median
 
 __all__ = ["run"]
 

@@ -16,8 +16,8 @@ weights and see the same mini-batches in the same order (the data module's seede
 * ``loop (sgd_step)``: ``Network.sgd_step`` in a plain Python loop: the fused step without Lightning.
 * ``loop (Functions)``: the same network, cost and ``torch.optim.SGD`` in a plain Python loop over the
   same batch iterable; the difference to ``lightning`` is Lightning's per-step overhead.
-* ``loop (autograd)``: a plain loop with ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops;
-  the difference to ``loop (Functions)`` is the custom Functions' cost in training.
+* ``loop (autograd)``: a plain loop with ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops
+  (``reference.autograd_cost``); the difference to ``loop (Functions)`` is the custom Functions' cost in training.
 * ``book (numpy)``: :class:`torch_manualbp.reference.BookNetwork`, example by example in float64
   (CPU only).
 
@@ -40,15 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from torch_manualbp import Network
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 from torch_manualbp.lightning.datamodule import ShuffledBatches
 from torch_manualbp.nn import QuadraticCost
-from torch_manualbp.reference import BookNetwork
-
-from .timing import alternating, median, synchronizer
+from torch_manualbp.reference import BookNetwork, autograd_cost
+from torch_manualbp.timing import alternating, median, synchronizer
 
 __all__ = ["run"]
 
@@ -194,14 +192,8 @@ class EpochBench:
 
     def loop_autograd(self):
         net = self._network()  # only as a container for the weights
-
-        def cost(x, y):
-            a = x
-            for layer in net.layers:
-                a = torch.sigmoid(F.linear(a, layer.weight, layer.bias))
-            return 0.5 * ((a - y) ** 2).sum(1).mean()
-
-        return self._sgd_loop(net, cost)
+        params = list(net.parameters())
+        return self._sgd_loop(net, lambda x, y: autograd_cost(params, x, y))
 
     def _network(self) -> Network:
         net = Network(SIZES, init="normal", device=self.device)

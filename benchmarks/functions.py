@@ -3,12 +3,13 @@ r"""Section 1: forward+backward through the hand-written Functions vs the same c
 Three cases, each for batch sizes N in (10, 100, 1000) and hidden sizes H in (30, 100, 1000):
 
 * ``layer``: one sigmoid layer 784 -> H. Custom: ``sigmoid_linear(x, W, b)``; autograd:
-  ``torch.sigmoid(F.linear(x, W, b))``. ``x`` requires grad, so BP2's ``grad_x`` is computed too, as
-  in any layer above the first; the backward is seeded with a fixed random ``grad_output``.
+  ``torch.sigmoid(F.linear(x, W, b))`` (``reference.autograd_output``). ``x`` requires grad, so BP2's
+  ``grad_x`` is computed too, as in any layer above the first; the backward is seeded with a fixed random
+  ``grad_output``.
 * ``network``: ``[784, H, 10]`` plus the mean quadratic cost against one-hot targets. Custom:
   ``quadratic_cost(sigmoid_linear(sigmoid_linear(x, W1, b1), W2, b2), y)``; autograd: the same with
-  ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops ``0.5 * ((a - y) ** 2).sum(1).mean()``.
-  ``x`` needs no grad (it is the data).
+  ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops ``0.5 * ((a - y) ** 2).sum(1).mean()``
+  (``reference.autograd_cost``). ``x`` needs no grad (it is the data).
 * ``network, one node``: the same network and cost through ``Network.cost``, whose backward runs BP1-BP4
   over both layers in one autograd node.
 
@@ -31,15 +32,17 @@ from torch import Tensor
 
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear
+from torch_manualbp.mnist import MNIST_CLASSES, MNIST_INPUTS
+from torch_manualbp.reference import autograd_cost, autograd_output
+from torch_manualbp.timing import interleaved, median, synchronizer
 
 from .saved_bytes import count_saved_bytes
-from .timing import interleaved, median, synchronizer
 
 __all__ = ["run", "BATCH_SIZES", "HIDDEN_SIZES"]
 
 BATCH_SIZES = (10, 100, 1000)
 HIDDEN_SIZES = (30, 100, 1000)
-INPUTS, CLASSES = 784, 10
+INPUTS, CLASSES = MNIST_INPUTS, MNIST_CLASSES
 
 
 def _param(*shape: int, device, scale: float = 1.0) -> Tensor:
@@ -52,7 +55,7 @@ def _forward_layer(n: int, h: int, device) -> tuple[dict[str, Callable[[], Tenso
     w, b = _param(h, INPUTS, device=device, scale=INPUTS**-0.5), _param(h, device=device)
     forwards = {
         "custom": lambda: sigmoid_linear(x, w, b),
-        "autograd": lambda: torch.sigmoid(F.linear(x, w, b)),
+        "autograd": lambda: autograd_output([w, b], x),
     }
     return forwards, [x, w, b], torch.randn(n, h, device=device)
 
@@ -73,11 +76,7 @@ def _forward_network(n: int, h: int, device, one_node: bool = False):
             return net.cost(x, y)
         return quadratic_cost(sigmoid_linear(sigmoid_linear(x, w1, b1), w2, b2), y)
 
-    def autograd() -> Tensor:
-        a = torch.sigmoid(F.linear(torch.sigmoid(F.linear(x, w1, b1)), w2, b2))
-        return 0.5 * ((a - y) ** 2).sum(1).mean()
-
-    return {"custom": custom, "autograd": autograd}, [x, y, w1, b1, w2, b2], None
+    return {"custom": custom, "autograd": lambda: autograd_cost([w1, b1, w2, b2], x, y)}, [x, y, w1, b1, w2, b2], None
 
 
 CASES = {

@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch_manualbp import Network
 from torch_manualbp.observe import gradient_statistics, record_errors
 
-from .timing import interleaved, median, synchronizer
+from torch_manualbp.timing import interleaved, median, synchronizer
 
 __all__ = ["run", "markdown", "PeakNewBytes", "BATCH_SIZES"]
 

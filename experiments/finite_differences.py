@@ -3,7 +3,8 @@ r"""Why backpropagation is fast: the full gradient by finite differences vs by b
 Chapter 2's "In what sense is backpropagation a fast algorithm?": estimating every ∂C/∂w_j by
 (C(w + ε e_j) − C(w)) / ε costs one extra forward pass per weight, a million passes for a million weights,
 while backpropagation gets all of them from one forward and one backward pass. This script measures both
-on networks of growing size (float64, a mini-batch of 10), checks that they agree to the precision a
+on networks of growing size (float64, a mini-batch of 10; the two in alternating order through
+:mod:`torch_manualbp.timing`, medians of 3 samples), checks that they agree to the precision a
 forward difference allows (error of order ε), and plots time against the number of parameters.
 
 To run::
@@ -12,7 +13,6 @@ To run::
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from torch_manualbp import Network  # noqa: E402
 from torch_manualbp.functional import quadratic_cost  # noqa: E402
+from torch_manualbp.timing import interleaved, median  # noqa: E402
 
 SIZES = [[10, 5, 3], [20, 10, 5], [50, 20, 10], [100, 30, 10], [300, 30, 10], [784, 30, 10]]
 EPS = 1e-6  # forward-difference truncation error ~ ε·|C''|/2; float64 rounding ~ 1e-16/ε: both ≲ 1e-6 here
@@ -51,14 +52,18 @@ def backprop_gradient(net: Network, x: torch.Tensor, labels: torch.Tensor) -> li
     return [p.grad.clone() for p in net.parameters()]
 
 
-def seconds(fn, repeats: int) -> float:
-    """The median wall-clock time of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def seconds(net: Network, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Median seconds for the whole gradient by finite differences and by backprop, timed in alternating order.
+
+    One finite-difference gradient of the largest network lasts seconds: it is one call per sample, without
+    warm-up calls (its first call, in ``main``, warmed it up); backprop's samples hold enough calls to last 10 ms.
+    """
+    samples, _ = interleaved(
+        {"finite differences": lambda: finite_difference_gradient(net, x, labels),
+         "backprop": lambda: backprop_gradient(net, x, labels)},
+        repeats=3, warmup=0, calls={"finite differences": 1},
+    )  # fmt: skip
+    return median(samples["finite differences"]), median(samples["backprop"])
 
 
 def main(out: Path = Path("experiments/results")) -> None:
@@ -73,8 +78,7 @@ def main(out: Path = Path("experiments/results")) -> None:
         fd, bp = finite_difference_gradient(net, x, labels), backprop_gradient(net, x, labels)
         error = max((f - b).abs().max().item() for f, b in zip(fd, bp)) / max(b.abs().max().item() for b in bp)
         params = sum(p.numel() for p in net.parameters())
-        fd_time = seconds(lambda: finite_difference_gradient(net, x, labels), repeats=1 if params > 5000 else 3)
-        bp_time = seconds(lambda: backprop_gradient(net, x, labels), repeats=50)
+        fd_time, bp_time = seconds(net, x, labels)
         rows.append((sizes, params, fd_time, bp_time, error))
         print(f"{str(sizes):>14} {params:>7} params: finite differences {fd_time:.3f} s, backprop {1e3 * bp_time:.3f} ms")
     out.mkdir(parents=True, exist_ok=True)

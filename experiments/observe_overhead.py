@@ -2,7 +2,8 @@ r"""What watching δˡ costs: a training step with ``record_errors()`` off, on, 
 
 The Functions' backward asks ``observe.is_recording()`` (is one module-level list empty?) and does
 nothing more when it is not recording. This measures that test alone, and one forward+backward of ``[784, 30, 10]`` on a
-mini-batch of 10 with the recording off and on, interleaved (medians of 15 samples of 200 steps).
+mini-batch of 10 with the recording off and on, in alternating order through :mod:`torch_manualbp.timing` (medians
+of 15 samples of at least 0.2 s each).
 
 To run::
 
@@ -10,8 +11,6 @@ To run::
 """
 from __future__ import annotations
 
-import statistics
-import time
 import timeit
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch_manualbp import Network, observe
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
+from torch_manualbp.timing import interleaved, median
 
 
 def main(out: Path = Path("experiments/results")) -> None:
@@ -36,17 +36,9 @@ def main(out: Path = Path("experiments/results")) -> None:
         with record_errors():
             step()
 
-    samples = {"off": [], "on": []}
-    for _ in range(3):  # warm-up
-        step(), recorded_step()
-    for _ in range(15):
-        for name, fn in (("off", step), ("on", recorded_step)):
-            start = time.perf_counter()
-            for _ in range(200):
-                fn()
-            samples[name].append((time.perf_counter() - start) / 200 * 1e6)
+    samples, _ = interleaved({"off": step, "on": recorded_step}, repeats=15, min_sample_s=0.2)
     check_ns = min(timeit.repeat("observe.is_recording()", globals={"observe": observe}, number=100_000, repeat=5)) * 1e4
-    off, on = statistics.median(samples["off"]), statistics.median(samples["on"])
+    off, on = (1e6 * median(samples[name]) for name in ("off", "on"))
     table = "\n".join([
         "| what | time |",
         "| --- | --- |",

@@ -1,5 +1,5 @@
-"""What several test files share: the independent plain-autograd reference, short runs of the real CLI, and the
-paths they use. Test files import these helpers with ``from conftest import ...``; no test file imports another.
+"""What several test files share: small seeded networks and tensors, short runs of the real CLI, and the paths they
+use (the plain-autograd reference they compare against is :mod:`torch_manualbp.reference`). Test files import these helpers with ``from conftest import ...``; no test file imports another.
 
 ``tests/`` is also where the CLI finds the test-only callbacks (``kill_at_step``, ``kill_mid_checkpoint``): the
 runs started by :func:`run_cli` get it on their ``PYTHONPATH``.
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as TF
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ CLI_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), 
 quiet = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
-# --- the independent reference: the network and its cost in plain autograd ops -----------------------------------
+# --- small networks and tensors -----------------------------------
 
 
 def network_and_batch(cost: str = "quadratic"):
@@ -46,21 +45,6 @@ def leaves(*shapes, dtype=torch.float64, seed=0) -> list[torch.Tensor]:
     """Random normal tensors of the given shapes that require grad, from their own seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(*s, dtype=dtype, generator=g).requires_grad_() for s in shapes]
-
-
-def autograd_output(params, x: torch.Tensor) -> torch.Tensor:
-    """The network's output aᴸ in plain autograd ops, a = σ(W a + b) layer after layer; ``params`` in the order
-    W¹, b¹, W², b², ... (``network.parameters()``)."""
-    params = list(params)
-    a = x
-    for weight, bias in zip(params[0::2], params[1::2]):
-        a = torch.sigmoid(TF.linear(a, weight, bias))
-    return a
-
-
-def autograd_quadratic_cost(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The book's quadratic cost C = (1/n) Σ_x ½‖y(x) − aᴸ(x)‖² in plain autograd ops (``y`` one-hot or real)."""
-    return 0.5 * ((a - y) ** 2).sum(-1).mean()
 
 
 # --- the experiments' scripts ---------------------------------------------------------------------------------------

@@ -11,24 +11,19 @@ import torch.nn.functional as TF
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
-from conftest import autograd_output, leaves, network_and_batch
+from conftest import leaves, network_and_batch
 from torch_manualbp import Network
 from torch_manualbp.functional import sigmoid_cross_entropy, sigmoid_linear
 from torch_manualbp.observe import record_errors
+from torch_manualbp.reference import autograd_cost, autograd_output
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)  # float32 rounding in another order, as in test_functional.py
 
 
 def reference_cost(x, weight, bias, y):
-    """The cost in plain autograd: binary_cross_entropy_with_logits summed over outputs, averaged over examples."""
-    return TF.binary_cross_entropy_with_logits(TF.linear(x, weight, bias), y, reduction="none").sum(-1).mean()
-
-
-def reference_network_cost(net, x, y):
-    """A Network's cross-entropy in plain autograd ops."""
-    a = autograd_output(list(net.parameters())[:-2], x)
-    return reference_cost(a, net.layers[-1].weight, net.layers[-1].bias, y)
+    """One output layer's cross-entropy in plain autograd, with ``sigmoid_cross_entropy``'s signature."""
+    return autograd_cost([weight, bias], x, y, "cross_entropy")
 
 
 # --- the Function: sigmoid_cross_entropy -------------------------------------------------------------------------
@@ -162,15 +157,13 @@ def net_and_batch():
 def test_backprop_equals_plain_autograd_float64(net_and_batch):
     net, x, labels = net_and_batch
     result = net.backprop(x, labels)
-    ref = reference_network_cost(net, x, TF.one_hot(labels, 3).double())
+    ref = autograd_cost(net.parameters(), x, TF.one_hot(labels, 3).double(), "cross_entropy")
     torch.testing.assert_close(result.cost, ref.detach(), **F64)
     grads = torch.autograd.grad(ref, list(net.parameters()))
     for got, want in zip([g for pair in zip(result.nabla_w, result.nabla_b) for g in pair], grads):
         torch.testing.assert_close(got, want, **F64)
-    a = x
-    for layer in net.layers:
-        a = torch.sigmoid(TF.linear(a, layer.weight, layer.bias))
-    torch.testing.assert_close(result.delta[-1], (a - TF.one_hot(labels, 3)).detach(), **F64)  # (BP1) δᴸ = aᴸ − y
+    a = autograd_output(net.parameters(), x).detach()
+    torch.testing.assert_close(result.delta[-1], a - TF.one_hot(labels, 3), **F64)  # (BP1) δᴸ = aᴸ − y
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -194,7 +187,7 @@ def test_one_node_cost_gives_the_input_and_target_gradients_of_plain_autograd():
     x = torch.rand(6, 5, dtype=torch.float64, requires_grad=True)
     y = torch.rand(6, 3, dtype=torch.float64, requires_grad=True)
     got = torch.autograd.grad(net.cost(x, y), (x, y))
-    want = torch.autograd.grad(reference_network_cost(net, x, y), (x, y))
+    want = torch.autograd.grad(autograd_cost(net.parameters(), x, y, "cross_entropy"), (x, y))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **F64)
 
@@ -220,7 +213,7 @@ def test_every_path_is_finite_and_right_with_outputs_saturated_at_z_of_1e4(dtype
     labels = torch.tensor([1, 0])  # both outputs saturated on the wrong neuron: a = 1 where y = 0, a = 0 where y = 1
     y = TF.one_hot(labels, 3).to(dtype)
     params = list(net.parameters())
-    ref = reference_network_cost(net, x, y)
+    ref = autograd_cost(net.parameters(), x, y, "cross_entropy")
     ref_grads = torch.autograd.grad(ref, params)
     assert ref.item() > 1e4  # badly wrong, and finite
     result = net.backprop(x, labels)
@@ -299,10 +292,7 @@ def test_regularised_sgd_steps_equal_autograd_and_torch_sgd_weight_decay_on_weig
     for _ in range(20):
         x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
         cost = net.sgd_step(x, labels, eta, lmbda=lmbda, n=n)
-        a = x
-        for w, b in zip(reference[0:-2:2], reference[1:-2:2]):
-            a = torch.sigmoid(TF.linear(a, w, b))
-        expected = reference_cost(a, reference[-2], reference[-1], TF.one_hot(labels, 10).float())
+        expected = autograd_cost(reference, x, TF.one_hot(labels, 10).float(), "cross_entropy")
         optimizer.zero_grad()
         expected.backward()
         optimizer.step()

@@ -3,10 +3,10 @@ update written out with plain autograd over the same mini-batches."""
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as TF
 
 from conftest import DATA_DIR
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
+from torch_manualbp.reference import autograd_cost
 
 
 def test_training_equals_the_books_regularised_cross_entropy_update_over_the_same_batches(tmp_path):
@@ -23,8 +23,7 @@ def test_training_equals_the_books_regularised_cross_entropy_update_over_the_sam
         if step == 100:
             break
         leaves = [p.requires_grad_() for p in params]
-        hidden = torch.sigmoid(TF.linear(x, leaves[0], leaves[1]))
-        cost = TF.binary_cross_entropy_with_logits(TF.linear(hidden, leaves[2], leaves[3]), y, reduction="none").sum(1).mean()
+        cost = autograd_cost(leaves, x, y, "cross_entropy")
         grads = torch.autograd.grad(cost, leaves)
         with torch.no_grad():
             params = [
@@ -50,9 +49,7 @@ def test_validation_cost_is_the_cross_entropy_of_the_validation_images(tmp_path)
     x, y, _ = (t[:2000] for t in data.splits["val"])  # the two validation batches of 1,000
     net = model.network
     with torch.no_grad():
-        hidden = torch.sigmoid(TF.linear(x, net.layers[0].weight, net.layers[0].bias))
-        z = TF.linear(hidden, net.layers[1].weight, net.layers[1].bias)
-        want = TF.binary_cross_entropy_with_logits(z, y, reduction="none").sum(1).mean()
+        want = autograd_cost(net.parameters(), x, y, "cross_entropy")
     torch.testing.assert_close(trainer.callback_metrics["val/cost"], want, rtol=1e-5, atol=1e-6)
 
 

@@ -1,8 +1,9 @@
 """The experiments' own computations, on small cases (the experiments themselves run from the README)."""
 import torch
 
-from conftest import autograd_output, autograd_quadratic_cost, import_experiment
+from conftest import import_experiment
 from torch_manualbp import Network
+from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
 
 
 def test_finite_difference_gradient_agrees_with_backprop_to_forward_difference_precision():

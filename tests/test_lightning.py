@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from conftest import (
-    DATA_DIR, assert_resume_ends_like_the_straight_run, autograd_output, autograd_quadratic_cost, edit_config,
-    final_weights, last, metrics, run_cli, write_config,
+    DATA_DIR, assert_resume_ends_like_the_straight_run, edit_config, final_weights, last, metrics, run_cli,
+    write_config,
 )  # fmt: skip
 from torch_manualbp.cli import main
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
+from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
 
 KILL_AT_STEP = {"class_path": "kill_at_step.KillAtStep"}  # tests/kill_at_step.py, on the runs' PYTHONPATH
 

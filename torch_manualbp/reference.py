@@ -1,12 +1,20 @@
-r"""The book's algorithm as the baseline: Nielsen's ``network.py`` structure in numpy, float64.
+r"""The two references everything hand-written here is checked against and timed against.
+
+1. **Plain autograd** (:func:`autograd_output`, :func:`autograd_quadratic_cost`, :func:`autograd_cost`): the same
+   network and costs in ordinary torch ops, :math:`a = \sigma(\text{linear}(a, W, b))` layer by layer, for
+   ``torch.autograd`` to differentiate. None of the hand-written code (``equations``, the Functions, ``Network``)
+   is used, so agreeing with it is evidence. The tests, ``GradientAudit`` and the benchmarks' autograd contenders
+   use it.
+2. **The book's algorithm** (:class:`BookNetwork`): Nielsen's ``network.py`` structure in numpy, float64.
 
 One example at a time, as column vectors: ``feedforward``, ``backprop`` of a single example (BP1-BP4),
 and ``update_mini_batch`` summing the per-example nablas over the mini-batch before one step
 ``w -> w - (eta / m) * sum_x nabla_w_x``. Nothing is vectorised over examples, on purpose: this is
 the reference point the batched PyTorch code is measured against: the tests compare the hand-written
 backprop with it, and the benchmarks time it. Written after the structure the book describes; the
-weights can be copied from a ``torch_manualbp.Network`` so that both start from the same point. It
-needs numpy only, and nothing else in the package imports it.
+weights can be copied from a ``torch_manualbp.Network`` so that both start from the same point.
+
+This module imports no other module of the package; of the package, only ``lightning.callbacks`` imports it.
 
 To run (a toy check)::
 
@@ -14,11 +22,73 @@ To run (a toy check)::
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-__all__ = ["BookNetwork", "sigmoid", "sigmoid_prime"]
+__all__ = ["autograd_output", "autograd_quadratic_cost", "autograd_cost", "BookNetwork", "sigmoid", "sigmoid_prime"]
+
+
+# --- 1. plain autograd ----------------------------------------------------------------------------------------------
+
+
+def _pairs(params: Iterable[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    params = list(params)
+    if not params or len(params) % 2:
+        raise ValueError(f"params must be W¹, b¹, W², b², ... (an even, non-zero count), got {len(params)} tensors")
+    return list(zip(params[0::2], params[1::2]))
+
+
+def autograd_output(params: Iterable[Tensor], x: Tensor) -> Tensor:
+    r"""The network's output :math:`a^L` in plain ops, :math:`a = \sigma(W a + b)` layer after layer.
+
+    Args:
+        params: W¹, b¹, W², b², ..., as ``Network.parameters()`` yields them.
+        x: the input.
+
+    Shape:
+        - x: :math:`(*, \text{in\_features})`.
+        - Output: :math:`(*, \text{out\_features of the last layer})`.
+    """
+    a = x
+    for weight, bias in _pairs(params):
+        a = torch.sigmoid(F.linear(a, weight, bias))
+    return a
+
+
+def autograd_quadratic_cost(a: Tensor, y: Tensor) -> Tensor:
+    r"""The book's quadratic cost :math:`C = \frac1n \sum_x \frac12 \lVert y(x) - a^L(x)\rVert^2` in plain ops.
+
+    Shape:
+        - a, y: :math:`(N, C)` (``y`` one-hot or real), or :math:`(C)` for one example. Output: scalar.
+    """
+    return 0.5 * ((a - y) ** 2).sum(-1).mean()
+
+
+def autograd_cost(params: Iterable[Tensor], x: Tensor, y: Tensor, cost: str = "quadratic") -> Tensor:
+    r"""A whole network's mean cost in plain ops, ``cost`` as ``Network``'s: ``"quadratic"`` or ``"cross_entropy"``.
+
+    The cross-entropy :math:`-\frac1n \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]` is
+    ``binary_cross_entropy_with_logits`` of :math:`z^L`, summed over outputs and averaged over examples.
+
+    Shape:
+        - x: :math:`(N, \text{in\_features})`; y: :math:`(N, \text{out\_features})`, one-hot or real.
+        - Output: scalar.
+    """
+    if cost == "quadratic":
+        return autograd_quadratic_cost(autograd_output(params, x), y)
+    if cost != "cross_entropy":
+        raise ValueError(f"cost must be 'quadratic' or 'cross_entropy', got {cost!r}")
+    *hidden, (weight, bias) = _pairs(params)
+    a = autograd_output([p for pair in hidden for p in pair], x) if hidden else x
+    z = F.linear(a, weight, bias)
+    return F.binary_cross_entropy_with_logits(z, y, reduction="none").sum(-1).mean()
+
+
+# --- 2. the book's algorithm in numpy -------------------------------------------------------------------------------
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

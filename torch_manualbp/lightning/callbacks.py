@@ -18,6 +18,7 @@ import torch
 
 from ..nn import sigmoid_layers
 from ..observe import record_errors
+from ..reference import autograd_cost
 
 __all__ = ["LearningSpeedMonitor", "GradientAudit"]
 
@@ -132,9 +133,10 @@ class LearningSpeedMonitor(L.Callback):
 class GradientAudit(L.Callback):
     r"""Every ``every_n_steps`` steps, recompute the batch's gradients with plain autograd and compare.
 
-    The reference is the network written in plain ops, :math:`a = \sigma(\text{linear}(a, W, b))` layer by layer
-    and :math:`C = \frac{1}{2n}\sum_x \lVert y - a \rVert^2` (for ``cost="cross_entropy"``,
-    ``binary_cross_entropy_with_logits`` summed over outputs and averaged over examples), differentiated by autograd;
+    The reference is :func:`torch_manualbp.reference.autograd_cost`, the network written in plain ops,
+    :math:`a = \sigma(\text{linear}(a, W, b))` layer by layer and :math:`C = \frac{1}{2n}\sum_x \lVert y - a \rVert^2`
+    (for ``cost="cross_entropy"``, ``binary_cross_entropy_with_logits`` summed over outputs and averaged over
+    examples), differentiated by autograd;
     it is compared with the ``.grad`` of each parameter that the hand-written backward produced. The largest relative
     difference (per parameter: max absolute difference / max absolute reference value) is logged as
     ``audit/max_rel_diff``.
@@ -169,15 +171,7 @@ class GradientAudit(L.Callback):
         layers = sigmoid_layers(pl_module)
         params = [p.detach().requires_grad_() for layer in layers for p in (layer.weight, layer.bias)]
         with torch.enable_grad():
-            a = x
-            for w, b in zip(params[0::2], params[1::2]):
-                z = torch.nn.functional.linear(a, w, b)
-                a = torch.sigmoid(z)
-            if pl_module.network.cost_name == "cross_entropy":  # −Σ_j [y ln a + (1 − y) ln(1 − a)], mean over x
-                cost = torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="sum") / len(x)
-            else:
-                cost = 0.5 * ((a - y) ** 2).sum(1).mean()
-            reference = torch.autograd.grad(cost, params)
+            reference = torch.autograd.grad(autograd_cost(params, x, y, pl_module.network.cost_name), params)
         ours = [p.grad for layer in layers for p in (layer.weight, layer.bias)]
         worst = 0.0
         for mine, theirs in zip(ours, reference):
