@@ -5,14 +5,13 @@ r"""The two references everything hand-written here is checked against and timed
    ``torch.autograd`` to differentiate. None of the hand-written code (``equations``, the Functions, ``Network``)
    is used, so agreeing with it is evidence. The tests, ``GradientAudit`` and the benchmarks' autograd contenders
    use it.
-2. **The book's algorithm** (:class:`BookNetwork`): Nielsen's ``network.py`` structure in numpy, float64.
-
-One example at a time, as column vectors: ``feedforward``, ``backprop`` of a single example (BP1-BP4),
-and ``update_mini_batch`` summing the per-example nablas over the mini-batch before one step
-``w -> w - (eta / m) * sum_x nabla_w_x``. Nothing is vectorised over examples, on purpose: this is
-the reference point the batched PyTorch code is measured against: the tests compare the hand-written
-backprop with it, and the benchmarks time it. Written after the structure the book describes; the
-weights can be copied from a ``torch_manualbp.Network`` so that both start from the same point.
+2. **The book's algorithm** (:class:`BookNetwork`): Nielsen's ``network.py`` structure in numpy, float64, one
+   example at a time, as column vectors: ``feedforward``, ``backprop`` of a single example (BP1-BP4), and
+   ``update_mini_batch`` summing the per-example nablas over the mini-batch before one step
+   ``w -> w - (eta / m) * sum_x nabla_w_x``. Nothing is vectorised over examples, on purpose: this is the
+   reference point the batched PyTorch code is measured against: the tests compare the hand-written backprop with
+   it, and the benchmarks time it. Written after the structure the book describes; the weights can be copied from
+   a ``torch_manualbp.Network`` so that both start from the same point.
 
 This module imports no other module of the package; of the package, only ``lightning.callbacks`` imports it.
 
