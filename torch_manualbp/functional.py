@@ -84,7 +84,7 @@ class SigmoidLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        z = x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)  # z = x Wᵀ + b, (N, out)
+        z = weighted_input(x, weight, bias)  # z = x Wᵀ + b, (N, out)
         return torch.sigmoid(z)  # a = σ(z); torch.sigmoid saturates to 0 or 1 without overflow
 
     @staticmethod
@@ -114,16 +114,9 @@ class SigmoidLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None) -> Tensor:
-        # Forward mode: ż = ẋ Wᵀ + x Ẇᵀ + ḃ, then ȧ = σ'(z) ⊙ ż.
+        # Forward mode: ȧ = σ'(z) ⊙ ż.
         x, weight, a = ctx.saved_tensors
-        terms = []
-        if x_t is not None:
-            terms.append(x_t @ weight.T)
-        if weight_t is not None:
-            terms.append(x @ weight_t.T)
-        if bias_t is not None:
-            terms.append(bias_t.expand_as(a))
-        return sigmoid_prime(a) * sum(terms[1:], terms[0])
+        return sigmoid_prime(a) * _weighted_input_tangent(x, weight, x_t, weight_t, bias_t, a.shape)
 
 
 class QuadraticCostFunction(torch.autograd.Function):
@@ -225,20 +218,31 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_t, weight_t, bias_t, y_t, _reduction_t) -> Tensor:
-        # Forward mode: ż = ẋ Wᵀ + x Ẇᵀ + ḃ, then Ċ_x = Σ_j (σ(z_j) − y_j) ż_j − z_j ẏ_j, reduced like the cost.
+        # Forward mode: Ċ_x = Σ_j (σ(z_j) − y_j) ż_j − z_j ẏ_j, reduced like the cost.
         x, weight, bias, y = ctx.saved_tensors
         z = weighted_input(x, weight, bias)
-        z_t = torch.zeros_like(z)
-        if x_t is not None:
-            z_t = z_t + x_t @ weight.T
-        if weight_t is not None:
-            z_t = z_t + x @ weight_t.T
-        if bias_t is not None:
-            z_t = z_t + bias_t
+        z_t = _weighted_input_tangent(x, weight, x_t, weight_t, bias_t, z.shape)
+        if z_t is None:  # only y has a tangent
+            z_t = torch.zeros_like(z)
         rate = (torch.sigmoid(z) - y) * z_t  # (N, out)
         if y_t is not None:
             rate = rate - z * y_t
         return reduce_costs(rate.sum(-1), ctx.reduction)
+
+
+def _weighted_input_tangent(
+    x: Tensor, weight: Tensor, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None, shape: torch.Size
+) -> Tensor | None:
+    r"""Forward mode through :math:`z = x W^\top + b`: :math:`\dot z = \dot x W^\top + x \dot W^\top + \dot b` from
+    the tangents that are given (``None``: that input has none), shaped ``shape``; ``None`` if no tangent is given."""
+    terms = []
+    if x_t is not None:
+        terms.append(x_t @ weight.T)
+    if weight_t is not None:
+        terms.append(x @ weight_t.T)
+    if bias_t is not None:
+        terms.append(bias_t.expand(shape))
+    return sum(terms[1:], terms[0]) if terms else None
 
 
 class _SigmoidLinearCompilable(SigmoidLinearFunction):
