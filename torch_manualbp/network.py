@@ -315,8 +315,7 @@ def update_mini_batch(
         mean_cost = _mean_cost(cost, activations, weights, biases, y)
     deltas = errors(weights, activations, error, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
     if recording.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
-        for weight, delta, a_prev, a in zip(weights, deltas, activations[:-1], activations[1:]):
-            recording.notify(weight, delta / m, sigmoid_prime(a), a_prev)
+        _notify_layers(weights, [delta / m for delta in deltas], activations)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
             weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
@@ -330,6 +329,13 @@ def _mean_cost(cost: str, activations: Sequence[Tensor], weights: Sequence[Tenso
     if cost == "cross_entropy":
         return cross_entropy_costs(weighted_input(activations[-2], weights[-1], biases[-1]), y).mean()
     return quadratic_costs(activations[-1], y).mean()  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
+
+
+def _notify_layers(weights: Sequence[Tensor], deltas: Sequence[Tensor], activations: Sequence[Tensor]) -> None:
+    r"""Hand every layer's :math:`\partial C/\partial z^l` (``deltas``), :math:`\sigma'(z^l)` and input to the
+    recordings, as each layer's Function does in its own backward."""
+    for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
+        recording.notify(weight, delta, sigmoid_prime(a), a_in)
 
 
 class NetworkCostFunction(torch.autograd.Function):
@@ -364,8 +370,7 @@ class NetworkCostFunction(torch.autograd.Function):
         error = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
         sum_w, sum_b, deltas = backpropagate(weights, activations, error, ctx.cost)  # BP1-BP4
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors()
-            for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
-                recording.notify(weight, delta, sigmoid_prime(a), a_in)
+            _notify_layers(weights, deltas, activations)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
         if ctx.needs_input_grad[1]:  # ∂C_x/∂y is −(aᴸ − y) for the quadratic cost, −zᴸ for the cross-entropy
