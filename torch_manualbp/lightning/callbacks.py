@@ -23,10 +23,39 @@ from ..reference import autograd_cost
 __all__ = ["LearningSpeedMonitor", "GradientAudit"]
 
 
-def _log(trainer, metrics: dict[str, float]) -> None:
+def log_metrics(trainer, metrics: dict[str, float]) -> None:
     """Write to the loggers at this step only (``self.log`` would repeat the last value at every later step)."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def chart_path(trainer, chart: str | None, default_name: str) -> Path:
+    """Where a callback's chart goes: ``chart``, or ``default_name`` in the trainer's log directory; its folder
+    made."""
+    path = Path(chart) if chart else Path(trainer.log_dir or trainer.default_root_dir) / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def draw_history(history: dict[int, dict[str, float]], panels: dict[str, tuple[str, str]], path: Path, label) -> None:
+    """A row of panels over the steps of ``history`` (step -> metrics): one per ``prefix: (title, yscale)`` of
+    ``panels``, with a line for each metric named ``prefix/...``, labelled ``label(metric name)``; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(history)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (prefix, (title, yscale)) in zip(axes, panels.items()):
+        for key in [k for k in history[steps[0]] if k.startswith(prefix + "/")]:
+            ax.plot(steps, [history[s][key] for s in steps], label=label(key))
+        ax.set(title=title, xlabel="step", yscale=yscale)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 class LearningSpeedMonitor(L.Callback):
@@ -83,14 +112,18 @@ class LearningSpeedMonitor(L.Callback):
             metrics[f"grad_w/layer{l}"] = layer.weight.grad.norm().item()
             metrics[f"saturated/layer{l}"] = (errors.sigmoid_prime < self.saturation).float().mean().item()
         self.history[trainer.global_step] = metrics
-        _log(trainer, metrics)
+        log_metrics(trainer, metrics)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not self.history or not trainer.is_global_zero:
             return
-        chart = Path(self.chart) if self.chart else Path(trainer.log_dir or trainer.default_root_dir) / "learning_speed.png"
-        chart.parent.mkdir(parents=True, exist_ok=True)
-        self._draw(chart)
+        chart = chart_path(trainer, self.chart, "learning_speed.png")
+        panels = {
+            "speed": ("speed of learning ‖∂C/∂bˡ‖", "log"),
+            "grad_w": ("‖∂C/∂Wˡ‖", "log"),
+            "saturated": (f"saturated fraction, σ'(z) < {self.saturation:g}", "linear"),
+        }
+        draw_history(self.history, panels, chart, label=lambda key: key.split("/")[1].replace("layer", "layer "))
         chart.with_suffix(".md").write_text(self.summary())
 
     def summary(self) -> str:
@@ -108,26 +141,6 @@ class LearningSpeedMonitor(L.Callback):
             early, late = values[:tenth].median().item(), values[-tenth:].median().item()
             lines.append(f"| {key} | {values[0].item():.4g} | {early:.4g} | {late:.4g} |")
         return "\n".join(lines) + "\n"
-
-    def _draw(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        steps = sorted(self.history)
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        titles = {"speed": "speed of learning ‖∂C/∂bˡ‖", "grad_w": "‖∂C/∂Wˡ‖", "saturated": "saturated fraction, σ'(z) < "
-                  f"{self.saturation:g}"}  # fmt: skip
-        for ax, (prefix, title) in zip(axes, titles.items()):
-            for key in [k for k in self.history[steps[0]] if k.startswith(prefix + "/")]:
-                ax.plot(steps, [self.history[s][key] for s in steps], label=key.split("/")[1].replace("layer", "layer "))
-            ax.set(title=title, xlabel="step", yscale="linear" if prefix == "saturated" else "log")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 class GradientAudit(L.Callback):
@@ -178,7 +191,7 @@ class GradientAudit(L.Callback):
             theirs = trainer.strategy.reduce(theirs, reduce_op="mean") if trainer.world_size > 1 else theirs
             scale = theirs.abs().max().clamp_min(torch.finfo(theirs.dtype).tiny)
             worst = max(worst, ((mine - theirs).abs().max() / scale).item())
-        _log(trainer, {"audit/max_rel_diff": worst})
+        log_metrics(trainer, {"audit/max_rel_diff": worst})
         if worst > self.tolerance and self.fail:
             raise RuntimeError(
                 f"gradient audit failed at step {trainer.global_step}: the hand-written gradients differ from "

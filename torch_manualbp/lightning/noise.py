@@ -11,12 +11,11 @@ To run::
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 
 from ..observe import GradientStatistics, gradient_statistics
+from .callbacks import chart_path, draw_history, log_metrics
 
 __all__ = ["GradientNoiseMonitor"]
 
@@ -75,8 +74,7 @@ class GradientNoiseMonitor(L.Callback):
             raise ValueError(f"GradientNoiseMonitor needs batches of at least 2 examples, got {len(x)}")
         metrics = self._metrics(gradient_statistics(pl_module.network, x, y))
         self.history[trainer.global_step] = metrics
-        for logger in trainer.loggers:  # this step only (self.log would repeat the value at later steps)
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics)
 
     def _metrics(self, stats: GradientStatistics) -> dict[str, float]:
         layers = stats.layers
@@ -105,31 +103,10 @@ class GradientNoiseMonitor(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not self.history or not trainer.is_global_zero:
             return
-        directory = Path(trainer.log_dir or trainer.default_root_dir)
-        chart = Path(self.chart) if self.chart else directory / "gradient_noise.png"
-        chart.parent.mkdir(parents=True, exist_ok=True)
-        self._draw(chart)
-
-    def _draw(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        steps = sorted(self.history)
-        keys = list(self.history[steps[0]])
-        panels = {
-            "b_simple": "B_simple (smoothed), examples",
-            "snr": "median per-parameter gradient SNR",
-            "per_example_norm": "per-example gradient norm ‖∂C_x/∂θ‖, percentiles",
+        panels = {  # log axes: they leave out B_simple's negative estimates
+            "b_simple": ("B_simple (smoothed), examples", "log"),
+            "snr": ("median per-parameter gradient SNR", "log"),
+            "per_example_norm": ("per-example gradient norm ‖∂C_x/∂θ‖, percentiles", "log"),
         }
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for ax, (prefix, title) in zip(axes, panels.items()):
-            for key in [k for k in keys if k.startswith(prefix + "/")]:
-                ax.plot(steps, [self.history[s][key] for s in steps], label=key.split("/")[1])
-            ax.set(title=title, xlabel="step", yscale="log")  # a log axis leaves out B_simple's negative estimates
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        chart = chart_path(trainer, self.chart, "gradient_noise.png")
+        draw_history(self.history, panels, chart, label=lambda key: key.split("/")[1])
