@@ -7,7 +7,7 @@ from conftest import network_and_batch
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import QuadraticCost, SigmoidLinear
-from torch_manualbp.reference import BookNetwork, autograd_output, autograd_quadratic_cost
+from torch_manualbp.reference import BookNetwork, autograd_cost, autograd_output, autograd_quadratic_cost
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 
@@ -121,6 +121,18 @@ def test_sigmoid_linear_drops_into_an_ordinary_pytorch_model():
     ref = torch.autograd.grad(autograd_quadratic_cost(a, torch.eye(4)[labels]), [first.weight, second.bias])
     torch.testing.assert_close(first.weight.grad, ref[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(second.bias.grad, ref[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
+def test_output_and_cost_equal_plain_autograd_and_the_forward_and_cost_they_replace(cost):
+    net, x, labels = network_and_batch(cost)
+    a, c = net.output_and_cost(x, labels)
+    y = torch.nn.functional.one_hot(labels, 3).double()
+    torch.testing.assert_close(a, autograd_output(net.parameters(), x).detach(), **F64)
+    torch.testing.assert_close(c, autograd_cost(net.parameters(), x, y, cost).detach(), **F64)
+    # the same operations as network(x) and network.layered_cost(x, y), run once instead of twice
+    assert torch.equal(a, net(x).detach()) and torch.equal(c, net.layered_cost(x, y).detach())
+    assert not a.requires_grad and not c.requires_grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

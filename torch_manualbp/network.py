@@ -158,6 +158,22 @@ class Network(nn.Module):
         nabla_b = [s / n for s in sum_b]  # ∂C/∂bˡ = (1/n) Σ_x δ^{x,l}
         return Backprop(nabla_w, nabla_b, deltas, cost)
 
+    @torch.no_grad()
+    def output_and_cost(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The output :math:`a^L` and the mean cost :math:`C` of a mini-batch from one feedforward, without
+        autograd: what evaluation needs, where ``network(x)`` and then a cost of ``x`` would run the layers twice.
+
+        Shape:
+            - x: :math:`(N, \text{sizes}[0])`.
+            - y: :math:`(N, \text{sizes}[-1])` floats or :math:`(N)` integer labels.
+            - Output: :math:`(N, \text{sizes}[-1])` and a scalar.
+        """
+        self.check_batch(x)
+        weights, biases = self.weights_and_biases()
+        activations = feedforward(x, weights, biases)
+        output = activations[-1]
+        return output, _mean_cost(self.cost_name, activations, weights, biases, targets_like(output, y))
+
     def cost(self, x: Tensor, y: Tensor) -> Tensor:
         r"""The mean cost of a mini-batch as one autograd node: the fast path for training through autograd.
 

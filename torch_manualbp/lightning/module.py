@@ -361,9 +361,8 @@ class ManualBPClassifier(L.LightningModule):
 
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y, labels = batch
-        a = self.network(x)
+        a, cost = self.network.output_and_cost(x, y)  # aᴸ and C₀ (without the L2 term), one feedforward
         accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
-        cost = self.network.layered_cost(x, y)  # C₀, without the L2 term; the cross-entropy's from zᴸ
         self.log(f"{stage}/cost", cost, batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
         # the book's "9129 / 10000": an exact count, summed over batches and processes (EpochReport prints it)
