@@ -25,15 +25,12 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from .mnist import MNIST_SIZE, parse_idx_images
+from .mnist import IDX_IMAGES_MAGIC, MNIST_SIZE, parse_idx_images
 
 __all__ = ["DIGIT_BOX", "LoadedImage", "load_images", "mnist_like"]
 
 #: MNIST's digits were fitted into a 20 x 20 box inside the 28 x 28 field (``MNIST_SIZE``).
 DIGIT_BOX = 20
-
-#: The first four bytes of an IDX file of unsigned-byte images with three dimensions (N, rows, columns).
-_IDX_IMAGES_MAGIC = b"\x00\x00\x08\x03"
 
 
 @dataclass(frozen=True)
@@ -170,7 +167,7 @@ def _is_idx_images(file: Path) -> bool:
     opener = gzip.open if file.suffix == ".gz" else open
     try:
         with opener(file, "rb") as stream:
-            return stream.read(4) == _IDX_IMAGES_MAGIC
+            return int.from_bytes(stream.read(4), "big") == IDX_IMAGES_MAGIC
     except (OSError, EOFError):
         return False  # not gzip after all: PIL will say what it is not
 

@@ -32,6 +32,7 @@ __all__ = [
     "MNIST_CLASSES",
     "MNIST_FILES",
     "MNIST_SHA256",
+    "IDX_IMAGES_MAGIC",
     "find_mnist_files",
     "load_mnist",
     "parse_idx_images",
@@ -61,7 +62,8 @@ MNIST_SHA256: dict[str, str] = {
 }
 
 # IDX magic numbers: 0x0000 08 0d -> unsigned bytes (0x08) with d dimensions; images have 3, labels 1.
-_IMAGES_MAGIC = 2051
+#: The IDX magic number of unsigned-byte images with three dimensions (N, rows, columns), a big-endian int32.
+IDX_IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
 
 
@@ -196,7 +198,7 @@ def parse_idx_images(path: str | os.PathLike) -> Tensor:
         ValueError: bad gzip, wrong magic number or wrong length; the message names the file.
     """
     path = Path(path)
-    return _parse_idx(_read_bytes(path), path, _IMAGES_MAGIC)
+    return _parse_idx(_read_bytes(path), path, IDX_IMAGES_MAGIC)
 
 
 def load_mnist(data_dir: str | os.PathLike = "data/mnist") -> dict[str, Tensor]:
@@ -214,7 +216,7 @@ def load_mnist(data_dir: str | os.PathLike = "data/mnist") -> dict[str, Tensor]:
     mnist = {}
     for key, path in paths.items():
         is_images = key.endswith("images")
-        tensor = read_idx(path, MNIST_FILES[key], _IMAGES_MAGIC if is_images else _LABELS_MAGIC)
+        tensor = read_idx(path, MNIST_FILES[key], IDX_IMAGES_MAGIC if is_images else _LABELS_MAGIC)
         # int64 labels are what indexing and cross-entropy expect; pixels stay uint8 until the caller scales them.
         mnist[key] = tensor if is_images else tensor.long()
     return mnist
