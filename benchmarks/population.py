@@ -89,6 +89,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['device']} | {r['contender']} | {r['members']} | {r['us_per_step']:,.1f} | "
-            f"{r['step_vs_population_k1']:.2f} | {r['s_per_network_epoch']:.3f} | {r['network_epoch_vs_sgd_step']:.2f} |"
+            f"{r['step_vs_population_k1']:.2f} | {r['s_per_network_epoch']:.3f} | "
+            f"{r['network_epoch_vs_sgd_step']:.2f} |"
         )
     return "\n".join(lines)
