@@ -203,3 +203,33 @@ def test_a_state_dict_of_another_cost_is_refused():
     state = Population(members(cost="cross_entropy")).state_dict()
     with pytest.raises(ValueError, match="the state dict is of a population with"):
         Population(members()).load_state_dict(state)
+
+
+def test_eta_comparison_members_equal_three_lone_networks_on_real_mnist():
+    # the script's run() on the first 200 real training images, 2 epochs: each member's training cost equals a lone
+    # Network given the same start, the same mini-batches and its η, with network2's total_cost computed here
+    from conftest import DATA_DIR, import_experiment
+
+    eta_comparison = import_experiment("eta_comparison")
+    x, labels = eta_comparison.training_set(DATA_DIR)
+    x, labels = x[:200], labels[:200]
+    costs = eta_comparison.run(x, labels, epochs=2, seed=3)
+
+    torch.manual_seed(3)
+    start = Network([784, 30, 10], cost="cross_entropy")
+    lone = {eta: Network([784, 30, 10], cost="cross_entropy") for eta in eta_comparison.ETAS}
+    for net in lone.values():
+        net.load_state_dict(start.state_dict())
+    order = torch.Generator().manual_seed(3)
+    for epoch in range(2):
+        permutation = torch.randperm(200, generator=order)
+        for i in range(0, 200, 10):
+            batch = permutation[i : i + 10]
+            for eta, net in lone.items():
+                net.sgd_step(x[batch], labels[batch], eta, lmbda=5.0, n=200)
+        for eta, net in lone.items():
+            with torch.no_grad():
+                cross_entropy = torch.nn.functional.binary_cross_entropy(net(x), torch.eye(10)[labels], reduction="sum")
+                l2 = 0.5 * 5.0 / 200 * sum(layer.weight.square().sum() for layer in net.layers)
+            assert costs[eta][epoch] == pytest.approx(float(cross_entropy / 200 + l2), rel=1e-4)
+    assert costs[2.5][1] != costs[0.025][1]  # the members did train apart

@@ -72,17 +72,13 @@ class Population(nn.Module):
         first = _check_members(networks)
         self.sizes = list(first.sizes)
         self.cost_name = first.cost_name
-        k = len(networks)
+        k, sizes = len(networks), self.sizes
         like = first.layers[0].weight
         kind = {"dtype": like.dtype, "device": like.device}
-        stacked_first = [nn.Parameter(torch.empty(k * self.sizes[1], self.sizes[0], **kind))]
-        self.weights = nn.ParameterList(
-            stacked_first + [nn.Parameter(torch.empty(k, n_out, n_in, **kind)) for n_in, n_out in self._later_layers()]
-        )
-        self.biases = nn.ParameterList(
-            [nn.Parameter(torch.empty(k * self.sizes[1], **kind))]
-            + [nn.Parameter(torch.empty(k, n_out, **kind)) for _, n_out in self._later_layers()]
-        )
+        weight_shapes = [(k * sizes[1], sizes[0])] + [(k, n_out, n_in) for n_in, n_out in zip(sizes[1:-1], sizes[2:])]
+        bias_shapes = [(k * sizes[1],)] + [(k, n_out) for n_out in sizes[2:]]
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(shape, **kind)) for shape in weight_shapes)
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(shape, **kind)) for shape in bias_shapes)
         with torch.no_grad():
             for member, network in enumerate(networks):
                 (weights, biases), (theirs_w, theirs_b) = self.member_parameters(member), network.weights_and_biases()
@@ -93,9 +89,6 @@ class Population(nn.Module):
 
     def __len__(self) -> int:
         return self.weights[0].shape[0] // self.sizes[1]
-
-    def _later_layers(self) -> list[tuple[int, int]]:
-        return list(zip(self.sizes[1:-1], self.sizes[2:]))
 
     def member_parameters(self, k: int) -> tuple[list[Tensor], list[Tensor]]:
         r"""Member k's :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, as views into the stacked storage."""
@@ -140,6 +133,7 @@ class Population(nn.Module):
         return activations
 
     def forward(self, x: Tensor) -> Tensor:
+        """Every member's output activations aᴸ for the mini-batch ``x``, (K, N, sizes[-1])."""
         self.check_batch(x)
         return self._feedforward(x)[-1]
 
