@@ -55,9 +55,11 @@ class Population(nn.Module):
 
     Attributes:
         sizes, cost_name: those of every member.
-        weights, biases: the parameters, input side first: ``weights[0]`` is :math:`(K H_1, H_0)`, member k's
-            rows :math:`k H_1 \dots (k + 1) H_1 - 1`, and ``biases[0]`` :math:`(K H_1)`; ``weights[l]`` is
-            :math:`(K, H_{l+1}, H_l)` and ``biases[l]`` :math:`(K, H_{l+1})` for the later layers.
+        members: K, the number of members (also ``len(pop)``).
+        weight_1, bias_1: the first layer of all members stacked, :math:`(K H_1, H_0)` and :math:`(K H_1)`;
+            member k's rows are :math:`k H_1 \dots (k + 1) H_1 - 1`.
+        weight_l, bias_l: each later layer l (the book's numbering, up to L) batched over members,
+            :math:`(K, H_l, H_{l-1})` and :math:`(K, H_l)`. :meth:`weights_and_biases` lists them all.
 
     Examples::
 
@@ -77,8 +79,11 @@ class Population(nn.Module):
         kind = {"dtype": like.dtype, "device": like.device}
         weight_shapes = [(k * sizes[1], sizes[0])] + [(k, n_out, n_in) for n_in, n_out in zip(sizes[1:-1], sizes[2:])]
         bias_shapes = [(k * sizes[1],)] + [(k, n_out) for n_out in sizes[2:]]
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(shape, **kind)) for shape in weight_shapes)
-        self.biases = nn.ParameterList(nn.Parameter(torch.empty(shape, **kind)) for shape in bias_shapes)
+        for l, (weight_shape, bias_shape) in enumerate(zip(weight_shapes, bias_shapes), start=1):  # the book's l
+            self.register_parameter(f"weight_{l}", nn.Parameter(torch.empty(weight_shape, **kind)))
+            self.register_parameter(f"bias_{l}", nn.Parameter(torch.empty(bias_shape, **kind)))
+        self._names = [(f"weight_{l}", f"bias_{l}") for l in range(1, len(sizes))]
+        self.members = k
         with torch.no_grad():
             for member, network in enumerate(networks):
                 (weights, biases), (theirs_w, theirs_b) = self.member_parameters(member), network.weights_and_biases()
@@ -88,14 +93,18 @@ class Population(nn.Module):
         self._steps: tuple | None = None  # (η's, λ/n's, m, dtype, device) -> the step's tensors; see _step_tensors
 
     def __len__(self) -> int:
-        return self.weights[0].shape[0] // self.sizes[1]
+        return self.members
+
+    def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
+        r"""The stacked parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first (plain lists: a
+        step reads them once; an ``nn.ParameterList`` would cost an operation's time at every index)."""
+        return [getattr(self, w) for w, _ in self._names], [getattr(self, b) for _, b in self._names]
 
     def member_parameters(self, k: int) -> tuple[list[Tensor], list[Tensor]]:
         r"""Member k's :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, as views into the stacked storage."""
-        h = self.sizes[1]
-        weights = [self.weights[0][k * h : (k + 1) * h]] + [w[k] for w in self.weights[1:]]
-        biases = [self.biases[0][k * h : (k + 1) * h]] + [b[k] for b in self.biases[1:]]
-        return weights, biases
+        rows = slice(k * self.sizes[1], (k + 1) * self.sizes[1])  # member k's rows of the stacked first layer
+        weights, biases = self.weights_and_biases()
+        return [weights[0][rows]] + [w[k] for w in weights[1:]], [biases[0][rows]] + [b[k] for b in biases[1:]]
 
     def network(self, k: int) -> Network:
         r"""A standalone :class:`~torch_manualbp.Network` with member k's current parameters (a copy).
@@ -107,7 +116,7 @@ class Population(nn.Module):
             raise TypeError(f"k must be an int, the index of a member, got {type(k).__name__}")
         if not 0 <= k < len(self):
             raise ValueError(f"k must be a member's index in 0..{len(self) - 1}, got {k}")
-        like = self.weights[0]
+        like = self.weight_1
         # on the meta device first: no random initialisation drawn (the global generator is left alone), no copy wasted
         net = Network(self.sizes, cost=self.cost_name, device="meta", dtype=like.dtype).to_empty(device=like.device)
         with torch.no_grad():
@@ -117,32 +126,31 @@ class Population(nn.Module):
                 layer.bias.copy_(bias)
         return net
 
-    def _weighted_input(self, layer: int, a_prev: Tensor) -> Tensor:
-        r"""Every member's :math:`z^l` of layer ``layer`` (0-based), :math:`(K, N, H_{l})`."""
-        if layer == 0:  # the shared input times the stacked weight: one product for all members
-            z = weighted_input(a_prev, self.weights[0], self.biases[0])  # (N, K·H₁)
+    def _weighted_input(self, a_prev: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        r"""Every member's :math:`z^l`, :math:`(K, N, H_l)`, from the shared input and the stacked first layer or from
+        the members' :math:`a^{l-1}` and a batched layer."""
+        if weight.ndim == 2:  # the first layer: one product of the shared input and all members' rows
+            z = weighted_input(a_prev, weight, bias)  # (N, K·H₁)
             return z.view(a_prev.shape[0], -1, self.sizes[1]).transpose(0, 1)  # (K, N, H₁), a view
-        weight, bias = self.weights[layer], self.biases[layer]
         return torch.baddbmm(bias.unsqueeze(1), a_prev, weight.mT)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ, per member
 
-    def _feedforward(self, x: Tensor) -> list[Tensor]:
+    def _feedforward(self, x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
         r""":math:`a^0 = x` (shared), then every member's :math:`a^l = \sigma(z^l)`, :math:`(K, N, H_l)`."""
         activations = [x]
-        for layer in range(len(self.weights)):
-            activations.append(torch.sigmoid(self._weighted_input(layer, activations[-1])))  # aˡ = σ(zˡ)
+        for weight, bias in zip(weights, biases):
+            activations.append(torch.sigmoid(self._weighted_input(activations[-1], weight, bias)))  # aˡ = σ(zˡ)
         return activations
 
     def forward(self, x: Tensor) -> Tensor:
         """Every member's output activations aᴸ for the mini-batch ``x``, (K, N, sizes[-1])."""
         self.check_batch(x)
-        return self._feedforward(x)[-1]
+        return self._feedforward(x, *self.weights_and_biases())[-1]
 
-    def _member_costs(self, activations: list[Tensor], y: Tensor, error: Tensor) -> Tensor:
+    def _member_costs(self, activations: list[Tensor], y: Tensor, error: Tensor, last: tuple[Tensor, Tensor]) -> Tensor:
         """Each member's mean cost C over the mini-batch, (K,): the quadratic from ``error`` = aᴸ − y, which the step
-        has anyway, the cross-entropy from zᴸ, recomputed."""
+        has anyway, the cross-entropy from zᴸ, recomputed from the last layer's ``(weight, bias)``."""
         if self.cost_name == "cross_entropy":
-            z = self._weighted_input(len(self.weights) - 1, activations[-2])
-            return cross_entropy_costs(z, y).mean(-1)
+            return cross_entropy_costs(self._weighted_input(activations[-2], *last), y).mean(-1)
         return error.square().sum((1, 2)) * (0.5 / error.shape[1])  # C = 1/(2m) Σ_x ‖y(x) − aᴸ(x)‖²
 
     @torch.no_grad()
@@ -178,20 +186,21 @@ class Population(nn.Module):
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         m = x.shape[0]
         step, decays = self._step_tensors(etas, weight_decays, m, x)
-        activations = self._feedforward(x)
+        weights, biases = self.weights_and_biases()
+        activations = self._feedforward(x, weights, biases)
         error = activations[-1] - y  # aᴸ − y, (K, N, sizes[-1])
-        costs = self._member_costs(activations, y, error)
+        costs = self._member_costs(activations, y, error, (weights[-1], biases[-1]))
         # (ηₖ/m)(aᴸ − y): BP1 and BP2 are linear in it, so each member's δˡ below comes scaled by its step
         scaled_error = error * step
         # BP1, then BP2 with every Wˡ⁺¹ before its update; errors() reads weights[1:] only, batched over members
-        deltas = errors(self.weights, activations, scaled_error, self.cost_name)
+        deltas = errors(weights, activations, scaled_error, self.cost_name)
         if decays is not None:  # L2: w → (1 − ηₖλₖ/n) w, from the weight before this step's update
-            for weight, decay in zip(self.weights, decays):
+            for weight, decay in zip(weights, decays):
                 weight.mul_(decay)
         ones = self._ones_like(m, x)
         first = deltas[0].transpose(0, 1).reshape(m, -1)  # δ¹ of all members side by side, (N, K·H₁)
-        descend(self.weights[0], self.biases[0], first, x, 1.0, ones)  # BP3 and BP4 of the stacked first layer
-        for weight, bias, delta, a_prev in zip(self.weights[1:], self.biases[1:], deltas[1:], activations[1:-1]):
+        descend(weights[0], biases[0], first, x, 1.0, ones)  # BP3 and BP4 of the stacked first layer
+        for weight, bias, delta, a_prev in zip(weights[1:], biases[1:], deltas[1:], activations[1:-1]):
             weight.baddbmm_(delta.mT, a_prev, alpha=-1.0)  # (BP4) fused, per member: Wˡ −= (ηₖ/m) δˡᵀ aˡ⁻¹
             bias.sub_(delta.sum(1))  # (BP3) fused, per member: bˡ −= (ηₖ/m) Σ_x δ^{x,l}
         return costs
@@ -219,7 +228,7 @@ class Population(nn.Module):
             if any(weight_decays):
                 factor = torch.tensor([1 - eta * decay for eta, decay in zip(etas, weight_decays)], **kind)
                 decays = [factor.repeat_interleave(self.sizes[1]).unsqueeze(1)]  # (K·H₁, 1), the stacked rows
-                decays += [factor.view(-1, 1, 1)] * (len(self.weights) - 1)
+                decays += [factor.view(-1, 1, 1)] * (len(self.sizes) - 2)
             self._steps = (key, step, decays)
         return self._steps[1], self._steps[2]
 
@@ -237,7 +246,7 @@ class Population(nn.Module):
             raise ValueError(
                 f"x must be a non-empty mini-batch of shape (N, {self.sizes[0]}), got shape {tuple(x.shape)}"
             )
-        check_same_kind("x", x, "the population's weights", self.weights[0])
+        check_same_kind("x", x, "the population's weights", self.weight_1)
 
     def get_extra_state(self) -> dict:
         """What a state dict needs beside the tensors: the sizes and the cost, checked on loading."""
