@@ -160,7 +160,8 @@ class Population(nn.Module):
         Member k takes exactly the step :meth:`Network.sgd_step(x, y, eta[k], lmbda[k], n)
         <torch_manualbp.Network.sgd_step>` would give it (up to rounding): feedforward, BP1-BP4 and
         :math:`w \to (1 - \frac{\eta_k\lambda_k}{n}) w - \frac{\eta_k}{m} \sum_x \partial C_{0,x}/\partial w`,
-        the biases without the decay, in place and without autograd.
+        the biases without the decay, in place and without autograd. Unlike :meth:`Network.sgd_step` it hands
+        nothing to :func:`~torch_manualbp.observe.record_errors`.
 
         Args:
             x: the mini-batch of inputs, one example per row, shared by every member.
@@ -202,7 +203,7 @@ class Population(nn.Module):
         descend(weights[0], biases[0], first, x, 1.0, ones)  # BP3 and BP4 of the stacked first layer
         for weight, bias, delta, a_prev in zip(weights[1:], biases[1:], deltas[1:], activations[1:-1]):
             weight.baddbmm_(delta.mT, a_prev, alpha=-1.0)  # (BP4) fused, per member: Wˡ −= (ηₖ/m) δˡᵀ aˡ⁻¹
-            bias.sub_(delta.sum(1))  # (BP3) fused, per member: bˡ −= (ηₖ/m) Σ_x δ^{x,l}
+            bias.sub_(delta.sum(1))  # (BP3) per member: bˡ −= (ηₖ/m) Σ_x δ^{x,l}
         return costs
 
     def _per_member(self, name: str, value, check) -> list[float]:
