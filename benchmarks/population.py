@@ -16,6 +16,7 @@ To run only this section::
 
     python -m benchmarks --only population --threads 1 [--quick]
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,8 +61,9 @@ def run(device: str, repeats: int, min_sample_s: float) -> list[dict]:
     """One row per contender: µs per step, seconds per network-epoch, and the ratios."""
     device = torch.device(device)
     contenders = _contenders(device)
-    samples, _ = interleaved({name: step for name, (_, step) in contenders.items()}, repeats, min_sample_s,
-                             sync=synchronizer(device))
+    samples, _ = interleaved(
+        {name: step for name, (_, step) in contenders.items()}, repeats, min_sample_s, sync=synchronizer(device)
+    )
     step_s = {name: median(times) for name, times in samples.items()}
     one = step_s["population K=1"]
     per_network = {name: step_s[name] * STEPS_PER_EPOCH / k for name, (k, _) in contenders.items()}

@@ -1,5 +1,6 @@
 """Population: K networks stepped together, each member exactly a lone Network trained with sgd_step on the same
 batches (the lone Network's step is itself tested against autograd and the book's per-example algorithm)."""
+
 import io
 
 import pytest
@@ -132,8 +133,11 @@ def test_the_given_networks_are_left_alone():
         ([Network(SIZES), "net"], TypeError, r"networks\[1\] must be a Network"),
         ([Network(SIZES), Network([6, 5, 3])], ValueError, "same sizes"),
         ([Network(SIZES), Network(SIZES, cost="cross_entropy")], ValueError, "same cost"),
-        ([Network(SIZES), Network(SIZES, dtype=torch.float64)], TypeError,
-         r"networks\[1\]'s weights must have the dtype"),
+        (
+            [Network(SIZES), Network(SIZES, dtype=torch.float64)],
+            TypeError,
+            r"networks\[1\]'s weights must have the dtype",
+        ),
     ],
 )
 def test_members_that_do_not_match_are_refused(networks, error, match):
@@ -148,20 +152,36 @@ def _bad_steps():
         ("a negative eta", dict(x=x, y=y, eta=[1.0, -2.0, 1.0]), ValueError, "eta must be a positive"),
         ("a NaN eta", dict(x=x, y=y, eta=float("nan")), ValueError, "eta must be a positive"),
         ("eta not a number", dict(x=x, y=y, eta="3"), TypeError, "eta must be a real number"),
-        ("lmbda of the wrong length", dict(x=x, y=y, eta=1.0, lmbda=[1.0] * 4, n=50), ValueError,
-         "lmbda must be one number or 3 numbers"),
-        ("a negative lmbda", dict(x=x, y=y, eta=1.0, lmbda=[0.0, 1.0, -1.0], n=50), ValueError,
-         "lmbda must be a finite"),
-        ("lmbda without n", dict(x=x, y=y, eta=1.0, lmbda=[0.0, 1.0, 0.0]), TypeError,
-         "n must be the training-set size"),
+        (
+            "lmbda of the wrong length",
+            dict(x=x, y=y, eta=1.0, lmbda=[1.0] * 4, n=50),
+            ValueError,
+            "lmbda must be one number or 3 numbers",
+        ),
+        (
+            "a negative lmbda",
+            dict(x=x, y=y, eta=1.0, lmbda=[0.0, 1.0, -1.0], n=50),
+            ValueError,
+            "lmbda must be a finite",
+        ),
+        (
+            "lmbda without n",
+            dict(x=x, y=y, eta=1.0, lmbda=[0.0, 1.0, 0.0]),
+            TypeError,
+            "n must be the training-set size",
+        ),
         ("x of the wrong width", dict(x=x[:, :5], y=y, eta=1.0), ValueError, "x must be a non-empty mini-batch of"),
         ("an empty x", dict(x=x[:0], y=y[:0], eta=1.0), ValueError, "x must be a non-empty mini-batch"),
         ("x of another dtype", dict(x=x.float(), y=y, eta=1.0), TypeError, "x must have the dtype"),
         ("integer x", dict(x=(x * 10).long(), y=y, eta=1.0), TypeError, "x must be a floating-point tensor"),
         ("a label out of range", dict(x=x, y=torch.full_like(y, 3), eta=1.0), ValueError, r"labels y must lie in 0..2"),
         ("y of the wrong length", dict(x=x, y=y[:3], eta=1.0), ValueError, "integer labels y must have shape"),
-        ("float y of the wrong shape", dict(x=x, y=torch.zeros(7, 4, dtype=torch.float64), eta=1.0), ValueError,
-         "a float target y must have the shape"),
+        (
+            "float y of the wrong shape",
+            dict(x=x, y=torch.zeros(7, 4, dtype=torch.float64), eta=1.0),
+            ValueError,
+            "a float target y must have the shape",
+        ),
     ]
 
 

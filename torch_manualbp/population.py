@@ -24,6 +24,7 @@ Examples::
     torch.Size([3, 10, 10])
     >>> best = pop.network(int(costs.argmin()))  # a standalone Network with that member's parameters
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -274,10 +275,14 @@ def _check_members(networks) -> Network:
     weight = first.layers[0].weight
     for i, network in enumerate(networks[1:], start=1):
         if network.sizes != first.sizes:
-            raise ValueError(f"networks must all have the same sizes: networks[0] has {first.sizes}, "
-                             f"networks[{i}] has {network.sizes}")
+            raise ValueError(
+                f"networks must all have the same sizes: networks[0] has {first.sizes}, "
+                f"networks[{i}] has {network.sizes}"
+            )
         if network.cost_name != first.cost_name:
-            raise ValueError(f"networks must all have the same cost: networks[0] has {first.cost_name!r}, "
-                             f"networks[{i}] has {network.cost_name!r}")
+            raise ValueError(
+                f"networks must all have the same cost: networks[0] has {first.cost_name!r}, "
+                f"networks[{i}] has {network.cost_name!r}"
+            )
         check_same_kind(f"networks[{i}]'s weights", network.layers[0].weight, "networks[0]'s weights", weight)
     return first
