@@ -143,7 +143,7 @@ def busy_neighbour(steps: int, repeats: int, log=print) -> dict:
         samples = {(name, state): [] for name in procs for state in ("idle", "busy")}
         for repeat, state in alternating(["idle", "busy"], repeats):
             os.kill(busy.pid, signal.SIGCONT if state == "busy" else signal.SIGSTOP)
-            for _, name in alternating(list(procs), 2 - repeat % 2):  # forwards, or forwards then backwards
+            for _, name in alternating(list(procs), 2):  # the workers forwards, then backwards
                 procs[name].stdin.write("run\n")
                 procs[name].stdin.flush()
                 samples[name, state].append(float(procs[name].stdout.readline()) / steps)
@@ -179,7 +179,7 @@ def run(quick: bool, log=print) -> dict:
     crossover = thread_crossover(threads, 5 if quick else 15, 0.05 if quick else 0.2, log)
     steps = 200 if quick else 1000
     log(f"  busy neighbour: {steps} steps a sample, eager and compiled workers")
-    return {"crossover": crossover, "busy": busy_neighbour(steps, 4 if quick else 10, log)}
+    return {"crossover": crossover, "busy": busy_neighbour(steps, 2 if quick else 6, log)}
 
 
 if __name__ == "__main__":

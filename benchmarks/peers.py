@@ -111,8 +111,8 @@ class PeerEpochs:
 
     def val_accuracy(self, name: str) -> float:
         with torch.no_grad():
-            params = [torch.as_tensor(np.asarray(p.detach() if isinstance(p, torch.Tensor) else p)).float()
-                      for p in self.trained[name]]
+            params = [p.detach().float() if isinstance(p, torch.Tensor) else torch.from_numpy(np.array(p, np.float32))
+                      for p in self.trained[name]]  # numpy arrays (the book's) and JAX's arrays, copied
             a = self.val_x
             for w, b in zip(params[0::2], params[1::2]):
                 a = torch.sigmoid(a @ w.T + b)

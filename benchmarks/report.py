@@ -130,7 +130,7 @@ def _peers_table(section: dict, cli: dict | None) -> str:
         lines.append(f"| {r['contender']} | {r['epoch_s']:.3f} | {r['us_per_step']:,.0f} | {r['x_book']:.1f} | "
                      f"{x_jax} | {r['val_accuracy']:.4f} |")
     if section["jax_skipped"]:
-        lines.append(f"\nJAX skipped: {section['jax_skipped']}.")
+        lines.append(f"\nJAX skipped: {section['jax_skipped']}")
     else:
         lines.append(f"\nJAX {section['jax_version']} (XLA's own CPU thread pool).")
     cli_line = "The `manualbp fit` epoch is section 3 (`--only cli`), timed against the book in its own rounds"

@@ -7,24 +7,27 @@ One thread then trains several times faster. :func:`recommended_threads` is the 
 applies it unless the user has chosen (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` in the environment, or a
 ``torch.set_num_threads`` call with another count than torch's default), and returns the line to say at start.
 
-Measured with ``python -m benchmarks --only contention`` (fused SGD step, float32, 2 cores; µs a step, 1 thread
-against 2, interleaved in one run, while the other jobs of a shared machine kept it busy, load average about 4):
+Measured with ``python -m benchmarks --quick --threads 1 --only peers contention --out
+benchmarks/results/peers_contention`` (fused SGD step, float32, 2 cores; µs a step, 1 thread against torch's
+default of 2, interleaved in one process, on a machine that other jobs kept busy, load average 7.4 at start):
 
 ================================  ==========  ==========  ===========  =========
 sizes                             mini-batch  1 thread    2 threads    2 / 1
 ================================  ==========  ==========  ===========  =========
-[784, 30, 10]                     10          141         301          2.1
-[784, 30, 10]                     100         358         26,496       74
-[784, 100, 10]                    10          182         21,962       121
-[784, 100, 10]                    100         788         7,321        9.3
-[784, 400, 10]                    10          552         10,308       19
-[784, 400, 10]                    100         2,966       54,551       18
-[784, 1000, 1000, 10]             10          4,312       111,359      26
-[784, 1000, 1000, 10]             100         26,995      68,401       2.5
+[784, 30, 10]                     10          734         8,400        11
+[784, 30, 10]                     100         1,761       7,838        4.5
+[784, 100, 10]                    10          787         24,036       31
+[784, 100, 10]                    100         3,366       15,710       4.7
+[784, 400, 10]                    10          2,061       30,077       15
+[784, 400, 10]                    100         17,929      128,004      7.1
+[784, 1000, 1000, 10]             10          26,853      247,432      9.2
+[784, 1000, 1000, 10]             100         43,646      219,102      5.0
 ================================  ==========  ==========  ===========  =========
 
-Two threads never won: up to the largest step measured (179 million multiply-adds) one thread is the rule; above
-that torch's default is kept, since no measurement says otherwise.
+Two earlier runs of the same measurement (load average 4 and 7) gave 2 / 1 ratios of 2.1-121 and 2.5-119: two
+threads never won. Up to the largest step measured (179 million multiply-adds) one thread is the rule; above that
+torch's default is kept, since no measurement says otherwise. No idle machine was at hand: on one,
+docs/performance.md found one thread faster at [784, 30, 10] too (5,000 steps: 0.70 s against 0.87-0.93 s).
 
 Examples::
 
