@@ -6,8 +6,9 @@ Two measurements, both of the fused SGD step (:func:`torch_manualbp.network.upda
   :func:`torch_manualbp.threads.torch_default_threads`) for several network sizes and mini-batches, in one process,
   interleaved (``torch.set_num_threads`` before each call). Where the default wins is the crossover that
   :func:`torch_manualbp.threads.recommended_threads` encodes.
-* **busy neighbour**: ``[784, 30, 10]``, mini-batch 10, four workers (eager and compiled, each with torch's
-  default thread count and with ``OMP_NUM_THREADS=1``), each its own process as a user would start it, timed in
+* **busy neighbour**: ``[784, 30, 10]``, mini-batch 10, six workers (eager and compiled, each with torch's
+  default thread count, with ``OMP_NUM_THREADS=1``, and with the default count and ``OMP_WAIT_POLICY=PASSIVE``, so
+  that OpenMP's idle threads sleep instead of spinning), each its own process as a user would start it, timed in
   alternating order while one CPU-bound process beside them is running or stopped (``SIGSTOP``/``SIGCONT``
   between samples, so idle and busy samples interleave too). The compiled worker runs ``torch.compile`` of
   ``STEPS_PER_CALL`` unrolled ``update_mini_batch`` steps, as ``ManualBPClassifier(compile=True)`` does;
@@ -40,6 +41,11 @@ CROSSOVER_BATCHES = (10, 100)
 SIZES, MINI_BATCH, ETA = [784, 30, 10], 10, 3.0
 STEPS_PER_CALL = 10  # ManualBPClassifier's steps_per_call
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+WORKER_SETTINGS = {  # a worker's OpenMP environment, nothing inherited
+    "default threads": {},  # torch's default: one thread per core
+    "1 thread": {var: "1" for var in THREAD_VARS},
+    "default threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},  # waiting threads sleep, not spin
+}
 
 
 class FusedSteps:
@@ -112,10 +118,10 @@ def _worker(kind: str, steps: int) -> None:
         print(time.perf_counter() - start, flush=True)
 
 
-def _start_worker(kind: str, threads: int | None, steps: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-    if threads is not None:
-        env.update({var: str(threads) for var in THREAD_VARS})
+def _start_worker(kind: str, settings: dict[str, str], steps: int) -> subprocess.Popen:
+    """A worker process whose OpenMP settings are ``settings`` and nothing inherited (torch's defaults otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*THREAD_VARS, "OMP_WAIT_POLICY")}
+    env.update(settings)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "benchmarks.contention", "--worker", kind, str(steps)]
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -128,9 +134,8 @@ def _busy_process() -> subprocess.Popen:
 
 def busy_neighbour(steps: int, repeats: int, log=print) -> dict:
     """Seconds per step of each worker, idle and with a busy process beside it, and their ratios."""
-    workers = {f"{kind}, {label}": (kind, threads)
-               for kind in ("eager", "compiled") for label, threads in (("default threads", None), ("1 thread", 1))}
-    procs = {name: _start_worker(kind, threads, steps) for name, (kind, threads) in workers.items()}
+    procs = {f"{kind}, {label}": _start_worker(kind, settings, steps)
+             for kind in ("eager", "compiled") for label, settings in WORKER_SETTINGS.items()}
     threads_used = {}
     busy = _busy_process()
     try:

@@ -9,25 +9,26 @@ applies it unless the user has chosen (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`
 
 Measured with ``python -m benchmarks --quick --threads 1 --only peers contention --out
 benchmarks/results/peers_contention`` (fused SGD step, float32, 2 cores; µs a step, 1 thread against torch's
-default of 2, interleaved in one process, on a machine that other jobs kept busy, load average 7.4 at start):
+default of 2, interleaved in one process, on a machine that other jobs kept busy, load average 4.7 at start):
 
 ================================  ==========  ==========  ===========  =========
 sizes                             mini-batch  1 thread    2 threads    2 / 1
 ================================  ==========  ==========  ===========  =========
-[784, 30, 10]                     10          734         8,400        11
-[784, 30, 10]                     100         1,761       7,838        4.5
-[784, 100, 10]                    10          787         24,036       31
-[784, 100, 10]                    100         3,366       15,710       4.7
-[784, 400, 10]                    10          2,061       30,077       15
-[784, 400, 10]                    100         17,929      128,004      7.1
-[784, 1000, 1000, 10]             10          26,853      247,432      9.2
-[784, 1000, 1000, 10]             100         43,646      219,102      5.0
+[784, 30, 10]                     10          296         95,595       323
+[784, 30, 10]                     100         821         95,241       116
+[784, 100, 10]                    10          431         95,191       221
+[784, 100, 10]                    100         1,792       27,543       15
+[784, 400, 10]                    10          992         6,354        6.4
+[784, 400, 10]                    100         5,377       9,392        1.7
+[784, 1000, 1000, 10]             10          7,123       18,743       2.6
+[784, 1000, 1000, 10]             100         27,714      108,579      3.9
 ================================  ==========  ==========  ===========  =========
 
-Two earlier runs of the same measurement (load average 4 and 7) gave 2 / 1 ratios of 2.1-121 and 2.5-119: two
-threads never won. Up to the largest step measured (179 million multiply-adds) one thread is the rule; above that
-torch's default is kept, since no measurement says otherwise. No idle machine was at hand: on one,
-docs/performance.md found one thread faster at [784, 30, 10] too (5,000 steps: 0.70 s against 0.87-0.93 s).
+Three other runs of the same measurement (load average 4 to 7) gave 2 / 1 ratios of 2.1-121, 2.7-119 and 4.5-31;
+one with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's waiting threads sleep instead of spinning) 1.09-3.2. Two threads
+never won. Up to the largest step measured (179 million multiply-adds) one thread is the rule; above that torch's
+default is kept, since no measurement says otherwise. No idle machine was at hand: on one, docs/performance.md
+found one thread faster at [784, 30, 10] too (5,000 steps: 0.70 s against 0.87-0.93 s).
 
 Examples::
 
