@@ -6,12 +6,15 @@ Examples::
     python -m benchmarks --quick                       # smoke run: few repeats, 2,000-example epoch, 90% target
     python -m benchmarks --only functions epoch        # some sections
     python -m benchmarks --threads 1 --out /tmp/bench  # one intra-op thread, results elsewhere
+    python -m benchmarks --quick --only peers contention  # the peers (JAX if installed) and the busy neighbour
 
 Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training epoch, eight ways),
 ``cli`` (the main command: one CLI epoch vs the book's, eager and compiled, and 30 epochs end to end),
 ``time95`` (time to 95% test accuracy via ``manualbp fit``), ``statistics`` (per-example gradient statistics
-on top of a step). Each also runs on CUDA when a GPU is
-present (``--no-cuda`` to skip).
+on top of a step), ``peers`` (one epoch of the book's run: the book, autograd, ``sgd_step``, a bare fused step
+and JAX), ``contention`` (one thread against several per network size, and eager and compiled steps beside a
+busy process). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA when a GPU is present
+(``--no-cuda`` to skip).
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ import os
 import sys
 from pathlib import Path
 
-SECTIONS = ("functions", "epoch", "cli", "time95", "statistics")
-QUICK = {"repeats": 5, "min_sample_s": 0.002, "epoch_examples": 2000, "epoch_repeats": 2}
-FULL = {"repeats": 21, "min_sample_s": 0.02, "epoch_examples": 50_000, "epoch_repeats": 3}
+SECTIONS = ("functions", "epoch", "cli", "time95", "statistics", "peers", "contention")
+QUICK = {"repeats": 5, "min_sample_s": 0.002, "epoch_examples": 2000, "epoch_repeats": 2, "peer_repeats": 3}
+FULL = {"repeats": 21, "min_sample_s": 0.02, "epoch_examples": 50_000, "epoch_repeats": 3, "peer_repeats": 5}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,9 +36,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run (well under a minute)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
     parser.add_argument("--threads", type=int, default=cores,
-                        help=f"torch intra-op threads, also for the manualbp subprocess (default: usable cores, {cores})")
+                        help=f"torch intra-op threads, also for the subprocesses (default: usable cores, {cores})")
     parser.add_argument("--repeats", type=int, help="timing samples per contender (section 1)")
-    parser.add_argument("--examples", type=int, help="training examples in the epoch of section 2")
+    parser.add_argument("--examples", type=int, help="training examples in the epochs of sections epoch and peers")
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "mnist")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA runs even if a GPU is present")
     return parser.parse_args(argv)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from . import cli_epoch, epoch, functions, report, statistics, time_to_95
+    from . import cli_epoch, contention, epoch, functions, peers, report, statistics, time_to_95
     from torch_manualbp.timing import machine_info
 
     size = dict(QUICK if args.quick else FULL)
@@ -91,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if "statistics" in args.only:
             print(f"[statistics] {device}", flush=True)
             sections.setdefault("statistics", []).extend(statistics.run(device, size["repeats"], size["min_sample_s"]))
+    if "peers" in args.only:
+        print(f"[peers] cpu, {size['epoch_examples']:,} examples", flush=True)
+        sections["peers"] = peers.run(args.data_dir, size["epoch_examples"], size["peer_repeats"])
+    if "contention" in args.only:
+        print("[contention] cpu", flush=True)
+        sections["contention"] = contention.run(args.quick)
     print()
     print(report.write(args.out, meta, sections))
     print(f"written: {args.out / 'benchmark.md'}, {args.out / 'benchmark.json'}, {args.out / 'benchmark.png'}")

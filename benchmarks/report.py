@@ -66,7 +66,8 @@ def _epoch_table(rows: list[dict]) -> str:
         x_book = f"{r['x_book']:.1f}" if r.get("x_book") else "–"
         accuracy = f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "–"
         lines.append(
-            f"| {r['contender']} | {r['device']} | {r['examples']:,} | {r['steps']:,} | {r['epoch_s']:.3f}{fit}{compiled} "
+            f"| {r['contender']} | {r['device']} | {r['examples']:,} | {r['steps']:,} | "
+            f"{r['epoch_s']:.3f}{fit}{compiled} "
             f"| {r['us_per_step']:,.0f} | {r['ratio']:.2f} | {x_book} | {accuracy} |"
         )
     return "\n".join(lines)
@@ -74,12 +75,14 @@ def _epoch_table(rows: list[dict]) -> str:
 
 def _time95_table(results: list[dict]) -> str:
     lines = [
-        "| device | target | reached | test accuracy | step | epoch | s to target (from process start) | process wall s |",
+        "| device | target | reached | test accuracy | step | epoch | s to target (from process start) "
+        "| process wall s |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
-            f"| {r['device']} | {r['target']:.0%} | {'yes' if r['reached'] else 'no'} | {r.get('accuracy', float('nan')):.4f} | "
+            f"| {r['device']} | {r['target']:.0%} | {'yes' if r['reached'] else 'no'} | "
+            f"{r.get('accuracy', float('nan')):.4f} | "
             f"{r.get('step')} | {r.get('epoch')} | {r.get('elapsed_s', float('nan')):.1f} | {r['process_wall_s']:.1f} |"
         )
     hp = results[0]["hparams"]
@@ -104,11 +107,63 @@ def _cli_table(r: dict) -> str:
     ]
     for kind, label in (("eager", "manualbp fit"), ("compiled", "manualbp fit --model.compile true")):
         lines.append(
-            f"| {label} | {r[f'{kind}_epoch_s']:.3f} | {r[f'{kind}_x_book']:.1f} | {r[f'{kind}_one_epoch_process_s']:.1f} |"
+            f"| {label} | {r[f'{kind}_epoch_s']:.3f} | {r[f'{kind}_x_book']:.1f} | "
+            f"{r[f'{kind}_one_epoch_process_s']:.1f} |"
         )
     lines.append(f"\nCompiling run (1 epoch, Inductor cache filled): {r['compile_run_s']:.1f} s.")
     if "thirty_epochs_s" in r:
         lines.append(f"The README's main command, 30 epochs end to end after set-up: {r['thirty_epochs_s']:.1f} s.")
+    return "\n".join(lines)
+
+
+def _peers_table(section: dict, cli: dict | None) -> str:
+    rows = section["rows"]
+    lines = [
+        f"{rows[0]['examples']:,} examples ({rows[0]['steps']:,} steps) an epoch, medians of "
+        f"{len(rows[0]['samples_s'])} epochs each, one interleaved run.",
+        "",
+        "| contender | s/epoch | µs/step | x book | x JAX (time / JAX's) | val accuracy after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        x_jax = f"{r['x_jax']:.2f}" if r["x_jax"] else "–"
+        lines.append(f"| {r['contender']} | {r['epoch_s']:.3f} | {r['us_per_step']:,.0f} | {r['x_book']:.1f} | "
+                     f"{x_jax} | {r['val_accuracy']:.4f} |")
+    if section["jax_skipped"]:
+        lines.append(f"\nJAX skipped: {section['jax_skipped']}")
+    else:
+        lines.append(f"\nJAX {section['jax_version']} (XLA's own CPU thread pool).")
+    cli_line = "The `manualbp fit` epoch is section 3 (`--only cli`), timed against the book in its own rounds"
+    if cli:
+        cli_line += f": {cli['eager_epoch_s']:.3f} s, {cli['eager_x_book']:.1f}x its book in this invocation"
+    lines.append(cli_line + ".")
+    return "\n".join(lines)
+
+
+def _contention_tables(section: dict) -> str:
+    lines = [
+        "Fused SGD step (`update_mini_batch`), random data, one thread against several, interleaved in one process.",
+        "",
+        "| sizes | mini-batch | µs/step, 1 thread | µs/step, several | threads | several / 1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in section["crossover"]:
+        lines.append(f"| {r['sizes']} | {r['mini_batch']} | {r['one_us']:,.1f} | {r['many_us']:,.1f} | "
+                     f"{r['threads']} | {r['many_over_one']:.2f} |")
+    busy = section["busy"]
+    lines += [
+        "",
+        f"{busy['sizes']}, mini-batch {busy['mini_batch']}: each worker its own process; compiled = `torch.compile` "
+        f"of {busy['steps_per_call']} unrolled steps; busy = one CPU-bound process beside it (stopped and continued "
+        "between samples, so idle and busy samples interleave).",
+        "",
+        "| worker | threads | µs/step idle | µs/step busy | busy / idle | / eager 1 thread, idle | "
+        "/ eager 1 thread, busy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in busy["rows"]:
+        lines.append(f"| {r['worker']} | {r['threads']} | {r['idle_us']:,.1f} | {r['busy_us']:,.1f} | "
+                     f"{r['busy_over_idle']:.2f} | {r['idle_over_eager_1']:.2f} | {r['busy_over_eager_1']:.2f} |")
     return "\n".join(lines)
 
 
@@ -140,7 +195,14 @@ def markdown(meta: dict, sections: dict) -> str:
             "Peak: bytes held at once by tensors allocated during the call (`benchmarks/statistics.py`).",
             statistics_table(sections["statistics"]),
         ]
-    parts += ["## 6. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
+    if "peers" in sections:
+        parts += [
+            "## 6. Peers: one epoch of the book's run, [784, 30, 10], η = 3.0, mini-batch 10",
+            _peers_table(sections["peers"], sections.get("cli")),
+        ]
+    if "contention" in sections:
+        parts += ["## 7. Threads, and a busy process beside the run", _contention_tables(sections["contention"])]
+    parts += ["## 8. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
     return "\n\n".join(parts) + "\n"
 
 
