@@ -13,7 +13,8 @@ Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training 
 ``time95`` (time to 95% test accuracy via ``manualbp fit``), ``statistics`` (per-example gradient statistics
 on top of a step), ``peers`` (one epoch of the book's run: the book, autograd, ``sgd_step``, a bare fused step
 and JAX), ``contention`` (one thread against several per network size, and eager and compiled steps beside a
-busy process). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA when a GPU is present
+busy process), ``population`` (K networks stepped together by ``Population.sgd_step`` beside one
+``Network.sgd_step`` and the bare step). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA when a GPU is present
 (``--no-cuda`` to skip).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-SECTIONS = ("functions", "epoch", "cli", "time95", "statistics", "peers", "contention")
+SECTIONS = ("functions", "epoch", "cli", "time95", "statistics", "peers", "contention", "population")
 QUICK = {"repeats": 5, "min_sample_s": 0.002, "epoch_examples": 2000, "epoch_repeats": 2, "peer_repeats": 3}
 FULL = {"repeats": 21, "min_sample_s": 0.02, "epoch_examples": 50_000, "epoch_repeats": 3, "peer_repeats": 5}
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from . import cli_epoch, contention, epoch, functions, peers, report, statistics, time_to_95
+    from . import cli_epoch, contention, epoch, functions, peers, population, report, statistics, time_to_95
     from torch_manualbp.timing import machine_info
 
     size = dict(QUICK if args.quick else FULL)
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if "contention" in args.only:
         print("[contention] cpu", flush=True)
         sections["contention"] = contention.run(args.quick)
+    if "population" in args.only:
+        print("[population] cpu", flush=True)
+        sections["population"] = population.run("cpu", size["repeats"], size["min_sample_s"])
     print()
     print(report.write(args.out, meta, sections))
     print(f"written: {args.out / 'benchmark.md'}, {args.out / 'benchmark.json'}, {args.out / 'benchmark.png'}")

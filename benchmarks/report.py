@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .population import markdown as population_table  # noqa: E402
 from .statistics import markdown as statistics_table  # noqa: E402
 
 __all__ = ["markdown", "write"]
@@ -202,7 +203,12 @@ def markdown(meta: dict, sections: dict) -> str:
         ]
     if "contention" in sections:
         parts += ["## 7. Threads, and a busy process beside the run", _contention_tables(sections["contention"])]
-    parts += ["## 8. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
+    if "population" in sections:
+        parts += [
+            "## 8. Many networks, one step: `Population.sgd_step`, [784, 30, 10], mini-batch 10",
+            population_table(sections["population"]),
+        ]
+    parts += ["## 9. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
     return "\n\n".join(parts) + "\n"
 
 
