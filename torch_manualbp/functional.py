@@ -45,8 +45,8 @@ from .equations import (
     cross_entropy_costs,
     error_below,
     example_share,
-    output_error,
     quadratic_costs,
+    quadratic_mean,
     reduce_costs,
     sigmoid_delta,
     sigmoid_prime,
@@ -133,8 +133,10 @@ class QuadraticCostFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(a: Tensor, y: Tensor, reduction: str) -> Tensor:
-        cost_x = quadratic_costs(a, y)  # C_x = ½‖y(x) − a(x)‖², one per example
-        return reduce_costs(cost_x, reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
+        output_minus_y = a_minus_y(a, y)
+        if reduction == "mean":
+            return quadratic_mean(output_minus_y)  # C = 1/(2n) Σ_x ‖y(x) − a(x)‖², the book's cost
+        return reduce_costs(quadratic_costs(output_minus_y), reduction)  # of C_x = ½‖y(x) − a(x)‖²
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -203,7 +205,7 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (see the class docstring)
         a = torch.sigmoid(z)  # aᴸ
         share = example_share(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
-        delta = output_error((a - y) * share, a, "cross_entropy")  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled
+        delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled (costs.CrossEntropy.delta, for one node)
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
             recording.notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
@@ -245,31 +247,23 @@ def _weighted_input_tangent(
     return sum(terms[1:], terms[0]) if terms else None
 
 
-class _SigmoidLinearCompilable(SigmoidLinearFunction):
-    """SigmoidLinearFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
+def _without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """``function`` without its ``jvp``, for torch.compile: a subclass with autograd.Function's default, none.
 
-    jvp = torch.autograd.Function.jvp
-
-
-class _QuadraticCostCompilable(QuadraticCostFunction):
-    """QuadraticCostFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
-
-    jvp = torch.autograd.Function.jvp
+    Dynamo refuses to trace an autograd.Function that defines a custom ``jvp`` ("Unsupported custom
+    jvp", torch 2.14), so a compiled region uses the same Function without it (see :func:`_compilable`): forward
+    and backward are identical, and only forward-mode AD through a compiled region is given up.
+    """
+    return type(f"_{function.__name__}Compilable", (function,), {"jvp": torch.autograd.Function.jvp})
 
 
-class _SigmoidCrossEntropyCompilable(SigmoidCrossEntropyFunction):
-    """SigmoidCrossEntropyFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
-
-    jvp = torch.autograd.Function.jvp
+_SigmoidLinearCompilable = _without_jvp(SigmoidLinearFunction)
+_QuadraticCostCompilable = _without_jvp(QuadraticCostFunction)
+_SigmoidCrossEntropyCompilable = _without_jvp(SigmoidCrossEntropyFunction)
 
 
 def _compilable(function: type[torch.autograd.Function], twin: type[torch.autograd.Function]):
-    """The Function to apply: ``twin`` while torch.compile traces, ``function`` otherwise.
-
-    Dynamo refuses to trace an autograd.Function that defines a custom ``jvp`` ("Unsupported custom
-    jvp", torch 2.14), so a compiled region uses the same Function without it: forward and backward
-    are identical, and only forward-mode AD through a compiled region is given up.
-    """
+    """The Function to apply: its ``twin`` made by :func:`_without_jvp` while torch.compile traces, itself otherwise."""
     return twin if torch.compiler.is_compiling() else function
 
 
@@ -392,12 +386,13 @@ def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
         raise ValueError(f"a must have shape (*, K) with K >= 1 outputs, got shape {tuple(a.shape)}")
     if reduction == "mean" and a.numel() == 0:
         raise ValueError(f"the mean cost of zero examples is undefined (a has shape {tuple(a.shape)})")
-    y = targets_like(a, y)
+    y = targets(y, a.shape, a)
     return _compilable(QuadraticCostFunction, _QuadraticCostCompilable).apply(a, y, reduction)
 
 
 def targets_like(a: Tensor, y: Tensor) -> Tensor:
-    r"""Return the desired outputs :math:`y(x)` as floats shaped like ``a``.
+    r"""Return the desired outputs :math:`y(x)` as floats shaped like ``a``: the public form of the package's one
+    target encoder, :func:`torch_manualbp.checks.targets`, for outputs already computed.
 
     A float ``y`` shaped like ``a`` is checked and returned as it is; integer class labels
     shaped like ``a.shape[:-1]`` become one-hot vectors, the book's representation of a digit.
