@@ -6,6 +6,7 @@ checked only where a Python branch on them is possible (not under ``torch.compil
 """
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 
@@ -49,13 +50,34 @@ def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
             f"integer labels y must have shape {tuple(shape[:-1])} (one label per row of a), got {tuple(y.shape)}"
         )
     classes = shape[-1]
+    if y.ndim == 1 and y.device.type == "cpu" and y.dtype in _INDEX_DTYPES and _can_branch_on_values(y):
+        # the common case, a mini-batch of labels on the CPU: one op, and index_select checks the range itself
+        try:
+            return _one_hot_rows(classes, like.dtype, like.device).index_select(0, y)
+        except IndexError:
+            _raise_bad_labels(y, classes)
     valid = (y >= 0) & (y < classes)
     if _can_branch_on_values(y) and not bool(valid.all()):
-        bad = y[~valid].unique()[:5].tolist()
-        raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
+        _raise_bad_labels(y, classes)
     one_hot = (y.unsqueeze(-1) == torch.arange(classes, device=y.device)).to(like.dtype)
     # Where the labels could not be checked, an invalid one gives NaN rather than a silent zero row.
     return torch.where(valid.unsqueeze(-1), one_hot, torch.nan)
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32)  # what index_select takes
+
+
+@functools.lru_cache(maxsize=16)
+def _one_hot_rows(classes: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The identity matrix of ``classes`` rows, row j the one-hot vector of label j, made once per dtype and device:
+    a step that encodes its labels pays one ``index_select``, not an ``arange``, a comparison and a cast."""
+    with torch.inference_mode(False):  # a normal tensor, even if first asked for inside inference mode
+        return torch.eye(classes, dtype=dtype, device=device)
+
+
+def _raise_bad_labels(y: Tensor, classes: int) -> None:
+    bad = y[(y < 0) | (y >= classes)].unique()[:5].tolist()
+    raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
 
 
 def _can_branch_on_values(t: Tensor) -> bool:

@@ -264,19 +264,22 @@ class Network(nn.Module):
             >>> x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
             >>> cost = net.sgd_step(x, labels, eta=3.0)
         """
-        self.check_batch(x)
+        weights, biases = self.weights_and_biases()
+        self._check_batch(x, weights[0])
         eta = check_learning_rate(eta)
         weight_decay = l2_weight_decay(lmbda, n)
         if torch.is_autocast_enabled(x.device.type):
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
-        weights, biases = self.weights_and_biases()
         ones = self.ones(x.shape[0], x)
         return update_mini_batch(weights, biases, x, y, eta, ones, self.cost_function, weight_decay)
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
-        return [layer.weight for layer in self.layers], [layer.bias for layer in self.layers]
+        # read from each layer's parameter dict: nn.Module.__getattr__ for each would be a noticeable share of a
+        # step at mini-batches of 10
+        parameters = [layer._parameters for layer in self.layers]
+        return [p["weight"] for p in parameters], [p["bias"] for p in parameters]
 
     def ones(self, n: int, like: Tensor) -> Tensor:
         """A vector of ``n`` ones in ``like``'s dtype and on its device, for :func:`~torch_manualbp.equations.descend`;
@@ -288,12 +291,15 @@ class Network(nn.Module):
 
     def check_batch(self, x: Tensor) -> None:
         """Raise unless ``x`` is a non-empty ``(N, sizes[0])`` mini-batch of the network's dtype, on its device."""
+        self._check_batch(x, self.layers[0].weight)
+
+    def _check_batch(self, x: Tensor, weight: Tensor) -> None:
+        """:meth:`check_batch` against the first layer's ``weight``, for a caller that has it at hand."""
         check_float_tensor("x", x)
         if x.ndim != 2 or x.shape[1] != self.sizes[0] or x.shape[0] == 0:
             raise ValueError(
                 f"x must be a non-empty mini-batch of shape (N, {self.sizes[0]}), got shape {tuple(x.shape)}"
             )
-        weight = self.layers[0].weight
         check_same_kind("x", x, "the network's weights", weight)
 
     def extra_repr(self) -> str:
