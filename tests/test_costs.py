@@ -1,5 +1,6 @@
 """The costs as objects (torch_manualbp/costs.py), the cross-entropy module for a user's model, and the one target
 encoder, each against an independent computation: the book's formulas in float64, plain autograd, nn.BCELoss."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """`manualbp gradcheck`: its table covers every Function, and it does catch a wrong backward."""
+
 import subprocess
 import sys
 
@@ -30,7 +31,13 @@ def test_gradcheck_command_passes_every_case_of_every_function():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "PASS" in line]
-    every_function = {"sigmoid_linear", "quadratic_cost", "cross_entropy_cost", "sigmoid_cross_entropy", "NetworkCostFunction"}
+    every_function = {
+        "sigmoid_linear",
+        "quadratic_cost",
+        "cross_entropy_cost",
+        "sigmoid_cross_entropy",
+        "NetworkCostFunction",
+    }
     assert {row.split("|")[1].strip() for row in rows} == every_function
     assert {row.split("|")[3].strip() for row in rows} == {"gradcheck", "gradgradcheck"}
     assert "FAIL" not in result.stdout

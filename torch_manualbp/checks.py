@@ -4,6 +4,7 @@ Every check raises a ``TypeError`` (wrong kind of value) or a ``ValueError`` (wr
 the argument and says what was expected; ``tests/test_bad_input.py`` holds one case per message. Tensor values are
 checked only where a Python branch on them is possible (not under ``torch.compile`` or ``torch.func``).
 """
+
 from __future__ import annotations
 
 import functools

@@ -3,8 +3,8 @@ r"""The costs, each as one object that keeps its value and its BP1 together, as 
 A cost says four things that backpropagation needs of it, and nothing else in the package branches on which cost it is:
 
 - :meth:`Cost.activation`: the output layer's activation :math:`a^L` of :math:`z^L` (the sigmoid for both costs here);
-- :meth:`Cost.fn` and :meth:`Cost.mean`: its value :math:`C_x` for each example, from :math:`a^L - y`, or from :math:`z^L` where that is
-  what keeps it finite (``network2.py``'s ``fn``);
+- :meth:`Cost.fn` and :meth:`Cost.mean`: its value, :math:`C_x` for each example and :math:`C` for the mini-batch,
+  from :math:`a^L - y`, or from :math:`z^L` where that is what keeps it finite (``network2.py``'s ``fn``);
 - :meth:`Cost.delta`: BP1, the output error :math:`\delta^L` from :math:`a^L - y` (``network2.py``'s ``delta``);
 - :meth:`Cost.layered_cost`: the same cost through the per-layer autograd Functions of :mod:`torch_manualbp.functional`.
 
@@ -19,6 +19,7 @@ Examples::
     >>> cost.fn(z, a - y, y).shape, cost.delta(a - y, a).shape
     (torch.Size([4]), torch.Size([4, 10]))
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,7 +83,8 @@ class Cost:
 
 class Quadratic(Cost):
     r"""Chapter 2's quadratic cost, :math:`C_x = \tfrac12 \lVert y(x) - a^L(x) \rVert^2`, whose BP1 is
-    :math:`\delta^L = (a^L - y) \odot \sigma'(z^L)`: a saturated output (:math:`\sigma'(z^L) \approx 0`) learns slowly."""
+    :math:`\delta^L = (a^L - y) \odot \sigma'(z^L)`: a saturated output (:math:`\sigma'(z^L) \approx 0`) learns
+    slowly."""
 
     name = "quadratic"
 

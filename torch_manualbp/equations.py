@@ -23,15 +23,20 @@ Who uses what:
   :func:`error_below`, :func:`bias_gradient`, :func:`weight_gradient`;
 - ``Network.backprop`` and ``Network.cost`` (the whole network at once): :func:`feedforward`, :func:`backpropagate`;
 - ``SigmoidCrossEntropyFunction.backward`` (the output layer and the cross-entropy as one node): BP1 as
-  :math:`\delta^L = a^L - y`, then :func:`error_below`, :func:`bias_gradient` and :func:`weight_gradient` as the per-layer Function;
+  :math:`\delta^L = a^L - y`, then :func:`error_below`, :func:`bias_gradient` and :func:`weight_gradient` as the
+  per-layer Function;
 - ``Network.sgd_step``, the book's ``update_mini_batch`` without autograd: :func:`feedforward`, :func:`errors`,
   then :func:`descend`, which is BP3 and BP4 fused into the update itself;
 - every path's cost value: :func:`quadratic_costs` or :func:`cross_entropy_costs` per example, reduced by
-  :func:`reduce_costs`, or the mean quadratic cost at once, :func:`quadratic_mean`; every backward's :math:`a^L - y` scaled by :func:`example_share`.
+  :func:`reduce_costs`, or the mean quadratic cost at once, :func:`quadratic_mean`; every backward's
+  :math:`a^L - y` scaled by :func:`example_share`.
 
-:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so :math:`z` is never kept;
-only the cross-entropy's value needs :math:`z^L`, which is recomputed (:func:`weighted_input`).
+:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so no hidden layer's :math:`z`
+is kept; the output layer's :math:`z^L` is kept where a cost's value needs it (the cross-entropy's does), by
+``network.feedforward_to_cost`` in the whole-network paths, or recomputed (:func:`weighted_input`) by the one-node
+``SigmoidCrossEntropyFunction``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -74,9 +79,9 @@ def quadratic_costs(output_minus_y: Tensor) -> Tensor:
 
 
 def quadratic_mean(output_minus_y: Tensor) -> Tensor:
-    r"""The book's :math:`C = \frac{1}{2n} \sum_x \lVert y(x) - a(x) \rVert^2` over the n rows of :math:`a - y`: the mean of
-    :func:`quadratic_costs`, in three operations instead of four (at mini-batches of 10 each one counts). Every path
-    computes the mean quadratic cost here, so they agree bit for bit."""
+    r"""The book's :math:`C = \frac{1}{2n} \sum_x \lVert y(x) - a(x) \rVert^2` over the n rows of :math:`a - y`:
+    the mean of :func:`quadratic_costs`, in three operations instead of four (at mini-batches of 10 each one counts).
+    Every path computes the mean quadratic cost here, so they agree bit for bit."""
     n = output_minus_y.numel() // output_minus_y.shape[-1]  # examples: every row of (*, K)
     return output_minus_y.square().sum() * (0.5 / n)
 
@@ -123,8 +128,9 @@ def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) 
 def weighted_input(a_prev: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     r"""A layer's weighted input :math:`z^l = a^{l-1} W^{l\top} + b^l`, :math:`(N, H_l)`.
 
-    :func:`feedforward` keeps only :math:`a^l = \sigma(z^l)`; the cross-entropy's value needs :math:`z^L` itself
-    (see :func:`cross_entropy_costs`), and recomputes it with this, one small product.
+    :func:`feedforward` keeps only :math:`a^l = \sigma(z^l)`; the output layer's :math:`z^L`, which the
+    cross-entropy's value needs (see :func:`cross_entropy_costs`), is computed with this and kept by
+    ``network.feedforward_to_cost``.
     """
     return a_prev @ weight.T if bias is None else torch.addmm(bias, a_prev, weight.T)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ
 
@@ -135,7 +141,8 @@ def sigmoid_prime(a: Tensor) -> Tensor:
 
 
 def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
-    r"""A layer's error :math:`\delta^l = \partial C/\partial a^l \odot \sigma'(z^l)`, with :math:`\sigma'(z) = a(1 - a)`.
+    r"""A layer's error :math:`\delta^l = \partial C/\partial a^l \odot \sigma'(z^l)`, with
+    :math:`\sigma'(z) = a(1 - a)`.
 
     This is BP1 when ``grad_a`` is :math:`\nabla_a C` at the output layer and BP2 when it is
     :math:`\delta^{l+1} W^{l+1}` (:func:`error_below` of the layer above). One fused kernel, ATen's
@@ -147,7 +154,8 @@ def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
 
 
 def error_below(delta: Tensor, weight: Tensor) -> Tensor:
-    r""":math:`\partial C/\partial a^{l-1} = \delta^l W^l`: the :math:`\delta^{l+1} W^{l+1}` of (BP2), for the layer below."""
+    r""":math:`\partial C/\partial a^{l-1} = \delta^l W^l`: the :math:`\delta^{l+1} W^{l+1}` of (BP2), for the
+    layer below."""
     return delta @ weight  # (N, in)
 
 
@@ -157,7 +165,8 @@ def bias_gradient(delta: Tensor) -> Tensor:
 
 
 def weight_gradient(delta: Tensor, a_prev: Tensor) -> Tensor:
-    r""":math:`\partial C/\partial W^l = \sum_x \delta^{x,l} (a^{x,l-1})^\top = \delta^{l\top} a^{l-1}`, shaped like ``weight``."""
+    r""":math:`\partial C/\partial W^l = \sum_x \delta^{x,l} (a^{x,l-1})^\top = \delta^{l\top} a^{l-1}`, shaped
+    like ``weight``."""
     return delta.T @ a_prev  # (BP4)
 
 

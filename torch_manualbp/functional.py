@@ -32,6 +32,7 @@ apart, tensors kept only through ``save_for_backward``/``save_for_forward``, ``n
 honoured, a ``backward`` made of differentiable torch operations (so double backward works), a
 ``jvp`` for forward-mode AD, and ``generate_vmap_rule`` so ``torch.func.vmap`` and ``grad`` work.
 """
+
 from __future__ import annotations
 
 import torch
@@ -206,7 +207,9 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = grad_y = None
         z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (see the class docstring)
         a = torch.sigmoid(z)  # aᴸ
-        share = example_share(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
+        share = example_share(
+            grad_cost, a, ctx.reduction
+        )  # each example's weight in the reduced cost: 1/n for the mean
         delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled (costs.CrossEntropy.delta, for one node)
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
             recording.notify(weight, delta, sigmoid_prime(a), x)
@@ -363,9 +366,7 @@ def sigmoid_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     return function.apply(x.reshape(-1, in_features), weight, bias).reshape(*x.shape[:-1], out_features)
 
 
-def sigmoid_cross_entropy(
-    x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str = "mean"
-) -> Tensor:
+def sigmoid_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str = "mean") -> Tensor:
     r"""The output layer :math:`a^L = \sigma(x W^\top + b)` and chapter 3's cross-entropy cost of it, in one step,
     :math:`C = -\frac{1}{n} \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, with the hand-written
     backward of :class:`SigmoidCrossEntropyFunction`: BP1 as :math:`\delta^L = a^L - y`, then BP3, BP4 and

@@ -12,6 +12,7 @@ To run::
 
     manualbp gradcheck
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ def default_cases(seed: int = 0) -> list[Case]:
     cases = []
     for n, n_in, n_out in [(1, 3, 2), (5, 4, 3), (8, 7, 5)]:
         x, w, b = _leaf(n, n_in, generator=g), _leaf(n_out, n_in, generator=g), _leaf(n_out, generator=g)
-        cases.append(Case("sigmoid_linear", f"x ({n}, {n_in}), weight ({n_out}, {n_in}), bias", sigmoid_linear, (x, w, b)))
+        cases.append(
+            Case("sigmoid_linear", f"x ({n}, {n_in}), weight ({n_out}, {n_in}), bias", sigmoid_linear, (x, w, b))
+        )
     x_t = _leaf(4, 6, generator=g).detach().T.requires_grad_()  # (6, 4), non-contiguous
     w = _leaf(3, 4, generator=g)
     cases.append(Case("sigmoid_linear", "non-contiguous x (6, 4), no bias", sigmoid_linear, (x_t, w)))
@@ -61,8 +64,22 @@ def default_cases(seed: int = 0) -> list[Case]:
         a = torch.rand(5, 4, dtype=torch.float64, generator=g).requires_grad_()
         y = torch.rand(5, 4, dtype=torch.float64, generator=g).requires_grad_()
         labels = torch.randint(0, 4, (5,), generator=g)
-        cases.append(Case("quadratic_cost", f"a (5, 4), float y, {reduction}", partial(quadratic_cost, reduction=reduction), (a, y)))
-        cases.append(Case("quadratic_cost", f"a (5, 4), labels, {reduction}", partial(quadratic_cost, reduction=reduction), (a, labels)))
+        cases.append(
+            Case(
+                "quadratic_cost",
+                f"a (5, 4), float y, {reduction}",
+                partial(quadratic_cost, reduction=reduction),
+                (a, y),
+            )
+        )
+        cases.append(
+            Case(
+                "quadratic_cost",
+                f"a (5, 4), labels, {reduction}",
+                partial(quadratic_cost, reduction=reduction),
+                (a, labels),
+            )
+        )
     a1 = torch.rand(1, 3, dtype=torch.float64, generator=g).requires_grad_()
     cases.append(Case("quadratic_cost", "a (1, 3), labels, mean", quadratic_cost, (a1, torch.tensor([2]))))
     for reduction in ("mean", "sum", "none"):
@@ -74,16 +91,33 @@ def default_cases(seed: int = 0) -> list[Case]:
         cases.append(Case("cross_entropy_cost", f"a (5, 4), labels, {reduction}", ce, (a, labels)))
         x, w, b = _leaf(5, 3, generator=g), _leaf(4, 3, generator=g), _leaf(4, generator=g)
         sce = partial(sigmoid_cross_entropy, reduction=reduction)
-        cases.append(Case("sigmoid_cross_entropy", f"x (5, 3), weight (4, 3), bias, float y, {reduction}", sce, (x, w, b, y)))
-        cases.append(Case("sigmoid_cross_entropy", f"x (5, 3), weight (4, 3), bias, labels, {reduction}", sce, (x, w, b, labels)))
+        cases.append(
+            Case("sigmoid_cross_entropy", f"x (5, 3), weight (4, 3), bias, float y, {reduction}", sce, (x, w, b, y))
+        )
+        cases.append(
+            Case("sigmoid_cross_entropy", f"x (5, 3), weight (4, 3), bias, labels, {reduction}", sce, (x, w, b, labels))
+        )
     x3 = _leaf(2, 3, 3, generator=g)
-    cases.append(Case("sigmoid_cross_entropy", "x (2, 3, 3): leading batch dims, no bias", sigmoid_cross_entropy,
-                      (x3, _leaf(4, 3, generator=g), None, torch.randint(0, 4, (2, 3), generator=g))))
+    cases.append(
+        Case(
+            "sigmoid_cross_entropy",
+            "x (2, 3, 3): leading batch dims, no bias",
+            sigmoid_cross_entropy,
+            (x3, _leaf(4, 3, generator=g), None, torch.randint(0, 4, (2, 3), generator=g)),
+        )
+    )
     for name, cost in COSTS.items():
         x, y = _leaf(6, 5, generator=g), torch.rand(6, 3, dtype=torch.float64, generator=g).requires_grad_()
         params = (_leaf(4, 5, generator=g), _leaf(4, generator=g), _leaf(3, 4, generator=g), _leaf(3, generator=g))
-        cases.append(Case("NetworkCostFunction", f"[5, 4, 3], x (6, 5), float y, {name}",
-                          partial(_network_cost, cost=cost), (x, y, *params), NETWORK_COST_UNSUPPORTED))
+        cases.append(
+            Case(
+                "NetworkCostFunction",
+                f"[5, 4, 3], x (6, 5), float y, {name}",
+                partial(_network_cost, cost=cost),
+                (x, y, *params),
+                NETWORK_COST_UNSUPPORTED,
+            )
+        )
     return cases
 
 
@@ -136,7 +170,10 @@ def format_table(rows: list[tuple[Case, str, bool, str]]) -> str:
         result = "PASS" if passed else f"FAIL: {message}"
         lines.append(f"| {case.function} | {case.description} | {check} | {result} |")
         if i + 1 == len(rows) or rows[i + 1][0] is not case:
-            lines += [f"| {case.function} | {case.description} | {what} | not supported: {why} |" for what, why in case.unsupported]
+            lines += [
+                f"| {case.function} | {case.description} | {what} | not supported: {why} |"
+                for what, why in case.unsupported
+            ]
     failed = sum(not passed for *_, passed, _ in rows)
     lines.append("")
     lines.append(f"{len(rows) - failed} passed, {failed} failed")

@@ -12,6 +12,7 @@ autograd at all (:func:`update_mini_batch`); it is the fast path for training. A
 of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it. The cost is an
 object of :mod:`torch_manualbp.costs`, which each path asks for its value and its BP1: nothing here branches on it.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -201,7 +202,9 @@ class Network(nn.Module):
         """
         self.check_batch(x)
         if torch.is_autocast_enabled(x.device.type):
-            raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)")
+            raise RuntimeError(
+                "Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)"
+            )
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
         return NetworkCostFunction.apply(x, y, self.cost_function, *[p for pair in zip(weights, biases) for p in pair])

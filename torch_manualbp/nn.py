@@ -6,6 +6,7 @@ Examples::
     >>> cost = QuadraticCost()(model(torch.rand(8, 1, 28, 28)), torch.randint(0, 10, (8,)))
     >>> cost.backward()  # BP1-BP4, as written in torch_manualbp.functional
 """
+
 from __future__ import annotations
 
 import math

@@ -24,6 +24,7 @@ Those two rows per example are all that per-example gradients need: by BP4 one e
 the gradient noise scale of McCandlish et al. 2018) with one pass of its own, and
 :meth:`ErrorRecord.gradient_statistics` from what a recorded ``backward()`` saw.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -276,10 +277,12 @@ def _parameter_statistics(mean: Tensor, sum_grad_squared: Tensor, inv_n: Tensor)
 def _statistics(layers: list[tuple[Tensor, ParameterStatistics, ParameterStatistics | None]]) -> GradientStatistics:
     """Assemble GradientStatistics from each layer's ``(per-example squared norms, weight, bias)``."""
     per_example_sq_norm = torch.stack([sq_norm for sq_norm, _, _ in layers], dim=1)  # (N, L)
-    sq_norm_of_mean = torch.stack([  # ‖ḡ‖² of each layer's parameters, (L,)
-        (weight.mean * weight.mean).sum() + (0 if bias is None else (bias.mean * bias.mean).sum())
-        for _, weight, bias in layers
-    ])
+    sq_norm_of_mean = torch.stack(
+        [  # ‖ḡ‖² of each layer's parameters, (L,)
+            (weight.mean * weight.mean).sum() + (0 if bias is None else (bias.mean * bias.mean).sum())
+            for _, weight, bias in layers
+        ]
+    )
     norms = torch.stack([per_example_sq_norm.mean(0), sq_norm_of_mean])  # (2, L)
     norms = torch.cat([norms, norms.sum(1, keepdim=True)], dim=1)  # (2, L + 1): all parameters together last
     true_grad_sq_norm, trace_covariance, noise_scale = _noise_scale(norms[0], norms[1], len(per_example_sq_norm))
