@@ -37,6 +37,14 @@ def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     and returned as it is, integer class labels one-hot encoded (the book's representation of a digit)."""
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.is_cpu and like.is_cpu and y.dtype in _INDEX_DTYPES and len(shape) == 2 and y.shape == shape[:1]:
+        if _can_branch_on_values(y):
+            # the common case, a mini-batch of labels on the CPU, checked with as few Python steps as possible: the
+            # encoding is one op, and index_select checks the labels' range itself (no host sync to ask for it)
+            try:
+                return _one_hot_rows(shape[1], like.dtype, _CPU).index_select(0, y)
+            except IndexError:
+                _raise_bad_labels(y, shape[1])
     if y.device != like.device:
         raise ValueError(f"y must be on the same device as a ({like.device}), got {y.device}")
     if y.is_floating_point():
@@ -51,12 +59,6 @@ def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
             f"integer labels y must have shape {tuple(shape[:-1])} (one label per row of a), got {tuple(y.shape)}"
         )
     classes = shape[-1]
-    if y.ndim == 1 and y.device.type == "cpu" and y.dtype in _INDEX_DTYPES and _can_branch_on_values(y):
-        # the common case, a mini-batch of labels on the CPU: one op, and index_select checks the range itself
-        try:
-            return _one_hot_rows(classes, like.dtype, like.device).index_select(0, y)
-        except IndexError:
-            _raise_bad_labels(y, classes)
     valid = (y >= 0) & (y < classes)
     if _can_branch_on_values(y) and not bool(valid.all()):
         _raise_bad_labels(y, classes)
@@ -66,6 +68,7 @@ def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
 
 _INDEX_DTYPES = (torch.int64, torch.int32)  # what index_select takes
+_CPU = torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=16)
@@ -88,7 +91,9 @@ def _can_branch_on_values(t: Tensor) -> bool:
 
 def check_learning_rate(eta) -> float:
     """``eta`` as a float, or a ``TypeError``/``ValueError`` unless it is a real number that is finite and > 0."""
-    if isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1):
+    if type(eta) is not float and (  # a float, the common case, needs no further look
+        isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1)
+    ):
         raise TypeError(f"eta must be a real number (the learning rate), got {type(eta).__name__}")
     value = float(eta)
     if not (math.isfinite(value) and value > 0):
@@ -100,7 +105,7 @@ def l2_weight_decay(lmbda, n) -> float:
     r"""The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
     ``weight_decay``, :math:`\lambda/n`; a ``TypeError``/``ValueError`` naming the argument unless ``lmbda`` is a
     finite number >= 0 and, when it is not 0, ``n`` a positive int."""
-    if isinstance(lmbda, bool) or not isinstance(lmbda, Real):
+    if type(lmbda) is not float and (isinstance(lmbda, bool) or not isinstance(lmbda, Real)):
         raise TypeError(f"lmbda must be a real number (the L2 regularisation parameter λ), got {type(lmbda).__name__}")
     if not (math.isfinite(lmbda) and lmbda >= 0):
         raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda}")
