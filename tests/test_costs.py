@@ -33,6 +33,13 @@ def test_each_cost_value_and_bp1_equal_the_book_per_example_in_float64():
         torch.testing.assert_close(cost.mean(z, a - y, y), cost.fn(z, a - y, y).mean(), **F64)
 
 
+def test_a_copied_network_keeps_the_cost_object_itself():
+    import copy
+
+    net = Network([3, 2], cost="cross_entropy")
+    assert copy.deepcopy(net).cost_function is COSTS["cross_entropy"] is copy.copy(net).cost_function
+
+
 def test_names_map_to_cost_objects_and_cost_name_stays_the_name():
     assert isinstance(get_cost("quadratic"), Quadratic) and isinstance(get_cost("cross_entropy"), CrossEntropy)
     for name in COSTS:

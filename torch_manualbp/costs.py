@@ -1,16 +1,19 @@
 r"""The costs, each as one object that keeps its value and its BP1 together, as ``network2.py``'s cost classes do.
 
-A cost says four things that backpropagation needs of it, and nothing else in the package branches on which cost it is:
+A cost object says what backpropagation needs of the cost, so that nothing else in the package branches on which cost
+it is:
 
-- :meth:`Cost.activation`: the output layer's activation :math:`a^L` of :math:`z^L` (the sigmoid for both costs here);
+- :meth:`Cost.activation` (and :meth:`Cost.activation_prime`, :meth:`Cost.output`): the output layer's activation
+  :math:`a^L` of :math:`z^L`, the sigmoid for both costs here; a softmax cost would override them;
 - :meth:`Cost.fn` and :meth:`Cost.mean`: its value, :math:`C_x` for each example and :math:`C` for the mini-batch,
   from :math:`a^L - y`, or from :math:`z^L` where that is what keeps it finite (``network2.py``'s ``fn``);
 - :meth:`Cost.delta`: BP1, the output error :math:`\delta^L` from :math:`a^L - y` (``network2.py``'s ``delta``);
+- :meth:`Cost.y_gradient`: :math:`\partial C_x/\partial y`, for ``Network.cost``'s backward;
 - :meth:`Cost.layered_cost`: the same cost through the per-layer autograd Functions of :mod:`torch_manualbp.functional`.
 
 ``Network(sizes, cost="cross_entropy")`` looks the name up in :data:`COSTS`; a :class:`Cost` object may be passed
-instead. The objects are stateless constants, hashed by identity, so ``torch.compile`` specialises on them as on a
-string. A new cost is a new subclass here (and its entry in :data:`COSTS`).
+instead. The objects are stateless constants, hashed by identity (a copy is the object itself), so ``torch.compile``
+specialises on them as on a string. A new cost is a new subclass here (and its entry in :data:`COSTS`).
 
 Examples::
 
@@ -76,6 +79,12 @@ class Cost:
         r"""The mean cost of the output layer ``layer`` on its input :math:`a^{L-1}` through the per-layer
         Functions of :mod:`torch_manualbp.functional` (``Network.layered_cost``); ``y`` floats or labels."""
         raise NotImplementedError
+
+    def __copy__(self) -> Cost:  # a stateless constant: copying a Network keeps its cost object
+        return self
+
+    def __deepcopy__(self, memo) -> Cost:
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
