@@ -45,9 +45,9 @@ class Cost:
     #: the name ``Network(sizes, cost=...)`` and ``Network.cost_name`` use
     name = ""
 
-    def activation(self, z: Tensor) -> Tensor:
-        r""":math:`a^L = \sigma(z^L)`, the output layer's activation, :math:`(N, H_L)`."""
-        return torch.sigmoid(z)
+    #: :math:`a^L = \sigma(z^L)`, the output layer's activation of ``z``, :math:`(N, H_L)`; ``torch.sigmoid`` itself,
+    #: not a method around it, since every step calls it
+    activation = staticmethod(torch.sigmoid)
 
     def activation_prime(self, a: Tensor) -> Tensor:
         r""":math:`\sigma'(z^L) = a^L(1 - a^L)`, from the output activation."""
