@@ -1,4 +1,5 @@
 """Every documented bad input raises a ValueError or TypeError that names the argument."""
+
 import pytest
 import torch
 
@@ -30,12 +31,32 @@ CASES = [
     ("cost y not a tensor", lambda: quadratic_cost(a, [0, 1, 1, 0]), TypeError, ["y", "torch.Tensor"]),
     ("cost y wrong shape", lambda: quadratic_cost(a, torch.rand(4, 3)), ValueError, ["y", "(4, 2)", "(4, 3)"]),
     ("cost y wrong dtype", lambda: quadratic_cost(a, torch.rand(4, 2, dtype=torch.float64)), TypeError, ["y", "dtype"]),
-    ("cost labels wrong shape", lambda: quadratic_cost(a, torch.tensor([0, 1])), ValueError, ["labels", "(4,)", "(2,)"]),
-    ("cost label too large", lambda: quadratic_cost(a, torch.tensor([0, 1, 2, 1])), ValueError, ["labels", "0..1", "[2]"]),
-    ("cost label negative", lambda: quadratic_cost(a, torch.tensor([0, -1, 1, 1])), ValueError, ["labels", "0..1", "[-1]"]),
+    (
+        "cost labels wrong shape",
+        lambda: quadratic_cost(a, torch.tensor([0, 1])),
+        ValueError,
+        ["labels", "(4,)", "(2,)"],
+    ),
+    (
+        "cost label too large",
+        lambda: quadratic_cost(a, torch.tensor([0, 1, 2, 1])),
+        ValueError,
+        ["labels", "0..1", "[2]"],
+    ),
+    (
+        "cost label negative",
+        lambda: quadratic_cost(a, torch.tensor([0, -1, 1, 1])),
+        ValueError,
+        ["labels", "0..1", "[-1]"],
+    ),
     ("cost bool y", lambda: quadratic_cost(a, torch.ones(4, dtype=torch.bool)), TypeError, ["y", "torch.bool"]),
     ("cost unknown reduction", lambda: quadratic_cost(a, a, "average"), ValueError, ["reduction", "'average'"]),
-    ("cost mean of nothing", lambda: quadratic_cost(torch.rand(0, 2), torch.rand(0, 2)), ValueError, ["mean", "zero examples"]),
+    (
+        "cost mean of nothing",
+        lambda: quadratic_cost(torch.rand(0, 2), torch.rand(0, 2)),
+        ValueError,
+        ["mean", "zero examples"],
+    ),
     ("module bad reduction", lambda: QuadraticCost("avg"), ValueError, ["reduction"]),
     ("module zero features", lambda: SigmoidLinear(0, 3), ValueError, ["in_features", "positive"]),
     ("module float features", lambda: SigmoidLinear(3.0, 3), TypeError, ["in_features", "int"]),
@@ -44,13 +65,38 @@ CASES = [
     ("network one layer", lambda: Network([784]), ValueError, ["sizes", "at least two"]),
     ("network string", lambda: Network("784,30,10"), ValueError, ["sizes"]),
     ("network negative size", lambda: Network([784, -30, 10]), ValueError, ["out_features", "-30"]),
-    ("backprop wrong width", lambda: Network([3, 2]).backprop(torch.rand(4, 5), torch.tensor([0, 1, 0, 1])), ValueError, ["x", "(N, 3)"]),
-    ("backprop empty batch", lambda: Network([3, 2]).backprop(torch.rand(0, 3), torch.zeros(0, dtype=torch.long)), ValueError, ["x", "non-empty"]),
-    ("backprop wrong dtype", lambda: Network([3, 2]).backprop(torch.rand(4, 3).double(), torch.tensor([0, 1, 0, 1])), TypeError, ["x", "dtype"]),
-    ("backprop bad label", lambda: Network([3, 2]).backprop(torch.rand(4, 3), torch.tensor([0, 1, 5, 1])), ValueError, ["labels", "[5]"]),
+    (
+        "backprop wrong width",
+        lambda: Network([3, 2]).backprop(torch.rand(4, 5), torch.tensor([0, 1, 0, 1])),
+        ValueError,
+        ["x", "(N, 3)"],
+    ),
+    (
+        "backprop empty batch",
+        lambda: Network([3, 2]).backprop(torch.rand(0, 3), torch.zeros(0, dtype=torch.long)),
+        ValueError,
+        ["x", "non-empty"],
+    ),
+    (
+        "backprop wrong dtype",
+        lambda: Network([3, 2]).backprop(torch.rand(4, 3).double(), torch.tensor([0, 1, 0, 1])),
+        TypeError,
+        ["x", "dtype"],
+    ),
+    (
+        "backprop bad label",
+        lambda: Network([3, 2]).backprop(torch.rand(4, 3), torch.tensor([0, 1, 5, 1])),
+        ValueError,
+        ["labels", "[5]"],
+    ),
     # rows added with docs/hostile_inputs.md: every hostile input it lists that ends in an error
     ("weight not a tensor", lambda: sigmoid_linear(x, [[1.0, 2.0, 3.0]]), TypeError, ["weight", "torch.Tensor"]),
-    ("weight integer", lambda: sigmoid_linear(x, torch.ones(2, 3, dtype=torch.long)), TypeError, ["weight", "floating"]),
+    (
+        "weight integer",
+        lambda: sigmoid_linear(x, torch.ones(2, 3, dtype=torch.long)),
+        TypeError,
+        ["weight", "floating"],
+    ),
     ("weight 3-d", lambda: sigmoid_linear(x, torch.randn(1, 2, 3)), ValueError, ["weight", "2-D", "(1, 2, 3)"]),
     ("bias not a tensor", lambda: sigmoid_linear(x, w, [0.0, 0.0]), TypeError, ["bias", "torch.Tensor"]),
     ("bias integer", lambda: sigmoid_linear(x, w, torch.zeros(2, dtype=torch.long)), TypeError, ["bias", "floating"]),
@@ -59,15 +105,40 @@ CASES = [
     ("cost a complex", lambda: quadratic_cost(torch.ones(4, 2, dtype=torch.cfloat), a), TypeError, ["a", "floating"]),
     ("cost a no outputs", lambda: quadratic_cost(torch.rand(4, 0), torch.rand(4, 0)), ValueError, ["a", "K >= 1"]),
     ("cost y complex", lambda: quadratic_cost(a, torch.ones(4, dtype=torch.cfloat)), TypeError, ["y", "complex"]),
-    ("cost float labels", lambda: quadratic_cost(a, torch.tensor([0.0, 1.0, 1.0, 0.0])), ValueError, ["float target y", "(4, 2)", "(4,)"]),
-    ("cost integer one-hot", lambda: quadratic_cost(a, torch.ones(4, 2, dtype=torch.long)), ValueError, ["labels y", "(4,)", "(4, 2)"]),
+    (
+        "cost float labels",
+        lambda: quadratic_cost(a, torch.tensor([0.0, 1.0, 1.0, 0.0])),
+        ValueError,
+        ["float target y", "(4, 2)", "(4,)"],
+    ),
+    (
+        "cost integer one-hot",
+        lambda: quadratic_cost(a, torch.ones(4, 2, dtype=torch.long)),
+        ValueError,
+        ["labels y", "(4,)", "(4, 2)"],
+    ),
     ("network float size", lambda: Network([784, 30.0, 10]), TypeError, ["out_features", "int"]),
     ("network zero size", lambda: Network([784, 0, 10]), ValueError, ["out_features", "positive"]),
     ("module bool features", lambda: SigmoidLinear(True, 3), TypeError, ["in_features", "int"]),
     ("network wrong width", lambda: Network([3, 2])(torch.rand(4, 5)), ValueError, ["x", "in_features=3", "(4, 5)"]),
-    ("backprop 3-d input", lambda: Network([3, 2]).backprop(torch.rand(2, 4, 3), torch.zeros(2, 4, dtype=torch.long)), ValueError, ["x", "(N, 3)", "(2, 4, 3)"]),
-    ("backprop 1-d input", lambda: Network([3, 2]).backprop(torch.rand(3), torch.tensor(0)), ValueError, ["x", "(N, 3)", "(3,)"]),
-    ("backprop on another device", lambda: Network([3, 2]).backprop(torch.rand(4, 3, device="meta"), torch.tensor([0, 1, 0, 1])), ValueError, ["x", "device", "meta"]),
+    (
+        "backprop 3-d input",
+        lambda: Network([3, 2]).backprop(torch.rand(2, 4, 3), torch.zeros(2, 4, dtype=torch.long)),
+        ValueError,
+        ["x", "(N, 3)", "(2, 4, 3)"],
+    ),
+    (
+        "backprop 1-d input",
+        lambda: Network([3, 2]).backprop(torch.rand(3), torch.tensor(0)),
+        ValueError,
+        ["x", "(N, 3)", "(3,)"],
+    ),
+    (
+        "backprop on another device",
+        lambda: Network([3, 2]).backprop(torch.rand(4, 3, device="meta"), torch.tensor([0, 1, 0, 1])),
+        ValueError,
+        ["x", "device", "meta"],
+    ),
 ]
 
 

@@ -1,5 +1,6 @@
 """Chapter 3's cross-entropy cost and L2 regularisation in every path, against autograd on
 binary_cross_entropy_with_logits, the book's per-example formulas, finite differences, and at saturation."""
+
 import math
 import re
 import warnings
@@ -61,7 +62,10 @@ def test_cost_is_the_books_per_example_formula():
     a = torch.sigmoid(x @ w.T + b).detach().numpy()
     y = np.eye(3)[labels.numpy()]
     # C = −(1/n) Σ_x Σ_j [y_j ln a_j + (1 − y_j) ln(1 − a_j)], one example and one output at a time
-    book = -sum(y[i, j] * math.log(a[i, j]) + (1 - y[i, j]) * math.log(1 - a[i, j]) for i in range(5) for j in range(3)) / 5
+    book = (
+        -sum(y[i, j] * math.log(a[i, j]) + (1 - y[i, j]) * math.log(1 - a[i, j]) for i in range(5) for j in range(3))
+        / 5
+    )
     assert math.isclose(sigmoid_cross_entropy(x, w, b, labels).item(), book, rel_tol=1e-12)
 
 
@@ -104,7 +108,9 @@ def test_forward_mode_jvp_equals_autograd_reference():
     primals = tuple(t.detach() for t in leaves((4, 5), (3, 5), (3,)))
     primals += (torch.rand(4, 3, dtype=torch.float64),)
     tangents = tuple(t.detach() for t in leaves((4, 5), (3, 5), (3,), (4, 3), seed=1))
-    torch.testing.assert_close(jvp(sigmoid_cross_entropy, primals, tangents), jvp(reference_cost, primals, tangents), **F64)
+    torch.testing.assert_close(
+        jvp(sigmoid_cross_entropy, primals, tangents), jvp(reference_cost, primals, tangents), **F64
+    )
 
 
 def test_torch_compile_fullgraph_equals_eager():
@@ -287,7 +293,8 @@ def test_regularised_sgd_steps_equal_autograd_and_torch_sgd_weight_decay_on_weig
     reference = [p.detach().clone().requires_grad_() for p in net.parameters()]
     eta, lmbda, n = 0.5, 5.0, 1000
     optimizer = torch.optim.SGD(
-        [{"params": reference[0::2], "weight_decay": lmbda / n}, {"params": reference[1::2], "weight_decay": 0.0}], lr=eta
+        [{"params": reference[0::2], "weight_decay": lmbda / n}, {"params": reference[1::2], "weight_decay": 0.0}],
+        lr=eta,
     )
     for _ in range(20):
         x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
@@ -309,7 +316,9 @@ def test_cross_entropy_learns_a_saturated_wrong_output_that_the_quadratic_cost_d
         with torch.no_grad():
             net.layers[0].weight.fill_(5.0)
             net.layers[0].bias.fill_(5.0)
-        deltas[cost] = net.backprop(torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)).delta[0].item()
+        deltas[cost] = (
+            net.backprop(torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)).delta[0].item()
+        )
     a = 1 / (1 + math.exp(-10))
     assert math.isclose(deltas["cross_entropy"], a, rel_tol=1e-12)
     assert math.isclose(deltas["quadratic"], a * a * (1 - a), rel_tol=1e-12)
@@ -328,18 +337,33 @@ X, W = torch.rand(2, 3), torch.rand(4, 3)  # two examples into an output layer o
 @pytest.mark.parametrize(
     "make, error, words",
     [
-        (lambda: Network([3, 2], cost="crossentropy"), ValueError,
-         "cost must be one of ('quadratic', 'cross_entropy'), got 'crossentropy'"),
+        (
+            lambda: Network([3, 2], cost="crossentropy"),
+            ValueError,
+            "cost must be one of ('quadratic', 'cross_entropy'), got 'crossentropy'",
+        ),
         (lambda: Network([3, 2], cost=None), TypeError, "cost must be the name of a cost"),
         (lambda: sigmoid_cross_entropy(X, W, None, torch.tensor([0, 5])), ValueError, "labels y must lie in 0..3"),
-        (lambda: sigmoid_cross_entropy(X, W.T, None, torch.tensor([0, 1])), ValueError, "x must have shape (*, in_features)"),
-        (lambda: sigmoid_cross_entropy(X, W, torch.rand(3), torch.tensor([0, 1])), ValueError, "bias must have shape (4,)"),
+        (
+            lambda: sigmoid_cross_entropy(X, W.T, None, torch.tensor([0, 1])),
+            ValueError,
+            "x must have shape (*, in_features)",
+        ),
+        (
+            lambda: sigmoid_cross_entropy(X, W, torch.rand(3), torch.tensor([0, 1])),
+            ValueError,
+            "bias must have shape (4,)",
+        ),
         (lambda: sigmoid_cross_entropy(X, W, None, torch.rand(2, 4), "avg"), ValueError, "reduction must be one of"),
         (lambda: sigmoid_cross_entropy(X, W, None, torch.rand(2, 4).double()), TypeError, "y must have the dtype"),
         (lambda: sigmoid_cross_entropy(X[:0], W, None, torch.rand(0, 4)), ValueError, "mean cost of zero examples"),
-        (lambda: sigmoid_cross_entropy(X.long(), W, None, torch.tensor([0, 1])), TypeError, "x must be a floating-point"),
+        (
+            lambda: sigmoid_cross_entropy(X.long(), W, None, torch.tensor([0, 1])),
+            TypeError,
+            "x must be a floating-point",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_raise_errors_naming_them(make, error, words):
     with pytest.raises(error, match=re.escape(words)):
         make()

@@ -1,4 +1,5 @@
 """The hand-written Functions against finite differences and against plain autograd."""
+
 import warnings
 
 import pytest
@@ -221,6 +222,8 @@ def test_huge_weighted_inputs_give_finite_values_and_no_warnings(scale):
         grads = torch.autograd.grad(cost, (x, w, b))
     assert torch.isfinite(a).all() and torch.isfinite(cost)
     assert all(torch.isfinite(g).all() for g in grads)
-    ref = torch.autograd.grad(autograd_quadratic_cost(autograd_output((w, b), x), TF.one_hot(torch.tensor([1, 0]), 3).double()), (x, w, b))
+    ref = torch.autograd.grad(
+        autograd_quadratic_cost(autograd_output((w, b), x), TF.one_hot(torch.tensor([1, 0]), 3).double()), (x, w, b)
+    )
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want, **F64)

@@ -1,4 +1,5 @@
 """`manualbp gradcheck`: its table covers every Function, and it does catch a wrong backward."""
+
 import subprocess
 import sys
 
@@ -30,7 +31,14 @@ def test_gradcheck_command_passes_every_case_of_every_function():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "PASS" in line]
-    assert {row.split("|")[1].strip() for row in rows} == {"sigmoid_linear", "quadratic_cost"}
+    every_function = {
+        "sigmoid_linear",
+        "quadratic_cost",
+        "cross_entropy_cost",
+        "sigmoid_cross_entropy",
+        "NetworkCostFunction",
+    }
+    assert {row.split("|")[1].strip() for row in rows} == every_function
     assert {row.split("|")[3].strip() for row in rows} == {"gradcheck", "gradgradcheck"}
     assert "FAIL" not in result.stdout
     assert result.stdout.strip().endswith(f"{len(rows)} passed, 0 failed")
@@ -42,3 +50,12 @@ def test_a_wrong_backward_is_reported_as_a_failure():
     assert rows[0][1] == "gradcheck" and rows[0][2] is False
     assert "Jacobian mismatch" in rows[0][3]
     assert "0 passed, 2 failed" in format_table(rows)
+
+
+def test_network_cost_function_rows_say_what_it_does_not_support():
+    result = subprocess.run(
+        [sys.executable, "-m", "torch_manualbp.cli", "gradcheck"], capture_output=True, text=True, timeout=300
+    )
+    network_rows = [line for line in result.stdout.splitlines() if line.startswith("| NetworkCostFunction")]
+    assert any("gradgradcheck" in row and "not supported" in row for row in network_rows)
+    assert sum(row.rstrip(" |").endswith("PASS") and "| gradcheck |" in row for row in network_rows) == 2  # both costs

@@ -1,5 +1,6 @@
 """gradient_statistics(): per-example gradient statistics from the book's δ^{x,l}, against three independent
 references: the book's per-example backprop, torch.func.vmap(grad(...)) of plain ops, and BackPACK."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,9 +38,12 @@ def reference_statistics(per_example: list[torch.Tensor]):
     layer_sq_norms = [(w**2).sum(1) + (b**2).sum(1) for w, b in zip(flat[0::2], flat[1::2])]
     params = [(g.mean(0), (g**2).sum(0), g.var(0, correction=0)) for g in per_example]
     everything = torch.cat(flat, dim=1)  # (N, P): only affordable because the test network is tiny
-    return torch.stack(layer_sq_norms, 1), params, _noise_scale(everything), [
-        _noise_scale(torch.cat([w, b], 1)) for w, b in zip(flat[0::2], flat[1::2])
-    ]
+    return (
+        torch.stack(layer_sq_norms, 1),
+        params,
+        _noise_scale(everything),
+        [_noise_scale(torch.cat([w, b], 1)) for w, b in zip(flat[0::2], flat[1::2])],
+    )
 
 
 def _noise_scale(g):
@@ -95,8 +99,11 @@ def vmap_per_example_gradients(params: dict[str, torch.Tensor], x, y_float):
 
 
 def plain_parameters(net):
-    return {f"{kind}{i}": getattr(layer, name).detach() for i, layer in enumerate(net.layers)
-            for kind, name in (("w", "weight"), ("b", "bias"))}
+    return {
+        f"{kind}{i}": getattr(layer, name).detach()
+        for i, layer in enumerate(net.layers)
+        for kind, name in (("w", "weight"), ("b", "bias"))
+    }
 
 
 def test_statistics_match_the_books_per_example_algorithm_float64():

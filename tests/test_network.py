@@ -1,4 +1,5 @@
 """Network.backprop (BP1-BP4 in matrix form) against autograd and against the book's per-example loop."""
+
 import numpy as np
 import pytest
 import torch

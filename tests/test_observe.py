@@ -1,4 +1,5 @@
 """record_errors(): the δˡ that a normal backward() computes, seen from outside, without changing it."""
+
 import numpy as np
 import torch
 

@@ -16,6 +16,7 @@ The bound is per element and scales with :math:`\sum |a_i b_i|`, so it stays tig
 does not fail where cancellation makes a result tiny. A wrong term in any of BP1-BP4 makes errors of the order
 of the values themselves, far beyond it.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,9 @@ def assert_within(ours: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, wh
     assert ours.shape == ref.shape and ours.dtype == ref.dtype, what
     assert torch.isfinite(ours).all(), f"{what} is not finite"
     excess = (ours - ref).abs() - bound
-    assert (excess <= 0).all(), f"{what}: differs from autograd by more than the rounding bound ({excess.max().item():.3g} over)"
+    assert (excess <= 0).all(), (
+        f"{what}: differs from autograd by more than the rounding bound ({excess.max().item():.3g} over)"
+    )
 
 
 def draw(generator: torch.Generator, shape, dtype, scale: float, requires_grad: bool = True) -> torch.Tensor:
@@ -69,8 +72,16 @@ def draw(generator: torch.Generator, shape, dtype, scale: float, requires_grad: 
 
 
 @SETTINGS
-@given(dtype=dtypes, batch=leading, n_in=widths, n_out=widths, has_bias=st.booleans(), x_scale=scales,
-       w_scale=scales, seed=seeds)  # fmt: skip
+@given(
+    dtype=dtypes,
+    batch=leading,
+    n_in=widths,
+    n_out=widths,
+    has_bias=st.booleans(),
+    x_scale=scales,
+    w_scale=scales,
+    seed=seeds,
+)
 def test_sigmoid_linear_equals_autograd_for_any_shape_dtype_and_magnitude(
     dtype, batch, n_in, n_out, has_bias, x_scale, w_scale, seed
 ):
@@ -106,8 +117,15 @@ def test_sigmoid_linear_equals_autograd_for_any_shape_dtype_and_magnitude(
 
 
 @SETTINGS
-@given(dtype=dtypes, batch=leading, classes=widths, labels=st.booleans(), reduction=st.sampled_from(["mean", "sum", "none"]),
-       scale=scales, seed=seeds)  # fmt: skip
+@given(
+    dtype=dtypes,
+    batch=leading,
+    classes=widths,
+    labels=st.booleans(),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    scale=scales,
+    seed=seeds,
+)
 def test_quadratic_cost_equals_autograd_for_any_shape_dtype_and_magnitude(
     dtype, batch, classes, labels, reduction, scale, seed
 ):
@@ -142,14 +160,24 @@ def test_quadratic_cost_equals_autograd_for_any_shape_dtype_and_magnitude(
 
 
 @SETTINGS
-@given(dtype=dtypes, batch=st.integers(1, 4), n_in=widths, n_out=widths, seed=seeds,
-       special=st.sampled_from([math.nan, math.inf, -math.inf]), where=st.sampled_from(["x", "weight", "bias"]))  # fmt: skip
+@given(
+    dtype=dtypes,
+    batch=st.integers(1, 4),
+    n_in=widths,
+    n_out=widths,
+    seed=seeds,
+    special=st.sampled_from([math.nan, math.inf, -math.inf]),
+    where=st.sampled_from(["x", "weight", "bias"]),
+)
 def test_nan_and_inf_in_inputs_give_exactly_what_autograd_gives(dtype, batch, n_in, n_out, seed, special, where):
     """NaN/Inf are not checked for (that would cost a host sync per call); they propagate as in plain torch ops:
     the same NaN/Inf pattern as autograd, and finite values equal to rounding elsewhere."""
     g = torch.Generator().manual_seed(seed)
-    tensors = {"x": draw(g, (batch, n_in), dtype, 1.0), "weight": draw(g, (n_out, n_in), dtype, 1.0),
-               "bias": draw(g, (n_out,), dtype, 1.0)}  # fmt: skip
+    tensors = {
+        "x": draw(g, (batch, n_in), dtype, 1.0),
+        "weight": draw(g, (n_out, n_in), dtype, 1.0),
+        "bias": draw(g, (n_out,), dtype, 1.0),
+    }
     with torch.no_grad():
         tensors[where].view(-1)[0] = special
     x, w, b = tensors.values()
@@ -180,8 +208,14 @@ def test_huge_z_in_float32_saturates_without_nan_forward_or_backward():
 
 
 @SETTINGS
-@given(dtype=dtypes, batch=st.integers(1, 4), sizes=st.lists(widths, min_size=2, max_size=4), labels=st.booleans(),
-       scale=st.sampled_from([1.0, 10.0, 1e3]), seed=seeds)  # fmt: skip
+@given(
+    dtype=dtypes,
+    batch=st.integers(1, 4),
+    sizes=st.lists(widths, min_size=2, max_size=4),
+    labels=st.booleans(),
+    scale=st.sampled_from([1.0, 10.0, 1e3]),
+    seed=seeds,
+)
 def test_network_cost_equals_the_per_layer_functions_for_any_shape_dtype_and_magnitude(
     dtype, batch, sizes, labels, scale, seed
 ):
@@ -197,7 +231,11 @@ def test_network_cost_equals_the_per_layer_functions_for_any_shape_dtype_and_mag
         for p in net.parameters():
             p.mul_(scale)
     x = draw(g, (batch, sizes[0]), dtype, scale)
-    y = torch.randint(0, sizes[-1], (batch,), generator=g) if labels else torch.rand(batch, sizes[-1], generator=g, dtype=torch.float64).to(dtype)
+    y = (
+        torch.randint(0, sizes[-1], (batch,), generator=g)
+        if labels
+        else torch.rand(batch, sizes[-1], generator=g, dtype=torch.float64).to(dtype)
+    )
     inputs = [x, *net.parameters()]
     cost = net.cost(x, y)
     ours = torch.autograd.grad(cost, inputs)

@@ -1,5 +1,6 @@
 """Network.sgd_step, the book's update_mini_batch without autograd, against the book's per-example algorithm,
 against autograd + torch.optim.SGD, and on bad input."""
+
 import math
 
 import numpy as np
@@ -74,8 +75,15 @@ def test_sgd_step_leaves_no_grad_and_returns_a_cost_with_no_graph():
     assert all(p.requires_grad for p in net.parameters())
 
 
-@pytest.mark.parametrize("cost, backward_through", [("quadratic", "cost"), ("quadratic", "layered_cost"),
-                                                     ("cross_entropy", "cost"), ("cross_entropy", "layered_cost")])
+@pytest.mark.parametrize(
+    "cost, backward_through",
+    [
+        ("quadratic", "cost"),
+        ("quadratic", "layered_cost"),
+        ("cross_entropy", "cost"),
+        ("cross_entropy", "layered_cost"),
+    ],
+)
 def test_sgd_step_hands_record_errors_what_the_functions_hand_it(cost, backward_through):
     torch.manual_seed(2)
     net = Network([6, 5, 4], cost=cost, dtype=torch.float64)
@@ -94,7 +102,13 @@ def test_sgd_step_hands_record_errors_what_the_functions_hand_it(cost, backward_
 @pytest.mark.parametrize(
     "x, y, eta, error, words",
     [
-        (torch.rand(4, 6), torch.tensor([0, 1, 2, 0]), 1.0, ValueError, "x must be a non-empty mini-batch of shape (N, 5)"),
+        (
+            torch.rand(4, 6),
+            torch.tensor([0, 1, 2, 0]),
+            1.0,
+            ValueError,
+            "x must be a non-empty mini-batch of shape (N, 5)",
+        ),
         (torch.rand(4, 5), torch.tensor([0, 1, 2]), 1.0, ValueError, "integer labels y must have shape (4,)"),
         (torch.rand(4, 5), torch.tensor([0, 1, 7, 0]), 1.0, ValueError, "labels y must lie in 0..2"),
         (torch.rand(4, 5), torch.rand(4, 2), 1.0, ValueError, "a float target y must have the shape of a"),

@@ -4,8 +4,10 @@ Every check raises a ``TypeError`` (wrong kind of value) or a ``ValueError`` (wr
 the argument and says what was expected; ``tests/test_bad_input.py`` holds one case per message. Tensor values are
 checked only where a Python branch on them is possible (not under ``torch.compile`` or ``torch.func``).
 """
+
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 
@@ -35,6 +37,14 @@ def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     and returned as it is, integer class labels one-hot encoded (the book's representation of a digit)."""
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.is_cpu and like.is_cpu and y.dtype in _INDEX_DTYPES and len(shape) == 2 and y.shape == shape[:1]:
+        if _can_branch_on_values(y):
+            # the common case, a mini-batch of labels on the CPU, checked with as few Python steps as possible: the
+            # encoding is one op, and index_select checks the labels' range itself (no host sync to ask for it)
+            try:
+                return _one_hot_rows(shape[1], like.dtype, _CPU).index_select(0, y)
+            except IndexError:
+                _raise_bad_labels(y, shape[1])
     if y.device != like.device:
         raise ValueError(f"y must be on the same device as a ({like.device}), got {y.device}")
     if y.is_floating_point():
@@ -51,11 +61,27 @@ def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     classes = shape[-1]
     valid = (y >= 0) & (y < classes)
     if _can_branch_on_values(y) and not bool(valid.all()):
-        bad = y[~valid].unique()[:5].tolist()
-        raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
+        _raise_bad_labels(y, classes)
     one_hot = (y.unsqueeze(-1) == torch.arange(classes, device=y.device)).to(like.dtype)
     # Where the labels could not be checked, an invalid one gives NaN rather than a silent zero row.
     return torch.where(valid.unsqueeze(-1), one_hot, torch.nan)
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32)  # what index_select takes
+_CPU = torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=16)
+def _one_hot_rows(classes: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The identity matrix of ``classes`` rows, row j the one-hot vector of label j, made once per dtype and device:
+    a step that encodes its labels pays one ``index_select``, not an ``arange``, a comparison and a cast."""
+    with torch.inference_mode(False):  # a normal tensor, even if first asked for inside inference mode
+        return torch.eye(classes, dtype=dtype, device=device)
+
+
+def _raise_bad_labels(y: Tensor, classes: int) -> None:
+    bad = y[(y < 0) | (y >= classes)].unique()[:5].tolist()
+    raise ValueError(f"labels y must lie in 0..{classes - 1} for a with {classes} outputs, got {bad}")
 
 
 def _can_branch_on_values(t: Tensor) -> bool:
@@ -65,7 +91,9 @@ def _can_branch_on_values(t: Tensor) -> bool:
 
 def check_learning_rate(eta) -> float:
     """``eta`` as a float, or a ``TypeError``/``ValueError`` unless it is a real number that is finite and > 0."""
-    if isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1):
+    if type(eta) is not float and (  # a float, the common case, needs no further look
+        isinstance(eta, bool) or not isinstance(eta, (Real, Tensor)) or (isinstance(eta, Tensor) and eta.numel() != 1)
+    ):
         raise TypeError(f"eta must be a real number (the learning rate), got {type(eta).__name__}")
     value = float(eta)
     if not (math.isfinite(value) and value > 0):
@@ -77,7 +105,7 @@ def l2_weight_decay(lmbda, n) -> float:
     r"""The book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples as ``torch.optim.SGD``'s
     ``weight_decay``, :math:`\lambda/n`; a ``TypeError``/``ValueError`` naming the argument unless ``lmbda`` is a
     finite number >= 0 and, when it is not 0, ``n`` a positive int."""
-    if isinstance(lmbda, bool) or not isinstance(lmbda, Real):
+    if type(lmbda) is not float and (isinstance(lmbda, bool) or not isinstance(lmbda, Real)):
         raise TypeError(f"lmbda must be a real number (the L2 regularisation parameter λ), got {type(lmbda).__name__}")
     if not (math.isfinite(lmbda) and lmbda >= 0):
         raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda}")

@@ -13,27 +13,30 @@ rows and :math:`w^l a^{l-1}` becomes :math:`a^{l-1} W^{l\top}`, with ``weight`` 
     \text{(BP3)}\ \partial C / \partial b^l = \textstyle\sum_x \delta^{x,l} \qquad
     \text{(BP4)}\ \partial C / \partial W^l = \delta^{l\top} a^{l-1}
 
-BP1 depends on the cost, and :func:`output_error` is the one place that says how:
-:math:`\delta^L = (a^L - y) \odot \sigma'(z^L)` for chapter 2's quadratic cost, :math:`\delta^L = a^L - y`
-for chapter 3's cross-entropy, whose :math:`\partial C/\partial a = (a - y)/(a(1 - a))` cancels
-:math:`\sigma'(z^L) = a(1 - a)`. Writing that cancellation out is also what keeps a saturated output finite:
-computed as two factors it is :math:`\infty \cdot 0` = NaN once :math:`a^L` rounds to exactly 0 or 1.
+BP1 depends on the cost, and each cost states its own in :mod:`torch_manualbp.costs` (``Cost.delta``), beside its
+value; the functions here that run BP1 take the cost object and ask it. The per-example values of chapter 2's and
+chapter 3's costs are written here (:func:`quadratic_costs`, :func:`cross_entropy_costs`), with the other equations.
 
 Who uses what:
 
 - the per-layer ``SigmoidLinearFunction.backward`` (autograd, one node per layer): :func:`sigmoid_delta`,
   :func:`error_below`, :func:`bias_gradient`, :func:`weight_gradient`;
 - ``Network.backprop`` and ``Network.cost`` (the whole network at once): :func:`feedforward`, :func:`backpropagate`;
-- ``SigmoidCrossEntropyFunction.backward`` (the output layer and the cross-entropy as one node): :func:`output_error`,
-  then :func:`error_below`, :func:`bias_gradient` and :func:`weight_gradient` as the per-layer Function;
+- ``SigmoidCrossEntropyFunction.backward`` (the output layer and the cross-entropy as one node): BP1 as
+  :math:`\delta^L = a^L - y`, then :func:`error_below`, :func:`bias_gradient` and :func:`weight_gradient` as the
+  per-layer Function;
 - ``Network.sgd_step``, the book's ``update_mini_batch`` without autograd: :func:`feedforward`, :func:`errors`,
   then :func:`descend`, which is BP3 and BP4 fused into the update itself;
 - every path's cost value: :func:`quadratic_costs` or :func:`cross_entropy_costs` per example, reduced by
-  :func:`reduce_costs`; every backward's :math:`a^L - y` scaled by :func:`example_share`.
+  :func:`reduce_costs`, or the mean quadratic cost at once, :func:`quadratic_mean`; every backward's
+  :math:`a^L - y` scaled by :func:`example_share`.
 
-:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so :math:`z` is never kept;
-only the cross-entropy's value needs :math:`z^L`, which is recomputed (:func:`weighted_input`).
+:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so no hidden layer's :math:`z`
+is kept; the output layer's :math:`z^L` is kept where a cost's value needs it (the cross-entropy's does), by
+``network.feedforward_to_cost`` in the whole-network paths, or recomputed (:func:`weighted_input`) by the one-node
+``SigmoidCrossEntropyFunction``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -41,13 +44,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-#: The costs BP1 is written for: chapter 2's quadratic cost and chapter 3's cross-entropy.
-COSTS = ("quadratic", "cross_entropy")
-
 __all__ = [
-    "COSTS",
     "a_minus_y",
     "quadratic_costs",
+    "quadratic_mean",
     "cross_entropy_costs",
     "reduce_costs",
     "example_share",
@@ -55,7 +55,6 @@ __all__ = [
     "weighted_input",
     "sigmoid_prime",
     "sigmoid_delta",
-    "output_error",
     "error_below",
     "bias_gradient",
     "weight_gradient",
@@ -73,10 +72,18 @@ def a_minus_y(a: Tensor, y: Tensor) -> Tensor:
     return a.to(dtype) - y.to(dtype)
 
 
-def quadratic_costs(a: Tensor, y: Tensor) -> Tensor:
-    r"""Chapter 2's :math:`C_x = \tfrac12 \lVert y(x) - a(x) \rVert^2`, one per example (row)."""
-    diff = a_minus_y(a, y)  # a − y
-    return 0.5 * (diff * diff).sum(-1)
+def quadratic_costs(output_minus_y: Tensor) -> Tensor:
+    r"""Chapter 2's :math:`C_x = \tfrac12 \lVert y(x) - a(x) \rVert^2`, one per example (row), from :math:`a - y`
+    (:func:`a_minus_y`), which every caller has computed already for BP1."""
+    return 0.5 * (output_minus_y * output_minus_y).sum(-1)
+
+
+def quadratic_mean(output_minus_y: Tensor) -> Tensor:
+    r"""The book's :math:`C = \frac{1}{2n} \sum_x \lVert y(x) - a(x) \rVert^2` over the n rows of :math:`a - y`:
+    the mean of :func:`quadratic_costs`, in three operations instead of four (at mini-batches of 10 each one counts).
+    Every path computes the mean quadratic cost here, so they agree bit for bit."""
+    n = output_minus_y.numel() // output_minus_y.shape[-1]  # examples: every row of (*, K)
+    return output_minus_y.square().sum() * (0.5 / n)
 
 
 def cross_entropy_costs(z: Tensor, y: Tensor) -> Tensor:
@@ -121,8 +128,9 @@ def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) 
 def weighted_input(a_prev: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     r"""A layer's weighted input :math:`z^l = a^{l-1} W^{l\top} + b^l`, :math:`(N, H_l)`.
 
-    :func:`feedforward` keeps only :math:`a^l = \sigma(z^l)`; the cross-entropy's value needs :math:`z^L` itself
-    (see :func:`cross_entropy_costs`), and recomputes it with this, one small product.
+    :func:`feedforward` keeps only :math:`a^l = \sigma(z^l)`; the output layer's :math:`z^L`, which the
+    cross-entropy's value needs (see :func:`cross_entropy_costs`), is computed with this and kept by
+    ``network.feedforward_to_cost``.
     """
     return a_prev @ weight.T if bias is None else torch.addmm(bias, a_prev, weight.T)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ
 
@@ -133,7 +141,8 @@ def sigmoid_prime(a: Tensor) -> Tensor:
 
 
 def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
-    r"""A layer's error :math:`\delta^l = \partial C/\partial a^l \odot \sigma'(z^l)`, with :math:`\sigma'(z) = a(1 - a)`.
+    r"""A layer's error :math:`\delta^l = \partial C/\partial a^l \odot \sigma'(z^l)`, with
+    :math:`\sigma'(z) = a(1 - a)`.
 
     This is BP1 when ``grad_a`` is :math:`\nabla_a C` at the output layer and BP2 when it is
     :math:`\delta^{l+1} W^{l+1}` (:func:`error_below` of the layer above). One fused kernel, ATen's
@@ -144,30 +153,9 @@ def sigmoid_delta(grad_a: Tensor, a: Tensor) -> Tensor:
     return torch.ops.aten.sigmoid_backward(grad_a, a)
 
 
-def output_error(error: Tensor, a: Tensor, cost: str) -> Tensor:
-    r"""(BP1) The output layer's error :math:`\delta^L` from its error :math:`a^L - y`, for the network's cost.
-
-    Args:
-        error: :math:`a^L - y` of each example, one row per example, scaled by the example's share of the
-            cost being differentiated (1/n for the mean over n examples). For the quadratic cost this is
-            :math:`\nabla_a C`; for the cross-entropy it is not, and that is the point.
-        a: the output activations :math:`a^L = \sigma(z^L)`.
-        cost: ``"quadratic"`` or ``"cross_entropy"``.
-
-    Raises:
-        ValueError: ``cost`` is not one of :data:`COSTS`.
-    """
-    if cost == "cross_entropy":
-        # ∂C/∂aᴸ = (aᴸ − y)/(aᴸ(1 − aᴸ)) and σ'(zᴸ) = aᴸ(1 − aᴸ) cancel exactly; their product
-        # would be ∞·0 = NaN for an output saturated at exactly 0 or 1.
-        return error  # (BP1) δᴸ = aᴸ − y
-    if cost == "quadratic":
-        return sigmoid_delta(error, a)  # (BP1) δᴸ = (aᴸ − y) ⊙ σ'(zᴸ)
-    raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-
-
 def error_below(delta: Tensor, weight: Tensor) -> Tensor:
-    r""":math:`\partial C/\partial a^{l-1} = \delta^l W^l`: the :math:`\delta^{l+1} W^{l+1}` of (BP2), for the layer below."""
+    r""":math:`\partial C/\partial a^{l-1} = \delta^l W^l`: the :math:`\delta^{l+1} W^{l+1}` of (BP2), for the
+    layer below."""
     return delta @ weight  # (N, in)
 
 
@@ -177,41 +165,42 @@ def bias_gradient(delta: Tensor) -> Tensor:
 
 
 def weight_gradient(delta: Tensor, a_prev: Tensor) -> Tensor:
-    r""":math:`\partial C/\partial W^l = \sum_x \delta^{x,l} (a^{x,l-1})^\top = \delta^{l\top} a^{l-1}`, shaped like ``weight``."""
+    r""":math:`\partial C/\partial W^l = \sum_x \delta^{x,l} (a^{x,l-1})^\top = \delta^{l\top} a^{l-1}`, shaped
+    like ``weight``."""
     return delta.T @ a_prev  # (BP4)
 
 
-def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], error: Tensor, cost: str = "quadratic") -> list[Tensor]:
+def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], output_minus_y: Tensor, cost) -> list[Tensor]:
     r"""The error :math:`\delta^l` of every layer, input side first, by BP1 and then BP2 down the layers.
 
     Args:
         weights: :math:`W^1 \dots W^L`.
         activations: :math:`a^0 = x, a^1 \dots a^L`, as :func:`feedforward` returns them.
-        error: :math:`a^L - y`, one row per example, scaled by each example's share of the cost (see
-            :func:`output_error`); for the quadratic cost it is :math:`\nabla_a C`.
-        cost: which BP1, ``"quadratic"`` (default) or ``"cross_entropy"``.
+        output_minus_y: :math:`a^L - y`, one row per example, each scaled by its example's share of the cost being
+            differentiated (1/n for the mean over n examples); for the quadratic cost it is :math:`\nabla_a C`.
+        cost: the network's :class:`~torch_manualbp.costs.Cost`, whose ``delta`` is BP1.
     """
     # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
-    deltas = [error] * len(weights)
-    deltas[-1] = output_error(error, activations[-1], cost)  # (BP1)
+    deltas = [output_minus_y] * len(weights)
+    deltas[-1] = cost.delta(output_minus_y, activations[-1])  # (BP1), as the cost states it
     for i in reversed(range(len(weights) - 1)):
         deltas[i] = sigmoid_delta(error_below(deltas[i + 1], weights[i + 1]), activations[i + 1])  # (BP2)
     return deltas
 
 
 def backpropagate(
-    weights: Sequence[Tensor], activations: Sequence[Tensor], error: Tensor, cost: str = "quadratic"
+    weights: Sequence[Tensor], activations: Sequence[Tensor], output_minus_y: Tensor, cost
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     r"""BP1-BP4 over all layers: the errors :func:`errors`, then each layer's gradients from them.
 
-    ``error`` and ``cost`` are as for :func:`errors`.
+    ``output_minus_y`` and ``cost`` are as for :func:`errors`.
 
     Returns:
         ``(sum_w, sum_b, deltas)``: per layer :math:`\delta^{l\top} a^{l-1}` and :math:`\sum_x \delta^{x,l}`,
         which are :math:`\partial C/\partial W^l` and :math:`\partial C/\partial b^l` when the rows of
-        ``error`` are scaled by the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
+        ``output_minus_y`` are scaled by the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
     """
-    deltas = errors(weights, activations, error, cost)
+    deltas = errors(weights, activations, output_minus_y, cost)
     sum_w = [weight_gradient(delta, a) for delta, a in zip(deltas, activations[:-1])]
     sum_b = [bias_gradient(delta) for delta in deltas]
     return sum_w, sum_b, deltas

@@ -32,6 +32,7 @@ apart, tensors kept only through ``save_for_backward``/``save_for_forward``, ``n
 honoured, a ``backward`` made of differentiable torch operations (so double backward works), a
 ``jvp`` for forward-mode AD, and ``generate_vmap_rule`` so ``torch.func.vmap`` and ``grad`` work.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,8 @@ from .equations import (
     cross_entropy_costs,
     error_below,
     example_share,
-    output_error,
     quadratic_costs,
+    quadratic_mean,
     reduce_costs,
     sigmoid_delta,
     sigmoid_prime,
@@ -58,9 +59,11 @@ __all__ = [
     "SigmoidLinearFunction",
     "QuadraticCostFunction",
     "SigmoidCrossEntropyFunction",
+    "CrossEntropyCostFunction",
     "sigmoid_linear",
     "quadratic_cost",
     "sigmoid_cross_entropy",
+    "cross_entropy_cost",
     "targets_like",
     "sigmoid_prime",
     "sigmoid_delta",
@@ -133,8 +136,10 @@ class QuadraticCostFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(a: Tensor, y: Tensor, reduction: str) -> Tensor:
-        cost_x = quadratic_costs(a, y)  # C_x = ½‖y(x) − a(x)‖², one per example
-        return reduce_costs(cost_x, reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
+        output_minus_y = a_minus_y(a, y)
+        if reduction == "mean":
+            return quadratic_mean(output_minus_y)  # C = 1/(2n) Σ_x ‖y(x) − a(x)‖², the book's cost
+        return reduce_costs(quadratic_costs(output_minus_y), reduction)  # of C_x = ½‖y(x) − a(x)‖²
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -202,8 +207,10 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = grad_y = None
         z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (see the class docstring)
         a = torch.sigmoid(z)  # aᴸ
-        share = example_share(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
-        delta = output_error((a - y) * share, a, "cross_entropy")  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled
+        share = example_share(
+            grad_cost, a, ctx.reduction
+        )  # each example's weight in the reduced cost: 1/n for the mean
+        delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled (costs.CrossEntropy.delta, for one node)
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
             recording.notify(weight, delta, sigmoid_prime(a), x)
         if ctx.needs_input_grad[0]:
@@ -230,6 +237,65 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
         return reduce_costs(rate.sum(-1), ctx.reduction)
 
 
+class CrossEntropyCostFunction(torch.autograd.Function):
+    r"""Chapter 3's cross-entropy of given sigmoid outputs :math:`a`, reduced over examples:
+    :math:`C_x = -\sum_j [y_j \ln a_j + (1 - y_j) \ln(1 - a_j)]`, with :math:`\nabla_a C_x = (a - y)/(a(1 - a))`.
+
+    Use :func:`cross_entropy_cost`, which checks its arguments and one-hot encodes class labels. Given :math:`a`
+    rather than :math:`z`, it cannot be exact where :math:`a` has rounded to 0 or 1: there, as ``nn.BCELoss`` does,
+    each logarithm is clamped at :math:`-100` and :math:`a(1 - a)` in the gradient at :math:`10^{-12}`, so the value
+    and the gradient stay finite (large where the output is wrong). :func:`sigmoid_cross_entropy` is the exact form.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: Tensor, y: Tensor, reduction: str) -> Tensor:
+        log_a, log_1_minus_a = _clamped_logs(a)
+        cost_x = -(y * log_a + (1 - y) * log_1_minus_a).sum(-1)  # C_x = −Σ_j [y_j ln a_j + (1 − y_j) ln(1 − a_j)]
+        return reduce_costs(cost_x, reduction)  # "mean": C = (1/n) Σ_x C_x, the book's cost
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, y, reduction = inputs
+        ctx.save_for_backward(a, y)
+        ctx.save_for_forward(a, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_cost: Tensor):
+        a, y = ctx.saved_tensors
+        grad_a = grad_y = None
+        share = example_share(grad_cost, a, ctx.reduction)
+        if ctx.needs_input_grad[0]:  # ∇_a C = (a − y)/(a(1 − a)); the output layer's σ'(zᴸ) = a(1 − a) then cancels
+            grad_a = (a - y) / (a * (1 - a)).clamp_min(_SATURATED) * share
+        if ctx.needs_input_grad[1]:
+            log_a, log_1_minus_a = _clamped_logs(a)
+            grad_y = (log_1_minus_a - log_a) * share  # ∂C_x/∂y_j = −ln a_j + ln(1 − a_j)
+        return grad_a, grad_y, None
+
+    @staticmethod
+    def jvp(ctx, a_t: Tensor | None, y_t: Tensor | None, _reduction_t) -> Tensor:
+        # Forward mode: Ċ_x = Σ_j [(a_j − y_j)/(a_j(1 − a_j)) ȧ_j + (ln(1 − a_j) − ln a_j) ẏ_j], reduced like the cost.
+        a, y = ctx.saved_tensors
+        rate = torch.zeros_like(a)
+        if a_t is not None:
+            rate = rate + (a - y) / (a * (1 - a)).clamp_min(_SATURATED) * a_t
+        if y_t is not None:
+            log_a, log_1_minus_a = _clamped_logs(a)
+            rate = rate + (log_1_minus_a - log_a) * y_t
+        return reduce_costs(rate.sum(-1), ctx.reduction)
+
+
+#: Where :class:`CrossEntropyCostFunction` clamps, as ``nn.BCELoss``: logarithms at −100, a(1 − a) at 1e-12.
+_LOG_FLOOR, _SATURATED = -100.0, 1e-12
+
+
+def _clamped_logs(a: Tensor) -> tuple[Tensor, Tensor]:
+    """``ln a`` and ``ln(1 − a)``, each at least −100, so that a saturated output gives a finite cost."""
+    return torch.log(a).clamp_min(_LOG_FLOOR), torch.log1p(-a).clamp_min(_LOG_FLOOR)
+
+
 def _weighted_input_tangent(
     x: Tensor, weight: Tensor, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None, shape: torch.Size
 ) -> Tensor | None:
@@ -245,31 +311,24 @@ def _weighted_input_tangent(
     return sum(terms[1:], terms[0]) if terms else None
 
 
-class _SigmoidLinearCompilable(SigmoidLinearFunction):
-    """SigmoidLinearFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
+def _without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """``function`` without its ``jvp``, for torch.compile: a subclass with autograd.Function's default, none.
 
-    jvp = torch.autograd.Function.jvp
-
-
-class _QuadraticCostCompilable(QuadraticCostFunction):
-    """QuadraticCostFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
-
-    jvp = torch.autograd.Function.jvp
+    Dynamo refuses to trace an autograd.Function that defines a custom ``jvp`` ("Unsupported custom
+    jvp", torch 2.14), so a compiled region uses the same Function without it (see :func:`_compilable`): forward
+    and backward are identical, and only forward-mode AD through a compiled region is given up.
+    """
+    return type(f"_{function.__name__}Compilable", (function,), {"jvp": torch.autograd.Function.jvp})
 
 
-class _SigmoidCrossEntropyCompilable(SigmoidCrossEntropyFunction):
-    """SigmoidCrossEntropyFunction without its jvp, for torch.compile (see :func:`_compilable`)."""
-
-    jvp = torch.autograd.Function.jvp
+_SigmoidLinearCompilable = _without_jvp(SigmoidLinearFunction)
+_QuadraticCostCompilable = _without_jvp(QuadraticCostFunction)
+_SigmoidCrossEntropyCompilable = _without_jvp(SigmoidCrossEntropyFunction)
+_CrossEntropyCostCompilable = _without_jvp(CrossEntropyCostFunction)
 
 
 def _compilable(function: type[torch.autograd.Function], twin: type[torch.autograd.Function]):
-    """The Function to apply: ``twin`` while torch.compile traces, ``function`` otherwise.
-
-    Dynamo refuses to trace an autograd.Function that defines a custom ``jvp`` ("Unsupported custom
-    jvp", torch 2.14), so a compiled region uses the same Function without it: forward and backward
-    are identical, and only forward-mode AD through a compiled region is given up.
-    """
+    """The Function to apply: its ``twin`` made by :func:`_without_jvp` while torch.compile traces, itself otherwise."""
     return twin if torch.compiler.is_compiling() else function
 
 
@@ -307,9 +366,7 @@ def sigmoid_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     return function.apply(x.reshape(-1, in_features), weight, bias).reshape(*x.shape[:-1], out_features)
 
 
-def sigmoid_cross_entropy(
-    x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str = "mean"
-) -> Tensor:
+def sigmoid_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str = "mean") -> Tensor:
     r"""The output layer :math:`a^L = \sigma(x W^\top + b)` and chapter 3's cross-entropy cost of it, in one step,
     :math:`C = -\frac{1}{n} \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, with the hand-written
     backward of :class:`SigmoidCrossEntropyFunction`: BP1 as :math:`\delta^L = a^L - y`, then BP3, BP4 and
@@ -385,6 +442,12 @@ def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
         >>> a = torch.rand(4, 10, requires_grad=True)
         >>> quadratic_cost(a, torch.tensor([3, 1, 4, 1])).backward()
     """
+    y = _checked_cost_targets(a, y, reduction)
+    return _compilable(QuadraticCostFunction, _QuadraticCostCompilable).apply(a, y, reduction)
+
+
+def _checked_cost_targets(a: Tensor, y: Tensor, reduction: str) -> Tensor:
+    """The float targets for a cost of outputs ``a``, after checking ``a``, ``y`` and ``reduction``."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     check_float_tensor("a", a)
@@ -392,12 +455,35 @@ def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
         raise ValueError(f"a must have shape (*, K) with K >= 1 outputs, got shape {tuple(a.shape)}")
     if reduction == "mean" and a.numel() == 0:
         raise ValueError(f"the mean cost of zero examples is undefined (a has shape {tuple(a.shape)})")
-    y = targets_like(a, y)
-    return _compilable(QuadraticCostFunction, _QuadraticCostCompilable).apply(a, y, reduction)
+    return targets(y, a.shape, a)
+
+
+def cross_entropy_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    r"""Chapter 3's cross-entropy of sigmoid outputs :math:`a^L`,
+    :math:`C = -\frac1n \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, with the hand-written backward of
+    :class:`CrossEntropyCostFunction`: :math:`\nabla_a C = (a - y)/(n\,a(1 - a))`, which the output layer's
+    :math:`\sigma'(z^L) = a(1 - a)` turns into BP1, :math:`\delta^L = a^L - y`.
+
+    It takes :math:`a^L`, so it drops into a model as :func:`quadratic_cost` does, and it is exact where
+    :math:`0 < a < 1`. Where an output has rounded to exactly 0 or 1 (large :math:`|z|`, float32 sooner than float64)
+    it is finite but not exact: the logarithms are clamped at :math:`-100` and :math:`a(1 - a)` at :math:`10^{-12}`,
+    as ``nn.BCELoss`` does, whose values and gradients it equals. For the exact saturated form, from :math:`z^L`,
+    use :func:`sigmoid_cross_entropy` or ``Network(sizes, cost="cross_entropy")``.
+
+    Args, Shape and Raises: as :func:`quadratic_cost`; ``y`` floats in [0, 1] or integer class labels.
+
+    Examples::
+
+        >>> a = torch.rand(4, 10, requires_grad=True)
+        >>> cross_entropy_cost(a, torch.tensor([3, 1, 4, 1])).backward()
+    """
+    y = _checked_cost_targets(a, y, reduction)
+    return _compilable(CrossEntropyCostFunction, _CrossEntropyCostCompilable).apply(a, y, reduction)
 
 
 def targets_like(a: Tensor, y: Tensor) -> Tensor:
-    r"""Return the desired outputs :math:`y(x)` as floats shaped like ``a``.
+    r"""Return the desired outputs :math:`y(x)` as floats shaped like ``a``: the public form of the package's one
+    target encoder, :func:`torch_manualbp.checks.targets`, for outputs already computed.
 
     A float ``y`` shaped like ``a`` is checked and returned as it is; integer class labels
     shaped like ``a.shape[:-1]`` become one-hot vectors, the book's representation of a digit.

@@ -9,9 +9,10 @@ layers, BP3 and BP4 for the gradients.
 ``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`).
 ``Network.sgd_step`` is the book's ``update_mini_batch``: feedforward, BP1-BP4 and the update itself, with no
 autograd at all (:func:`update_mini_batch`); it is the fast path for training. All of them compute the equations
-of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it. The cost
-(``"quadratic"`` or ``"cross_entropy"``) changes BP1 only, in :func:`~torch_manualbp.equations.output_error`.
+of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it. The cost is an
+object of :mod:`torch_manualbp.costs`, which each path asks for its value and its BP1: nothing here branches on it.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -21,34 +22,33 @@ from torch import Tensor, nn
 
 from . import recording
 from .checks import check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
+from .costs import Cost, get_cost
 from .equations import (
-    COSTS,
     a_minus_y,
     backpropagate,
-    cross_entropy_costs,
     descend,
     error_below,
     errors,
     example_share,
     feedforward,
-    quadratic_costs,
     sigmoid_prime,
     weighted_input,
 )
-from .functional import quadratic_cost, sigmoid_cross_entropy, targets_like
 from .nn import SigmoidLinear
 
 __all__ = [
     "Network",
+    "Gradients",
     "Backprop",
     "NetworkCostFunction",
     "feedforward",
     "backpropagate",
+    "feedforward_to_cost",
     "update_mini_batch",
 ]
 
 
-class Backprop(NamedTuple):
+class Gradients(NamedTuple):
     r"""What :meth:`Network.backprop` returns; every list has one entry per layer, input side first.
 
     Attributes:
@@ -66,13 +66,18 @@ class Backprop(NamedTuple):
     cost: Tensor
 
 
+#: The name :class:`Gradients` had before: the result is named for what it holds, not for the algorithm.
+Backprop = Gradients
+
+
 class Network(nn.Module):
     r"""A feedforward network of sigmoid neurons, ``Network([784, 30, 10])`` as in the book.
 
     Args:
         sizes: the number of neurons in each layer, input layer first. ``[784, 30, 10]`` is 784 input
             pixels, one hidden layer of 30 neurons and 10 output neurons, one per digit.
-        cost: the cost every method trains on, as ``network2.py``'s ``Network(sizes, cost=...)``:
+        cost: the cost every method trains on, as ``network2.py``'s ``Network(sizes, cost=...)``: a name, or a
+            :class:`~torch_manualbp.costs.Cost` object (its own subclass, say) for a cost not listed here:
 
             - ``"quadratic"`` (default): chapter 2's :math:`C = \frac{1}{2n}\sum_x \lVert y(x) - a^L(x) \rVert^2`,
               whose BP1 is :math:`\delta^L = (a^L - y) \odot \sigma'(z^L)`.
@@ -81,7 +86,9 @@ class Network(nn.Module):
               :math:`\delta^L = a^L - y`: no :math:`\sigma'(z^L)`, so a saturated, wrong output still learns. Its
               value is computed from :math:`z^L`, finite however saturated the outputs.
         init: the initialisation of every layer, ``"scaled"`` (default) or ``"normal"``; see
-            :class:`~torch_manualbp.nn.SigmoidLinear`.
+            :class:`~torch_manualbp.nn.SigmoidLinear`. The rule for this default: the core (``Network``,
+            ``SigmoidLinear``) draws ``"scaled"``, chapter 3's initialisation, the better start for a new network;
+            the Lightning classifier's defaults reproduce the book's chapter-1 run, so it draws ``"normal"``.
         device, dtype: where and how to allocate the parameters.
 
     Shape:
@@ -89,7 +96,8 @@ class Network(nn.Module):
         - Output: :math:`(*, \text{sizes}[-1])`, the output activations :math:`a^L`.
 
     Attributes:
-        cost_name: ``"quadratic"`` or ``"cross_entropy"``, as given (``cost`` itself is the method :meth:`cost`).
+        cost_function: the :class:`~torch_manualbp.costs.Cost` object (``cost`` itself is the method :meth:`cost`).
+        cost_name: its name, ``"quadratic"`` or ``"cross_entropy"``.
 
     Examples::
 
@@ -103,30 +111,32 @@ class Network(nn.Module):
     """
 
     def __init__(
-        self, sizes: Sequence[int], cost: str = "quadratic", init: str = "scaled", device=None, dtype=None
+        self, sizes: Sequence[int], cost: str | Cost = "quadratic", init: str = "scaled", device=None, dtype=None
     ) -> None:
         super().__init__()
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
             raise ValueError(f"sizes must be a list of at least two layer sizes, e.g. [784, 30, 10], got {sizes!r}")
-        if not isinstance(cost, str):
-            raise TypeError(f"cost must be the name of a cost, one of {COSTS}, got {type(cost).__name__}")
-        if cost not in COSTS:
-            raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+        self.cost_function = get_cost(cost)
         self.sizes = list(sizes)
-        self.cost_name = cost
         self.layers = nn.ModuleList(
             SigmoidLinear(n_in, n_out, init=init, device=device, dtype=dtype)
             for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
         )
         self._ones: Tensor | None = None  # see ones()
 
+    @property
+    def cost_name(self) -> str:
+        """The cost's name, ``"quadratic"`` or ``"cross_entropy"``: what a checkpoint or a log records."""
+        return self.cost_function.name
+
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
+        *hidden, output = self.layers
+        for layer in hidden:
             x = layer(x)
-        return x
+        return self.cost_function.output(x, output)  # aᴸ, by the cost's output layer
 
     @torch.no_grad()
-    def backprop(self, x: Tensor, y: Tensor) -> Backprop:
+    def backprop(self, x: Tensor, y: Tensor) -> Gradients:
         r"""The gradient of the mean cost on a mini-batch, by BP1-BP4 in matrix form.
 
         This is ``network.py``'s ``backprop`` for all examples at once: each example is a row, so
@@ -143,20 +153,19 @@ class Network(nn.Module):
             - y: :math:`(N, \text{sizes}[-1])` or :math:`(N)`.
 
         Returns:
-            :class:`Backprop`: ``nabla_w``, ``nabla_b``, ``delta`` per layer, and the ``cost``.
+            :class:`Gradients`: ``nabla_w``, ``nabla_b``, ``delta`` per layer, and the ``cost``.
         """
         self.check_batch(x)
+        y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        activations = feedforward(x, weights, biases)
-        output = activations[-1]  # aᴸ, (N, sizes[-1])
-        y = targets_like(output, y)
+        activations, z = feedforward_to_cost(x, weights, biases, self.cost_function)
         n = x.shape[0]
-        cost = _mean_cost(self.cost_name, activations, weights, biases, y)
-        # aᴸ − y unscaled: the rows of δ are the book's per-example δ^{x,l}
-        sum_w, sum_b, deltas = backpropagate(weights, activations, output - y, self.cost_name)
+        output_minus_y = a_minus_y(activations[-1], y)  # unscaled: the rows of δ are the book's per-example δ^{x,l}
+        cost = self.cost_function.mean(z, output_minus_y, y)  # C = (1/n) Σ_x C_x
+        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, self.cost_function)
         nabla_w = [s / n for s in sum_w]  # ∂C/∂Wˡ = (1/n) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
         nabla_b = [s / n for s in sum_b]  # ∂C/∂bˡ = (1/n) Σ_x δ^{x,l}
-        return Backprop(nabla_w, nabla_b, deltas, cost)
+        return Gradients(nabla_w, nabla_b, deltas, cost)
 
     @torch.no_grad()
     def output_and_cost(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,10 +178,11 @@ class Network(nn.Module):
             - Output: :math:`(N, \text{sizes}[-1])` and a scalar.
         """
         self.check_batch(x)
+        y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        activations = feedforward(x, weights, biases)
+        activations, z = feedforward_to_cost(x, weights, biases, self.cost_function)
         output = activations[-1]
-        return output, _mean_cost(self.cost_name, activations, weights, biases, targets_like(output, y))
+        return output, self.cost_function.mean(z, a_minus_y(output, y), y)  # aᴸ and C = (1/n) Σ_x C_x
 
     def cost(self, x: Tensor, y: Tensor) -> Tensor:
         r"""The mean cost of a mini-batch as one autograd node: the fast path for training through autograd.
@@ -192,10 +202,12 @@ class Network(nn.Module):
         """
         self.check_batch(x)
         if torch.is_autocast_enabled(x.device.type):
-            raise RuntimeError("Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)")
+            raise RuntimeError(
+                "Network.cost computes in the parameters' dtype; under autocast use network.layered_cost(x, y)"
+            )
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        return NetworkCostFunction.apply(x, y, self.cost_name, *[p for pair in zip(weights, biases) for p in pair])
+        return NetworkCostFunction.apply(x, y, self.cost_function, *[p for pair in zip(weights, biases) for p in pair])
 
     def layered_cost(self, x: Tensor, y: Tensor) -> Tensor:
         r"""The mean cost of a mini-batch through the per-layer Functions, one autograd node per layer.
@@ -210,13 +222,10 @@ class Network(nn.Module):
             - y: :math:`(*, \text{sizes}[-1])` floats or :math:`(*)` integer labels.
             - Output: a scalar.
         """
-        if self.cost_name == "quadratic":
-            return quadratic_cost(self(x), y)
-        hidden = x
-        for layer in self.layers[:-1]:
-            hidden = layer(hidden)
-        output = self.layers[-1]
-        return sigmoid_cross_entropy(hidden, output.weight, output.bias, y)
+        *hidden, output = self.layers
+        for layer in hidden:
+            x = layer(x)
+        return self.cost_function.layered_cost(x, output, y)
 
     @torch.no_grad()
     def sgd_step(self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int | None = None) -> Tensor:
@@ -258,19 +267,22 @@ class Network(nn.Module):
             >>> x, labels = torch.rand(10, 784), torch.randint(0, 10, (10,))
             >>> cost = net.sgd_step(x, labels, eta=3.0)
         """
-        self.check_batch(x)
+        weights, biases = self.weights_and_biases()
+        self._check_batch(x, weights[0])
         eta = check_learning_rate(eta)
         weight_decay = l2_weight_decay(lmbda, n)
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):  # x.device.type alone costs a µs
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
-        weights, biases = self.weights_and_biases()
         ones = self.ones(x.shape[0], x)
-        return update_mini_batch(weights, biases, x, y, eta, ones, self.cost_name, weight_decay)
+        return update_mini_batch(weights, biases, x, y, eta, ones, self.cost_function, weight_decay)
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
-        return [layer.weight for layer in self.layers], [layer.bias for layer in self.layers]
+        # read from each layer's parameter dict: nn.Module.__getattr__ for each would be a noticeable share of a
+        # step at mini-batches of 10
+        parameters = [layer._parameters for layer in self.layers]
+        return [p["weight"] for p in parameters], [p["bias"] for p in parameters]
 
     def ones(self, n: int, like: Tensor) -> Tensor:
         """A vector of ``n`` ones in ``like``'s dtype and on its device, for :func:`~torch_manualbp.equations.descend`;
@@ -282,12 +294,15 @@ class Network(nn.Module):
 
     def check_batch(self, x: Tensor) -> None:
         """Raise unless ``x`` is a non-empty ``(N, sizes[0])`` mini-batch of the network's dtype, on its device."""
+        self._check_batch(x, self.layers[0].weight)
+
+    def _check_batch(self, x: Tensor, weight: Tensor) -> None:
+        """:meth:`check_batch` against the first layer's ``weight``, for a caller that has it at hand."""
         check_float_tensor("x", x)
         if x.ndim != 2 or x.shape[1] != self.sizes[0] or x.shape[0] == 0:
             raise ValueError(
                 f"x must be a non-empty mini-batch of shape (N, {self.sizes[0]}), got shape {tuple(x.shape)}"
             )
-        weight = self.layers[0].weight
         check_same_kind("x", x, "the network's weights", weight)
 
     def extra_repr(self) -> str:
@@ -301,7 +316,7 @@ def update_mini_batch(
     y: Tensor,
     eta: float | Tensor,
     ones: Tensor,
-    cost: str = "quadratic",
+    cost: str | Cost = "quadratic",
     weight_decay: float = 0.0,
 ) -> Tensor:
     r"""The book's ``update_mini_batch`` in matrix form: one SGD step on ``weights`` and ``biases``, in place.
@@ -314,7 +329,8 @@ def update_mini_batch(
         x: the mini-batch, :math:`(N, H_0)`; y: float targets, :math:`(N, H_L)`.
         eta: the learning rate, a number or (compiled) a 0-d tensor; see :func:`~torch_manualbp.equations.descend`.
         ones: a vector of N ones, in ``x``'s dtype and on its device.
-        cost: ``"quadratic"`` (default) or ``"cross_entropy"``: which BP1, and which cost is returned.
+        cost: the :class:`~torch_manualbp.costs.Cost` or its name, ``"quadratic"`` (default) or ``"cross_entropy"``:
+            which BP1, and which cost is returned.
         weight_decay: :math:`\lambda/n`, the book's L2 regularisation as ``torch.optim.SGD``'s ``weight_decay``
             (see :func:`~torch_manualbp.checks.l2_weight_decay`): each weight, not bias, is first multiplied by
             :math:`1 - \eta\lambda/n`. A Python number: ``torch.compile`` specialises on it, as on ``cost``.
@@ -322,16 +338,14 @@ def update_mini_batch(
     Returns:
         The mean cost :math:`C_0` of the mini-batch before the update (no L2 term), a 0-d tensor.
     """
+    cost = get_cost(cost)
     m = x.shape[0]
-    activations = feedforward(x, weights, biases)
-    error = activations[-1] - y  # aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
-    if cost == "quadratic":
-        mean_cost = error.square().sum() * (0.5 / m)  # C = 1/(2m) Σ_x ‖y(x) − aᴸ(x)‖²
-    else:
-        mean_cost = _mean_cost(cost, activations, weights, biases, y)
-    deltas = errors(weights, activations, error, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
+    activations, z = feedforward_to_cost(x, weights, biases, cost)
+    output_minus_y = activations[-1] - y  # aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
+    mean_cost = cost.mean(z, output_minus_y, y)  # C = (1/m) Σ_x C_x
+    deltas = errors(weights, activations, output_minus_y, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
     if recording.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
-        _notify_layers(weights, [delta / m for delta in deltas], activations)
+        _notify_layers(weights, [delta / m for delta in deltas], activations, cost)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
             weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
@@ -339,36 +353,48 @@ def update_mini_batch(
     return mean_cost
 
 
-def _mean_cost(cost: str, activations: Sequence[Tensor], weights: Sequence[Tensor], biases: Sequence[Tensor], y: Tensor) -> Tensor:
-    """The mini-batch's mean cost C from the feedforward's activations; the cross-entropy's from zᴸ, recomputed;
-    the same operations as the per-layer Functions' forward."""
-    if cost == "cross_entropy":
-        return cross_entropy_costs(weighted_input(activations[-2], weights[-1], biases[-1]), y).mean()
-    return quadratic_costs(activations[-1], y).mean()  # C = 1/(2n) Σ_x ‖y(x) − aᴸ(x)‖²
+def feedforward_to_cost(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], cost: Cost
+) -> tuple[list[Tensor], Tensor]:
+    r"""Every activation of the network, input first, with the output layer's by the cost
+    (:meth:`~torch_manualbp.costs.Cost.activation`), and that layer's weighted input :math:`z^L`, which the cost's
+    value may need (the cross-entropy's does) and which is computed anyway.
+
+    Shape:
+        - as :func:`~torch_manualbp.equations.feedforward`; :math:`z^L`: :math:`(N, H_L)`.
+    """
+    activations = feedforward(x, weights[:-1], biases[:-1])
+    z = weighted_input(activations[-1], weights[-1], biases[-1])  # zᴸ = aᴸ⁻¹ Wᴸᵀ + bᴸ
+    activations.append(cost.activation(z))  # aᴸ
+    return activations, z
 
 
-def _notify_layers(weights: Sequence[Tensor], deltas: Sequence[Tensor], activations: Sequence[Tensor]) -> None:
+def _notify_layers(
+    weights: Sequence[Tensor], deltas: Sequence[Tensor], activations: Sequence[Tensor], cost: Cost
+) -> None:
     r"""Hand every layer's :math:`\partial C/\partial z^l` (``deltas``), :math:`\sigma'(z^l)` and input to the
-    recordings, as each layer's Function does in its own backward."""
-    for weight, delta, a_in, a in zip(weights, deltas, activations[:-1], activations[1:]):
-        recording.notify(weight, delta, sigmoid_prime(a), a_in)
+    recordings, as each layer's Function does in its own backward; the output layer's :math:`\sigma'(z^L)` is the
+    cost's (:meth:`~torch_manualbp.costs.Cost.activation_prime`)."""
+    primes = [sigmoid_prime(a) for a in activations[1:-1]] + [cost.activation_prime(activations[-1])]
+    for weight, delta, a_in, prime in zip(weights, deltas, activations[:-1], primes):
+        recording.notify(weight, delta, prime, a_in)
 
 
 class NetworkCostFunction(torch.autograd.Function):
     r"""A whole ``Network`` and its mean cost as one autograd node (see :meth:`Network.cost`).
 
-    ``forward(x, y, cost, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward` and returns the mean ``cost``
-    (``"quadratic"`` or ``"cross_entropy"``); ``backward`` runs :func:`backpropagate` once.
+    ``forward(x, y, cost, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward_to_cost` and returns the mean ``cost`` (a
+    :class:`~torch_manualbp.costs.Cost`); ``backward`` runs :func:`backpropagate` once.
     It saves the activations it needs, as autograd would, and no other intermediate. Its backward is not
     itself differentiable, and says so; the per-layer Functions' are.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, cost: str, *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, cost: Cost, *params: Tensor) -> Tensor:
         weights, biases = params[0::2], params[1::2]
-        activations = feedforward(x, weights, biases)
-        mean_cost = _mean_cost(cost, activations, weights, biases, y)
-        ctx.save_for_backward(y, biases[-1], *weights, *activations)  # bᴸ: only for the cross-entropy's ∂C/∂y
+        activations, z = feedforward_to_cost(x, weights, biases, cost)
+        mean_cost = cost.mean(z, a_minus_y(activations[-1], y), y)  # C = (1/n) Σ_x C_x
+        ctx.save_for_backward(y, z, *weights, *activations)  # zᴸ: only for ∂C/∂y, which may need it
         ctx.depth, ctx.cost = len(weights), cost
         return mean_cost
 
@@ -379,16 +405,16 @@ class NetworkCostFunction(torch.autograd.Function):
                 "Network.cost's backward is not differentiable (create_graph=True); "
                 "for higher derivatives use network.layered_cost(x, y)"
             )
-        y, last_bias, *saved = ctx.saved_tensors
+        y, z, *saved = ctx.saved_tensors
         weights, activations = saved[: ctx.depth], saved[ctx.depth :]
         output = activations[-1]
         share = example_share(grad_cost, output, "mean")  # 1/n: each example's share of the mean
-        error = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
-        sum_w, sum_b, deltas = backpropagate(weights, activations, error, ctx.cost)  # BP1-BP4
+        output_minus_y = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
+        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, ctx.cost)  # BP1-BP4
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors()
-            _notify_layers(weights, deltas, activations)
+            _notify_layers(weights, deltas, activations, ctx.cost)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
-        if ctx.needs_input_grad[1]:  # ∂C_x/∂y is −(aᴸ − y) for the quadratic cost, −zᴸ for the cross-entropy
-            grad_y = -error if ctx.cost == "quadratic" else -weighted_input(activations[-2], weights[-1], last_bias) * share
+        if ctx.needs_input_grad[1]:
+            grad_y = ctx.cost.y_gradient(z, output, y) * share  # ∂C/∂y = (1/n) ∂C_x/∂y
         return (grad_x, grad_y, None, *[g for pair in zip(sum_w, sum_b) for g in pair])

@@ -6,6 +6,7 @@ Examples::
     >>> cost = QuadraticCost()(model(torch.rand(8, 1, 28, 28)), torch.randint(0, 10, (8,)))
     >>> cost.backward()  # BP1-BP4, as written in torch_manualbp.functional
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from . import functional as F
 
-__all__ = ["SigmoidLinear", "QuadraticCost", "INITS", "sigmoid_layers"]
+__all__ = ["SigmoidLinear", "QuadraticCost", "CrossEntropyCost", "INITS", "sigmoid_layers"]
 
 INITS = ("scaled", "normal")
 
@@ -142,6 +143,48 @@ class QuadraticCost(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.quadratic_cost(input, target, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class CrossEntropyCost(nn.Module):
+    r"""Chapter 3's cross-entropy :math:`C = -\frac1n \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]` of
+    sigmoid outputs, a drop-in for :class:`QuadraticCost`: ``CrossEntropyCost()(model(x), y)``.
+
+    Its backward, :class:`~torch_manualbp.functional.CrossEntropyCostFunction`, returns
+    :math:`\nabla_a C = (a - y)/(n\,a(1 - a))`; the output layer's :math:`\sigma'(z^L)` then gives BP1,
+    :math:`\delta^L = a^L - y`. Exact where :math:`0 < a < 1`; where an output has rounded to exactly 0 or 1 it is
+    finite (logarithms clamped at :math:`-100`, :math:`a(1 - a)` at :math:`10^{-12}`, as ``nn.BCELoss``) but not exact,
+    and a saturated sigmoid layer's :math:`\sigma'(z) = 0` then stops its gradient. For the exact form use
+    ``Network(sizes, cost="cross_entropy")`` or :func:`~torch_manualbp.functional.sigmoid_cross_entropy`, which start
+    from :math:`z^L`. Unlike ``nn.BCELoss`` it sums over the outputs and averages over the examples, as the book does.
+
+    Args:
+        reduction: ``"mean"`` (default) for the book's :math:`C`; ``"sum"`` for :math:`\sum_x C_x`; ``"none"`` for
+            the :math:`C_x` themselves.
+
+    Shape:
+        - Input ``a``: :math:`(*, K)`, sigmoid outputs in [0, 1], one example per leading index.
+        - Target ``y``: :math:`(*, K)` floats in [0, 1], or :math:`(*)` integer class labels in ``0..K-1``.
+        - Output: a scalar; :math:`(*)` if ``reduction="none"``.
+
+    Examples::
+
+        >>> model = torch.nn.Sequential(SigmoidLinear(784, 30), SigmoidLinear(30, 10))
+        >>> CrossEntropyCost()(model(torch.rand(8, 784)), torch.randint(0, 10, (8,))).backward()
+    """
+
+    __constants__ = ["reduction"]
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy_cost(input, target, self.reduction)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"

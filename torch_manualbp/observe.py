@@ -24,6 +24,7 @@ Those two rows per example are all that per-example gradients need: by BP4 one e
 the gradient noise scale of McCandlish et al. 2018) with one pass of its own, and
 :meth:`ErrorRecord.gradient_statistics` from what a recorded ``backward()`` saw.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -34,8 +35,8 @@ import torch
 from torch import Tensor
 
 from .checks import targets
-from .equations import backpropagate, feedforward
-from .network import Network
+from .equations import backpropagate
+from .network import Network, feedforward_to_cost
 from .nn import sigmoid_layers
 from .recording import LayerErrors, is_recording, listening, notify  # the hook, re-exported: observe.notify() etc.
 
@@ -207,7 +208,7 @@ class GradientStatistics:
 def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> GradientStatistics:
     r"""Per-example gradient statistics of a mini-batch and its gradient noise scale, in one BP1-BP4 pass.
 
-    One :func:`~torch_manualbp.network.feedforward` and one :func:`~torch_manualbp.network.backpropagate`
+    One :func:`~torch_manualbp.network.feedforward_to_cost` and one :func:`~torch_manualbp.network.backpropagate`
     with the error :math:`a^L - y` give each example's own :math:`\delta^{x,l}` (a row of each layer's error),
     and with the activations :math:`a^{x,l-1}` that is every per-example gradient by BP3/BP4, in outer-product
     form: nothing of size N times a weight matrix is formed, the extra memory is :math:`O(N \sum_l H_l)`. No
@@ -244,10 +245,10 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
     network.check_batch(x)
     _check_two_examples("x", len(x))
     weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
-    activations = feedforward(x, weights, [layer.bias for layer in network.layers])
-    output = activations[-1]
-    error = output - targets(y, output.shape, output)  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
-    sum_w, sum_b, deltas = backpropagate(weights, activations, error, network.cost_name)
+    y = targets(y, (x.shape[0], network.sizes[-1]), x)
+    activations, _ = feedforward_to_cost(x, weights, [layer.bias for layer in network.layers], network.cost_function)
+    output_minus_y = activations[-1] - y  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
+    sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, network.cost_function)
     return _statistics([_layer_statistics(*layer) for layer in zip(deltas, activations[:-1], sum_w, sum_b)])
 
 
@@ -276,10 +277,12 @@ def _parameter_statistics(mean: Tensor, sum_grad_squared: Tensor, inv_n: Tensor)
 def _statistics(layers: list[tuple[Tensor, ParameterStatistics, ParameterStatistics | None]]) -> GradientStatistics:
     """Assemble GradientStatistics from each layer's ``(per-example squared norms, weight, bias)``."""
     per_example_sq_norm = torch.stack([sq_norm for sq_norm, _, _ in layers], dim=1)  # (N, L)
-    sq_norm_of_mean = torch.stack([  # ‖ḡ‖² of each layer's parameters, (L,)
-        (weight.mean * weight.mean).sum() + (0 if bias is None else (bias.mean * bias.mean).sum())
-        for _, weight, bias in layers
-    ])
+    sq_norm_of_mean = torch.stack(
+        [  # ‖ḡ‖² of each layer's parameters, (L,)
+            (weight.mean * weight.mean).sum() + (0 if bias is None else (bias.mean * bias.mean).sum())
+            for _, weight, bias in layers
+        ]
+    )
     norms = torch.stack([per_example_sq_norm.mean(0), sq_norm_of_mean])  # (2, L)
     norms = torch.cat([norms, norms.sum(1, keepdim=True)], dim=1)  # (2, L + 1): all parameters together last
     true_grad_sq_norm, trace_covariance, noise_scale = _noise_scale(norms[0], norms[1], len(per_example_sq_norm))

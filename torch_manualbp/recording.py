@@ -6,6 +6,7 @@ and, only when it says yes, hand each layer's :math:`\partial C/\partial z`, :ma
 module sits below ``functional`` and ``network`` and imports only torch, so that ``observe`` can import those
 without a cycle; users reach it as ``observe.is_recording()`` / ``observe.notify()``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
