@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
-from .equations import cross_entropy_costs, descend, errors, weighted_input
+from .equations import descend, errors, weighted_input
 from .network import Network
 
 __all__ = ["Population"]
@@ -55,7 +55,7 @@ class Population(nn.Module):
         - Output: :math:`(K, N, \text{sizes}[-1])`, each member's output activations :math:`a^L`.
 
     Attributes:
-        sizes, cost_name: those of every member.
+        sizes, cost_function: those of every member (``cost_name``: the cost's name).
         members: K, the number of members (also ``len(pop)``).
         weight_1, bias_1: the first layer of all members stacked, :math:`(K H_1, H_0)` and :math:`(K H_1)`;
             member k's rows are :math:`k H_1 \dots (k + 1) H_1 - 1`.
@@ -74,7 +74,7 @@ class Population(nn.Module):
         super().__init__()
         first = _check_members(networks)
         self.sizes = list(first.sizes)
-        self.cost_name = first.cost_name
+        self.cost_function = first.cost_function
         k, sizes = len(networks), self.sizes
         like = first.layers[0].weight
         kind = {"dtype": like.dtype, "device": like.device}
@@ -95,6 +95,11 @@ class Population(nn.Module):
 
     def __len__(self) -> int:
         return self.members
+
+    @property
+    def cost_name(self) -> str:
+        """The members' cost's name, as :attr:`Network.cost_name <torch_manualbp.Network.cost_name>`."""
+        return self.cost_function.name
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The stacked parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first (plain lists: a
@@ -119,7 +124,7 @@ class Population(nn.Module):
             raise ValueError(f"k must be a member's index in 0..{len(self) - 1}, got {k}")
         like = self.weight_1
         # on the meta device first: no random initialisation drawn (the global generator is left alone), no copy wasted
-        net = Network(self.sizes, cost=self.cost_name, device="meta", dtype=like.dtype).to_empty(device=like.device)
+        net = Network(self.sizes, cost=self.cost_function, device="meta", dtype=like.dtype).to_empty(device=like.device)
         with torch.no_grad():
             weights, biases = self.member_parameters(k)
             for layer, weight, bias in zip(net.layers, weights, biases):
@@ -135,24 +140,21 @@ class Population(nn.Module):
             return z.view(a_prev.shape[0], -1, self.sizes[1]).transpose(0, 1)  # (K, N, H₁), a view
         return torch.baddbmm(bias.unsqueeze(1), a_prev, weight.mT)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ, per member
 
-    def _feedforward(self, x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> list[Tensor]:
-        r""":math:`a^0 = x` (shared), then every member's :math:`a^l = \sigma(z^l)`, :math:`(K, N, H_l)`."""
+    def _feedforward(self, x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        r""":math:`a^0 = x` (shared), then every member's :math:`a^l = \sigma(z^l)`, :math:`(K, N, H_l)`, the output
+        layer's by the cost (:meth:`~torch_manualbp.costs.Cost.activation`), and the members' :math:`z^L`, which the
+        cost's value may need."""
         activations = [x]
-        for weight, bias in zip(weights, biases):
+        for weight, bias in zip(weights[:-1], biases[:-1]):
             activations.append(torch.sigmoid(self._weighted_input(activations[-1], weight, bias)))  # aˡ = σ(zˡ)
-        return activations
+        z = self._weighted_input(activations[-1], weights[-1], biases[-1])  # zᴸ, (K, N, sizes[-1])
+        activations.append(self.cost_function.activation(z))  # aᴸ
+        return activations, z
 
     def forward(self, x: Tensor) -> Tensor:
         """Every member's output activations aᴸ for the mini-batch ``x``, (K, N, sizes[-1])."""
         self.check_batch(x)
-        return self._feedforward(x, *self.weights_and_biases())[-1]
-
-    def _member_costs(self, activations: list[Tensor], y: Tensor, error: Tensor, last: tuple[Tensor, Tensor]) -> Tensor:
-        """Each member's mean cost C over the mini-batch, (K,): the quadratic from ``error`` = aᴸ − y, which the step
-        has anyway, the cross-entropy from zᴸ, recomputed from the last layer's ``(weight, bias)``."""
-        if self.cost_name == "cross_entropy":
-            return cross_entropy_costs(self._weighted_input(activations[-2], *last), y).mean(-1)
-        return error.square().sum((1, 2)) * (0.5 / error.shape[1])  # C = 1/(2m) Σ_x ‖y(x) − aᴸ(x)‖²
+        return self._feedforward(x, *self.weights_and_biases())[0][-1]
 
     @torch.no_grad()
     def sgd_step(self, x: Tensor, y: Tensor, eta, lmbda=0.0, n: int | None = None) -> Tensor:
@@ -189,13 +191,13 @@ class Population(nn.Module):
         m = x.shape[0]
         step, decays = self._step_tensors(etas, weight_decays, m, x)
         weights, biases = self.weights_and_biases()
-        activations = self._feedforward(x, weights, biases)
+        activations, z = self._feedforward(x, weights, biases)
         error = activations[-1] - y  # aᴸ − y, (K, N, sizes[-1])
-        costs = self._member_costs(activations, y, error, (weights[-1], biases[-1]))
+        costs = self.cost_function.fn(z, error, y).mean(-1)  # each member's C = (1/m) Σ_x C_x, (K,)
         # (ηₖ/m)(aᴸ − y): BP1 and BP2 are linear in it, so each member's δˡ below comes scaled by its step
         scaled_error = error * step
         # BP1, then BP2 with every Wˡ⁺¹ before its update; errors() reads weights[1:] only, batched over members
-        deltas = errors(weights, activations, scaled_error, self.cost_name)
+        deltas = errors(weights, activations, scaled_error, self.cost_function)
         if decays is not None:  # L2: w → (1 − ηₖλₖ/n) w, from the weight before this step's update
             for weight, decay in zip(weights, decays):
                 weight.mul_(decay)
