@@ -2,6 +2,7 @@
 plain SGD trains through autograd with that optimizer, a scheduler drives η on the fused path too, and what cannot
 work is a ValueError before the first update. Each run is the real module in a real Trainer, compared with plain
 autograd and torch.optim on the same mini-batches."""
+
 import logging
 
 import lightning as L
@@ -28,9 +29,16 @@ class _Given(ManualBPClassifier):
 
 def _fit(model, steps: int, tmp_path, epochs: int = 1, batches: int | None = None) -> ManualBPClassifier:
     trainer = L.Trainer(
-        max_steps=steps, max_epochs=epochs, limit_train_batches=batches, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+        max_steps=steps,
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=BATCH, seed=2))
     return model
 
@@ -158,5 +166,7 @@ def test_settings_the_given_optimizer_would_ignore_are_refused_before_training(t
 
 @quiet
 def test_compile_on_a_run_through_autograd_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="compile=True compiles the fused SGD step, which this run cannot use: momentum"):
+    with pytest.raises(
+        ValueError, match="compile=True compiles the fused SGD step, which this run cannot use: momentum"
+    ):
         _fit(ManualBPClassifier([784, 30, 10], mini_batch_size=MINI, momentum=0.9, compile=True), 10, tmp_path)

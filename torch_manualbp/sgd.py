@@ -19,6 +19,7 @@ To run (one epoch of chapter 1 without Lightning)::
     sgd = MiniBatchSGD(net, mini_batch_size=10)
     costs = sgd.run(x_train, y_train, eta=3.0)  # (5000,) the cost of each mini-batch before its update
 """
+
 from __future__ import annotations
 
 import functools
@@ -156,7 +157,7 @@ class MiniBatchSGD:
         self._blocks = []
 
     def _eager_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int) -> list[Tensor]:
-        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn; their costs, each of shape (1,)."""
+        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn; their costs, each shaped (1,)."""
         costs = []
         for start in range(0, len(x), size):
             x_m, y_m = x[start : start + size], y[start : start + size]
@@ -191,7 +192,9 @@ class MiniBatchSGD:
 
 def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: str, decay: float):
     """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
-    return torch.stack([update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in range(len(xs))])
+    return torch.stack(
+        [update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in range(len(xs))]
+    )
 
 
 @functools.cache

@@ -10,7 +10,8 @@ The network, its gradients and, on the fast path, the update itself are the core
   then the optimizer's step. Used where the fused step does not apply (an optimizer other than plain SGD, such as
   ``--optimizer Adam`` or SGD with momentum or weight decay; DDP; autocast; said once at the start of training) and
   for the steps that a callback observes through the backward hooks
-  (:class:`~torch_manualbp.lightning.callbacks.LearningSpeedMonitor`, :class:`~torch_manualbp.lightning.callbacks.GradientAudit`).
+  (:class:`~torch_manualbp.lightning.callbacks.LearningSpeedMonitor`,
+  :class:`~torch_manualbp.lightning.callbacks.GradientAudit`).
 
 Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
 (``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
@@ -20,8 +21,10 @@ To run::
 
     manualbp fit --config experiments/nielsen_ch1.yaml
 """
+
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import warnings
@@ -60,7 +63,9 @@ def check_hyperparameters(**settings) -> None:
     if "lmbda" in settings:  # raises on a bad lmbda or training_set_size
         l2_weight_decay(settings["lmbda"], settings.get("training_set_size", NUM_TRAIN))
     if settings.get("lmbda") and settings.get("weight_decay"):
-        raise ValueError("give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both")
+        raise ValueError(
+            "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
+        )
 
 
 def _check_eta(eta) -> None:
@@ -162,9 +167,15 @@ class ManualBPClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         check_hyperparameters(
-            eta=eta, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
-            mini_batch_size=mini_batch_size, lmbda=lmbda, training_set_size=training_set_size, compile=compile,
-        )  # fmt: skip
+            eta=eta,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            mini_batch_size=mini_batch_size,
+            lmbda=lmbda,
+            training_set_size=training_set_size,
+            compile=compile,
+        )
         self.save_hyperparameters()
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
@@ -203,12 +214,13 @@ class ManualBPClassifier(L.LightningModule):
         return self.sgd.rewind(step)
 
     def on_train_start(self) -> None:
-        optimizer, scheduler = self.optimizers().optimizer, self._scheduler()
-        self._refuse_what_cannot_work(optimizer, scheduler)
+        optimizer = self.optimizers().optimizer
         reasons = self._autograd_reasons(optimizer)
+        self._refuse_what_cannot_work(optimizer, reasons)
         self._fused = not reasons
         self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
-        lr = f"; η is the optimizer's lr, {optimizer.defaults['lr']:g}" if optimizer.defaults["lr"] != self.hparams.eta else ""
+        lr = optimizer.defaults["lr"]
+        lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
         if self._fused:
             how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
             watched = [type(callback).__name__ for callback in self._observers]
@@ -223,9 +235,13 @@ class ManualBPClassifier(L.LightningModule):
                 + lr
             )
 
-    def _refuse_what_cannot_work(self, optimizer, scheduler) -> None:
+    def _refuse_what_cannot_work(self, optimizer, reasons: list[str]) -> None:
         """Raise a ``ValueError`` naming the setting that this run would otherwise silently ignore."""
-        hp = self.hparams
+        hp, scheduler = self.hparams, self._scheduler()
+        if reasons and hp.compile:
+            raise ValueError(
+                f"compile=True compiles the fused SGD step, which this run cannot use: {'; '.join(reasons)}"
+            )
         if not self._own_optimizer():
             for name in ("momentum", "weight_decay", "lmbda"):
                 if hp[name]:
@@ -233,8 +249,10 @@ class ManualBPClassifier(L.LightningModule):
                         f"model.{name}={hp[name]:g} is not applied by the optimizer given instead of the classifier's"
                         f" ({_describe(optimizer)}): set it on that optimizer, or leave out the optimizer"
                     )
-            if hp.lr_schedule != "constant" and scheduler is not None:
-                raise ValueError(f"lr_schedule={hp.lr_schedule!r} and a scheduler given beside it: choose one")
+            if hp.lr_schedule != "constant":
+                raise ValueError(
+                    f"model.lr_schedule={hp.lr_schedule!r} is not applied beside an optimizer given instead"
+                )
         if scheduler is None:
             return
         if len(self.trainer.lr_scheduler_configs) > 1 or scheduler.interval not in ("epoch", "step"):
@@ -242,7 +260,9 @@ class ManualBPClassifier(L.LightningModule):
         if isinstance(scheduler.scheduler, ReduceLROnPlateau) and not (
             scheduler.interval == "epoch" and getattr(scheduler.scheduler, "monitor", None)
         ):
-            raise ValueError("lr_scheduler: ReduceLROnPlateau needs a monitor (--lr_scheduler.monitor) and interval 'epoch'")
+            raise ValueError(
+                "lr_scheduler: ReduceLROnPlateau needs a monitor (--lr_scheduler.monitor) and interval 'epoch'"
+            )
         if scheduler.interval == "step" and hp.compile:
             raise ValueError("compile=True runs several updates per call, a scheduler with interval 'step' one: choose")
 
@@ -262,8 +282,6 @@ class ManualBPClassifier(L.LightningModule):
         precision = str(self.trainer.precision)
         if "mixed" in precision:
             reasons.append(f"precision={precision} (autocast)")
-        if reasons and hp.compile:
-            raise ValueError(f"compile=True compiles the fused SGD step, which this run cannot use: {'; '.join(reasons)}")
         return reasons
 
     def _own_optimizer(self) -> bool:
@@ -295,7 +313,6 @@ class ManualBPClassifier(L.LightningModule):
         # comes back from the checkpoint (see _EpochCost)
         mean, rows = self._epoch_cost.add(cost, len(x))
         self.log("train/cost", mean, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
-        self._log_step()
         return cost
 
     def _runs(self, first_step: int, count: int) -> Iterator[tuple[int, int, bool]]:
@@ -320,7 +337,9 @@ class ManualBPClassifier(L.LightningModule):
         costs = self.sgd.run(x, y, self.optimizers().optimizer.param_groups[0]["lr"], first_step)
         self._step_costs.append((first_step, costs))
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(len(costs)):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
+        for _ in range(
+            len(costs)
+        ):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
             progress.increment_ready()
             progress.increment_completed()
         return costs
@@ -346,10 +365,22 @@ class ManualBPClassifier(L.LightningModule):
         if isinstance(scheduler.scheduler, ReduceLROnPlateau):  # manual optimisation passes it its metric itself
             scheduler.scheduler.step(self.trainer.callback_metrics[scheduler.scheduler.monitor])
         else:
-            scheduler.scheduler.step()
+            with warnings.catch_warnings():  # the fused path updates without optimizer.step(), which torch looks for
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+                scheduler.scheduler.step()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._log_at_global_step()
 
     def on_train_epoch_end(self) -> None:
         self._step_scheduler("epoch")
+
+    def _log_at_global_step(self) -> None:
+        """Make the loggers' step (Lightning's count of batches that stepped, which it uses for the rows of the
+        validation and epoch metrics that follow) the number of SGD updates, as checkpoint names and
+        ``trainer.global_step`` count them: several per batch here. Lightning adds 1 after each batch and takes it
+        back for the epoch's row, so both rows of an epoch get its last update's number."""
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["manualbp_epoch_cost"] = self._epoch_cost.state_dict()
@@ -361,18 +392,11 @@ class ManualBPClassifier(L.LightningModule):
         # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
         if dataloader_idx == 0:
             self._evaluate(batch, "val", self.val_accuracy)
-            self._log_step()
         else:
             self._evaluate(batch, "test", self.test_accuracy)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_accuracy)
-        self._log_step()
-
-    def _log_step(self) -> None:
-        """Log ``step``, which Lightning's loggers take as the row's step: the SGD updates, as checkpoint names and
-        ``trainer.global_step`` count them, not Lightning batches."""
-        self.log("step", float(self.trainer.global_step), on_step=False, on_epoch=True, reduce_fx="max")
 
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y, labels = batch
@@ -382,7 +406,9 @@ class ManualBPClassifier(L.LightningModule):
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
         # the book's "9129 / 10000": an exact count, summed over batches and processes (EpochReport prints it)
         correct = (a.argmax(-1) == labels).sum().float()
-        self.log(f"{stage}/correct", correct, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
+        self.log(
+            f"{stage}/correct", correct, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False
+        )
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
@@ -407,8 +433,8 @@ class ManualBPClassifier(L.LightningModule):
 
 
 class _EpochCost:
-    """The training cost summed over the epoch so far (rows-weighted, as ``self.log`` averages it), kept in checkpoints so
-    that a run resumed mid-epoch logs the mean over the whole epoch, not over the part after the resume."""
+    """The training cost summed over the epoch so far (rows-weighted, as ``self.log`` averages it), kept in checkpoints
+    so that a run resumed mid-epoch logs the mean over the whole epoch, not over the part after the resume."""
 
     def __init__(self) -> None:
         self.epoch, self.total, self.rows = -1, 0.0, 0
@@ -438,9 +464,11 @@ def _say(message: str) -> None:
 
 
 def _describe(optimizer: torch.optim.Optimizer) -> str:
-    """``Adam(lr=0.001, betas=(0.9, 0.999), ...)``: the optimizer's class and its first group's settings."""
-    group = optimizer.param_groups[0]
-    settings = ", ".join(f"{k}={v!r}" for k, v in group.items() if k != "params" and not isinstance(v, (Tensor, type(None))))
+    """``Adam(lr=0.001)``: the optimizer's class, its learning rate and the settings it was given that differ from
+    the class's defaults."""
+    defaults = {k: p.default for k, p in inspect.signature(type(optimizer)).parameters.items()}
+    given = {k: v for k, v in optimizer.defaults.items() if k == "lr" or k in defaults and v != defaults[k]}
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in given.items())
     return f"{type(optimizer).__name__}({settings})"
 
 

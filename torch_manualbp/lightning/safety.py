@@ -11,6 +11,7 @@ The ``manualbp`` CLI installs both by default (see :mod:`torch_manualbp.lightnin
 
     trainer = L.Trainer(callbacks=[DivergenceGuard()], plugins=[AtomicCheckpointIO()])
 """
+
 from __future__ import annotations
 
 import math
@@ -309,4 +310,3 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
