@@ -33,7 +33,23 @@ from . import recording
 from .checks import l2_weight_decay, targets
 from .network import Network, update_mini_batch
 
-__all__ = ["MiniBatchSGD", "mini_batches"]
+__all__ = ["MiniBatchSGD", "check_mini_batch_size", "differences_from_plain_sgd", "mini_batches"]
+
+
+def check_mini_batch_size(mini_batch_size) -> None:
+    """Raise a ``ValueError`` unless ``mini_batch_size`` is a positive number of examples or ``None``."""
+    if mini_batch_size is not None and (isinstance(mini_batch_size, bool) or mini_batch_size < 1):
+        raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size!r}")
+
+
+def differences_from_plain_sgd(optimizer: torch.optim.Optimizer) -> list[str]:
+    """What makes ``optimizer`` other than the engine's update, plain SGD (the book's); [] if nothing: then training
+    with :class:`MiniBatchSGD` at the optimizer's learning rate makes its updates."""
+    if type(optimizer) is not torch.optim.SGD:
+        return [f"the optimizer is {type(optimizer).__name__} (the fused step is plain SGD)"]
+    plain = {"momentum": 0, "dampening": 0, "nesterov": False, "weight_decay": 0, "maximize": False}
+    found = {k: g[k] for g in optimizer.param_groups for k, value in plain.items() if g.get(k, value) != value}
+    return [f"{k}={v} (the fused step is plain SGD)" for k, v in found.items()]
 
 
 def mini_batches(rows: int, mini_batch_size: int) -> int:
@@ -85,8 +101,7 @@ class MiniBatchSGD:
         steps_per_call: int = 10,
         on_compile: Callable[[str], None] | None = None,
     ) -> None:
-        if mini_batch_size is not None and (isinstance(mini_batch_size, bool) or mini_batch_size < 1):
-            raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size!r}")
+        check_mini_batch_size(mini_batch_size)
         if backend not in ("eager", "compiled"):
             raise ValueError(f"backend must be 'eager' or 'compiled', got {backend!r}")
         self.network = network

@@ -39,7 +39,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..checks import check_learning_rate, l2_weight_decay
 from ..network import Network
-from ..sgd import MiniBatchSGD, mini_batches
+from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sgd, mini_batches
 from .datamodule import NUM_TRAIN
 
 __all__ = ["ManualBPClassifier", "check_hyperparameters"]
@@ -88,11 +88,6 @@ def _check_lr_schedule(lr_schedule) -> None:
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
 
 
-def _check_mini_batch_size(mini_batch_size) -> None:
-    if mini_batch_size is not None and mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size}")
-
-
 def _check_compile(compile) -> None:
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False, got {compile!r}")
@@ -104,7 +99,7 @@ _RULES = {
     "momentum": _check_momentum,
     "weight_decay": _check_weight_decay,
     "lr_schedule": _check_lr_schedule,
-    "mini_batch_size": _check_mini_batch_size,
+    "mini_batch_size": check_mini_batch_size,
     "compile": _check_compile,
 }
 
@@ -270,7 +265,7 @@ class ManualBPClassifier(L.LightningModule):
         """Why the fused step (plain SGD, one process, the parameters' dtype) cannot train this run; [] if it can."""
         hp, reasons = self.hparams, []
         if not self._own_optimizer():
-            reasons += _not_plain_sgd(optimizer)
+            reasons += differences_from_plain_sgd(optimizer)
         if hp.momentum:
             reasons.append(f"momentum={hp.momentum:g} (the fused step is plain SGD)")
         if hp.weight_decay:
@@ -470,12 +465,3 @@ def _describe(optimizer: torch.optim.Optimizer) -> str:
     given = {k: v for k, v in optimizer.defaults.items() if k == "lr" or k in defaults and v != defaults[k]}
     settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in given.items())
     return f"{type(optimizer).__name__}({settings})"
-
-
-def _not_plain_sgd(optimizer: torch.optim.Optimizer) -> list[str]:
-    """What makes ``optimizer`` other than the fused step's plain SGD; [] if nothing."""
-    if type(optimizer) is not torch.optim.SGD:
-        return [f"the optimizer is {type(optimizer).__name__} (the fused step is plain SGD)"]
-    extras = {"momentum": 0, "dampening": 0, "nesterov": False, "weight_decay": 0, "maximize": False}
-    found = {k: g[k] for g in optimizer.param_groups for k, plain in extras.items() if g.get(k, plain) != plain}
-    return [f"{k}={v} (the fused step is plain SGD)" for k, v in found.items()]
