@@ -170,3 +170,39 @@ def test_compile_on_a_run_through_autograd_is_refused(tmp_path):
         ValueError, match="compile=True compiles the fused SGD step, which this run cannot use: momentum"
     ):
         _fit(ManualBPClassifier([784, 30, 10], mini_batch_size=MINI, momentum=0.9, compile=True), 10, tmp_path)
+
+
+@quiet
+def test_reduce_lr_on_plateau_is_stepped_with_its_monitored_metric_after_validation(tmp_path):
+    from lightning.pytorch.cli import ReduceLROnPlateau
+
+    def sgd_and_plateau(p):
+        optimizer = torch.optim.SGD(p, lr=3.0)
+        # mode="max" on a falling cost: no epoch after the first improves on it, so each one cuts η by 10
+        return [optimizer], [ReduceLROnPlateau(optimizer, monitor="val/cost", mode="max", factor=0.1, patience=0)]
+
+    torch.manual_seed(0)
+    model = _Given(sgd_and_plateau)
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=BATCH, seed=2))
+    assert model.fused
+    assert model.optimizers().optimizer.param_groups[0]["lr"] == pytest.approx(3.0 * 0.1**2)
+
+
+@quiet
+def test_reduce_lr_on_plateau_without_a_monitor_is_refused(tmp_path):
+    def sgd_and_plain_plateau(p):
+        optimizer = torch.optim.SGD(p, lr=3.0)
+        return [optimizer], [torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)]
+
+    with pytest.raises(ValueError, match="ReduceLROnPlateau needs a monitor"):
+        _fit(_Given(sgd_and_plain_plateau), 10, tmp_path)

@@ -432,26 +432,27 @@ class _EpochCost:
     so that a run resumed mid-epoch logs the mean over the whole epoch, not over the part after the resume."""
 
     def __init__(self) -> None:
-        self.epoch, self.total, self.rows = -1, 0.0, 0
+        self.epoch, self.total, self.rows, self.resumed = -1, 0.0, 0, False
 
     def start(self, epoch: int) -> None:
         if epoch != self.epoch:  # a new epoch, not the one a checkpoint left half done
-            self.epoch, self.total, self.rows = epoch, 0.0, 0
+            self.epoch, self.total, self.rows, self.resumed = epoch, 0.0, 0, False
 
     def add(self, cost: Tensor, rows: int) -> tuple[Tensor, int]:
-        """Add a batch's mean ``cost`` over ``rows`` examples; what to log for it: on the first batch after a resume,
-        the mean over the part before it too, weighted by all their rows; otherwise the batch's own."""
-        carried, carried_rows = self.total, self.rows
-        self.total, self.rows = cost.detach() * rows + self.total, self.rows + rows
-        if isinstance(carried, Tensor) or not carried_rows:
+        """Add a batch's mean ``cost`` over ``rows`` examples; return what to log for it and its weight: the batch's
+        own, or on the first batch after a resume the mean over the part of the epoch before it too."""
+        before, before_rows, resumed = self.total, self.rows, self.resumed
+        self.total, self.rows, self.resumed = cost.detach() * rows + before, before_rows + rows, False
+        if not resumed:
             return cost, rows
-        return (cost * rows + carried) / (rows + carried_rows), rows + carried_rows
+        return (cost * rows + before) / (rows + before_rows), rows + before_rows
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "total": float(self.total), "rows": self.rows}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.total, self.rows = state.get("epoch", -1), state.get("total", 0.0), state.get("rows", 0)
+        self.resumed = self.rows > 0
 
 
 def _say(message: str) -> None:
