@@ -161,17 +161,8 @@ class ManualBPClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_hyperparameters(
-            eta=eta,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            lr_schedule=lr_schedule,
-            mini_batch_size=mini_batch_size,
-            lmbda=lmbda,
-            training_set_size=training_set_size,
-            compile=compile,
-        )
         self.save_hyperparameters()
+        check_hyperparameters(**self.hparams)  # every argument by its rule, before anything is built
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
         self.network = Network(sizes, cost=cost, init=init)
