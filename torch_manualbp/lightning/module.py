@@ -2,13 +2,16 @@ r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Netwo
 
 The network, its gradients and, on the fast path, the update itself are the core's. Two paths:
 
-- **fused** (the book's SGD, with its L2 ``lmbda`` if set): each mini-batch is one ``update_mini_batch``
-  (``Network.sgd_step``): feedforward, BP1-BP4 and the update in place, with no autograd, no gradient tensors and
-  no optimizer step; with ``compile=True`` several such steps run as one ``torch.compile``-d call.
+- **fused** (the book's SGD, with its L2 ``lmbda`` if set): the core's training engine,
+  :class:`~torch_manualbp.sgd.MiniBatchSGD`: each mini-batch one ``update_mini_batch`` (feedforward, BP1-BP4 and the
+  update in place), with no autograd, no gradient tensors and no optimizer step; with ``compile=True`` several such
+  steps run as one ``torch.compile``-d call. The learning rate is the optimizer's, which a scheduler drives.
 - **autograd**: ``Network.cost``, whose backward (``NetworkCostFunction``) runs BP1-BP4 over all layers at once,
-  then ``torch.optim.SGD``. Used where the fused step does not apply (momentum, weight decay, DDP, autocast; said
-  once at the start of training) and for the steps that a callback observes through the backward hooks
-  (:class:`~torch_manualbp.lightning.callbacks.LearningSpeedMonitor`, :class:`~torch_manualbp.lightning.callbacks.GradientAudit`).
+  then the optimizer's step. Used where the fused step does not apply (an optimizer other than plain SGD, such as
+  ``--optimizer Adam`` or SGD with momentum or weight decay; DDP; autocast; said once at the start of training) and
+  for the steps that a callback observes through the backward hooks
+  (:class:`~torch_manualbp.lightning.callbacks.LearningSpeedMonitor`,
+  :class:`~torch_manualbp.lightning.callbacks.GradientAudit`).
 
 Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
 (``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
@@ -18,22 +21,25 @@ To run::
 
     manualbp fit --config experiments/nielsen_ch1.yaml
 """
+
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
-import time
 import warnings
-from typing import Literal
+from typing import Iterator, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
-from .. import observe
-from ..checks import check_learning_rate, l2_weight_decay, targets
-from ..network import Network, update_mini_batch
+from ..checks import check_learning_rate, l2_weight_decay
+from ..network import Network
+from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sgd, mini_batches
 from .datamodule import NUM_TRAIN
 
 __all__ = ["ManualBPClassifier", "check_hyperparameters"]
@@ -57,7 +63,9 @@ def check_hyperparameters(**settings) -> None:
     if "lmbda" in settings:  # raises on a bad lmbda or training_set_size
         l2_weight_decay(settings["lmbda"], settings.get("training_set_size", NUM_TRAIN))
     if settings.get("lmbda") and settings.get("weight_decay"):
-        raise ValueError("give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both")
+        raise ValueError(
+            "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
+        )
 
 
 def _check_eta(eta) -> None:
@@ -80,11 +88,6 @@ def _check_lr_schedule(lr_schedule) -> None:
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
 
 
-def _check_mini_batch_size(mini_batch_size) -> None:
-    if mini_batch_size is not None and mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size}")
-
-
 def _check_compile(compile) -> None:
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be True or False, got {compile!r}")
@@ -96,7 +99,7 @@ _RULES = {
     "momentum": _check_momentum,
     "weight_decay": _check_weight_decay,
     "lr_schedule": _check_lr_schedule,
-    "mini_batch_size": _check_mini_batch_size,
+    "mini_batch_size": check_mini_batch_size,
     "compile": _check_compile,
 }
 
@@ -109,33 +112,38 @@ class ManualBPClassifier(L.LightningModule):
 
     Args:
         sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
-        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5.
+        eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5. An optimizer
+            given instead (``--optimizer``) brings its own ``lr``, which is used, and said at the start.
         init: ``"normal"`` (the book's N(0, 1), chapters 1-2) or ``"scaled"`` (N(0, 1/n_in) weights,
             chapter 3); see :class:`~torch_manualbp.nn.SigmoidLinear`.
         momentum: SGD momentum; 0 (off) is the book's plain SGD.
         weight_decay: L2 penalty coefficient as ``torch.optim.SGD`` applies it, to weights and biases; 0 (off) by
             default. For the book's regularisation use ``lmbda``.
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
-            the trainer's ``max_epochs``.
+            the trainer's ``max_epochs``. A scheduler given instead (``--lr_scheduler``) drives :math:`\eta` on every
+            path, stepped at its interval: ``"epoch"``, or ``"step"``, which means every SGD update.
         mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
             1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
-            order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates.
+            order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates, and so
+            does the ``step`` column of the logged metrics.
         cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
         lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
             biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
             ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
         training_set_size: the :math:`n` in :math:`\lambda/n`, the number of training examples; 50,000 for the
             book's MNIST split (:class:`~torch_manualbp.lightning.MNISTDataModule`).
-        compile: run the fused steps through ``torch.compile`` (full graph, static shapes), ``steps_per_call``
-            mini-batches unrolled into one compiled call. Compiling takes seconds to a minute, printed once;
-            Inductor caches the result on disk, so later runs of the same shapes start faster.
+        compile: run the fused steps through ``torch.compile`` (``backend="compiled"`` of
+            :class:`~torch_manualbp.sgd.MiniBatchSGD`). Compiling takes seconds to a minute, printed once; Inductor
+            caches the result on disk. Refused where no step would be fused.
+
+    Settings that cannot work together are refused with a ``ValueError`` naming them before the first update: the
+    classifier's own ``momentum``, ``weight_decay``, ``lmbda`` or ``lr_schedule`` beside an optimizer or scheduler
+    given instead of its own, ``compile=True`` on a run that goes through autograd, and a per-step scheduler with
+    ``compile=True``.
 
     Attributes:
-        steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``). More
-            steps per call save per-call overhead and cost compile time.
-        fused_costs: ``(first global step, costs)`` of the fused steps of the current batch, for
-            :class:`~torch_manualbp.lightning.safety.DivergenceGuard`, which consumes them (and, if one is not
-            finite, calls :meth:`rewind`).
+        sgd: the training engine of the fused path, :class:`~torch_manualbp.sgd.MiniBatchSGD`.
+        steps_per_call: mini-batches per compiled call (``sgd.steps_per_call``).
     """
 
     def __init__(
@@ -153,24 +161,22 @@ class ManualBPClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_hyperparameters(
-            eta=eta, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
-            mini_batch_size=mini_batch_size, lmbda=lmbda, training_set_size=training_set_size, compile=compile,
-        )  # fmt: skip
         self.save_hyperparameters()
+        check_hyperparameters(**self.hparams)  # every argument by its rule, before anything is built
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
-        self.last_mini_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y), for GradientAudit
-        self.fused_costs: list[tuple[int, Tensor]] = []
-        self._fused_runs: list[tuple[int, list[Tensor], Tensor, Tensor, int]] = []  # for rewind()
-        self.steps_per_call = 10
+        self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
+        self.network = Network(sizes, cost=cost, init=init)
+        backend = "compiled" if compile else "eager"
+        self.sgd = MiniBatchSGD(self.network, mini_batch_size, lmbda, training_set_size, backend, on_compile=_say)
+        self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
+        self._epoch_cost = _EpochCost()
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
-        self.network = Network(sizes, cost=cost, init=init)
         classes = sizes[-1]
         self.val_accuracy = MulticlassAccuracy(classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(classes, average="micro")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
 
     @property
@@ -178,26 +184,79 @@ class ManualBPClassifier(L.LightningModule):
         """Whether this run trains on the fused path (decided at the start of training; see the module docstring)."""
         return self._fused
 
+    @property
+    def steps_per_call(self) -> int:
+        return self.sgd.steps_per_call
+
+    def take_step_costs(self) -> list[tuple[int, Tensor]]:
+        """Every training step's cost since the last call, ``(first global step, costs)`` in order, from the fused path
+        and from autograd alike: the record :class:`~torch_manualbp.lightning.safety.DivergenceGuard` reads."""
+        taken, self._step_costs = self._step_costs, []
+        return taken
+
+    def rewind(self, step: int) -> bool:
+        """Undo the fused updates of this batch from global step ``step`` on, for a divergence report (see
+        :meth:`~torch_manualbp.sgd.MiniBatchSGD.rewind`); False if ``step`` was not fused in the current batch."""
+        return self.sgd.rewind(step)
+
     def on_train_start(self) -> None:
-        reasons = self._autograd_reasons()
+        optimizer = self.optimizers().optimizer
+        reasons = self._autograd_reasons(optimizer)
+        self._refuse_what_cannot_work(optimizer, reasons)
         self._fused = not reasons
         self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
+        lr = optimizer.defaults["lr"]
+        lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
         if self._fused:
             how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
             watched = [type(callback).__name__ for callback in self._observers]
             rank_zero_info(
-                f"manualbp: training with the fused SGD step (Network.sgd_step: BP1-BP4 and the update without autograd"
-                f", {how})" + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "")
+                f"manualbp: training with the fused SGD step (MiniBatchSGD: BP1-BP4 and the update without autograd"
+                f", {how})" + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "") + lr
             )
         else:
+            name = "torch.optim.SGD" if type(optimizer) is torch.optim.SGD else _describe(optimizer)
             rank_zero_info(
-                f"manualbp: training through autograd and torch.optim.SGD, not the fused SGD step, because "
-                f"{'; '.join(reasons)}" + ("; compile=True is ignored" if self.hparams.compile else "")
+                f"manualbp: training through autograd and {name}, not the fused SGD step, because {'; '.join(reasons)}"
+                + lr
             )
 
-    def _autograd_reasons(self) -> list[str]:
+    def _refuse_what_cannot_work(self, optimizer, reasons: list[str]) -> None:
+        """Raise a ``ValueError`` naming the setting that this run would otherwise silently ignore."""
+        hp, scheduler = self.hparams, self._scheduler()
+        if reasons and hp.compile:
+            raise ValueError(
+                f"compile=True compiles the fused SGD step, which this run cannot use: {'; '.join(reasons)}"
+            )
+        if not self._own_optimizer():
+            for name in ("momentum", "weight_decay", "lmbda"):
+                if hp[name]:
+                    raise ValueError(
+                        f"model.{name}={hp[name]:g} is not applied by the optimizer given instead of the classifier's"
+                        f" ({_describe(optimizer)}): set it on that optimizer, or leave out the optimizer"
+                    )
+            if hp.lr_schedule != "constant":
+                raise ValueError(
+                    f"model.lr_schedule={hp.lr_schedule!r} is not applied beside an optimizer given instead"
+                )
+        if scheduler is None:
+            return
+        if len(self.trainer.lr_scheduler_configs) > 1 or scheduler.interval not in ("epoch", "step"):
+            raise ValueError("lr_scheduler: one scheduler, stepped every 'epoch' or every 'step' (SGD update)")
+        if isinstance(scheduler.scheduler, ReduceLROnPlateau) and not (
+            scheduler.interval == "epoch" and getattr(scheduler.scheduler, "monitor", None)
+        ):
+            raise ValueError(
+                "lr_scheduler: ReduceLROnPlateau needs a monitor (--lr_scheduler.monitor) and interval 'epoch'"
+            )
+        if scheduler.interval == "step" and hp.compile:
+            raise ValueError("compile=True runs several updates per call, a scheduler with interval 'step' one: choose")
+
+    def _autograd_reasons(self, optimizer) -> list[str]:
         """Why the fused step (plain SGD, one process, the parameters' dtype) cannot train this run; [] if it can."""
         hp, reasons = self.hparams, []
+        if not self._own_optimizer():
+            reasons += differences_from_plain_sgd(optimizer)
         if hp.momentum:
             reasons.append(f"momentum={hp.momentum:g} (the fused step is plain SGD)")
         if hp.weight_decay:
@@ -211,143 +270,109 @@ class ManualBPClassifier(L.LightningModule):
             reasons.append(f"precision={precision} (autocast)")
         return reasons
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def _own_optimizer(self) -> bool:
+        """Whether the optimizer is this class's (LightningCLI's ``--optimizer`` replaces ``configure_optimizers``)."""
+        return "configure_optimizers" not in vars(self) and (
+            type(self).configure_optimizers is ManualBPClassifier.configure_optimizers
+        )
+
+    def _scheduler(self):
+        configs = self.trainer.lr_scheduler_configs
+        return configs[0] if configs else None
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_cost.start(self.current_epoch)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y, _ = batch
         size = self.hparams.mini_batch_size or len(x)
-        count = -(-len(x) // size)  # mini-batches in this batch, the last one possibly smaller
         first_step = self.trainer.global_step
-        self.fused_costs, self._fused_runs = [], []
-        costs, i = [], 0
-        while i < count:
-            j = self._fused_until(first_step, i, count)
-            if j > i:  # mini-batches i..j-1: fused SGD steps
-                x_run, y_run = x[i * size : j * size], y[i * size : j * size]
-                before = [p.detach().clone() for p in self.network.parameters()]  # one copy per batch: see rewind()
-                block = self._fused_steps(x_run, y_run, size)
-                self.fused_costs.append((first_step + i, block))
-                self._fused_runs.append((first_step + i, before, x_run, y_run, size))
-                costs.append(block)
-                i = j
-            else:
-                costs.append(self._autograd_step(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]))
-                i += 1
+        self.sgd.forget()  # the steps of earlier batches have been checked (DivergenceGuard.on_train_batch_end)
+        costs = []
+        for i, j, fused in self._runs(first_step, mini_batches(len(x), size)):
+            x_run, y_run = x[i * size : j * size], y[i * size : j * size]
+            self.last_mini_batch = (x_run[(j - i - 1) * size :], y_run[(j - i - 1) * size :])
+            costs.append(self._fused_steps(x_run, y_run) if fused else self._autograd_step(x_run, y_run))
+            self._step_scheduler("step")
         cost = torch.cat(costs).mean()
-        # on_epoch only: accumulated as a tensor, so no host sync at every step
-        self.log("train/cost", cost, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        # on_epoch only: accumulated as a tensor, so no host sync at every step; the part of the epoch before a resume
+        # comes back from the checkpoint (see _EpochCost)
+        mean, rows = self._epoch_cost.add(cost, len(x))
+        self.log("train/cost", mean, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         return cost
 
-    def _fused_until(self, first_step: int, i: int, count: int) -> int:
-        """The end of the run of fused steps starting at mini-batch ``i``: the first one a callback observes."""
-        if not self._fused:
-            return i
-        if not self._observers:
-            return count
-        for k in range(i, count):
-            if any(callback.observes_step(first_step + k) for callback in self._observers):
-                return k
-        return count
+    def _runs(self, first_step: int, count: int) -> Iterator[tuple[int, int, bool]]:
+        """The batch's ``count`` mini-batches as runs ``(start, stop, fused)`` in order: fused steps in as few runs as
+        possible, every other step alone (observed by a callback, or the run is not fused), and every step alone when
+        a scheduler changes η at each update."""
+        observers = self._observers
+        fused = [self._fused and not any(c.observes_step(first_step + k) for c in observers) for k in range(count)]
+        per_step = (scheduler := self._scheduler()) is not None and scheduler.interval == "step"
+        start = 0
+        for is_fused, run in itertools.groupby(fused):
+            stop = start + len(list(run))
+            if is_fused and not per_step:
+                yield start, stop, True
+            else:
+                yield from ((k, k + 1, is_fused) for k in range(start, stop))
+            start = stop
+
+    def _fused_steps(self, x: Tensor, y: Tensor) -> Tensor:
+        """Fused SGD steps on the mini-batches of ``x``, by the engine; counted as Lightning counts optimizer steps."""
+        first_step = self.trainer.global_step
+        costs = self.sgd.run(x, y, self.optimizers().optimizer.param_groups[0]["lr"], first_step)
+        self._step_costs.append((first_step, costs))
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for _ in range(
+            len(costs)
+        ):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
+            progress.increment_ready()
+            progress.increment_completed()
+        return costs
 
     def _autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One SGD step through autograd: ``Network.cost``, its backward (BP1-BP4), ``torch.optim.SGD``."""
-        self.last_mini_batch = (x, y)
+        """One step through autograd: ``Network.cost``, its backward (BP1-BP4), the optimizer's step."""
         cost = self.network.cost(x, y)  # its backward is BP1-BP4 (NetworkCostFunction)
+        self._step_costs.append((self.trainer.global_step, cost.detach().reshape(1)))
         for p in self.network.parameters():  # optimizer.zero_grad(), without its per-call profiling overhead
             p.grad = None
         self.manual_backward(cost)
-        self.optimizers().step()  # w → w − η ∂C/∂w, b → b − η ∂C/∂b
+        self.optimizers().step()  # for torch.optim.SGD: w → w − η ∂C/∂w, b → b − η ∂C/∂b
         return cost.detach().reshape(1)
 
-    @torch.no_grad()
-    def _fused_steps(self, x: Tensor, y: Tensor, size: int) -> Tensor:
-        """One fused SGD step per mini-batch of ``size`` rows of ``x``, in order; returns their costs before each update."""
-        network = self.network
-        network.check_batch(x)
-        y = targets(y, (len(x), network.sizes[-1]), x)
-        eta, rule = self._learning_rate(), self._update_rule()
-        steps = -(-len(x) // size)
-        self.last_mini_batch = (x[(steps - 1) * size :], y[(steps - 1) * size :])
-        costs, rows = [], 0
-        if self.hparams.compile and not observe.is_recording() and len(x) // size >= self.steps_per_call:
-            calls = len(x) // size // self.steps_per_call
-            rows = calls * self.steps_per_call * size
-            xs = x[:rows].reshape(calls, self.steps_per_call, size, -1)
-            ys = y[:rows].reshape(calls, self.steps_per_call, size, -1)
-            eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)
-            weights, biases = network.weights_and_biases()
-            for c in range(calls):
-                costs.append(self._compiled_steps(weights, biases, xs[c], ys[c], eta_t, network.ones(size, x), rule))
-        costs += self._eager_steps(x[rows:], y[rows:], size, eta, rule)  # what is left, or everything
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(steps):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
-            progress.increment_ready()
-            progress.increment_completed()
-        return torch.cat(costs)
+    def _step_scheduler(self, interval: str) -> None:
+        """Step the scheduler, if it has this interval ("epoch" or "step": an SGD update) and its frequency is due."""
+        scheduler = self._scheduler()
+        if scheduler is None or scheduler.interval != interval:
+            return
+        count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
+        if count % scheduler.frequency:
+            return
+        if isinstance(scheduler.scheduler, ReduceLROnPlateau):  # manual optimisation passes it its metric itself
+            scheduler.scheduler.step(self.trainer.callback_metrics[scheduler.scheduler.monitor])
+        else:
+            with warnings.catch_warnings():  # the fused path updates without optimizer.step(), which torch looks for
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+                scheduler.scheduler.step()
 
-    def _eager_steps(self, x: Tensor, y: Tensor, size: int, eta: float, rule: tuple[str, float]) -> list[Tensor]:
-        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` (``y``: float targets), in order."""
-        weights, biases = self.network.weights_and_biases()
-        costs = []
-        for start in range(0, len(x), size):
-            x_m, y_m = x[start : start + size], y[start : start + size]
-            ones = self.network.ones(len(x_m), x_m)
-            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, ones, *rule).reshape(1))
-        return costs
-
-    def _learning_rate(self) -> float:
-        """The optimizer's η, which its scheduler (if any) sets; the fused path reads it and never steps it."""
-        return self.optimizers().optimizer.param_groups[0]["lr"]
-
-    def rewind(self, step: int) -> bool:
-        """Undo the fused updates of this batch from global step ``step`` on, for a divergence report.
-
-        The parameters become those before ``step`` (restored from the start of its run of fused steps, then
-        the run's earlier steps replayed eagerly) and their ``.grad`` the gradients of step ``step`` (through
-        autograd), not applied: the state in which the autograd path stops on a non-finite cost. Returns False
-        if ``step`` did not run on the fused path in the current batch.
-        """
-        for first, before, x, y, size in self._fused_runs:
-            if first <= step < first + -(-len(x) // size):
-                rows = (step - first) * size
-                with torch.no_grad():
-                    for p, saved in zip(self.network.parameters(), before):
-                        p.copy_(saved)
-                    y_float = targets(y, (len(x), self.network.sizes[-1]), x)
-                    self._eager_steps(x[:rows], y_float[:rows], size, self._learning_rate(), self._update_rule())
-                parameters = list(self.network.parameters())
-                with torch.enable_grad():
-                    cost = self.network.cost(x[rows : rows + size], y[rows : rows + size])
-                    for p, grad in zip(parameters, torch.autograd.grad(cost, parameters)):
-                        p.grad = grad
-                return True
-        return False
-
-    def _update_rule(self) -> tuple[str, float]:
-        r"""``(cost, weight_decay)`` for :func:`~torch_manualbp.network.update_mini_batch`: the network's cost and
-        the book's L2 as :math:`\lambda/n` (see ``lmbda``)."""
-        return self.network.cost_name, l2_weight_decay(self.hparams.lmbda, self.hparams.training_set_size)
-
-    def _compiled_steps(self, weights, biases, xs, ys, eta: Tensor, ones: Tensor, rule: tuple[str, float]) -> Tensor:
-        """``xs.shape[0]`` fused steps in one compiled call; the first call for new shapes is timed and printed."""
-        global _compiled_unrolled_steps
-        if _compiled_unrolled_steps is None:  # one per process, so that every module reuses Dynamo's cache
-            _compiled_unrolled_steps = torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
-        shapes = (tuple(xs.shape), tuple(ys.shape), tuple(tuple(w.shape) for w in weights))
-        key = (shapes, xs.dtype, str(xs.device), rule)
-        if key in _compiled_shapes:
-            return _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones, *rule)
-        start = time.perf_counter()
-        costs = _compiled_unrolled_steps(weights, biases, xs, ys, eta, ones, *rule)
-        _compiled_shapes.add(key)
-        rank_zero_info(
-            f"manualbp: compiled {len(xs)} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
-            "(Inductor caches it on disk: later runs of these shapes start faster)"
-        )
-        return costs
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._log_at_global_step()
 
     def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:  # manual optimisation steps its scheduler itself
-            scheduler.step()
+        self._step_scheduler("epoch")
+
+    def _log_at_global_step(self) -> None:
+        """Make the loggers' step (Lightning's count of batches that stepped, which it uses for the rows of the
+        validation and epoch metrics that follow) the number of SGD updates, as checkpoint names and
+        ``trainer.global_step`` count them: several per batch here. Lightning adds 1 after each batch and takes it
+        back for the epoch's row, so both rows of an epoch get its last update's number."""
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["manualbp_epoch_cost"] = self._epoch_cost.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._epoch_cost.load_state_dict(checkpoint.get("manualbp_epoch_cost", {}))
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
@@ -367,9 +392,11 @@ class ManualBPClassifier(L.LightningModule):
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
         # the book's "9129 / 10000": an exact count, summed over batches and processes (EpochReport prints it)
         correct = (a.argmax(-1) == labels).sum().float()
-        self.log(f"{stage}/correct", correct, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
+        self.log(
+            f"{stage}/correct", correct, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False
+        )
 
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
         ``MNISTDataModule.predict_dataloader``; ``PredictionReport`` prints them."""
         return self.network(batch[0])
@@ -391,11 +418,42 @@ class ManualBPClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-_compiled_unrolled_steps = None  # torch.compile(_unrolled_steps), built on first use
-_compiled_shapes: set[tuple] = set()  # shapes it has been called with in this process
+class _EpochCost:
+    """The training cost summed over the epoch so far (rows-weighted, as ``self.log`` averages it), kept in checkpoints
+    so that a run resumed mid-epoch logs the mean over the whole epoch, not over the part after the resume."""
+
+    def __init__(self) -> None:
+        self.epoch, self.total, self.rows, self.resumed = -1, 0.0, 0, False
+
+    def start(self, epoch: int) -> None:
+        if epoch != self.epoch:  # a new epoch, not the one a checkpoint left half done
+            self.epoch, self.total, self.rows, self.resumed = epoch, 0.0, 0, False
+
+    def add(self, cost: Tensor, rows: int) -> tuple[Tensor, int]:
+        """Add a batch's mean ``cost`` over ``rows`` examples; return what to log for it and its weight: the batch's
+        own, or on the first batch after a resume the mean over the part of the epoch before it too."""
+        before, before_rows, resumed = self.total, self.rows, self.resumed
+        self.total, self.rows, self.resumed = cost.detach() * rows + before, before_rows + rows, False
+        if not resumed:
+            return cost, rows
+        return (cost * rows + before) / (rows + before_rows), rows + before_rows
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "total": float(self.total), "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.total, self.rows = state.get("epoch", -1), state.get("total", 0.0), state.get("rows", 0)
+        self.resumed = self.rows > 0
 
 
-def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: str, decay: float):
-    """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
-    steps = range(xs.shape[0])
-    return torch.stack([update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in steps])
+def _say(message: str) -> None:
+    rank_zero_info(f"manualbp: {message}")
+
+
+def _describe(optimizer: torch.optim.Optimizer) -> str:
+    """``Adam(lr=0.001)``: the optimizer's class, its learning rate and the settings it was given that differ from
+    the class's defaults."""
+    defaults = {k: p.default for k, p in inspect.signature(type(optimizer)).parameters.items()}
+    given = {k: v for k, v in optimizer.defaults.items() if k == "lr" or k in defaults and v != defaults[k]}
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in given.items())
+    return f"{type(optimizer).__name__}({settings})"

@@ -11,13 +11,14 @@ The ``manualbp`` CLI installs both by default (see :mod:`torch_manualbp.lightnin
 
     trainer = L.Trainer(callbacks=[DivergenceGuard()], plugins=[AtomicCheckpointIO()])
 """
+
 from __future__ import annotations
 
 import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -25,10 +26,24 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "DivergenceError", "DivergenceGuard"]
+__all__ = ["AtomicCheckpointIO", "DivergenceError", "DivergenceGuard", "StepCostRecord"]
 
 #: How often :class:`DivergenceGuard` looks at the cost on an accelerator, where each look is a host-device sync.
 ACCELERATOR_CHECK_EVERY = 100
+
+
+@runtime_checkable
+class StepCostRecord(Protocol):
+    """What a LightningModule offers :class:`DivergenceGuard` when some of its steps call no optimizer hooks
+    (``ManualBPClassifier``'s fused steps): its own record of every training step's cost, and a way to undo steps."""
+
+    fused: bool  # whether steps may run without the optimizer hooks (checked at each batch's start as well)
+
+    def take_step_costs(self) -> list[tuple[int, torch.Tensor]]:
+        """Every step's cost recorded since the last call, as ``(first global step, costs of consecutive steps)``."""
+
+    def rewind(self, step: int) -> bool:
+        """Restore the parameters before global step ``step`` and put its gradients in ``.grad``; False if it cannot."""
 
 
 class DivergenceError(RuntimeError):
@@ -53,11 +68,12 @@ class DivergenceGuard(L.Callback):
 
     Under DDP the decision is all-reduced at each check, so every process stops at the same step.
 
-    Steps that ``ManualBPClassifier`` runs on its fused path (no autograd, no optimizer) call neither hook: their
-    costs (``fused_costs``) are collected at the end of each batch and before any checkpoint, and checked on the
-    same intervals. The step named is still exact, and before the report the module rewinds the parameters to
-    their state before that step (``ManualBPClassifier.rewind``), with that step's gradients in ``.grad``, so the
-    report and the parameters left are those of a run stopped before applying the bad update.
+    A module that keeps its own record of every step's cost (:class:`StepCostRecord`, as ``ManualBPClassifier``
+    does, whose fused steps call neither hook) is read through that record instead: at the end of each batch,
+    before each optimizer step and before any checkpoint, on the same intervals. The step named is still exact, and
+    before the report the module rewinds the parameters to their state before that step (``rewind``), with that
+    step's gradients in ``.grad``, so the report and the parameters left are those of a run stopped before applying
+    the bad update.
 
     Args:
         every_n_steps: how often to check the costs. ``None`` (default): every step in a single CPU process, where a
@@ -89,17 +105,18 @@ class DivergenceGuard(L.Callback):
         self._pending = []
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        self._pending.append((trainer.global_step, trainer.current_epoch, loss.detach().reshape(1)))
+        if not isinstance(pl_module, StepCostRecord):  # such a module records this step's cost itself
+            self._pending.append((trainer.global_step, trainer.current_epoch, loss.detach().reshape(1)))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if getattr(pl_module, "fused", False):  # the check on_before_optimizer_step makes, for the batch's first step
-            self.on_before_optimizer_step(trainer, pl_module, None)
+        if isinstance(pl_module, StepCostRecord) and pl_module.fused:  # the check on_before_optimizer_step makes
+            self.on_before_optimizer_step(trainer, pl_module, None)  # for the batch's first step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        fused = self._collect_fused(trainer, pl_module)
-        if not fused:
+        recorded = self._collect(trainer, pl_module)
+        if not recorded:
             return
-        first, last = fused[0][0], fused[-1][0] + len(fused[-1][2]) - 1  # steps run since the last collection
+        first, last = recorded[0][0], recorded[-1][0] + len(recorded[-1][2]) - 1  # steps run since the last collection
 
         def crossed(every: int) -> bool:  # a multiple of `every` among the update counts first + 1 .. last + 1
             return (last + 1) // every > first // every
@@ -108,13 +125,13 @@ class DivergenceGuard(L.Callback):
         if parameters or crossed(self._every):
             self._check(trainer, pl_module, "stopped after this batch's updates", parameters)
 
-    def _collect_fused(self, trainer, pl_module) -> list[tuple[int, int, torch.Tensor]]:
-        """Move the module's fused steps' costs into the pending list; return them."""
-        fused = [(step, trainer.current_epoch, costs) for step, costs in getattr(pl_module, "fused_costs", ())]
-        if fused:
-            pl_module.fused_costs = []
-            self._pending.extend(fused)
-        return fused
+    def _collect(self, trainer, pl_module) -> list[tuple[int, int, torch.Tensor]]:
+        """Move the costs the module recorded since the last collection into the pending list; return them."""
+        if not isinstance(pl_module, StepCostRecord):
+            return []
+        recorded = [(step, trainer.current_epoch, costs) for step, costs in pl_module.take_step_costs()]
+        self._pending.extend(recorded)
+        return recorded
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step + 1
@@ -129,30 +146,28 @@ class DivergenceGuard(L.Callback):
         self._check(trainer, pl_module, "no checkpoint of these weights was written", parameters=True)
 
     def _check(self, trainer, pl_module, consequence: str, parameters: bool) -> None:
-        self._collect_fused(trainer, pl_module)
+        """Look at the pending costs (and the parameters, if asked); raise :class:`DivergenceError` if any process
+        found a NaN or Inf."""
+        self._collect(trainer, pl_module)
         pending, self._pending = sorted(self._pending, key=lambda entry: entry[0]), []
-        params = list(pl_module.parameters()) if parameters else []
-        if len(pending) == 1 and pending[0][2].numel() == 1 and not params:  # one scalar: .item() is the cheapest look
-            diverged = not math.isfinite(pending[0][2].item())
-        else:  # every flag computed where the tensors are, then one host-device sync for all of them
-            flags = [torch.isfinite(torch.cat([costs.float() for *_, costs in pending]))] if pending else []
-            flags += [torch.isfinite(p).all().reshape(1) for p in params]
-            diverged = bool(not torch.cat([f.to(flags[0].device) for f in flags]).all()) if flags else False
-        if not trainer.strategy.reduce_boolean_decision(diverged, all=False):
-            return
-        step, epoch = trainer.global_step, trainer.current_epoch
+        diverged = _any_non_finite([costs for *_, costs in pending], list(pl_module.parameters()) if parameters else [])
+        if trainer.strategy.reduce_boolean_decision(diverged, all=False):  # every process stops at the same step
+            step, epoch, what, consequence = self._diagnose(trainer, pl_module, pending, consequence)
+            raise DivergenceError(self._message(trainer, pl_module, step, epoch, what, consequence))
+
+    def _diagnose(self, trainer, pl_module, pending, consequence: str) -> tuple[int, int, str, str]:
+        """``(step, epoch, what went wrong, consequence)``: the first non-finite cost if there is one (its fused step
+        undone by the module's ``rewind``), else the parameters, else another process."""
         first = _first_non_finite(pending)
         if first is not None:
             step, epoch, cost = first
-            what = f"the training cost is {cost}"
-            rewind = getattr(pl_module, "rewind", None)
-            if rewind is not None and rewind(step):  # a fused step: undo it and those after it
+            if isinstance(pl_module, StepCostRecord) and pl_module.rewind(step):  # a fused step: undo it and the rest
                 consequence = "stopped before applying the update"
-        elif not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
-            what = f"the parameters are non-finite after {step} updates"
-        else:
-            what = "another process's cost or parameters became non-finite"
-        raise DivergenceError(self._message(trainer, pl_module, step, epoch, what, consequence))
+            return step, epoch, f"the training cost is {cost}", consequence
+        step, epoch = trainer.global_step, trainer.current_epoch
+        if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
+            return step, epoch, f"the parameters are non-finite after {step} updates", consequence
+        return step, epoch, "another process's cost or parameters became non-finite", consequence
 
     def _message(self, trainer, pl_module, step: int, epoch: int, what: str, consequence: str) -> str:
         named = list(pl_module.named_parameters())
@@ -189,6 +204,16 @@ class DivergenceGuard(L.Callback):
 def _check_interval(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive number of steps, got {value!r}")
+
+
+def _any_non_finite(costs: list[torch.Tensor], params: list[torch.Tensor]) -> bool:
+    """Whether any of ``costs`` or ``params`` holds a NaN or Inf, found with at most one host-device sync."""
+    if len(costs) == 1 and costs[0].numel() == 1 and not params:  # one scalar: .item() is the cheapest look
+        return not math.isfinite(costs[0].item())
+    # every flag computed where the tensors are, then one host-device sync for all of them
+    flags = [torch.isfinite(torch.cat([c.float() for c in costs]))] if costs else []
+    flags += [torch.isfinite(p).all().reshape(1) for p in params]
+    return bool(not torch.cat([f.to(flags[0].device) for f in flags]).all()) if flags else False
 
 
 def _first_non_finite(pending: list[tuple[int, int, torch.Tensor]]) -> tuple[int, int, float] | None:
@@ -285,4 +310,3 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-

@@ -1,0 +1,218 @@
+r"""The training engine: the book's mini-batch stochastic gradient descent on a ``Network``, without autograd.
+
+:class:`MiniBatchSGD` steps through a block of examples one mini-batch at a time, in order, each step the book's
+``update_mini_batch`` (:func:`~torch_manualbp.network.update_mini_batch`: feedforward, BP1-BP4 and the update in
+place), and returns the cost of every step. It is what ``ManualBPClassifier`` trains with on its fast path, and what a
+script uses to train without Lightning. It keeps what a divergence report needs to undo steps: the parameters before
+each block (one copy per block, not per step) and the block itself, so :meth:`MiniBatchSGD.rewind` can restore the
+parameters before any step of it.
+
+Backends, the same updates each (``backend=``):
+
+- ``"eager"``: one Python call of ``update_mini_batch`` per mini-batch.
+- ``"compiled"``: ``steps_per_call`` mini-batches unrolled into one ``torch.compile``-d call (full graph, static
+  shapes); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
+
+To run (one epoch of chapter 1 without Lightning)::
+
+    net = Network([784, 30, 10], init="normal")
+    sgd = MiniBatchSGD(net, mini_batch_size=10)
+    costs = sgd.run(x_train, y_train, eta=3.0)  # (5000,) the cost of each mini-batch before its update
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import recording
+from .checks import l2_weight_decay, targets
+from .network import Network, update_mini_batch
+
+__all__ = ["MiniBatchSGD", "check_mini_batch_size", "differences_from_plain_sgd", "mini_batches"]
+
+
+def check_mini_batch_size(mini_batch_size) -> None:
+    """Raise a ``ValueError`` unless ``mini_batch_size`` is a positive number of examples or ``None``."""
+    if mini_batch_size is not None and (isinstance(mini_batch_size, bool) or mini_batch_size < 1):
+        raise ValueError(f"mini_batch_size must be a positive number of examples or None, got {mini_batch_size!r}")
+
+
+def differences_from_plain_sgd(optimizer: torch.optim.Optimizer) -> list[str]:
+    """What makes ``optimizer`` other than the engine's update, plain SGD (the book's); [] if nothing: then training
+    with :class:`MiniBatchSGD` at the optimizer's learning rate makes its updates."""
+    if type(optimizer) is not torch.optim.SGD:
+        return [f"the optimizer is {type(optimizer).__name__} (the fused step is plain SGD)"]
+    plain = {"momentum": 0, "dampening": 0, "nesterov": False, "weight_decay": 0, "maximize": False}
+    found = {k: g[k] for g in optimizer.param_groups for k, value in plain.items() if g.get(k, value) != value}
+    return [f"{k}={v} (the fused step is plain SGD)" for k, v in found.items()]
+
+
+def mini_batches(rows: int, mini_batch_size: int) -> int:
+    """How many mini-batches of ``mini_batch_size`` a block of ``rows`` examples makes, the last possibly smaller."""
+    return -(-rows // mini_batch_size)
+
+
+class _Block(NamedTuple):
+    """A block of steps as :meth:`MiniBatchSGD.rewind` needs it: where it started, the parameters before it, its data
+    and its learning rate."""
+
+    first_step: int
+    before: list[Tensor]
+    x: Tensor
+    y: Tensor  # float targets
+    eta: float
+
+
+class MiniBatchSGD:
+    r"""The book's SGD over blocks of mini-batches, in place on ``network``'s parameters, without autograd.
+
+    Args:
+        network: the :class:`~torch_manualbp.Network` to train; its cost gives BP1.
+        mini_batch_size: the examples per SGD step; ``None``: each block is one mini-batch.
+        lmbda, n: the book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples (chapter 3:
+            5.0 and 50,000); the weights decay as :math:`w \to (1 - \eta\lambda/n) w`. 0 (default): off.
+        backend: ``"eager"`` or ``"compiled"`` (see the module docstring).
+        steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``); more save
+            per-call overhead and cost compile time.
+        on_compile: called with a one-line message when a compiled call for new shapes has been built and run,
+            saying how long it took (``ManualBPClassifier`` prints it); ``None``: say nothing.
+
+    Examples::
+
+        >>> net = Network([784, 30, 10])
+        >>> sgd = MiniBatchSGD(net, mini_batch_size=10)
+        >>> costs = sgd.run(torch.rand(100, 784), torch.randint(0, 10, (100,)), eta=3.0)
+        >>> costs.shape
+        torch.Size([10])
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        mini_batch_size: int | None = None,
+        lmbda: float = 0.0,
+        n: int | None = None,
+        backend: Literal["eager", "compiled"] = "eager",
+        steps_per_call: int = 10,
+        on_compile: Callable[[str], None] | None = None,
+    ) -> None:
+        check_mini_batch_size(mini_batch_size)
+        if backend not in ("eager", "compiled"):
+            raise ValueError(f"backend must be 'eager' or 'compiled', got {backend!r}")
+        self.network = network
+        self.mini_batch_size = mini_batch_size
+        self.weight_decay = l2_weight_decay(lmbda, n)  # λ/n
+        self.backend = backend
+        self.steps_per_call = steps_per_call
+        self.on_compile = on_compile
+        self._blocks: list[_Block] = []  # since forget(), for rewind()
+        self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
+
+    def steps_in(self, rows: int) -> int:
+        """The number of SGD steps a block of ``rows`` examples makes."""
+        return mini_batches(rows, self.mini_batch_size or rows)
+
+    @torch.no_grad()
+    def run(self, x: Tensor, y: Tensor, eta: float, first_step: int = 0) -> Tensor:
+        r"""One SGD step per mini-batch of ``x``, in order; the cost :math:`C_0` of each before its update.
+
+        Args:
+            x: the block's examples, one per row.
+            y: their desired outputs, floats or integer class labels.
+            eta: the learning rate :math:`\eta` of every step of the block.
+            first_step: the global number of the block's first step, by which :meth:`rewind` names steps.
+
+        Shape:
+            - x: :math:`(N, \text{sizes}[0])`; y: :math:`(N, \text{sizes}[-1])` or :math:`(N)`.
+            - Output: :math:`(\lceil N / \text{mini\_batch\_size} \rceil)`.
+        """
+        network = self.network
+        network.check_batch(x)
+        y = targets(y, (len(x), network.sizes[-1]), x)
+        weights, biases = network.weights_and_biases()
+        self._blocks.append(_Block(first_step, [p.detach().clone() for p in network.parameters()], x, y, eta))
+        size = self.mini_batch_size or len(x)
+        rows = 0
+        costs = []
+        if self.backend == "compiled" and not recording.is_recording():
+            rows = len(x) // (size * self.steps_per_call) * size * self.steps_per_call
+            costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size)
+        # A native backend (issue 19) plugs in here, beside the compiled one: the same arguments, the same updates.
+        return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size))
+
+    def rewind(self, step: int) -> bool:
+        """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
+        ``step`` (restored from the start of its block, then the block's earlier steps replayed) and their ``.grad``
+        the gradients of step ``step`` (through autograd, ``Network.cost``), not applied. Returns False if no block
+        run since :meth:`forget` holds ``step``."""
+        for block in self._blocks:
+            if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
+                size = self.mini_batch_size or len(block.x)
+                start = (step - block.first_step) * size
+                weights, biases = self.network.weights_and_biases()
+                parameters = list(self.network.parameters())
+                with torch.no_grad():
+                    for p, saved in zip(parameters, block.before):
+                        p.copy_(saved)
+                    self._eager_steps(weights, biases, block.x[:start], block.y[:start], block.eta, size)
+                with torch.enable_grad():
+                    cost = self.network.cost(block.x[start : start + size], block.y[start : start + size])
+                    for p, grad in zip(parameters, torch.autograd.grad(cost, parameters)):
+                        p.grad = grad
+                return True
+        return False
+
+    def forget(self) -> None:
+        """Drop what :meth:`rewind` keeps (a copy of the parameters per block); call it once the steps are checked."""
+        self._blocks = []
+
+    def _eager_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int) -> list[Tensor]:
+        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn; their costs, each shaped (1,)."""
+        costs = []
+        for start in range(0, len(x), size):
+            x_m, y_m = x[start : start + size], y[start : start + size]
+            ones = self.network.ones(len(x_m), x_m)
+            step = update_mini_batch(weights, biases, x_m, y_m, eta, ones, self.network.cost_name, self.weight_decay)
+            costs.append(step.reshape(1))
+        return costs
+
+    def _compiled_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int) -> list[Tensor]:
+        """The same steps, ``steps_per_call`` at a time in one compiled call; ``x`` holds a whole number of calls."""
+        if not len(x):
+            return []
+        xs = x.reshape(-1, self.steps_per_call, size, x.shape[-1])  # (calls, steps, size, in)
+        ys = y.reshape(-1, self.steps_per_call, size, y.shape[-1])
+        eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)  # a tensor: a new η must not recompile
+        ones = self.network.ones(size, x)
+        rule = (self.network.cost_name, self.weight_decay)
+        compiled = _compiled_unrolled_steps()
+        key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), rule)
+        start = time.perf_counter()
+        costs = [compiled(weights, biases, xs[0], ys[0], eta_t, ones, *rule)]
+        if key not in self._compiled_shapes:
+            self._compiled_shapes.add(key)
+            if self.on_compile is not None:
+                self.on_compile(
+                    f"compiled {self.steps_per_call} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
+                    "(Inductor caches it on disk: later runs of these shapes start faster)"
+                )
+        costs += [compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule) for c in range(1, len(xs))]
+        return costs
+
+
+def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: str, decay: float):
+    """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
+    return torch.stack(
+        [update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in range(len(xs))]
+    )
+
+
+@functools.cache
+def _compiled_unrolled_steps():
+    """``torch.compile(_unrolled_steps)``, built once per process so that every engine reuses Dynamo's cache."""
+    return torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
