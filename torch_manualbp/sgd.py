@@ -142,7 +142,7 @@ class MiniBatchSGD:
         if self.backend == "compiled" and not recording.is_recording():
             rows = len(x) // (size * self.steps_per_call) * size * self.steps_per_call
             costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size)
-        # A native backend (issue 19) plugs in here, beside the compiled one: the same arguments, the same updates.
+        # A native backend (issue 18) plugs in here, beside the compiled one: the same arguments, the same updates.
         return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size))
 
     def rewind(self, step: int) -> bool:
