@@ -149,6 +149,7 @@ def test_test_and_validate_print_the_books_line_once_and_evaluations_make_no_log
     ), runs["validate"].stdout
     assert versions_after_fit == ["version_0", "version_1"]  # fit and its resume
     assert _versions(tmp_path) == versions_after_fit  # test, validate and predict wrote no log
+    assert not (ROOT / "config.yaml").exists()  # nor a copy of the config where they ran
 
 
 def test_the_chart_names_the_runs_cost(session):

@@ -73,9 +73,12 @@ class _NoTips(logging.Filter):
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if args[:1] in ([], ["-h"], ["--help"]):
+    if args[:1] in (["-h"], ["--help"]):
         print(HELP, end="")
         return 0
+    if not args:  # a subcommand is required
+        print(HELP, end="", file=sys.stderr)
+        return USAGE_ERROR
     if args[:1] != ["gradcheck"]:
         return _train(argv)
     parser = argparse.ArgumentParser(prog="manualbp gradcheck", description=_gradcheck.__doc__)
@@ -114,7 +117,7 @@ def _train(argv: list[str] | None) -> int:
             args = sys.argv[1:] if argv is None else argv
             command = f"manualbp {args[0]}" if args and args[0] in _SUBCOMMANDS else "manualbp"
             message += f" ({command} --help lists every option)"
-        elif isinstance(err, pickle.UnpicklingError):  # a checkpoint Lightning found itself (--ckpt_path last)
+        elif isinstance(err, pickle.UnpicklingError):  # a checkpoint Lightning found itself (--ckpt_path hpc)
             message = f"the checkpoint to resume from: {refused_checkpoint_message(err)}"
         elif not isinstance(err, (ConfigError, DivergenceError, UnreadableImagesError)):
             message += f" [{type(err).__name__}; MANUALBP_DEBUG=1 shows the traceback]"

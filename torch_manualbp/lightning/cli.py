@@ -255,7 +255,10 @@ class ManualBPCLI(LightningCLI):
         if self.subcommand == "fit":
             callbacks.append(StopOnSignal())
         elif not _named_on_command_line("--trainer.logger", self._command_line):
-            kwargs["logger"] = False  # the config's logger is fit's; an evaluation's result is its printed line
+            # the config's logger is fit's; an evaluation's result is its printed line, and nothing is written
+            # (no log folder, no copy of the config, which would otherwise land in the working directory)
+            kwargs["logger"] = False
+            self.save_config_callback = None
         if self.subcommand == "predict":
             if not any(isinstance(callback, PredictionReport) for callback in callbacks):
                 callbacks.append(PredictionReport())
@@ -273,7 +276,9 @@ class ManualBPCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         ckpt_path = self.config_init[subcommand].get("ckpt_path")
         if ckpt_path == "last":  # resolved here as Lightning would, to refuse what it would only warn about
-            self.config_init[subcommand]["ckpt_path"] = _last_checkpoint(self.trainer, subcommand)
+            path = _last_checkpoint(self.trainer, subcommand)
+            _check_ckpt_path(path)  # whole, and loadable with weights_only=True, like a file named on the command line
+            self.config_init[subcommand]["ckpt_path"] = path
         super()._run_subcommand(subcommand)
 
 
