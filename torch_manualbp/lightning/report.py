@@ -284,7 +284,9 @@ def _metrics_location(trainer) -> str:
     if trainer.logger is None:
         return "not logged (trainer.logger is off)"
     metrics_file = getattr(trainer.logger.experiment, "metrics_file_path", None)  # CSVLogger's metrics.csv
-    return shown_path(metrics_file) if metrics_file else f"{shown_path(trainer.logger.log_dir)} ({type(trainer.logger).__name__})"
+    if metrics_file:
+        return shown_path(metrics_file)
+    return f"{shown_path(trainer.logger.log_dir)} ({type(trainer.logger).__name__})"
 
 
 def pyplot():
