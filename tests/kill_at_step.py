@@ -1,4 +1,5 @@
-"""A callback that SIGKILLs its own training process, to test resuming after a crash (test_lightning.py)."""
+"""A callback that sends its own training process a signal, to test interrupts and resuming after a crash
+(test_lightning.py, test_interrupts.py)."""
 import os
 import signal
 
@@ -6,14 +7,18 @@ import lightning as L
 
 
 class KillAtStep(L.Callback):
-    """Kill the process, with no chance to clean up, once ``step`` optimizer steps are done.
+    """Send the process ``signal_name`` (by default SIGKILL: no chance to clean up) once, when ``step`` optimizer
+    steps are done.
 
-    Lightning runs checkpoint callbacks after all others, so a checkpoint due at ``step`` is not written.
+    Lightning runs checkpoint callbacks after all others, so a checkpoint due at ``step`` is not written before it.
     """
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
         self.step = step
+        self.signum = signal.Signals[signal_name]
+        self._sent = False
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.global_step >= self.step and not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), self.signum)

@@ -9,25 +9,77 @@ To run::
 A bad setting, a config that does not parse, missing data, a checkpoint that could run code, images that cannot be
 read or a diverging run end with one line on stderr, ``manualbp: error: <what is wrong>``, and exit status 2
 (1 for a diverged run) instead of a traceback; ``MANUALBP_DEBUG=1`` shows the traceback instead.
+
+SIGINT (Ctrl-C) or SIGTERM during ``fit`` writes a checkpoint at the end of the batch and ends with one line on
+stderr giving the command that resumes; the exit status is the shell's for that signal, 128 + its number (130 for
+SIGINT, 143 for SIGTERM), so that scripts and schedulers see the run was stopped, not finished.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pickle
+import shlex
 import sys
+import warnings
 
 #: Exit status of a run stopped by bad settings, arguments or files (as argparse uses), and of a diverged run.
 USAGE_ERROR, DIVERGED = 2, 1
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
+HELP = """\
+usage: manualbp {fit,validate,test,predict,gradcheck} [options]
+
+manualbp: Nielsen's chapter-2 backpropagation (BP1-BP4, written by hand as PyTorch autograd Functions), trained
+on MNIST with Lightning.
+
+subcommands:
+  fit         train a network: manualbp fit --config experiments/nielsen_ch1.yaml
+  validate    accuracy of a trained network on the validation images (needs --ckpt_path)
+  test        accuracy of a trained network on the test images (needs --ckpt_path)
+  predict     the digits a trained network reads in your images (needs --ckpt_path and --data.predict_path)
+  gradcheck   check every Function's backward against finite differences (manualbp gradcheck [--seed N])
+
+the settings that matter most:
+  --config FILE               a YAML config; experiments/ holds the book's runs (nielsen_ch1.yaml: chapter 1)
+  --model.sizes [784,30,10]   the layer sizes
+  --model.eta 3.0             the learning rate η
+  --model.cost quadratic      or cross_entropy
+  --trainer.max_epochs 30     how long to train
+  --ckpt_path last            resume fit from the newest last.ckpt, or evaluate it (a checkpoint file works too)
+
+manualbp <subcommand> --help lists every option of that subcommand.
+"""
+
+#: Messages from the libraries the command runs on that a user of ``manualbp`` cannot act on, each matched by its
+#: text and category: adverts, a deprecation inside a dependency, and warnings about the callbacks that the
+#: command itself adds or changes (EpochReport is not needed to predict; the best checkpoint's folder is the run's
+#: log version, new on every resume).
+_NOISE = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"The dirpath has changed from", UserWarning),
+    (r"Be aware that when using `ckpt_path`, .* Please add the following callbacks: \['EpochReport'\]\.$", UserWarning),
+)
+
+
+class _NoTips(logging.Filter):
+    """Drop Lightning's "💡 Tip: ... try installing ..." adverts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(HELP, end="")
+        return 0
+    if not args:  # a subcommand is required
+        print(HELP, end="", file=sys.stderr)
+        return USAGE_ERROR
     if args[:1] != ["gradcheck"]:
-        if args[:1] in ([], ["-h"], ["--help"]):
-            print("manualbp gradcheck [--seed N]: check every Function's backward against finite differences\n")
         return _train(argv)
     parser = argparse.ArgumentParser(prog="manualbp gradcheck", description=_gradcheck.__doc__)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random test inputs")
@@ -36,17 +88,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str] | None) -> int:
     """``manualbp fit|validate|test|predict ...`` through LightningCLI; expected failures become one line on stderr."""
+    _quiet_dependencies()
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from .lightning.cli import ConfigError, refused_checkpoint_message, run  # Lightning only for these commands
-    from .lightning.report import UnreadableImagesError
+    from .lightning.cli import ConfigError, RunInterrupted, refused_checkpoint_message, run  # Lightning only here
+    from .lightning.report import UnreadableImagesError, shown_path
     from .lightning.safety import DivergenceError
 
+    expected = (ArgumentError, ConfigError, DivergenceError, MisconfigurationException, ValueError, TypeError, OSError)
     try:
         run(argv)  # None: LightningCLI reads sys.argv itself
-    except (ArgumentError, ConfigError, DivergenceError, MisconfigurationException, ValueError, TypeError,
-            OSError, pickle.UnpicklingError) as err:  # fmt: skip
+    except RunInterrupted as stop:
+        args = sys.argv[1:] if argv is None else list(argv)
+        checkpoint = shown_path(stop.checkpoint)
+        print(
+            f"manualbp: interrupted at step {stop.step} (epoch {stop.epoch}); checkpoint {checkpoint};"
+            f" resume with: {_resume_command(args, checkpoint)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + stop.signum
+    except (*expected, pickle.UnpicklingError) as err:
         if os.environ.get("MANUALBP_DEBUG", "") not in ("", "0"):
             raise
         message = _one_line(err)
@@ -54,7 +117,7 @@ def _train(argv: list[str] | None) -> int:
             args = sys.argv[1:] if argv is None else argv
             command = f"manualbp {args[0]}" if args and args[0] in _SUBCOMMANDS else "manualbp"
             message += f" ({command} --help lists every option)"
-        elif isinstance(err, pickle.UnpicklingError):  # a checkpoint Lightning found itself (--ckpt_path last)
+        elif isinstance(err, pickle.UnpicklingError):  # a checkpoint Lightning found itself (--ckpt_path hpc)
             message = f"the checkpoint to resume from: {refused_checkpoint_message(err)}"
         elif not isinstance(err, (ConfigError, DivergenceError, UnreadableImagesError)):
             message += f" [{type(err).__name__}; MANUALBP_DEBUG=1 shows the traceback]"
@@ -63,6 +126,29 @@ def _train(argv: list[str] | None) -> int:
     finally:
         _close_process_group()
     return 0
+
+
+def _quiet_dependencies() -> None:
+    """Silence, by message and category, what the libraries print that a ``manualbp`` user cannot act on (``_NOISE``);
+    every other warning still shows."""
+    for message, category in _NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in logger.filters):
+        logger.addFilter(_NoTips())
+
+
+def _resume_command(args: list[str], checkpoint: str) -> str:
+    """The command line ``args`` with ``--ckpt_path`` set to ``checkpoint``: the command that resumes the run."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["manualbp", *kept, "--ckpt_path", checkpoint])
 
 
 def _close_process_group() -> None:

@@ -3,7 +3,9 @@ r"""Loading the MNIST digits from their original IDX files, without Lightning or
 The four files (``train-images-idx3-ubyte`` and friends) are found in a directory, either flat or in the
 ``MNIST/raw`` layout that ``torchvision.datasets.MNIST`` downloads into, gzip-compressed (``.gz``) or not.
 Every file's IDX bytes (after gunzip) are checked against the SHA-256 sums below, so a truncated copy or a
-different data set is reported instead of silently training on it. Nothing is ever written to disk.
+different data set is reported instead of silently training on it. Loading never writes to disk;
+:func:`write_torchvision_layout` writes, when asked, the ``MNIST/raw`` folder that ``torchvision.datasets.MNIST``
+reads.
 
 Example::
 
@@ -37,6 +39,7 @@ __all__ = [
     "load_mnist",
     "parse_idx_images",
     "read_idx",
+    "write_torchvision_layout",
 ]
 
 #: MNIST images are 28 x 28 = 784 pixels, one per input neuron, and there are 10 digits, one per output neuron.
@@ -220,3 +223,37 @@ def load_mnist(data_dir: str | os.PathLike = "data/mnist") -> dict[str, Tensor]:
         # int64 labels are what indexing and cross-entropy expect; pixels stay uint8 until the caller scales them.
         mnist[key] = tensor if is_images else tensor.long()
     return mnist
+
+
+def write_torchvision_layout(root: str | os.PathLike, data_dir: str | os.PathLike = "data/mnist") -> Path:
+    r"""Write the four MNIST files of ``data_dir``, verified and un-gzipped, into ``root/MNIST/raw``, where
+    ``torchvision.datasets.MNIST(root)`` reads them (without ``download=True``, which would check the MD5 of
+    torchvision's own ``.gz`` files; ``data/mnist``'s image files are compressed differently).
+
+    Each file is written to a temporary name and renamed, so an interrupted call leaves no half-written file.
+    :func:`load_mnist` reads ``root`` too.
+
+    Example::
+
+        >>> from torch_manualbp.mnist import write_torchvision_layout
+        >>> import torchvision
+        >>> train = torchvision.datasets.MNIST(write_torchvision_layout("data").parents[1], train=True)
+
+    Returns:
+        the folder written, ``root/MNIST/raw``.
+
+    Raises:
+        FileNotFoundError: a file is missing from ``data_dir``.
+        ValueError: a file of ``data_dir`` is truncated or corrupted (nothing of it is written).
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for key, path in find_mnist_files(data_dir).items():
+        name = MNIST_FILES[key]
+        data = _read_bytes(path)
+        _parse_idx(data, path, IDX_IMAGES_MAGIC if key.endswith("images") else _LABELS_MAGIC)
+        _check_sha256(data, path, name)
+        partial = raw / f".{name}.{os.getpid()}.tmp"
+        partial.write_bytes(data)
+        os.replace(partial, raw / name)
+    return raw

@@ -19,6 +19,7 @@ import torch
 from ..nn import sigmoid_layers
 from ..observe import record_errors
 from ..reference import autograd_cost
+from .report import pyplot
 
 __all__ = ["LearningSpeedMonitor", "GradientAudit"]
 
@@ -40,11 +41,7 @@ def chart_path(trainer, chart: str | None, default_name: str) -> Path:
 def draw_history(history: dict[int, dict[str, float]], panels: dict[str, tuple[str, str]], path: Path, label) -> None:
     """A row of panels over the steps of ``history`` (step -> metrics): one per ``prefix: (title, yscale)`` of
     ``panels``, with a line for each metric named ``prefix/...``, labelled ``label(metric name)``; saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps = sorted(history)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (prefix, (title, yscale)) in zip(axes, panels.items()):

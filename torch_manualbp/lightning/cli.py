@@ -11,7 +11,12 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 
 - checks the settings right after parsing, before anything is built or written, and raises :class:`ConfigError`
   naming the setting (``model.sizes must start with 784 ...``); ``torch_manualbp.cli.main`` prints such errors as
-  one line;
+  one line; an abbreviated option (``--model.et``) is refused, not taken for the one it abbreviates;
+- never answers from an untrained network: ``validate``, ``test`` and ``predict`` need ``--ckpt_path`` (a file, or
+  ``last``), and ``last`` that finds no ``last.ckpt`` is a :class:`ConfigError`, for ``fit`` too (a resume that
+  would silently start from scratch);
+- on SIGINT (Ctrl-C) or SIGTERM during ``fit``, finishes the batch, writes ``last.ckpt`` and stops with
+  :class:`RunInterrupted` (:class:`StopOnSignal`); ``torch_manualbp.cli.main`` prints the command that resumes;
 - adds a :class:`~torch_manualbp.lightning.safety.DivergenceGuard` to the trainer's callbacks unless the config
   already has one (configure it there to change ``every_n_steps``);
 - adds an :class:`~torch_manualbp.lightning.safety.AtomicCheckpointIO` to the trainer's plugins unless the config
@@ -19,6 +24,8 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 - adds an :class:`~torch_manualbp.lightning.report.EpochReport` (the book's line per epoch, a summary and a chart)
   unless the config sets ``report: false`` or already lists one, and a
   :class:`~torch_manualbp.lightning.report.PredictionReport` to ``predict``;
+- ``validate`` and ``test`` print the book's line only (``--verbose true`` adds Lightning's table); they and
+  ``predict`` log nothing and make no ``version_N`` folder unless ``--trainer.logger`` is given on the command line;
 - turns Lightning's progress bar off by default when standard output is not a terminal (a CI log), where its
   carriage returns would fill the log; ``--trainer.enable_progress_bar`` decides otherwise;
 - logs to CSV under ``runs/manualbp`` by default (Lightning would pick TensorBoard whenever it is installed); the
@@ -31,29 +38,65 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
+import signal
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
-from jsonargparse import lazy_instance
+from jsonargparse import DefaultHelpFormatter, lazy_instance
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier, check_hyperparameters
-from .report import EpochReport, PredictionReport
+from .report import EpochReport, PredictionReport, shown_path
 from .safety import AtomicCheckpointIO, DivergenceGuard
 
-__all__ = ["ConfigError", "ManualBPCLI", "run", "check_settings", "refused_checkpoint_message"]
+__all__ = [
+    "ConfigError",
+    "ManualBPCLI",
+    "RunInterrupted",
+    "StopOnSignal",
+    "run",
+    "check_settings",
+    "refused_checkpoint_message",
+]
 
+#: What each subcommand does, at the head of its ``--help``, with the settings that matter most.
+_DESCRIPTIONS = {
+    "fit": "manualbp fit: train a network of sigmoid layers on MNIST by mini-batch SGD, the book's backpropagation"
+    " (BP1-BP4) written by hand. The settings that matter most: --config (experiments/nielsen_ch1.yaml is the book's"
+    " chapter-1 run), --model.sizes, --model.eta, --model.cost, --model.mini_batch_size, --trainer.max_epochs,"
+    " --ckpt_path last (resume an interrupted run).",
+    "validate": "manualbp validate: the accuracy of a trained network on the 10,000 validation images. Needs"
+    " --ckpt_path (a checkpoint file, or last).",
+    "test": "manualbp test: the accuracy of a trained network on the 10,000 test images. Needs --ckpt_path (a"
+    " checkpoint file, or last).",
+    "predict": "manualbp predict: the digit a trained network reads in your images. Needs --ckpt_path (a checkpoint"
+    " file, or last) and --data.predict_path (an image, a folder of images or an IDX images file).",
+}
+_SUBCOMMANDS = tuple(_DESCRIPTIONS)
 
-#: Parse errors raise ``jsonargparse.ArgumentError`` instead of printing the whole usage and exiting.
-_PARSER_KWARGS: dict[str, Any] = {"exit_on_error": False}
-_PARSER_KWARGS.update({name: {"exit_on_error": False} for name in ("fit", "validate", "test", "predict")})
+#: Sphinx markup in the docstrings that ``--help`` shows, as plain text.
+_ROLE = re.compile(r":[\w:]+:`([^`]*)`")
+_LINK = re.compile(r"`([^`<]+?)\s*<([^>]+)>`_")
+_TEX = {
+    r"\eta": "η",
+    r"\lambda": "λ",
+    r"\sigma": "σ",
+    r"\delta": "δ",
+    r"\partial": "∂",
+    r"\to": "→",
+    r"\cdot": "·",
+    r"\,": " ",
+}
 
 #: Strategies that install their own (sharded) CheckpointIO, which the atomic plugin must not replace.
 _OWN_CHECKPOINT_IO = ("fsdp", "deepspeed", "xla", "modelparallel")
@@ -61,6 +104,122 @@ _OWN_CHECKPOINT_IO = ("fsdp", "deepspeed", "xla", "modelparallel")
 
 class ConfigError(ValueError):
     """A setting of the ``manualbp`` command is invalid; the message names the setting and what it must be."""
+
+
+class RunInterrupted(Exception):
+    """``fit`` stopped on a signal after writing ``checkpoint``; resuming from it continues where it stopped.
+
+    Attributes:
+        signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+        step: the global step (SGD updates) the checkpoint holds.
+        epoch: the epoch it was in.
+        checkpoint: the path of the checkpoint written.
+    """
+
+    def __init__(self, signum: int, step: int, epoch: int, checkpoint: str) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step} (epoch {epoch})")
+        self.signum, self.step, self.epoch, self.checkpoint = signum, step, epoch, checkpoint
+
+
+class StopOnSignal(L.Callback):
+    r"""On SIGINT (Ctrl-C) or SIGTERM during training, finish the batch, write the checkpoint and stop.
+
+    The checkpoint is ``last.ckpt`` in the folder of the first ``ModelCheckpoint`` that keeps one
+    (``save_last``), else in the first one's folder, written at the end of the batch as a ``ModelCheckpoint`` due at
+    that step would be, so the resumed run goes on exactly as the uninterrupted one. Then
+    :class:`RunInterrupted` stops ``fit``. A second signal before then stops at once (Python's ``KeyboardInterrupt``).
+    Under DDP a signal to any process stops all of them at the same step. Outside training the signals keep their
+    handlers.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0  # the signal number, once one arrives
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.received = 0
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame) -> None:
+        if self.received:  # asked twice: stop now
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        received = self.received
+        if trainer.world_size > 1:  # every process stops at the same step
+            received = int(trainer.strategy.reduce(torch.tensor(received, device=pl_module.device), reduce_op="max"))
+        if not received:
+            return
+        path = _interrupt_checkpoint_path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole training state, as last.ckpt holds it
+        self._restore()
+        raise RunInterrupted(received, trainer.global_step, trainer.current_epoch, path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def _interrupt_checkpoint_path(trainer) -> str:
+    """``last.ckpt`` where ``--ckpt_path last`` looks: the folder of a ``ModelCheckpoint`` with ``save_last``, else
+    of the first ``ModelCheckpoint``, else the trainer's checkpoint folder."""
+    callbacks = [callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)]
+    keeper = next((callback for callback in callbacks if callback.save_last and callback.dirpath), None)
+    keeper = keeper or next((callback for callback in callbacks if callback.dirpath), None)
+    if keeper is None:
+        return str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+    return str(Path(keeper.dirpath) / f"{keeper.CHECKPOINT_NAME_LAST}{keeper.FILE_EXTENSION}")
+
+
+def plain_text(text: str) -> str:
+    r"""``text`` without reStructuredText and Sphinx markup, as ``--help`` prints it: ``:math:`\eta``` → η,
+    ``:class:`~a.b.C``` → C, ```text <url>`_`` → text (url), ````code```` → code."""
+    text = _LINK.sub(r"\1 (\2)", text)
+    text = _ROLE.sub(lambda found: found[1].rsplit(".", 1)[-1] if found[1].startswith("~") else found[1], text)
+    for macro, letter in _TEX.items():
+        text = text.replace(macro, letter)
+    return text.replace("`", "")
+
+
+class _PlainHelpFormatter(DefaultHelpFormatter):
+    """``--help`` in plain text: the docstrings' markup removed before the lines are wrapped."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return super()._split_lines(plain_text(text), width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(plain_text(text), width, indent)
+
+    def start_section(self, heading: str | None) -> None:
+        super().start_section(heading and plain_text(heading))
+
+
+#: Parse errors raise ``jsonargparse.ArgumentError`` instead of printing the whole usage and exiting; an abbreviated
+#: option is an error, not the option it abbreviates.
+_PARSER_KWARGS: dict[str, Any] = {
+    "exit_on_error": False,
+    "allow_abbrev": False,
+    "formatter_class": _PlainHelpFormatter,
+    "prog": "manualbp",
+    "description": "manualbp: Nielsen's chapter-2 backpropagation on MNIST (manualbp --help lists the subcommands)",
+}
+_PARSER_KWARGS.update(
+    {
+        name: {key: _PARSER_KWARGS[key] for key in ("exit_on_error", "allow_abbrev", "formatter_class")}
+        | {"description": text}
+        for name, text in _DESCRIPTIONS.items()
+    }
+)
 
 
 class ManualBPCLI(LightningCLI):
@@ -76,16 +235,30 @@ class ManualBPCLI(LightningCLI):
             " and the accuracy of test (EpochReport); false: only Lightning's own output",
         )
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)  # EpochReport prints the book's line; Lightning's table repeats it
+        return parser
+
     def parse_arguments(self, parser, args) -> None:
+        self._command_line = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        check_settings(self.config[subcommand] if subcommand else self.config)
+        check_settings(self.config[subcommand] if subcommand else self.config, subcommand)
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = self._get(self.config_init, "trainer", default={})
         callbacks = _as_list(kwargs.pop("callbacks", trainer.get("callbacks")))
         if not any(isinstance(callback, DivergenceGuard) for callback in callbacks):
             callbacks.append(DivergenceGuard())
+        if self.subcommand == "fit":
+            callbacks.append(StopOnSignal())
+        elif not _named_on_command_line("--trainer.logger", self._command_line):
+            # the config's logger is fit's; an evaluation's result is its printed line, and nothing is written
+            # (no log folder, no copy of the config, which would otherwise land in the working directory)
+            kwargs["logger"] = False
+            self.save_config_callback = None
         if self.subcommand == "predict":
             if not any(isinstance(callback, PredictionReport) for callback in callbacks):
                 callbacks.append(PredictionReport())
@@ -100,6 +273,38 @@ class ManualBPCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(callbacks=callbacks, plugins=plugins or None, **kwargs)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path == "last":  # resolved here as Lightning would, to refuse what it would only warn about
+            path = _last_checkpoint(self.trainer, subcommand)
+            _check_ckpt_path(path)  # whole, and loadable with weights_only=True, like a file named on the command line
+            self.config_init[subcommand]["ckpt_path"] = path
+        super()._run_subcommand(subcommand)
+
+
+def _named_on_command_line(option: str, args) -> bool:
+    """Whether ``option`` (or one of its sub-options, ``option.…``) is among the command line's arguments."""
+    return isinstance(args, list) and any(re.match(rf"{re.escape(option)}(\.|=|$)", str(arg)) for arg in args)
+
+
+def _last_checkpoint(trainer, subcommand: str) -> str:
+    """The newest ``last*.ckpt`` in the folders of the trainer's ``ModelCheckpoint`` callbacks (where Lightning's
+    ``ckpt_path="last"`` looks); :class:`ConfigError` saying what to pass when there is none."""
+    callbacks = [callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)]
+    found = [Path(path) for callback in callbacks for path in callback._find_last_checkpoints(trainer)]
+    if found:
+        return str(max(found, key=lambda path: path.stat().st_mtime))
+    folders = ", ".join(sorted({shown_path(callback.dirpath) for callback in callbacks if callback.dirpath}))
+    where = f"in {folders}" if folders else "(no ModelCheckpoint in the config names a dirpath)"
+    if subcommand == "fit":
+        raise ConfigError(
+            f"ckpt_path last: no last.ckpt {where} to resume from; leave --ckpt_path out to start a new run"
+        )
+    raise ConfigError(
+        f"ckpt_path last: no last.ckpt {where}; {subcommand} needs a trained network: train one with manualbp fit,"
+        " or pass --ckpt_path <checkpoint file>"
+    )
+
 
 def _as_list(value) -> list:
     if value is None:
@@ -107,20 +312,33 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def check_settings(config) -> None:
+def check_settings(config, subcommand: str | None = None) -> None:
     r"""Raise :class:`ConfigError` for a setting that cannot work, naming it; ``config`` is one subcommand's section.
 
     Checked: ``model.sizes`` (at least two positive sizes, 784 inputs and 10 outputs for MNIST), ``model.eta``,
     ``model.momentum`` and ``model.weight_decay`` (by the classifier's own rules, :func:`check_hyperparameters`),
     ``data.batch_size`` and ``data.eval_batch_size`` (>= 1), ``data.data_dir`` (holds the four MNIST files,
-    unless ``data.download`` is on) and ``ckpt_path`` (an existing, complete checkpoint file, or ``last``/``best``).
+    unless ``data.download`` is on) and ``ckpt_path`` (an existing, complete checkpoint file, or ``last``; given at
+    all for ``validate``, ``test`` and ``predict``, which evaluate a trained network; ``best`` only inside ``fit``).
     """
     model, data = config.get("model"), config.get("data")
     if model is not None:
         _check_model(model)
     if data is not None:
         _check_data(data)
-    _check_ckpt_path(config.get("ckpt_path"))
+    ckpt_path = config.get("ckpt_path")
+    if subcommand in ("validate", "test", "predict"):
+        if not ckpt_path:
+            raise ConfigError(
+                f"{subcommand} needs a trained network: pass --ckpt_path last (the newest last.ckpt of the config's"
+                " run) or --ckpt_path <checkpoint file>; manualbp fit trains one"
+            )
+        if ckpt_path == "best":  # Lightning knows the best checkpoint only in the process that trained it
+            raise ConfigError(
+                "ckpt_path best is known only inside manualbp fit; pass the file that fit's summary names as"
+                " 'Best checkpoint', or --ckpt_path last"
+            )
+    _check_ckpt_path(ckpt_path)
 
 
 #: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for
@@ -179,7 +397,7 @@ def _check_ckpt_path(ckpt_path) -> None:
     load with ``torch.load(weights_only=True)``: nothing in it may be an object whose unpickling could run code."""
     special = ckpt_path in ("last", "best", "hpc") or str(ckpt_path).lower().startswith("registry")
     if not ckpt_path or special or "://" in str(ckpt_path):
-        return  # Lightning resolves these itself; "last" with no last checkpoint starts from scratch, with a warning
+        return  # Lightning resolves these itself ("last": ManualBPCLI._run_subcommand, first)
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(

@@ -18,6 +18,7 @@ To run::
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,17 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["CURVES_PNG", "EpochReport", "PredictionReport", "UnreadableImagesError", "format_count"]
+__all__ = [
+    "CURVES_PNG",
+    "EpochReport",
+    "EpochRow",
+    "PredictionReport",
+    "UnreadableImagesError",
+    "checkpoint_paths",
+    "format_count",
+    "pyplot",
+    "shown_path",
+]
 
 #: File name of the chart of the run's curves, written into the run's log directory at the end of ``fit``.
 CURVES_PNG = "curves.png"
@@ -38,6 +49,33 @@ def format_count(correct: int, total: int) -> str:
     return f"{correct} / {total} ({100 * correct / total:.2f}%)" if total else "no images"
 
 
+@dataclass
+class EpochRow:
+    r"""What one epoch of ``fit`` did: its number, its seconds of work, the mean training cost, and for each of
+    ``val`` and ``test`` the images answered correctly, the images evaluated and the mean cost (``None``: not
+    evaluated)."""
+
+    epoch: int
+    seconds: float
+    train_cost: float | None = None
+    val_correct: int | None = None
+    val_total: int | None = None
+    val_cost: float | None = None
+    test_correct: int | None = None
+    test_total: int | None = None
+    test_cost: float | None = None
+
+    def count(self, stage: str) -> tuple[int, int] | None:
+        r"""``(correct, total)`` on ``stage`` (``"val"`` or ``"test"``), or ``None`` if it was not evaluated."""
+        total = getattr(self, f"{stage}_total")
+        return (getattr(self, f"{stage}_correct"), total) if total else None
+
+    def accuracy(self, stage: str) -> float:
+        r"""Percentage correct on ``stage``; the stage must have been evaluated."""
+        correct, total = self.count(stage)
+        return 100 * correct / total
+
+
 class EpochReport(L.Callback):
     r"""Print the book's line after every training epoch, a summary at the end of ``fit``, and ``test``'s result.
 
@@ -46,22 +84,37 @@ class EpochReport(L.Callback):
     here, summed over processes). The summary names the best epoch (highest validation accuracy; the earliest of
     equals, as ``ModelCheckpoint`` keeps it), the last, the total time, the checkpoints, the metrics file and a chart
     of accuracy and cost per epoch (``curves.png`` in the log directory). The per-epoch history is saved in
-    checkpoints, so a resumed run's summary and chart cover all its epochs. Only global rank 0 prints.
+    checkpoints, so a resumed run's summary and chart cover all its epochs. So are the seconds of work: a run
+    resumed in the middle of an epoch counts that epoch's seconds before the checkpoint and after the resume (the
+    work between the checkpoint and a crash is redone, and counted once), and the summary's time is the whole
+    run's, across its processes. Only global rank 0 prints.
     """
 
     def __init__(self) -> None:
-        self.history: list[dict[str, Any]] = []  # one row per finished epoch, see _epoch_row
+        self.history: list[EpochRow] = []  # one row per finished epoch
         self._seen = {stage: 0 for stage in _STAGES}  # images evaluated in this validation or test pass
         self._evaluated: dict[str, tuple[int, int, float]] = {}  # stage -> (correct, total, cost) of this epoch
         self._epoch_start = self._fit_start = 0.0
+        self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end
+        # restored from a checkpoint: the seconds of work already done in its epoch (if saved mid-epoch) and in
+        # the run, and how many processes the run has taken
+        self._resumed_epoch_seconds = self._resumed_fit_seconds = 0.0
+        self._processes = 1
 
     # --- fit ----------------------------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
+        self._fit_start = time.perf_counter() - self._resumed_fit_seconds
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # resumed mid-epoch, Lightning calls no on_train_epoch_start for the epoch it continues
+        self._epoch_start = time.perf_counter() - self._resumed_epoch_seconds
+        self._in_epoch = self._in_epoch or self._resumed_epoch_seconds > 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = time.perf_counter() - self._resumed_epoch_seconds
+        self._resumed_epoch_seconds = 0.0
+        self._in_epoch = True
         self._evaluated = {}
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -74,10 +127,14 @@ class EpochReport(L.Callback):
         if trainer.sanity_checking:
             return
         self._evaluated = self._collect(trainer)
+        if trainer.state.fn == "validate" and trainer.is_global_zero:  # manualbp validate: its result is this line
+            print(_evaluation_line(self._evaluated), flush=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = self._epoch_row(trainer)
         self.history.append(row)
+        self._in_epoch = False
+        self._resumed_epoch_seconds = 0.0
         if trainer.is_global_zero:
             print(_epoch_line(row), flush=True)
 
@@ -86,19 +143,17 @@ class EpochReport(L.Callback):
         if not trainer.is_global_zero or not self.history:
             return
         chart = log_dir / CURVES_PNG
-        draw_curves(self.history, chart)
+        draw_curves(self.history, chart, cost_name=pl_module.network.cost_name)
         print(self.summary(trainer, time.perf_counter() - self._fit_start, chart), flush=True)
 
-    def _epoch_row(self, trainer) -> dict[str, Any]:
+    def _epoch_row(self, trainer) -> EpochRow:
         cost = trainer.callback_metrics.get("train/cost")
-        row: dict[str, Any] = {
-            "epoch": trainer.current_epoch,
-            "seconds": time.perf_counter() - self._epoch_start,
-            "train_cost": None if cost is None else float(cost),
-        }
-        for stage in _STAGES:
-            correct, total, stage_cost = self._evaluated.get(stage, (None, None, None))
-            row.update({f"{stage}_correct": correct, f"{stage}_total": total, f"{stage}_cost": stage_cost})
+        seconds = time.perf_counter() - self._epoch_start
+        row = EpochRow(trainer.current_epoch, seconds, None if cost is None else float(cost))
+        for stage, (correct, total, stage_cost) in self._evaluated.items():
+            setattr(row, f"{stage}_correct", correct)
+            setattr(row, f"{stage}_total", total)
+            setattr(row, f"{stage}_cost", stage_cost)
         return row
 
     def _collect(self, trainer) -> dict[str, tuple[int, int, float]]:
@@ -114,31 +169,42 @@ class EpochReport(L.Callback):
         return found
 
     def summary(self, trainer, seconds: float, chart: Path) -> str:
-        r"""The lines printed at the end of ``fit``: best and last epoch, time, and where everything was written."""
-        validated = [row for row in self.history if row["val_total"]]
+        r"""The lines printed at the end of ``fit``: best and last epoch, time, and where everything was written;
+        ``seconds`` is the whole run's (every process's, when it was resumed)."""
+        validated = [row for row in self.history if row.count("val")]
         epochs = len(self.history)
-        lines = ["", f"Finished {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s"]
+        finished = f"Finished {epochs} epoch{'s' if epochs != 1 else ''} in {seconds:.1f} s"
+        if self._processes > 1:
+            this_one = seconds - self._resumed_fit_seconds
+            finished += f" of work over {self._processes} processes ({this_one:.1f} s in this one, resumed)"
+        lines = ["", finished]
         if validated:
-            best = max(validated, key=lambda row: (row["val_correct"] / row["val_total"], -row["epoch"]))
-            lines.append(f"Best epoch {best['epoch']} (by validation accuracy): {_accuracies(best)}")
-            lines.append(f"Last epoch {self.history[-1]['epoch']}: {_accuracies(self.history[-1])}")
-        best_path = last_path = ""
-        for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint):
-                best_path = best_path or (callback.best_model_path if callback.monitor else "")
-                # without a monitor, a ModelCheckpoint's "best" is simply the newest file it wrote
-                last_path = last_path or callback.last_model_path or ("" if callback.monitor else callback.best_model_path)
-        lines.append(f"Best checkpoint: {_shown(best_path) if best_path else 'none written'}")
-        lines.append(f"Last checkpoint: {_shown(last_path) if last_path else 'none written'}")
+            best = max(validated, key=lambda row: (row.accuracy("val"), -row.epoch))
+            lines.append(f"Best epoch {best.epoch} (by validation accuracy): {_accuracies(best)}")
+            lines.append(f"Last epoch {self.history[-1].epoch}: {_accuracies(self.history[-1])}")
+        paths = checkpoint_paths(trainer)
+        lines.append(f"Best checkpoint: {shown_path(paths['best']) if paths['best'] else 'none written'}")
+        lines.append(f"Last checkpoint: {shown_path(paths['last']) if paths['last'] else 'none written'}")
         lines.append(f"Metrics: {_metrics_location(trainer)}")
-        lines.append(f"Curves: {_shown(chart)}")
+        lines.append(f"Curves: {shown_path(chart)}")
         return "\n".join(lines)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        # plain dicts and floats: a checkpoint must load with torch.load(weights_only=True)
+        now = time.perf_counter()
+        return {
+            "history": [asdict(row) for row in self.history],
+            "epoch_seconds": now - self._epoch_start if self._in_epoch else 0.0,
+            "fit_seconds": now - self._fit_start,
+            "processes": self._processes,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
+        self.history = [EpochRow(**row) for row in state_dict["history"]]
+        # checkpoints written before the seconds were kept have only the history
+        self._resumed_epoch_seconds = state_dict.get("epoch_seconds", 0.0)
+        self._resumed_fit_seconds = state_dict.get("fit_seconds", 0.0)
+        self._processes = state_dict.get("processes", 1) + 1
 
     # --- test ---------------------------------------------------------------------------------------------------
 
@@ -149,44 +215,68 @@ class EpochReport(L.Callback):
         self._seen["test"] += len(batch[-1])
 
     def on_test_end(self, trainer, pl_module) -> None:
-        result = self._collect(trainer).get("test")
-        if trainer.is_global_zero and result is not None:
-            correct, total, cost = result
-            print(f"Test: {format_count(correct, total)}, test cost {cost:.4f}", flush=True)
+        evaluated = self._collect(trainer)
+        if trainer.is_global_zero and evaluated:
+            print(_evaluation_line(evaluated), flush=True)
 
 
-def _epoch_line(row: dict[str, Any]) -> str:
+def _evaluation_line(evaluated: dict[str, tuple[int, int, float]]) -> str:
+    r"""``Test: 9484 / 10000 (94.84%), test cost 0.0453`` for each stage evaluated (validation first), joined by
+    ``; ``."""
+    names = {"val": "validation", "test": "test"}
+    return "; ".join(
+        f"{names[stage].capitalize()}: {format_count(correct, total)}, {names[stage]} cost {cost:.4f}"
+        for stage, (correct, total, cost) in evaluated.items()
+    )
+
+
+def _epoch_line(row: EpochRow) -> str:
     r"""The book's ``Epoch N: correct / total`` line, then the validation accuracy, training cost and seconds."""
-    epoch, rest = row["epoch"], []
-    if row["test_total"]:  # the book's count is of the test images
-        head = f"Epoch {epoch}: {row['test_correct']} / {row['test_total']} test images"
-        if row["val_total"]:
-            rest.append(f"validation {100 * row['val_correct'] / row['val_total']:.2f}%")
-    elif row["val_total"]:
-        correct, total = row["val_correct"], row["val_total"]
-        head = f"Epoch {epoch}: {correct} / {total} validation images ({100 * correct / total:.2f}%)"
+    rest = []
+    if row.count("test"):  # the book's count is of the test images
+        correct, total = row.count("test")
+        head = f"Epoch {row.epoch}: {correct} / {total} test images"
+        if row.count("val"):
+            rest.append(f"validation {row.accuracy('val'):.2f}%")
+    elif row.count("val"):
+        correct, total = row.count("val")
+        head = f"Epoch {row.epoch}: {correct} / {total} validation images ({row.accuracy('val'):.2f}%)"
     else:
-        head = f"Epoch {epoch}: not evaluated"
-    if row["train_cost"] is not None:
-        rest.append(f"training cost {row['train_cost']:.4f}")
-    rest.append(f"{row['seconds']:.1f} s")
+        head = f"Epoch {row.epoch}: not evaluated"
+    if row.train_cost is not None:
+        rest.append(f"training cost {row.train_cost:.4f}")
+    rest.append(f"{row.seconds:.1f} s")
     return f"{head}; {', '.join(rest)}"
 
 
-def _accuracies(row: dict[str, Any]) -> str:
+def _accuracies(row: EpochRow) -> str:
     r"""``validation 9540 / 10000 (95.40%), test 9484 / 10000 (94.84%)`` for what the epoch evaluated."""
     found = [
-        f"{name} {format_count(row[f'{stage}_correct'], row[f'{stage}_total'])}"
+        f"{name} {format_count(*row.count(stage))}"
         for stage, name in (("val", "validation"), ("test", "test"))
-        if row[f"{stage}_total"]
+        if row.count(stage)
     ]
     return ", ".join(found)
 
 
-def _shown(path) -> str:
+def shown_path(path) -> str:
     r"""``path`` relative to the working directory when it lies inside it (as the configs name them), else whole."""
     path = Path(path).absolute()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def checkpoint_paths(trainer) -> dict[str, str]:
+    r"""``{"best": path, "last": path}``: the best checkpoint of the first ``ModelCheckpoint`` with a monitor, and
+    the newest ``last.ckpt`` (or, for a ``ModelCheckpoint`` without a monitor, the newest file it wrote); ``""`` for
+    none. Paths as the callbacks hold them; a file may since have been removed."""
+    paths = {"best": "", "last": ""}
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            paths["best"] = paths["best"] or (callback.best_model_path if callback.monitor else "")
+            # without a monitor, a ModelCheckpoint's "best" is simply the newest file it wrote
+            newest = callback.last_model_path or ("" if callback.monitor else callback.best_model_path)
+            paths["last"] = paths["last"] or newest
+    return paths
 
 
 def _metrics_location(trainer) -> str:
@@ -194,35 +284,49 @@ def _metrics_location(trainer) -> str:
     if trainer.logger is None:
         return "not logged (trainer.logger is off)"
     metrics_file = getattr(trainer.logger.experiment, "metrics_file_path", None)  # CSVLogger's metrics.csv
-    return _shown(metrics_file) if metrics_file else f"{_shown(trainer.logger.log_dir)} ({type(trainer.logger).__name__})"
+    if metrics_file:
+        return shown_path(metrics_file)
+    return f"{shown_path(trainer.logger.log_dir)} ({type(trainer.logger).__name__})"
 
 
-def draw_curves(history: list[dict[str, Any]], path: Path) -> None:
-    r"""Write a PNG of accuracy and cost per epoch (training cost; validation and test accuracy and cost)."""
+def pyplot():
+    r"""``matplotlib.pyplot`` drawing to files only (the Agg backend): the charts are written during runs that
+    may have no display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def draw_curves(history: list[EpochRow], path: Path, cost_name: str = "quadratic") -> None:
+    r"""Write a PNG of accuracy and cost per epoch (training cost; validation and test accuracy and cost);
+    ``cost_name`` is the network's cost (``Network.cost_name``), named in the cost panel's title and in the PNG's
+    ``Title``."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    cost = f"{cost_name.replace('_', '-')} cost"  # "cross-entropy cost"
     fig, (accuracy_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for stage, name in (("val", "validation"), ("test", "test")):
-        rows = [row for row in history if row[f"{stage}_total"]]
+        rows = [row for row in history if row.count(stage)]
         if rows:
-            epochs = [row["epoch"] for row in rows]
-            accuracy_ax.plot(epochs, [100 * row[f"{stage}_correct"] / row[f"{stage}_total"] for row in rows], "o-", label=name)
-            cost_ax.plot(epochs, [row[f"{stage}_cost"] for row in rows], "o-", label=name)
-    trained = [row for row in history if row["train_cost"] is not None]
-    cost_ax.plot([row["epoch"] for row in trained], [row["train_cost"] for row in trained], "o-", label="training")
+            epochs = [row.epoch for row in rows]
+            accuracy_ax.plot(epochs, [row.accuracy(stage) for row in rows], "o-", label=name)
+            cost_ax.plot(epochs, [getattr(row, f"{stage}_cost") for row in rows], "o-", label=name)
+    trained = [row for row in history if row.train_cost is not None]
+    cost_ax.plot([row.epoch for row in trained], [row.train_cost for row in trained], "o-", label="training")
     accuracy_ax.set(title="accuracy per epoch", xlabel="epoch", ylabel="% correct")
-    cost_ax.set(title="quadratic cost per epoch", xlabel="epoch", ylabel="C", yscale="log")
+    cost_ax.set(title=f"{cost} per epoch", xlabel="epoch", ylabel="C", yscale="log")
     for ax in (accuracy_ax, cost_ax):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": f"accuracy and {cost} per epoch"})
     plt.close(fig)
 
 

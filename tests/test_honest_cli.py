@@ -1,0 +1,158 @@
+"""Off the README's path, ``manualbp`` does what was asked or says in one line why not: no answer from an untrained
+network, no abbreviated option taken for another, a readable ``--help``, and output with nothing a user cannot act on
+(adverts, dependencies' deprecations, warnings about the callbacks the command adds itself, a second table of the
+same numbers, a log folder per evaluation).
+
+Every run is the real command, in a subprocess or through ``torch_manualbp.cli.main``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, edit_config, manualbp, write_config
+from torch_manualbp.cli import main
+
+DIGITS = ROOT / "experiments" / "digits"
+SHORT = {"trainer": {"max_epochs": 1, "limit_train_batches": 5, "limit_val_batches": 2}}
+
+# what Lightning and its dependencies print that a manualbp user cannot act on (issue 17)
+NOISE = [
+    "💡 Tip",  # adverts for litlogger and litmodels
+    "LeafSpec",  # a deprecation inside a dependency, with its site-packages path
+    "The dirpath has changed",  # the best checkpoint's folder is the run's log version, new on every resume
+    "Please add the following callbacks",  # EpochReport, which the command itself adds to fit and not to predict
+    "Detected KeyboardInterrupt",
+    "Test metric",  # Lightning's table of what `test` has just printed
+    "Validate metric",
+]
+
+
+def _one_error_line(capsys) -> str:
+    return _the_error_line(capsys.readouterr().err)
+
+
+def _the_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("manualbp: error:")]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def _versions(tmp_path: Path, name: str = "config") -> list[str]:
+    return sorted(path.name for path in (tmp_path / "runs" / name).glob("version_*"))
+
+
+# --- no answer from an untrained network ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_is_one_line_saying_what_to_pass_and_writes_nothing(
+    tmp_path, capsys, subcommand
+):
+    config = write_config(tmp_path, **SHORT)
+    assert main([subcommand, "--config", str(config), "--data.predict_path", str(DIGITS)]) == 2
+    line = _one_error_line(capsys)
+    assert f"{subcommand} needs a trained network" in line and "--ckpt_path last" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_ckpt_path_last_that_finds_no_last_checkpoint_is_one_line_for_every_subcommand(tmp_path, subcommand):
+    config = write_config(tmp_path, **SHORT)
+    result = manualbp(subcommand, "--config", config, "--ckpt_path", "last", "--data.predict_path", DIGITS)
+    assert result.returncode == 2
+    line = _the_error_line(result.stderr)
+    assert f"ckpt_path last: no last.ckpt in {tmp_path / 'config' / 'last'}" in line, line
+    if subcommand == "fit":  # not a new run that silently starts from scratch
+        assert "leave --ckpt_path out to start a new run" in line
+    else:
+        assert "needs a trained network" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ckpt_path_best_outside_fit_is_one_line_naming_the_summarys_best_checkpoint(tmp_path, capsys):
+    config = write_config(tmp_path, **SHORT)
+    assert main(["test", "--config", str(config), "--ckpt_path", "best"]) == 2
+    assert "'Best checkpoint'" in _one_error_line(capsys)
+
+
+# --- options -------------------------------------------------------------------------------------------------------
+
+
+def test_an_abbreviated_option_is_refused_not_taken_for_the_one_it_abbreviates(tmp_path, capsys):
+    config = write_config(tmp_path, **SHORT)
+    assert main(["fit", "--config", str(config), "--model.et", "0.5"]) == 2
+    assert "--model.et" in _one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_is_plain_text_headed_by_manualbp_with_every_subcommand_in_its_usage_line():
+    top = manualbp("--help")
+    assert top.returncode == 0, top.stderr[-2000:]
+    usage = top.stdout.splitlines()[0]
+    assert usage.startswith("usage: manualbp ")
+    assert all(name in usage for name in ("fit", "validate", "test", "predict", "gradcheck"))
+    assert "Lightning Trainer command line tool" not in top.stdout
+    fit = manualbp("fit", "--help")
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    assert fit.stdout.startswith("usage: manualbp [options] fit")
+    assert "manualbp fit: train a network" in fit.stdout
+    for markup in (":math:", ":class:", ":paramref:", "`", "\\eta", "\\lambda", "\\partial"):
+        assert markup not in fit.stdout, markup
+    assert "--model.eta" in fit.stdout and "η" in fit.stdout
+
+
+# --- quiet, useful output ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A short session as a user has it: fit (cross-entropy), resume it for one more epoch, then test, validate and
+    predict the last checkpoint, with the logger making a new version folder per run as the shipped configs do."""
+    tmp_path = tmp_path_factory.mktemp("session")
+    config = write_config(tmp_path, model={"cost": "cross_entropy"}, **SHORT)
+    edit_config(config, lambda s: s["trainer"]["logger"]["init_args"].pop("version"))
+    runs = {"fit": manualbp("fit", "--config", config)}
+    runs["resume"] = manualbp("fit", "--config", config, "--ckpt_path", "last", "--trainer.max_epochs", "2")
+    versions = _versions(tmp_path)
+    for subcommand in ("test", "validate", "predict"):
+        runs[subcommand] = manualbp(
+            subcommand, "--config", config, "--ckpt_path", "last", "--data.predict_path", DIGITS
+        )
+    for name, result in runs.items():
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    return tmp_path, runs, versions
+
+
+@pytest.mark.parametrize("run", ["fit", "resume", "test", "validate", "predict"])
+def test_output_has_no_adverts_dependency_deprecations_or_warnings_about_the_commands_own_callbacks(session, run):
+    _, runs, _ = session
+    output = runs[run].stdout + runs[run].stderr
+    for noise in NOISE:
+        assert noise not in output, (noise, output[-3000:])
+
+
+def test_test_and_validate_print_the_books_line_once_and_evaluations_make_no_log_folder(session):
+    tmp_path, runs, versions_after_fit = session
+    tested = [line for line in runs["test"].stdout.splitlines() if line.strip()]
+    assert len([line for line in tested if "test" in line.lower()]) == 1, runs["test"].stdout
+    assert re.fullmatch(r"Test: \d+ / 10000 \(\d+\.\d\d%\), test cost \d\.\d{4}", tested[-1])
+    validated = runs["validate"].stdout.splitlines()[-1]
+    assert re.fullmatch(
+        r"Validation: \d+ / 2000 \(\d+\.\d\d%\), validation cost \d\.\d{4}; Test: \d+ / 2000 \(\d+\.\d\d%\),"
+        r" test cost \d\.\d{4}",
+        validated,
+    ), runs["validate"].stdout
+    assert versions_after_fit == ["version_0", "version_1"]  # fit and its resume
+    assert _versions(tmp_path) == versions_after_fit  # test, validate and predict wrote no log
+    assert not (ROOT / "config.yaml").exists()  # nor a copy of the config where they ran
+
+
+def test_the_chart_names_the_runs_cost(session):
+    tmp_path, _, _ = session
+    chart = Image.open(tmp_path / "runs" / "config" / "version_0" / "curves.png")
+    assert chart.text["Title"] == "accuracy and cross-entropy cost per epoch"

@@ -1,0 +1,133 @@
+"""Interrupts and resumes tell the truth: a ``manualbp fit`` stopped by SIGINT, SIGTERM or SIGKILL in the middle of an
+epoch and resumed prints the same epoch lines and summary as a run that was never stopped, and ends with the same
+weights. SIGINT and SIGTERM lose no step: the checkpoint is written at the interrupt, and the last line is the command
+that resumes.
+
+The reference is an uninterrupted run of the same config, in its own process; every run is the real command.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+
+import pytest
+import torch
+
+from conftest import edit_config, final_weights, manualbp, write_config
+
+INTERRUPT_AT = 1500  # the middle of epoch 1: an epoch is 10 Lightning batches of 100 mini-batches of 10 images
+CHECKPOINT_EVERY = 700  # last.ckpt at steps 700, 1400, 2100, 2800: a SIGKILL at 1500 loses 100 steps
+FAST = {"trainer": {"max_epochs": 3, "limit_train_batches": 10, "limit_val_batches": 3}}
+RESUME_LINE = re.compile(
+    r"^manualbp: interrupted at step (\d+) \(epoch (\d+)\); checkpoint (\S+); resume with: (manualbp fit .*)$"
+)
+
+
+def _epoch_lines(stdout: str) -> list[tuple[str, float]]:
+    """Each ``Epoch N: ...`` line without its seconds, and the seconds."""
+    found = []
+    for line in stdout.splitlines():
+        if line.startswith("Epoch "):
+            rest, seconds = line.rsplit(", ", 1)
+            found.append((rest, float(seconds.removesuffix(" s"))))
+    return found
+
+
+def _summary(stdout: str) -> list[str]:
+    """The summary's lines about the epochs (best and last), which must not depend on interruptions."""
+    return [line for line in stdout.splitlines() if line.startswith(("Best epoch", "Last epoch"))]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("straight")
+    result = manualbp("fit", "--config", write_config(tmp_path, "straight", checkpoint_every=CHECKPOINT_EVERY, **FAST))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, result
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_resumed(tmp_path_factory):
+    """``signal_name -> (folder, interrupted run, resumed run, step in last.ckpt between them)``, each pair run once."""
+    done = {}
+
+    def runs(signal_name: str):
+        if signal_name not in done:
+            tmp_path = tmp_path_factory.mktemp(signal_name)
+            done[signal_name] = (tmp_path, *_interrupt_and_resume(tmp_path, signal_name))
+        return done[signal_name]
+
+    return runs
+
+
+def _interrupt_and_resume(tmp_path, signal_name: str):
+    """Run the config with a callback that sends ``signal_name`` at step INTERRUPT_AT, then resume it as a user
+    would: the printed command after SIGINT or SIGTERM, ``--ckpt_path last`` after SIGKILL. Returns both runs and the
+    step that ``last.ckpt`` held between them."""
+    config = write_config(tmp_path, "killed", checkpoint_every=CHECKPOINT_EVERY, **FAST)
+    killer = {"class_path": "kill_at_step.KillAtStep", "init_args": {"step": INTERRUPT_AT, "signal_name": signal_name}}
+    edit_config(config, lambda s: s["trainer"]["callbacks"].append(killer))
+    interrupted = manualbp("fit", "--config", config)
+    saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=True)
+    edit_config(config, lambda s: s["trainer"]["callbacks"].pop())
+    if signal_name == "SIGKILL":
+        resumed = manualbp("fit", "--config", config, "--ckpt_path", "last")
+    else:
+        command = shlex.split(RESUME_LINE.match(interrupted.stderr.splitlines()[-1])[4])
+        assert command[:2] == ["manualbp", "fit"]
+        resumed = manualbp(*command[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return interrupted, resumed, saved["global_step"]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_save_the_step_they_stop_at_and_end_with_the_command_that_resumes(
+    interrupted_and_resumed, straight, signal_name
+):
+    tmp_path, interrupted, resumed, saved_step = interrupted_and_resumed(signal_name)
+    signum = signal.Signals[signal_name]
+    assert interrupted.returncode == 128 + signum  # the shell's status for a process stopped by that signal
+    assert "Detected KeyboardInterrupt" not in interrupted.stdout + interrupted.stderr
+    match = RESUME_LINE.match(interrupted.stderr.splitlines()[-1])
+    assert match, interrupted.stderr[-2000:]
+    checkpoint = str(tmp_path / "killed" / "last" / "last.ckpt")
+    assert (int(match[1]), int(match[2]), match[3]) == (INTERRUPT_AT, 1, checkpoint)
+    assert saved_step == INTERRUPT_AT  # nothing lost
+    _assert_the_resumed_run_reports_and_ends_as_the_straight_one(tmp_path, straight, interrupted, resumed)
+
+
+def test_sigkill_then_resume_from_last_reports_and_ends_as_an_uninterrupted_run(interrupted_and_resumed, straight):
+    tmp_path, interrupted, resumed, saved_step = interrupted_and_resumed("SIGKILL")
+    assert interrupted.returncode == -signal.SIGKILL
+    assert saved_step == 1400  # the last checkpoint before the kill
+    _assert_the_resumed_run_reports_and_ends_as_the_straight_one(tmp_path, straight, interrupted, resumed)
+
+
+def _assert_the_resumed_run_reports_and_ends_as_the_straight_one(tmp_path, straight, interrupted, resumed) -> None:
+    straight_dir, want = straight
+    want_lines = _epoch_lines(want.stdout)
+    got_lines = _epoch_lines(interrupted.stdout) + _epoch_lines(resumed.stdout)
+    assert len(want_lines) == len(got_lines) == 3, interrupted.stdout + resumed.stdout
+    for epoch, ((want_line, _), (got_line, seconds)) in enumerate(zip(want_lines, got_lines)):
+        if epoch == 1:  # the resumed epoch: its training cost is the module's (see the test below)
+            want_line, got_line = (re.sub(r", training cost \d\.\d+", "", line) for line in (want_line, got_line))
+        assert got_line == want_line
+        assert 0 < seconds < 60, got_lines  # the work done in the epoch, not the time since the interpreter started
+    assert _summary(resumed.stdout) == _summary(want.stdout)
+    finished = re.search(r"^Finished 3 epochs in (\d+\.\d) s of work over 2 processes", resumed.stdout, re.MULTILINE)
+    assert finished and float(finished[1]) < 120, resumed.stdout
+    want_weights, got_weights = final_weights(straight_dir, "straight"), final_weights(tmp_path, "killed")
+    assert want_weights.keys() == got_weights.keys()
+    for key in want_weights:
+        assert torch.equal(got_weights[key], want_weights[key]), key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the resumed epoch's training cost averages only the batches after the resume until the module keeps"
+    " its partial sums in the checkpoint (helper B's change to lightning/module.py); remove this mark then",
+)
+def test_the_resumed_epochs_training_cost_equals_the_uninterrupted_runs(interrupted_and_resumed, straight):
+    _, _, resumed, _ = interrupted_and_resumed("SIGTERM")
+    assert _epoch_lines(resumed.stdout)[0][0] == _epoch_lines(straight[1].stdout)[1][0]
