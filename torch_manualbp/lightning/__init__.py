@@ -4,6 +4,7 @@ backpropagation, the report of what happened (the book's line per epoch, a summa
 
 The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports this package.
 """
+
 from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier

@@ -9,6 +9,7 @@ To run (the vanishing-gradient experiment)::
 
     manualbp fit --config experiments/vanishing_gradient.yaml
 """
+
 from __future__ import annotations
 
 from pathlib import Path

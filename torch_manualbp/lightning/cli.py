@@ -34,6 +34,7 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 
 The configs in ``experiments/`` need no change for either.
 """
+
 from __future__ import annotations
 
 import copy
@@ -356,9 +357,7 @@ def _check_model(model) -> None:
                 f"model.sizes must start with {MNIST_INPUTS} (MNIST images have {MNIST_INPUTS} pixels), got {sizes}"
             )
         if sizes[-1] != MNIST_CLASSES:
-            raise ConfigError(
-                f"model.sizes must end with {MNIST_CLASSES} (one output neuron per digit), got {sizes}"
-            )
+            raise ConfigError(f"model.sizes must end with {MNIST_CLASSES} (one output neuron per digit), got {sizes}")
     settings = {name: model.get(name) for name in _MODEL_SETTINGS if model.get(name) is not None}
     try:
         check_hyperparameters(**settings)  # the classifier's own rules, before anything is built
@@ -401,7 +400,8 @@ def _check_ckpt_path(ckpt_path) -> None:
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(
-            f"ckpt_path {str(path)!r} is not a file; give a checkpoint file, or 'last' to resume from the newest last.ckpt"
+            f"ckpt_path {str(path)!r} is not a file; give a checkpoint file, or 'last' to resume from the newest"
+            " last.ckpt"
         )
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose directory is at its very end
         raise ConfigError(
@@ -412,7 +412,9 @@ def _check_ckpt_path(ckpt_path) -> None:
     except pickle.UnpicklingError as err:
         raise ConfigError(f"ckpt_path {str(path)!r}: {refused_checkpoint_message(err)}") from None
     except RuntimeError as err:  # a zip archive that is not torch.save's
-        raise ConfigError(f"ckpt_path {str(path)!r} is not a readable checkpoint ({' '.join(str(err).split())})") from None
+        raise ConfigError(
+            f"ckpt_path {str(path)!r} is not a readable checkpoint ({' '.join(str(err).split())})"
+        ) from None
 
 
 def refused_checkpoint_message(err: pickle.UnpicklingError) -> str:

@@ -390,11 +390,12 @@ class ManualBPClassifier(L.LightningModule):
         accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
         self.log(f"{stage}/cost", cost, batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
-        # the book's "9129 / 10000": an exact count, summed over batches and processes (EpochReport prints it)
+        # the book's "9129 / 10000": exact counts, summed over batches and processes (EpochReport prints them)
         correct = (a.argmax(-1) == labels).sum().float()
-        self.log(
-            f"{stage}/correct", correct, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False
-        )
+        for name, count in (("correct", correct), ("images", float(len(x)))):
+            self.log(
+                f"{stage}/{name}", count, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False
+            )
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from

@@ -9,6 +9,7 @@ To run::
 
     manualbp fit --config experiments/gradient_noise.yaml
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -78,10 +79,12 @@ class GradientNoiseMonitor(L.Callback):
 
     def _metrics(self, stats: GradientStatistics) -> dict[str, float]:
         layers = stats.layers
-        estimates = torch.stack([  # (2, L + 1)
-            torch.stack([*(layer.true_grad_sq_norm for layer in layers), stats.true_grad_sq_norm]),
-            torch.stack([*(layer.trace_covariance for layer in layers), stats.trace_covariance]),
-        ]).double()
+        estimates = torch.stack(
+            [  # (2, L + 1)
+                torch.stack([*(layer.true_grad_sq_norm for layer in layers), stats.true_grad_sq_norm]),
+                torch.stack([*(layer.trace_covariance for layer in layers), stats.trace_covariance]),
+            ]
+        ).double()
         if self._averages is None:
             self._averages = torch.zeros_like(estimates)
         self._averages.mul_(self.smoothing).add_(estimates, alpha=1 - self.smoothing)

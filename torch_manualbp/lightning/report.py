@@ -15,6 +15,7 @@ To run::
 
     manualbp fit --config experiments/nielsen_ch1.yaml
 """
+
 from __future__ import annotations
 
 import time
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 __all__ = [
@@ -92,7 +92,6 @@ class EpochReport(L.Callback):
 
     def __init__(self) -> None:
         self.history: list[EpochRow] = []  # one row per finished epoch
-        self._seen = {stage: 0 for stage in _STAGES}  # images evaluated in this validation or test pass
         self._evaluated: dict[str, tuple[int, int, float]] = {}  # stage -> (correct, total, cost) of this epoch
         self._epoch_start = self._fit_start = 0.0
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end
@@ -116,12 +115,6 @@ class EpochReport(L.Callback):
         self._resumed_epoch_seconds = 0.0
         self._in_epoch = True
         self._evaluated = {}
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._seen = {stage: 0 for stage in _STAGES}
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._seen[_STAGES[dataloader_idx]] += len(batch[-1])  # a second validation dataloader is the test set
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -157,12 +150,12 @@ class EpochReport(L.Callback):
         return row
 
     def _collect(self, trainer) -> dict[str, tuple[int, int, float]]:
-        r"""``stage -> (correct, total, cost)`` of the evaluation that just ended, for each stage it covered."""
+        r"""``stage -> (correct, total, cost)`` of the evaluation that just ended, for each stage it covered: the
+        sums ``{stage}/correct`` and ``{stage}/images`` that the module logs (over batches and processes)."""
         metrics = trainer.callback_metrics
         found = {}
         for stage in _STAGES:
-            seen = torch.tensor(self._seen[stage], device=trainer.strategy.root_device)
-            total = int(trainer.strategy.reduce(seen, reduce_op="sum"))  # every rank's share of the split
+            total = round(float(metrics.get(f"{stage}/images", 0)))
             if total and f"{stage}/correct" in metrics:
                 cost = metrics.get(f"{stage}/cost")
                 found[stage] = (round(float(metrics[f"{stage}/correct"])), total, None if cost is None else float(cost))
@@ -207,12 +200,6 @@ class EpochReport(L.Callback):
         self._processes = state_dict.get("processes", 1) + 1
 
     # --- test ---------------------------------------------------------------------------------------------------
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._seen = {stage: 0 for stage in _STAGES}
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._seen["test"] += len(batch[-1])
 
     def on_test_end(self, trainer, pl_module) -> None:
         evaluated = self._collect(trainer)
@@ -280,7 +267,8 @@ def checkpoint_paths(trainer) -> dict[str, str]:
 
 
 def _metrics_location(trainer) -> str:
-    r"""The CSV file of a ``CSVLogger``, the log directory of any other logger (TensorBoard's), or that there is none."""
+    r"""The CSV file of a ``CSVLogger``, the log directory of any other logger (TensorBoard's), or that there is
+    none."""
     if trainer.logger is None:
         return "not logged (trainer.logger is off)"
     metrics_file = getattr(trainer.logger.experiment, "metrics_file_path", None)  # CSVLogger's metrics.csv
@@ -359,7 +347,8 @@ class PredictionReport(L.Callback):
                 line = f"{name}: cannot read it: {notes[i]}"
             else:
                 (first, second), (a_first, a_second) = top.indices[i].tolist(), top.values[i].tolist()
-                line = f"{name}: predicted {first} (top 2 output activations: {first} {a_first:.3f}, {second} {a_second:.3f})"
+                top_two = f"{first} {a_first:.3f}, {second} {a_second:.3f}"
+                line = f"{name}: predicted {first} (top 2 output activations: {top_two})"
                 line += f"; {notes[i]}" if notes[i] else ""
             if trainer.is_global_zero:
                 print(line, flush=True)

@@ -23,8 +23,9 @@ from typing import Any, Protocol, runtime_checkable
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .report import checkpoint_paths
 
 __all__ = ["AtomicCheckpointIO", "DivergenceError", "DivergenceGuard", "StepCostRecord"]
 
@@ -195,7 +196,7 @@ class DivergenceGuard(L.Callback):
                 f"eta * weight_decay = {unstable[-1]:g} > 2, where SGD with weight decay multiplies the weights by"
                 f" |1 - eta * weight_decay| = {abs(1 - unstable[-1]):g} at every step"
             )
-        saved = _checkpoints_on_disk(trainer)
+        saved = [path for path in checkpoint_paths(trainer).values() if path and os.path.isfile(path)]
         if saved:
             parts.append(f"checkpoints on disk, all written before the divergence: {', '.join(saved)}")
         return "; ".join(parts)
@@ -237,16 +238,6 @@ def _non_finite(title: str, named: list[tuple[str, torch.Tensor]], pick) -> str:
         if count:
             found.append(f"{name} ({count} of {tensor.numel()} values)")
     return f"{title}: {', '.join(found)}" if found else ""
-
-
-def _checkpoints_on_disk(trainer) -> list[str]:
-    paths = []
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            for path in (callback.last_model_path, callback.best_model_path):
-                if path and path not in paths and os.path.isfile(path):
-                    paths.append(path)
-    return paths
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
