@@ -5,12 +5,14 @@ same numbers, a log folder per evaluation).
 
 Every run is the real command, in a subprocess or through ``torch_manualbp.cli.main``.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT, edit_config, manualbp, write_config
@@ -156,3 +158,23 @@ def test_the_chart_names_the_runs_cost(session):
     tmp_path, _, _ = session
     chart = Image.open(tmp_path / "runs" / "config" / "version_0" / "curves.png")
     assert chart.text["Title"] == "accuracy and cross-entropy cost per epoch"
+
+
+def test_a_scheduler_given_without_an_optimizer_drives_the_classifiers_own_sgd(tmp_path):
+    # LightningCLI builds --lr_scheduler only beside --optimizer; alone it used to be dropped without a word
+    config = write_config(tmp_path, checkpoint_every=5, trainer={"max_epochs": 2, "limit_train_batches": 5})
+    scheduler = ("--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.01")
+    result = manualbp("fit", "--config", config, *scheduler)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "will be overridden" not in result.stderr
+    checkpoint = torch.load(tmp_path / "config" / "last" / "last.ckpt", map_location="cpu", weights_only=True)
+    (state,) = checkpoint["lr_schedulers"]
+    # stepped after epoch 0; last.ckpt is written at epoch 1's last batch, before that epoch's step
+    assert state["step_size"] == 1 and state["gamma"] == 0.01 and state["last_epoch"] == 1
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(3.0 * 0.01)
+
+
+def test_a_scheduler_beside_the_classifiers_own_lr_schedule_is_one_line(tmp_path, capsys):
+    config = write_config(tmp_path, model={"lr_schedule": "cosine"})
+    assert main(["fit", "--config", str(config), "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"]) == 2
+    assert "--lr_scheduler and model.lr_schedule both set the learning rate's schedule" in _one_error_line(capsys)

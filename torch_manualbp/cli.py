@@ -14,6 +14,7 @@ SIGINT (Ctrl-C) or SIGTERM during ``fit`` writes a checkpoint at the end of the 
 stderr giving the command that resumes; the exit status is the shell's for that signal, 128 + its number (130 for
 SIGINT, 143 for SIGTERM), so that scripts and schedulers see the run was stopped, not finished.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,11 @@ _NOISE = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     (r"The dirpath has changed from", UserWarning),
     (r"Be aware that when using `ckpt_path`, .* Please add the following callbacks: \['EpochReport'\]\.$", UserWarning),
+    # --optimizer replacing the classifier's own SGD is what the user asked for; the start line says what trains
+    (
+        r"`ManualBPClassifier.configure_optimizers` will be overridden by `ManualBPCLI.configure_optimizers`",
+        UserWarning,
+    ),
 )
 
 

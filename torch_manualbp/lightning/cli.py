@@ -44,6 +44,7 @@ import signal
 import sys
 import zipfile
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 import lightning as L
@@ -51,7 +52,7 @@ import torch
 from jsonargparse import DefaultHelpFormatter, lazy_instance
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _global_add_class_path, instantiate_class
 from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
@@ -241,6 +242,31 @@ class ManualBPCLI(LightningCLI):
         if subcommand in ("validate", "test"):
             parser.set_defaults(verbose=False)  # EpochReport prints the book's line; Lightning's table repeats it
         return parser
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        r"""``--optimizer`` (with or without ``--lr_scheduler``) as LightningCLI applies it; ``--lr_scheduler`` alone,
+        which LightningCLI would drop without a word, drives the classifier's own optimizer (``torch.optim.SGD`` at
+        ``model.eta``), on the fused path as on autograd's."""
+        super()._add_configure_optimizers_method_to_model(subcommand)
+        parser = self._parser(subcommand)
+        if any(self._get(self.config_init, key) for key in parser._optimizers):
+            return  # LightningCLI has built both
+        given = [key for key in parser._lr_schedulers if self._get(self.config_init, key)]
+        if not given:
+            return
+        if self._get(self.config, "model", {}).get("lr_schedule", "constant") != "constant":
+            raise ConfigError(f"--{given[0]} and model.lr_schedule both set the learning rate's schedule; give one")
+        scheduler_class, scheduler_init = parser._lr_schedulers[given[0]][0], self._get(self.config_init, given[0])
+        if not isinstance(scheduler_class, tuple):
+            scheduler_init = _global_add_class_path(scheduler_class, scheduler_init)
+        own = self.model.configure_optimizers
+
+        def configure_optimizers(model):
+            optimizer = own()  # the classifier's SGD (lr_schedule is "constant": no scheduler of its own)
+            scheduler = instantiate_class(optimizer, scheduler_init)
+            return LightningCLI.configure_optimizers(model, optimizer, scheduler)
+
+        self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
 
     def parse_arguments(self, parser, args) -> None:
         self._command_line = sys.argv[1:] if args is None else args
