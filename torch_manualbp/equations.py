@@ -49,6 +49,8 @@ __all__ = [
     "quadratic_costs",
     "quadratic_mean",
     "cross_entropy_costs",
+    "log_likelihood_costs",
+    "softmax",
     "reduce_costs",
     "example_share",
     "feedforward",
@@ -90,6 +92,20 @@ def cross_entropy_costs(z: Tensor, y: Tensor) -> Tensor:
     r"""Chapter 3's :math:`C_x = \sum_j [\operatorname{softplus}(z_j) - y_j z_j]` per example: the cross-entropy of
     :math:`a = \sigma(z)`, finite for any finite :math:`z` (``logaddexp(z, 0)`` is softplus without overflow)."""
     return (torch.logaddexp(z, z.new_zeros(())) - y * z).sum(-1)
+
+
+def log_likelihood_costs(z: Tensor, y: Tensor) -> Tensor:
+    r"""Chapter 3's log-likelihood of a softmax output :math:`a = \operatorname{softmax}(z)`, per example:
+    :math:`C_x = \ln \sum_k e^{z_k} - \sum_j y_j z_j`, which is :math:`-\ln a_{y(x)}` for a one-hot ``y`` (and
+    :math:`-\sum_j y_j \ln a_j` for any ``y`` whose entries sum to 1). Through ``logsumexp`` it is finite for any
+    finite :math:`z`, where :math:`\ln a_j` of a saturated softmax would be :math:`\ln 0`; its gradient in :math:`z`
+    is :math:`a - y` for every ``y``."""
+    return torch.logsumexp(z, -1) - (y * z).sum(-1)
+
+
+def softmax(z: Tensor) -> Tensor:
+    r"""The softmax output layer's activation, :math:`a_j = e^{z_j} / \sum_k e^{z_k}` over the last dimension."""
+    return torch.softmax(z, -1)
 
 
 def reduce_costs(per_example: Tensor, reduction: str) -> Tensor:

@@ -85,6 +85,9 @@ class Network(nn.Module):
               :math:`C = -\frac{1}{n}\sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, whose BP1 is
               :math:`\delta^L = a^L - y`: no :math:`\sigma'(z^L)`, so a saturated, wrong output still learns. Its
               value is computed from :math:`z^L`, finite however saturated the outputs.
+            - ``"log_likelihood"``: chapter 3's softmax output layer,
+              :math:`a^L_j = e^{z^L_j} / \sum_k e^{z^L_k}`, with :math:`C = -\frac1n \sum_x \ln a^L_{y(x)}`, whose BP1
+              is :math:`\delta^L = a^L - y`; its value too comes from :math:`z^L` (``logsumexp``).
         init: the initialisation of every layer, ``"scaled"`` (default) or ``"normal"``; see
             :class:`~torch_manualbp.nn.SigmoidLinear`. The rule for this default: the core (``Network``,
             ``SigmoidLinear``) draws ``"scaled"``, chapter 3's initialisation, the better start for a new network;
@@ -97,7 +100,7 @@ class Network(nn.Module):
 
     Attributes:
         cost_function: the :class:`~torch_manualbp.costs.Cost` object (``cost`` itself is the method :meth:`cost`).
-        cost_name: its name, ``"quadratic"`` or ``"cross_entropy"``.
+        cost_name: its name, ``"quadratic"``, ``"cross_entropy"`` or ``"log_likelihood"``.
 
     Examples::
 
@@ -126,7 +129,8 @@ class Network(nn.Module):
 
     @property
     def cost_name(self) -> str:
-        """The cost's name, ``"quadratic"`` or ``"cross_entropy"``: what a checkpoint or a log records."""
+        """The cost's name (``"quadratic"``, ``"cross_entropy"``, ``"log_likelihood"``): what a checkpoint or a log
+        records."""
         return self.cost_function.name
 
     def forward(self, x: Tensor) -> Tensor:
@@ -214,8 +218,9 @@ class Network(nn.Module):
 
         For the quadratic cost it is ``quadratic_cost(network(x), y)``; for the cross-entropy the output layer
         and the cost are one node, :func:`~torch_manualbp.functional.sigmoid_cross_entropy`, whose backward
-        starts at :math:`\delta^L = a^L - y`. It equals :meth:`cost` and supports what that does not: double
-        backward, ``torch.func`` transforms, forward-mode AD and autocast.
+        starts at :math:`\delta^L = a^L - y`, and for the log-likelihood likewise
+        :func:`~torch_manualbp.functional.softmax_log_likelihood`. It equals :meth:`cost` and supports what that
+        does not: double backward, ``torch.func`` transforms, forward-mode AD and autocast.
 
         Shape:
             - x: :math:`(*, \text{sizes}[0])`.
