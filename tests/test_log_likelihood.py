@@ -62,17 +62,17 @@ def test_backward_starts_from_bp1_delta_equal_to_a_minus_y():
     hidden = torch.sigmoid(TF.linear(x, net.layers[0].weight, net.layers[0].bias))
     a = torch.softmax(TF.linear(hidden, net.layers[1].weight, net.layers[1].bias), -1).detach()
     want = (a - TF.one_hot(labels, 3).double()) / 6  # δᴸ of the mean cost: (aᴸ − y)/n
+    torch.testing.assert_close(net.backprop(x, labels).delta[-1], want * 6, **F64)  # per example, unscaled
     for run in (
         lambda: net.layered_cost(x, labels).backward(),
         lambda: net.cost(x, labels).backward(),
-        lambda: net.sgd_step(x, labels, eta=1e-9),
+        lambda: net.sgd_step(x, labels, eta=1e-9),  # the last run: it moves the parameters
     ):
         with record_errors() as record:
             run()
         output = record.for_network(net)[-1]
         torch.testing.assert_close(output.delta, want, **F64)
         torch.testing.assert_close(output.sigmoid_prime, a * (1 - a), **F64)  # the softmax Jacobian's diagonal
-    torch.testing.assert_close(net.backprop(x, labels).delta[-1], want * 6, **F64)  # per example, unscaled
 
 
 def test_every_network_path_equals_autograd_on_cross_entropy_float64():
