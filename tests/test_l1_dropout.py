@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as TF
 
 from torch_manualbp import Network
+from torch_manualbp.functional import dropout as dropout_layer
 from torch_manualbp.network import dropout_evaluation_weights, dropout_masks, update_mini_batch
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -228,3 +229,12 @@ def test_bad_regularization_or_dropout_raises_before_any_parameter_changes(setti
     if "dropout" in settings:
         with pytest.raises(error, match=re.escape(words)):
             net.output_and_cost(torch.rand(4, 5), torch.tensor([0, 1, 2, 0]), **settings)
+
+
+def test_dropout_function_rejects_a_mask_that_is_not_one_value_per_neuron():
+    a = torch.rand(4, 6)
+    with pytest.raises(ValueError, match=re.escape("mask must have shape (H,), one value per neuron of a (4, 6)")):
+        dropout_layer(a, torch.ones(4, 6))
+    with pytest.raises(TypeError, match="mask must be a floating-point tensor"):
+        dropout_layer(a, torch.ones(6, dtype=torch.int64))
+    torch.testing.assert_close(dropout_layer(a, torch.ones(6)), a)  # a mask of ones removes nothing
