@@ -155,3 +155,17 @@ def test_cross_entropy_module_is_finite_where_outputs_saturate_and_equals_bce_th
     assert torch.isfinite(got) and torch.isfinite(grad).all()
     torch.testing.assert_close(got, want, **F64)
     torch.testing.assert_close(grad, want_grad, rtol=1e-8, atol=0)  # ~5e11 where a(1 − a) is clamped: rounding
+
+
+def test_the_log_likelihood_value_and_bp1_equal_the_book_per_example_in_float64():
+    torch.manual_seed(1)
+    cost = get_cost("log_likelihood")
+    z, labels = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 3, 1, 2, 2, 1])
+    a, y = cost.activation(z), TF.one_hot(labels, 4).double()
+    for x in range(6):  # aᴸ_j = e^{zᴸ_j} / Σ_k e^{zᴸ_k}, C_x = −ln aᴸ_{y(x)}, one example at a time
+        softmax = [math.exp(z[x, j].item()) / sum(math.exp(z[x, k].item()) for k in range(4)) for j in range(4)]
+        assert all(math.isclose(a[x, j].item(), softmax[j], rel_tol=1e-12) for j in range(4))
+        assert math.isclose(cost.fn(z[x], a[x] - y[x], y[x]).item(), -math.log(softmax[labels[x]]), rel_tol=1e-12)
+    torch.testing.assert_close(cost.delta(a - y, a), a - y, **F64)  # (BP1) δᴸ = aᴸ − y
+    (by_autograd,) = torch.autograd.grad(-torch.log_softmax(z.requires_grad_(), -1)[range(6), labels].sum(), z)
+    torch.testing.assert_close(cost.delta(a - y, a), by_autograd, **F64)

@@ -342,7 +342,7 @@ X, W = torch.rand(2, 3), torch.rand(4, 3)  # two examples into an output layer o
         (
             lambda: Network([3, 2], cost="crossentropy"),
             ValueError,
-            "cost must be one of ('quadratic', 'cross_entropy'), got 'crossentropy'",
+            "cost must be one of ('quadratic', 'cross_entropy', 'log_likelihood'), got 'crossentropy'",
         ),
         (lambda: Network([3, 2], cost=None), TypeError, "cost must be the name of a cost"),
         (lambda: sigmoid_cross_entropy(X, W, None, torch.tensor([0, 5])), ValueError, "labels y must lie in 0..3"),

@@ -14,7 +14,16 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-__all__ = ["check_float_tensor", "check_same_kind", "targets", "check_learning_rate", "l2_weight_decay"]
+__all__ = [
+    "check_float_tensor",
+    "check_same_kind",
+    "targets",
+    "check_learning_rate",
+    "l2_weight_decay",
+    "REGULARIZATIONS",
+    "check_regularization",
+    "check_dropout",
+]
 
 
 def check_float_tensor(name: str, t) -> None:
@@ -116,3 +125,26 @@ def l2_weight_decay(lmbda, n) -> float:
     if n < 1:
         raise ValueError(f"n must be the training-set size, a positive number of examples, got {n}")
     return float(lmbda) / n
+
+
+#: The regularisations of chapter 3 that the fused step applies to the weights, by name.
+REGULARIZATIONS = ("l2", "l1")
+
+
+def check_regularization(regularization) -> str:
+    """``regularization`` itself, or a ``TypeError``/``ValueError`` unless it is one of :data:`REGULARIZATIONS`."""
+    if not isinstance(regularization, str):
+        raise TypeError(f"regularization must be one of {REGULARIZATIONS}, got {type(regularization).__name__}")
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}")
+    return regularization
+
+
+def check_dropout(dropout) -> float:
+    """``dropout`` as a float, or a ``TypeError``/``ValueError`` unless it is a number in [0, 1): the fraction of each
+    hidden layer's neurons removed for a mini-batch (the book's 1/2)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, Real):
+        raise TypeError(f"dropout must be a real number (a fraction of hidden neurons), got {type(dropout).__name__}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a fraction in [0, 1) of the hidden neurons to remove, got {dropout}")
+    return float(dropout)

@@ -4,7 +4,8 @@ A cost object says what backpropagation needs of the cost, so that nothing else 
 it is:
 
 - :meth:`Cost.activation` (and :meth:`Cost.activation_prime`, :meth:`Cost.output`): the output layer's activation
-  :math:`a^L` of :math:`z^L`, the sigmoid for both costs here; a softmax cost would override them;
+  :math:`a^L` of :math:`z^L`, the sigmoid for the quadratic cost and the cross-entropy, the softmax for the
+  log-likelihood;
 - :meth:`Cost.fn` and :meth:`Cost.mean`: its value, :math:`C_x` for each example and :math:`C` for the mini-batch,
   from :math:`a^L - y`, or from :math:`z^L` where that is what keeps it finite (``network2.py``'s ``fn``);
 - :meth:`Cost.delta`: BP1, the output error :math:`\delta^L` from :math:`a^L - y` (``network2.py``'s ``delta``);
@@ -28,10 +29,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .equations import a_minus_y, cross_entropy_costs, quadratic_costs, quadratic_mean, sigmoid_delta, sigmoid_prime
-from .functional import quadratic_cost, sigmoid_cross_entropy
+from .equations import (
+    a_minus_y,
+    cross_entropy_costs,
+    log_likelihood_costs,
+    quadratic_costs,
+    quadratic_mean,
+    sigmoid_delta,
+    sigmoid_prime,
+    softmax,
+    weighted_input,
+)
+from .functional import quadratic_cost, sigmoid_cross_entropy, softmax_log_likelihood
 
-__all__ = ["Cost", "Quadratic", "CrossEntropy", "COSTS", "get_cost"]
+__all__ = ["Cost", "Quadratic", "CrossEntropy", "LogLikelihood", "COSTS", "get_cost"]
 
 
 class Cost:
@@ -136,8 +147,44 @@ class CrossEntropy(Cost):
         return sigmoid_cross_entropy(a_prev, layer.weight, layer.bias, y)
 
 
+class LogLikelihood(Cost):
+    r"""Chapter 3's softmax output layer with the log-likelihood cost, :math:`a^L_j = e^{z^L_j} / \sum_k e^{z^L_k}`
+    and :math:`C_x = -\ln a^L_{y(x)}`, whose BP1 is :math:`\delta^L = a^L - y` (one of the chapter's problems:
+    :math:`\partial C_x/\partial a^L_j = -y_j/a^L_j` times the softmax's
+    :math:`\partial a^L_j/\partial z^L_k = a^L_j(1[j=k] - a^L_k)`, summed over j). The value is computed from
+    :math:`z^L` through ``logsumexp``, finite however saturated the softmax.
+
+    The softmax's :math:`\partial a^L/\partial z^L` is not diagonal, so no :math:`\sigma'(z^L)` multiplies
+    anything here; what ``record_errors()`` is handed as the output layer's ":math:`\sigma'(z^L)`" is the Jacobian's
+    diagonal, :math:`a^L_j(1 - a^L_j)` (:meth:`Cost.activation_prime`, the same expression as the sigmoid's).
+    """
+
+    name = "log_likelihood"
+
+    #: :math:`a^L = \operatorname{softmax}(z^L)` over each row
+    activation = staticmethod(softmax)
+
+    def fn(self, z: Tensor, output_minus_y: Tensor, y: Tensor) -> Tensor:
+        return log_likelihood_costs(z, y)  # C_x = ln Σ_k e^{zᴸ_k} − Σ_j y_j zᴸ_j = −ln aᴸ_{y(x)}, from zᴸ
+
+    def delta(self, output_minus_y: Tensor, a: Tensor) -> Tensor:
+        return output_minus_y  # (BP1) δᴸ = aᴸ − y
+
+    def y_gradient(self, z: Tensor, a: Tensor, y: Tensor) -> Tensor:
+        return -z  # ∂C_x/∂y_j = −zᴸ_j
+
+    def output(self, a_prev: Tensor, layer: nn.Module) -> Tensor:
+        # the softmax of the output layer's zᴸ by torch's own ops: predictions need aᴸ, the training paths never
+        # differentiate it (they start from δᴸ = aᴸ − y; see softmax_log_likelihood for the per-layer form)
+        return softmax(weighted_input(a_prev, layer.weight, layer.bias))
+
+    def layered_cost(self, a_prev: Tensor, layer: nn.Module, y: Tensor) -> Tensor:
+        # the softmax output layer and the cost as one node, whose backward starts at δᴸ = aᴸ − y
+        return softmax_log_likelihood(a_prev, layer.weight, layer.bias, y)
+
+
 #: Every cost by its name: ``Network(sizes, cost=name)``.
-COSTS: dict[str, Cost] = {cost.name: cost for cost in (Quadratic(), CrossEntropy())}
+COSTS: dict[str, Cost] = {cost.name: cost for cost in (Quadratic(), CrossEntropy(), LogLikelihood())}
 
 
 def get_cost(cost: str | Cost) -> Cost:

@@ -49,6 +49,8 @@ __all__ = [
     "quadratic_costs",
     "quadratic_mean",
     "cross_entropy_costs",
+    "log_likelihood_costs",
+    "softmax",
     "reduce_costs",
     "example_share",
     "feedforward",
@@ -61,6 +63,7 @@ __all__ = [
     "errors",
     "backpropagate",
     "descend",
+    "regularize",
 ]
 
 
@@ -92,6 +95,20 @@ def cross_entropy_costs(z: Tensor, y: Tensor) -> Tensor:
     return (torch.logaddexp(z, z.new_zeros(())) - y * z).sum(-1)
 
 
+def log_likelihood_costs(z: Tensor, y: Tensor) -> Tensor:
+    r"""Chapter 3's log-likelihood of a softmax output :math:`a = \operatorname{softmax}(z)`, per example:
+    :math:`C_x = \ln \sum_k e^{z_k} - \sum_j y_j z_j`, which is :math:`-\ln a_{y(x)}` for a one-hot ``y`` (and
+    :math:`-\sum_j y_j \ln a_j` for any ``y`` whose entries sum to 1). Through ``logsumexp`` it is finite for any
+    finite :math:`z`, where :math:`\ln a_j` of a saturated softmax would be :math:`\ln 0`; its gradient in :math:`z`
+    is :math:`a - y` for every ``y``."""
+    return torch.logsumexp(z, -1) - (y * z).sum(-1)
+
+
+def softmax(z: Tensor) -> Tensor:
+    r"""The softmax output layer's activation, :math:`a_j = e^{z_j} / \sum_k e^{z_k}` over the last dimension."""
+    return torch.softmax(z, -1)
+
+
 def reduce_costs(per_example: Tensor, reduction: str) -> Tensor:
     r"""The mean (the book's :math:`C = \frac1n \sum_x C_x`) or sum over examples of a per-example quantity, or the
     quantity itself for "none"."""
@@ -112,16 +129,24 @@ def example_share(grad_cost: Tensor, a: Tensor, reduction: str) -> Tensor:
     return grad_cost / (a.numel() // a.shape[-1])  # the mean: 1/n, n = number of examples
 
 
-def feedforward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> list[Tensor]:
+def feedforward(
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], masks: Sequence[Tensor] | None = None
+) -> list[Tensor]:
     r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`.
 
+    With ``masks`` (chapter 3's dropout, one 0/1 vector per layer computed here) each layer's removed neurons output
+    0, :math:`a^l = \sigma(z^l) \odot m^l`. Since :math:`\sigma'(z) = a(1 - a)` is taken from the activation, a
+    removed neuron's :math:`\sigma'(z^l)` then reads 0 as well, so BP2 gives it :math:`\delta^l = 0`: the backward
+    (:func:`errors`) applies the same mask with no change.
+
     Shape:
-        - x: :math:`(N, H_0)`; ``weights[l]``: :math:`(H_{l+1}, H_l)`; ``biases[l]``: :math:`(H_{l+1})`.
+        - x: :math:`(N, H_0)`; ``weights[l]``: :math:`(H_{l+1}, H_l)`; ``biases[l]``, ``masks[l]``: :math:`(H_{l+1})`.
         - Output: :math:`L + 1` tensors, :math:`(N, H_l)`.
     """
     activations = [x]
-    for weight, bias in zip(weights, biases):
-        activations.append(torch.sigmoid(weighted_input(activations[-1], weight, bias)))  # aˡ = σ(zˡ)
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        a = torch.sigmoid(weighted_input(activations[-1], weight, bias))  # aˡ = σ(zˡ)
+        activations.append(a if masks is None else a * masks[i])  # dropout: aˡ = σ(zˡ) ⊙ mˡ
     return activations
 
 
@@ -227,3 +252,22 @@ def descend(weight: Tensor, bias: Tensor, delta: Tensor, a_prev: Tensor, step: f
     else:
         weight.addmm_(delta.T, a_prev, alpha=-step)  # (BP4) fused: W −= s δᵀ aˡ⁻¹
         bias.addmv_(delta.T, ones, alpha=-step)  # (BP3) fused: b −= s Σ_x δ_x
+
+
+def regularize(weight: Tensor, step: float | Tensor, regularization: str) -> None:
+    r"""Chapter 3's regularisation step on one layer's weights, in place, before :func:`descend` adds
+    :math:`-\eta\, \partial C_0/\partial w`.
+
+    - ``"l2"``: :math:`w \to (1 - \frac{\eta\lambda}{n}) w`, from :math:`C = C_0 + \frac{\lambda}{2n} \sum_w w^2`;
+    - ``"l1"``: :math:`w \to w - \frac{\eta\lambda}{n} \operatorname{sgn}(w)`, from
+      :math:`C = C_0 + \frac{\lambda}{n} \sum_w |w|`, with :math:`\operatorname{sgn}(0) = 0` as the book takes it.
+
+    Args:
+        weight: :math:`W^l`, updated in place (the biases are not regularised).
+        step: :math:`\eta\lambda/n`, a number or (compiled) a 0-d tensor.
+        regularization: ``"l2"`` or ``"l1"``.
+    """
+    if regularization == "l1":  # a Python string: torch.compile specialises on it, no branch on a tensor
+        weight.sub_(torch.sign(weight) * step)  # L1: w → w − (ηλ/n) sgn(w)
+    else:
+        weight.mul_(1 - step)  # L2: w → (1 − ηλ/n) w

@@ -46,11 +46,13 @@ from .equations import (
     cross_entropy_costs,
     error_below,
     example_share,
+    log_likelihood_costs,
     quadratic_costs,
     quadratic_mean,
     reduce_costs,
     sigmoid_delta,
     sigmoid_prime,
+    softmax,
     weight_gradient,
     weighted_input,
 )
@@ -60,10 +62,16 @@ __all__ = [
     "QuadraticCostFunction",
     "SigmoidCrossEntropyFunction",
     "CrossEntropyCostFunction",
+    "SoftmaxLogLikelihoodFunction",
+    "LogLikelihoodCostFunction",
+    "DropoutFunction",
     "sigmoid_linear",
     "quadratic_cost",
     "sigmoid_cross_entropy",
     "cross_entropy_cost",
+    "softmax_log_likelihood",
+    "log_likelihood_cost",
+    "dropout",
     "targets_like",
     "sigmoid_prime",
     "sigmoid_delta",
@@ -287,6 +295,143 @@ class CrossEntropyCostFunction(torch.autograd.Function):
         return reduce_costs(rate.sum(-1), ctx.reduction)
 
 
+class SoftmaxLogLikelihoodFunction(torch.autograd.Function):
+    r"""A softmax output layer and chapter 3's log-likelihood cost as one node, reduced over examples:
+
+    .. math::
+        z = x W^\top + b, \qquad a_j = \frac{e^{z_j}}{\sum_k e^{z_k}}, \qquad
+        C_x = -\ln a_{y(x)} = \ln \sum_k e^{z_k} - \sum_j y_j z_j
+
+    Use :func:`softmax_log_likelihood`, which checks its arguments and one-hot encodes class labels; this class
+    expects ``x`` of shape ``(N, in_features)`` and a float ``y`` of shape ``(N, out_features)``.
+
+    As :class:`SigmoidCrossEntropyFunction` for the sigmoid: the value comes from :math:`z` through ``logsumexp``
+    (finite however saturated), the backward starts at BP1 for this cost, :math:`\delta^L = a^L - y`, and only the
+    inputs are saved, :math:`z` being recomputed so that the backward is differentiable on the inputs alone.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str) -> Tensor:
+        z = weighted_input(x, weight, bias)  # zᴸ = x Wᵀ + b, (N, out)
+        return reduce_costs(log_likelihood_costs(z, y), reduction)  # "mean": C = −(1/n) Σ_x ln aᴸ_{y(x)}
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, y, reduction = inputs
+        ctx.save_for_backward(x, weight, bias, y)
+        ctx.save_for_forward(x, weight, bias, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_cost: Tensor):
+        x, weight, bias, y = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = grad_y = None
+        z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs
+        a = softmax(z)  # aᴸ_j = e^{zᴸ_j} / Σ_k e^{zᴸ_k}
+        share = example_share(grad_cost, a, ctx.reduction)  # 1/n for the mean
+        delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y (costs.LogLikelihood.delta, for one node)
+        if recording.is_recording():  # record_errors(): the diagonal a(1 − a) of ∂aᴸ/∂zᴸ stands for σ'(zᴸ)
+            recording.notify(weight, delta, sigmoid_prime(a), x)
+        if ctx.needs_input_grad[0]:
+            grad_x = error_below(delta, weight)  # δᴸ Wᴸ, for the layer below's BP2, (N, in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight_gradient(delta, x)  # BP4, (out, in)
+        if ctx.needs_input_grad[2]:
+            grad_bias = bias_gradient(delta)  # BP3, (out,)
+        if ctx.needs_input_grad[3]:
+            grad_y = -z * share  # ∂C_x/∂y_j = −z_j
+        return grad_x, grad_weight, grad_bias, grad_y, None
+
+    @staticmethod
+    def jvp(ctx, x_t, weight_t, bias_t, y_t, _reduction_t) -> Tensor:
+        x, weight, bias, y = ctx.saved_tensors
+        z = weighted_input(x, weight, bias)
+        z_t = _weighted_input_tangent(x, weight, x_t, weight_t, bias_t, z.shape)
+        return _log_likelihood_rate(z, y, z_t, y_t, ctx.reduction)
+
+
+class LogLikelihoodCostFunction(torch.autograd.Function):
+    r"""Chapter 3's log-likelihood of the softmax of given weighted inputs :math:`z^L`, reduced over examples:
+    :math:`C_x = \ln \sum_k e^{z_k} - \sum_j y_j z_j = -\ln a_{y(x)}`, with :math:`\partial C_x/\partial z = a - y`.
+
+    Use :func:`log_likelihood_cost`, which checks its arguments and one-hot encodes class labels. It takes
+    :math:`z^L`, the softmax's input (as ``F.cross_entropy`` takes logits): from :math:`a^L` the cost would need
+    :math:`\ln a_j`, which is :math:`\ln 0` once a softmax output has rounded to 0, and :math:`\nabla_a C = -y/a`
+    would be infinite there; from :math:`z^L` both the value and :math:`\delta^L = a^L - y` are finite.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z: Tensor, y: Tensor, reduction: str) -> Tensor:
+        return reduce_costs(log_likelihood_costs(z, y), reduction)  # "mean": C = −(1/n) Σ_x ln aᴸ_{y(x)}
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, y, reduction = inputs
+        ctx.save_for_backward(z, y)
+        ctx.save_for_forward(z, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_cost: Tensor):
+        z, y = ctx.saved_tensors
+        grad_z = grad_y = None
+        a = softmax(z)  # aᴸ
+        share = example_share(grad_cost, a, ctx.reduction)
+        if ctx.needs_input_grad[0]:
+            grad_z = (a - y) * share  # (BP1) δᴸ = ∂C_x/∂zᴸ = aᴸ − y
+        if ctx.needs_input_grad[1]:
+            grad_y = -z * share  # ∂C_x/∂y_j = −z_j
+        return grad_z, grad_y, None
+
+    @staticmethod
+    def jvp(ctx, z_t: Tensor | None, y_t: Tensor | None, _reduction_t) -> Tensor:
+        z, y = ctx.saved_tensors
+        return _log_likelihood_rate(z, y, z_t, y_t, ctx.reduction)
+
+
+def _log_likelihood_rate(z: Tensor, y: Tensor, z_t: Tensor | None, y_t: Tensor | None, reduction: str) -> Tensor:
+    """Forward mode through the log-likelihood: Ċ_x = Σ_j (a_j − y_j) ż_j − z_j ẏ_j, reduced like the cost."""
+    rate = torch.zeros_like(z) if z_t is None else (softmax(z) - y) * z_t  # (N, out)
+    if y_t is not None:
+        rate = rate - z * y_t
+    return reduce_costs(rate.sum(-1), reduction)
+
+
+class DropoutFunction(torch.autograd.Function):
+    r"""Dropout as chapter 3 describes it: the hidden neurons where ``mask`` is 0 are removed,
+    :math:`a \to a \odot m`, and the backward applies the same mask, :math:`\partial C/\partial a \odot m`, so a
+    removed neuron has :math:`\delta = 0` (by BP2) and its weights and bias are not changed by the step.
+
+    Use :func:`dropout`, which checks its arguments. ``mask`` holds one value per neuron (the book removes the same
+    neurons for the whole mini-batch), 0 or 1 for the book's form; it is data, not differentiated.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: Tensor, mask: Tensor) -> Tensor:
+        return a * mask  # the removed neurons output 0
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad_a: Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad_a * mask if ctx.needs_input_grad[0] else None, None  # the same neurons removed
+
+    @staticmethod
+    def jvp(ctx, a_t: Tensor | None, _mask_t) -> Tensor:
+        (mask,) = ctx.saved_tensors
+        return a_t * mask
+
+
 #: Where :class:`CrossEntropyCostFunction` clamps, as ``nn.BCELoss``: logarithms at −100, a(1 − a) at 1e-12.
 _LOG_FLOOR, _SATURATED = -100.0, 1e-12
 
@@ -325,6 +470,9 @@ _SigmoidLinearCompilable = _without_jvp(SigmoidLinearFunction)
 _QuadraticCostCompilable = _without_jvp(QuadraticCostFunction)
 _SigmoidCrossEntropyCompilable = _without_jvp(SigmoidCrossEntropyFunction)
 _CrossEntropyCostCompilable = _without_jvp(CrossEntropyCostFunction)
+_SoftmaxLogLikelihoodCompilable = _without_jvp(SoftmaxLogLikelihoodFunction)
+_LogLikelihoodCostCompilable = _without_jvp(LogLikelihoodCostFunction)
+_DropoutCompilable = _without_jvp(DropoutFunction)
 
 
 def _compilable(function: type[torch.autograd.Function], twin: type[torch.autograd.Function]):
@@ -396,6 +544,43 @@ def sigmoid_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, y: Ten
         >>> hidden = sigmoid_linear(torch.rand(8, 784), w1, b1)  # (8, 30)
         >>> sigmoid_cross_entropy(hidden, w2, b2, torch.randint(0, 10, (8,))).backward()
     """
+    function = _compilable(SigmoidCrossEntropyFunction, _SigmoidCrossEntropyCompilable)
+    return _output_layer_cost(function, x, weight, bias, y, reduction)
+
+
+def softmax_log_likelihood(
+    x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str = "mean"
+) -> Tensor:
+    r"""A softmax output layer :math:`a^L_j = e^{z^L_j} / \sum_k e^{z^L_k}`, :math:`z^L = x W^\top + b`, and
+    chapter 3's log-likelihood cost of it, :math:`C = -\frac1n \sum_x \ln a^L_{y(x)}`, in one step, with the
+    hand-written backward of :class:`SoftmaxLogLikelihoodFunction`: BP1 as :math:`\delta^L = a^L - y`, then BP3, BP4
+    and :math:`\delta^L W^L` for the layer below.
+
+    It equals ``F.cross_entropy(x @ weight.T + bias, labels)`` (and, for float ``y`` whose rows sum to 1, the
+    same with probability targets), and is finite however large :math:`z^L` is.
+
+    Args:
+        x: the activations :math:`a^{L-1}` of the layer below the output layer.
+        weight, bias: the output layer's :math:`W^L` and :math:`b^L` (``bias`` may be ``None``).
+        y: integer class labels, one-hot encoded here, or float targets shaped like the output; with a float ``y``
+            the cost is :math:`\ln \sum_k e^{z_k} - \sum_j y_j z_j`, the log-likelihood when each row sums to 1.
+        reduction: ``"mean"`` for the book's :math:`C`; ``"sum"`` for :math:`\sum_x C_x`; ``"none"`` for the
+            :math:`C_x` themselves.
+
+    Shape, Raises: as :func:`sigmoid_cross_entropy`.
+
+    Examples::
+
+        >>> hidden = sigmoid_linear(torch.rand(8, 784), w1, b1)  # (8, 30)
+        >>> softmax_log_likelihood(hidden, w2, b2, torch.randint(0, 10, (8,))).backward()
+    """
+    function = _compilable(SoftmaxLogLikelihoodFunction, _SoftmaxLogLikelihoodCompilable)
+    return _output_layer_cost(function, x, weight, bias, y, reduction)
+
+
+def _output_layer_cost(function, x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, reduction: str) -> Tensor:
+    """``function`` (an output layer and its cost as one node) applied after checking its arguments; leading batch
+    dimensions are flattened into the Function's ``(N, in_features)`` rows."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     out_features, in_features = _check_layer(x, weight, bias)
@@ -403,7 +588,6 @@ def sigmoid_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, y: Ten
     if reduction == "mean" and x.numel() == 0:
         raise ValueError(f"the mean cost of zero examples is undefined (x has shape {tuple(x.shape)})")
     y = targets(y, (*examples, out_features), x)
-    function = _compilable(SigmoidCrossEntropyFunction, _SigmoidCrossEntropyCompilable)
     if x.ndim == 2:  # a mini-batch of rows, the Function's own layout
         return function.apply(x, weight, bias, y, reduction)
     cost = function.apply(x.reshape(-1, in_features), weight, bias, y.reshape(-1, out_features), reduction)
@@ -446,15 +630,16 @@ def quadratic_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     return _compilable(QuadraticCostFunction, _QuadraticCostCompilable).apply(a, y, reduction)
 
 
-def _checked_cost_targets(a: Tensor, y: Tensor, reduction: str) -> Tensor:
-    """The float targets for a cost of outputs ``a``, after checking ``a``, ``y`` and ``reduction``."""
+def _checked_cost_targets(a: Tensor, y: Tensor, reduction: str, name: str = "a") -> Tensor:
+    """The float targets for a cost of outputs ``a`` (the argument called ``name``), after checking ``a``, ``y`` and
+    ``reduction``."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    check_float_tensor("a", a)
+    check_float_tensor(name, a)
     if a.ndim == 0 or a.shape[-1] == 0:
-        raise ValueError(f"a must have shape (*, K) with K >= 1 outputs, got shape {tuple(a.shape)}")
+        raise ValueError(f"{name} must have shape (*, K) with K >= 1 outputs, got shape {tuple(a.shape)}")
     if reduction == "mean" and a.numel() == 0:
-        raise ValueError(f"the mean cost of zero examples is undefined (a has shape {tuple(a.shape)})")
+        raise ValueError(f"the mean cost of zero examples is undefined ({name} has shape {tuple(a.shape)})")
     return targets(y, a.shape, a)
 
 
@@ -479,6 +664,62 @@ def cross_entropy_cost(a: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """
     y = _checked_cost_targets(a, y, reduction)
     return _compilable(CrossEntropyCostFunction, _CrossEntropyCostCompilable).apply(a, y, reduction)
+
+
+def log_likelihood_cost(z: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+    r"""Chapter 3's log-likelihood cost of a softmax output, from its input :math:`z^L` (the logits):
+    :math:`C = -\frac1n \sum_x \ln a^L_{y(x)}` with :math:`a^L = \operatorname{softmax}(z^L)`, and the hand-written
+    backward of :class:`LogLikelihoodCostFunction`, which returns BP1, :math:`\delta^L = a^L - y`, for :math:`z^L`.
+
+    It takes :math:`z^L`, not :math:`a^L`, because that is what keeps it finite (see
+    :class:`LogLikelihoodCostFunction`); it equals ``F.cross_entropy(z, labels)``.
+
+    Args:
+        z: the output layer's weighted inputs :math:`z^L`, one row per example.
+        y, reduction: as :func:`softmax_log_likelihood`.
+
+    Shape, Raises: as :func:`quadratic_cost`, with ``z`` for ``a``.
+
+    Examples::
+
+        >>> z = torch.randn(4, 10, requires_grad=True)
+        >>> log_likelihood_cost(z, torch.tensor([3, 1, 4, 1])).backward()
+    """
+    y = _checked_cost_targets(z, y, reduction, "z")
+    return _compilable(LogLikelihoodCostFunction, _LogLikelihoodCostCompilable).apply(z, y, reduction)
+
+
+def dropout(a: Tensor, mask: Tensor) -> Tensor:
+    r"""Remove the hidden neurons where ``mask`` is 0, as chapter 3's dropout does for a mini-batch:
+    :math:`a \odot m`, with the hand-written backward of :class:`DropoutFunction`, which applies the same mask.
+
+    Args:
+        a: a hidden layer's activations :math:`a^l`.
+        mask: one value per neuron of the layer, 0 (removed) or 1 (kept), the same for every example; see
+            :func:`torch_manualbp.network.dropout_masks` to draw one as the book does.
+
+    Shape:
+        - a: :math:`(*, H)`; mask: :math:`(H)`; Output: :math:`(*, H)`.
+
+    Raises:
+        TypeError, ValueError: ``a`` or ``mask`` is not a floating-point tensor, their dtypes or devices differ, or
+            ``mask`` is not of shape :math:`(H)`.
+
+    Examples::
+
+        >>> a = sigmoid_linear(torch.rand(8, 784), w1, b1)  # (8, 30)
+        >>> mask = (torch.arange(30) % 2).float()  # the odd-numbered neurons kept
+        >>> dropout(a, mask).shape
+        torch.Size([8, 30])
+    """
+    check_float_tensor("a", a)
+    check_float_tensor("mask", mask)
+    if a.ndim == 0 or mask.shape != a.shape[-1:]:
+        raise ValueError(
+            f"mask must have shape (H,), one value per neuron of a {tuple(a.shape)}, got {tuple(mask.shape)}"
+        )
+    check_same_kind("mask", mask, "a", a)
+    return _compilable(DropoutFunction, _DropoutCompilable).apply(a, mask)
 
 
 def targets_like(a: Tensor, y: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 r"""``manualbp gradcheck``: check every hand-written backward against finite differences.
 
 For every Function the package exports (``SigmoidLinearFunction``, ``QuadraticCostFunction``,
-``CrossEntropyCostFunction``, ``SigmoidCrossEntropyFunction``, ``NetworkCostFunction``) and a few shapes (a batch of
+``CrossEntropyCostFunction``, ``SigmoidCrossEntropyFunction``, ``SoftmaxLogLikelihoodFunction``,
+``LogLikelihoodCostFunction``, ``DropoutFunction``, ``NetworkCostFunction``) and a few shapes (a batch of
 one, a non-contiguous input, no bias, each reduction, labels and float targets, each cost) this runs
 :func:`torch.autograd.gradcheck`, which compares the backward and the jvp with finite differences in float64, and
 :func:`torch.autograd.gradgradcheck`, which does the same for the backward of the backward. ``NetworkCostFunction``
@@ -23,7 +24,15 @@ from typing import Callable, Sequence
 import torch
 
 from .costs import COSTS
-from .functional import cross_entropy_cost, quadratic_cost, sigmoid_cross_entropy, sigmoid_linear
+from .functional import (
+    cross_entropy_cost,
+    dropout,
+    log_likelihood_cost,
+    quadratic_cost,
+    sigmoid_cross_entropy,
+    sigmoid_linear,
+    softmax_log_likelihood,
+)
 from .network import NetworkCostFunction
 
 __all__ = ["Case", "default_cases", "run_checks", "format_table"]
@@ -106,6 +115,21 @@ def default_cases(seed: int = 0) -> list[Case]:
             (x3, _leaf(4, 3, generator=g), None, torch.randint(0, 4, (2, 3), generator=g)),
         )
     )
+    for reduction in ("mean", "sum", "none"):
+        z, labels = _leaf(5, 4, generator=g), torch.randint(0, 4, (5,), generator=g)
+        y = torch.softmax(torch.randn(5, 4, dtype=torch.float64, generator=g), -1).requires_grad_()  # rows sum to 1
+        ll = partial(log_likelihood_cost, reduction=reduction)
+        cases.append(Case("log_likelihood_cost", f"z (5, 4), labels, {reduction}", ll, (z, labels)))
+        cases.append(Case("log_likelihood_cost", f"z (5, 4), float y, {reduction}", ll, (z, y)))
+        x, w, b = _leaf(5, 3, generator=g), _leaf(4, 3, generator=g), _leaf(4, generator=g)
+        sll = partial(softmax_log_likelihood, reduction=reduction)
+        description = f"x (5, 3), weight (4, 3), bias, labels, {reduction}"
+        cases.append(Case("softmax_log_likelihood", description, sll, (x, w, b, labels)))
+        cases.append(
+            Case("softmax_log_likelihood", f"x (5, 3), weight (4, 3), bias, float y, {reduction}", sll, (x, w, b, y))
+        )
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    cases.append(Case("dropout", "a (4, 6), mask (6,)", dropout, (_leaf(4, 6, generator=g), mask)))
     for name, cost in COSTS.items():
         x, y = _leaf(6, 5, generator=g), torch.rand(6, 3, dtype=torch.float64, generator=g).requires_grad_()
         params = (_leaf(4, 5, generator=g), _leaf(4, generator=g), _leaf(3, 4, generator=g), _leaf(3, generator=g))

@@ -21,7 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from . import recording
-from .checks import check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
+from .checks import (
+    check_dropout,
+    check_float_tensor,
+    check_learning_rate,
+    check_regularization,
+    check_same_kind,
+    l2_weight_decay,
+    targets,
+)
 from .costs import Cost, get_cost
 from .equations import (
     a_minus_y,
@@ -31,9 +39,11 @@ from .equations import (
     errors,
     example_share,
     feedforward,
+    regularize,
     sigmoid_prime,
     weighted_input,
 )
+from .functional import dropout as dropout_layer
 from .nn import SigmoidLinear
 
 __all__ = [
@@ -45,6 +55,8 @@ __all__ = [
     "backpropagate",
     "feedforward_to_cost",
     "update_mini_batch",
+    "dropout_masks",
+    "dropout_evaluation_weights",
 ]
 
 
@@ -85,6 +97,9 @@ class Network(nn.Module):
               :math:`C = -\frac{1}{n}\sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]`, whose BP1 is
               :math:`\delta^L = a^L - y`: no :math:`\sigma'(z^L)`, so a saturated, wrong output still learns. Its
               value is computed from :math:`z^L`, finite however saturated the outputs.
+            - ``"log_likelihood"``: chapter 3's softmax output layer,
+              :math:`a^L_j = e^{z^L_j} / \sum_k e^{z^L_k}`, with :math:`C = -\frac1n \sum_x \ln a^L_{y(x)}`, whose BP1
+              is :math:`\delta^L = a^L - y`; its value too comes from :math:`z^L` (``logsumexp``).
         init: the initialisation of every layer, ``"scaled"`` (default) or ``"normal"``; see
             :class:`~torch_manualbp.nn.SigmoidLinear`. The rule for this default: the core (``Network``,
             ``SigmoidLinear``) draws ``"scaled"``, chapter 3's initialisation, the better start for a new network;
@@ -97,7 +112,7 @@ class Network(nn.Module):
 
     Attributes:
         cost_function: the :class:`~torch_manualbp.costs.Cost` object (``cost`` itself is the method :meth:`cost`).
-        cost_name: its name, ``"quadratic"`` or ``"cross_entropy"``.
+        cost_name: its name, ``"quadratic"``, ``"cross_entropy"`` or ``"log_likelihood"``.
 
     Examples::
 
@@ -126,7 +141,8 @@ class Network(nn.Module):
 
     @property
     def cost_name(self) -> str:
-        """The cost's name, ``"quadratic"`` or ``"cross_entropy"``: what a checkpoint or a log records."""
+        """The cost's name (``"quadratic"``, ``"cross_entropy"``, ``"log_likelihood"``): what a checkpoint or a log
+        records."""
         return self.cost_function.name
 
     def forward(self, x: Tensor) -> Tensor:
@@ -168,9 +184,13 @@ class Network(nn.Module):
         return Gradients(nabla_w, nabla_b, deltas, cost)
 
     @torch.no_grad()
-    def output_and_cost(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def output_and_cost(self, x: Tensor, y: Tensor, dropout: float = 0.0) -> tuple[Tensor, Tensor]:
         r"""The output :math:`a^L` and the mean cost :math:`C` of a mini-batch from one feedforward, without
         autograd: what evaluation needs, where ``network(x)`` and then a cost of ``x`` would run the layers twice.
+
+        For a network trained with dropout (``sgd_step(..., dropout=p)``) pass the same ``dropout``: the weights
+        outgoing from hidden neurons are then scaled by :math:`1 - p` (halved for the book's :math:`p = 1/2`), as
+        :func:`dropout_evaluation_weights` says, without changing the parameters.
 
         Shape:
             - x: :math:`(N, \text{sizes}[0])`.
@@ -178,8 +198,11 @@ class Network(nn.Module):
             - Output: :math:`(N, \text{sizes}[-1])` and a scalar.
         """
         self.check_batch(x)
+        dropout = check_dropout(dropout)
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
+        if dropout:
+            weights = dropout_evaluation_weights(weights, dropout)  # outgoing weights × (1 − p)
         activations, z = feedforward_to_cost(x, weights, biases, self.cost_function)
         output = activations[-1]
         return output, self.cost_function.mean(z, a_minus_y(output, y), y)  # aᴸ and C = (1/n) Σ_x C_x
@@ -209,13 +232,18 @@ class Network(nn.Module):
         weights, biases = self.weights_and_biases()
         return NetworkCostFunction.apply(x, y, self.cost_function, *[p for pair in zip(weights, biases) for p in pair])
 
-    def layered_cost(self, x: Tensor, y: Tensor) -> Tensor:
+    def layered_cost(self, x: Tensor, y: Tensor, masks: Sequence[Tensor] | None = None) -> Tensor:
         r"""The mean cost of a mini-batch through the per-layer Functions, one autograd node per layer.
 
         For the quadratic cost it is ``quadratic_cost(network(x), y)``; for the cross-entropy the output layer
         and the cost are one node, :func:`~torch_manualbp.functional.sigmoid_cross_entropy`, whose backward
-        starts at :math:`\delta^L = a^L - y`. It equals :meth:`cost` and supports what that does not: double
-        backward, ``torch.func`` transforms, forward-mode AD and autocast.
+        starts at :math:`\delta^L = a^L - y`, and for the log-likelihood likewise
+        :func:`~torch_manualbp.functional.softmax_log_likelihood`. It equals :meth:`cost` and supports what that
+        does not: double backward, ``torch.func`` transforms, forward-mode AD and autocast.
+
+        With ``masks`` (one 0/1 vector per hidden layer, as :func:`dropout_masks` draws them) each hidden layer's
+        output goes through :func:`~torch_manualbp.functional.dropout`, whose backward applies the same mask: the
+        gradient of :meth:`sgd_step`'s dropout step.
 
         Shape:
             - x: :math:`(*, \text{sizes}[0])`.
@@ -223,12 +251,22 @@ class Network(nn.Module):
             - Output: a scalar.
         """
         *hidden, output = self.layers
-        for layer in hidden:
-            x = layer(x)
+        for i, layer in enumerate(hidden):
+            x = layer(x) if masks is None else dropout_layer(layer(x), masks[i])
         return self.cost_function.layered_cost(x, output, y)
 
     @torch.no_grad()
-    def sgd_step(self, x: Tensor, y: Tensor, eta: float, lmbda: float = 0.0, n: int | None = None) -> Tensor:
+    def sgd_step(
+        self,
+        x: Tensor,
+        y: Tensor,
+        eta: float,
+        lmbda: float = 0.0,
+        n: int | None = None,
+        regularization: str = "l2",
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         r"""One step of stochastic gradient descent on a mini-batch: the book's ``update_mini_batch``.
 
         Feedforward, BP1-BP4, then :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` and the same
@@ -240,7 +278,15 @@ class Network(nn.Module):
         With ``lmbda`` it is chapter 3's L2-regularised step, ``network2.py``'s: the cost gains
         :math:`\frac{\lambda}{2n}\sum_w w^2` over the n examples of the training set, and the weights (not the
         biases) decay, :math:`w \to (1 - \frac{\eta\lambda}{n}) w - \frac{\eta}{m} \sum_x \partial C_{0,x}/\partial w`.
-        That is ``torch.optim.SGD(lr=eta, weight_decay=lmbda / n)`` applied to the weights only.
+        That is ``torch.optim.SGD(lr=eta, weight_decay=lmbda / n)`` applied to the weights only. With
+        ``regularization="l1"`` it is chapter 3's L1 instead, :math:`C = C_0 + \frac{\lambda}{n}\sum_w |w|`:
+        :math:`w \to w - \frac{\eta\lambda}{n}\operatorname{sgn}(w) - \frac{\eta}{m} \sum_x
+        \partial C_{0,x}/\partial w`.
+
+        With ``dropout`` it is chapter 3's dropout: a fraction ``dropout`` of each hidden layer's neurons (the book's
+        half) is removed for this mini-batch (:func:`dropout_masks`, from ``generator``), forward and backward, so
+        the removed neurons' weights and biases get no BP3/BP4 term (a regularisation still applies to every weight,
+        being part of the whole network's cost). Evaluate such a network with ``output_and_cost(x, y, dropout)``.
 
         Inside :func:`torch_manualbp.observe.record_errors` it hands over each layer's :math:`\partial C/\partial z`
         and :math:`\sigma'(z)`, as the autograd Functions do. It leaves no ``.grad``.
@@ -252,6 +298,11 @@ class Network(nn.Module):
             lmbda: the book's regularisation parameter :math:`\lambda \ge 0` (``lambda`` is a Python keyword,
                 hence the book's spelling); 0 (default) is no regularisation.
             n: the size of the whole training set (50,000 for the book's MNIST split), required with ``lmbda``.
+            regularization: ``"l2"`` (default) or ``"l1"``: which rule ``lmbda`` regularises the weights by.
+            dropout: the fraction of each hidden layer's neurons removed for this mini-batch, in [0, 1); 0
+                (default) removes none.
+            generator: the ``torch.Generator`` the removed neurons are drawn from (seeded, it makes a run
+                reproducible); ``None`` for torch's global one.
 
         Shape:
             - x: :math:`(N, \text{sizes}[0])`.
@@ -259,7 +310,8 @@ class Network(nn.Module):
             - Output: a scalar, the mini-batch's mean cost :math:`C_0` before the update, without the L2 term.
 
         Raises:
-            TypeError, ValueError: bad ``x``, ``y``, ``eta``, ``lmbda`` or ``n``, raised before any parameter changes.
+            TypeError, ValueError: bad ``x``, ``y``, ``eta``, ``lmbda``, ``n``, ``regularization`` or ``dropout``,
+                raised before any parameter changes.
 
         Examples::
 
@@ -271,11 +323,15 @@ class Network(nn.Module):
         self._check_batch(x, weights[0])
         eta = check_learning_rate(eta)
         weight_decay = l2_weight_decay(lmbda, n)
+        regularization = check_regularization(regularization)
+        dropout = check_dropout(dropout)
         if torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):  # x.device.type alone costs a µs
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         ones = self.ones(x.shape[0], x)
-        return update_mini_batch(weights, biases, x, y, eta, ones, self.cost_function, weight_decay)
+        masks = dropout_masks(self.sizes, dropout, x, generator) if dropout else None  # drawn after every check
+        cost = self.cost_function
+        return update_mini_batch(weights, biases, x, y, eta, ones, cost, weight_decay, regularization, masks)
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
@@ -318,6 +374,8 @@ def update_mini_batch(
     ones: Tensor,
     cost: str | Cost = "quadratic",
     weight_decay: float = 0.0,
+    regularization: str = "l2",
+    masks: Sequence[Tensor] | None = None,
 ) -> Tensor:
     r"""The book's ``update_mini_batch`` in matrix form: one SGD step on ``weights`` and ``biases``, in place.
 
@@ -334,13 +392,19 @@ def update_mini_batch(
         weight_decay: :math:`\lambda/n`, the book's L2 regularisation as ``torch.optim.SGD``'s ``weight_decay``
             (see :func:`~torch_manualbp.checks.l2_weight_decay`): each weight, not bias, is first multiplied by
             :math:`1 - \eta\lambda/n`. A Python number: ``torch.compile`` specialises on it, as on ``cost``.
+        regularization: ``"l2"`` (default) or ``"l1"``, which rule ``weight_decay`` = :math:`\lambda/n` is applied by
+            (:func:`~torch_manualbp.equations.regularize`); for ``"l1"`` each weight first moves by
+            :math:`-\frac{\eta\lambda}{n}\operatorname{sgn}(w)`. A Python string, for ``torch.compile`` too.
+        masks: chapter 3's dropout: one 0/1 vector per hidden layer (``len(weights) - 1`` of them, each
+            :math:`(H_l)`, in ``x``'s dtype; :func:`dropout_masks` draws them as the book does), the neurons where it
+            is 0 removed for this mini-batch, forward and backward; ``None`` (default) for none.
 
     Returns:
         The mean cost :math:`C_0` of the mini-batch before the update (no L2 term), a 0-d tensor.
     """
     cost = get_cost(cost)
     m = x.shape[0]
-    activations, z = feedforward_to_cost(x, weights, biases, cost)
+    activations, z = feedforward_to_cost(x, weights, biases, cost, masks)
     output_minus_y = activations[-1] - y  # aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
     mean_cost = cost.mean(z, output_minus_y, y)  # C = (1/m) Σ_x C_x
     deltas = errors(weights, activations, output_minus_y, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
@@ -348,25 +412,69 @@ def update_mini_batch(
         _notify_layers(weights, [delta / m for delta in deltas], activations, cost)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
-            weight.mul_(1 - eta * weight_decay)  # L2: w → (1 − ηλ/n) w, from the weight before this step's update
+            regularize(weight, eta * weight_decay, regularization)  # L2 or L1, from w before this step's update
         descend(weight, bias, delta, a_prev, eta / m, ones)  # BP3 and BP4, added into bˡ and Wˡ
     return mean_cost
 
 
 def feedforward_to_cost(
-    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], cost: Cost
+    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], cost: Cost, masks: Sequence[Tensor] | None = None
 ) -> tuple[list[Tensor], Tensor]:
     r"""Every activation of the network, input first, with the output layer's by the cost
     (:meth:`~torch_manualbp.costs.Cost.activation`), and that layer's weighted input :math:`z^L`, which the cost's
-    value may need (the cross-entropy's does) and which is computed anyway.
+    value may need (the cross-entropy's does) and which is computed anyway; ``masks``, one per hidden layer, as for
+    :func:`~torch_manualbp.equations.feedforward` (dropout).
 
     Shape:
         - as :func:`~torch_manualbp.equations.feedforward`; :math:`z^L`: :math:`(N, H_L)`.
     """
-    activations = feedforward(x, weights[:-1], biases[:-1])
+    activations = feedforward(x, weights[:-1], biases[:-1], masks)
     z = weighted_input(activations[-1], weights[-1], biases[-1])  # zᴸ = aᴸ⁻¹ Wᴸᵀ + bᴸ
     activations.append(cost.activation(z))  # aᴸ
     return activations, z
+
+
+def dropout_masks(
+    sizes: Sequence[int], dropout: float, like: Tensor, generator: torch.Generator | None = None
+) -> list[Tensor]:
+    r"""Chapter 3's dropout for one mini-batch: for each hidden layer, a 0/1 vector that removes
+    ``round(dropout * H)`` of its H neurons, chosen at random (the book's "randomly deleting half the hidden
+    neurons" for ``dropout=0.5``); the input and output layers keep every neuron.
+
+    Args:
+        sizes: the network's layer sizes, input first (``Network.sizes``).
+        dropout: the fraction removed, in [0, 1).
+        like: a tensor whose dtype and device the masks take.
+        generator: the random source (a seeded ``torch.Generator`` on ``like``'s device makes the masks
+            reproducible); ``None`` for torch's global one.
+
+    Shape:
+        - Output: ``len(sizes) - 2`` tensors, :math:`(H_l)` for each hidden layer.
+
+    Examples::
+
+        >>> [m.sum().item() for m in dropout_masks([784, 30, 10], 0.5, torch.empty(0))]
+        [15.0]
+    """
+    masks = []
+    for size in sizes[1:-1]:
+        removed = torch.randperm(size, generator=generator, device=like.device)[: round(dropout * size)]
+        masks.append(torch.ones(size, dtype=like.dtype, device=like.device).index_fill_(0, removed, 0.0))
+    return masks
+
+
+def dropout_evaluation_weights(weights: Sequence[Tensor], dropout: float) -> list[Tensor]:
+    r"""The weights to evaluate a network trained with dropout by, as the book does: every weight outgoing from a
+    hidden neuron scaled by the fraction kept, :math:`1 - p` (halved for :math:`p = 1/2`), since the full network
+    has :math:`1/(1 - p)` times as many hidden neurons active as each mini-batch's had. The first layer's weights,
+    from the input neurons, which are never removed, are unchanged.
+
+    Scaling the weights :math:`W^{l+1}` by :math:`1 - p` is the same as multiplying each hidden activation
+    :math:`a^l` by :math:`1 - p`, the mean of its mask: the next layer's :math:`z^{l+1}` is then the mean of its
+    values over the mini-batches' masks. (The "inverted" form, which trains with masks :math:`m/(1 - p)` and
+    evaluates unscaled, is the same network with its outgoing weights stored as :math:`(1 - p) W`.)
+    """
+    return [weights[0], *[(1 - dropout) * weight for weight in weights[1:]]]
 
 
 def _notify_layers(

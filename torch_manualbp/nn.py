@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import functional as F
 
-__all__ = ["SigmoidLinear", "QuadraticCost", "CrossEntropyCost", "INITS", "sigmoid_layers"]
+__all__ = ["SigmoidLinear", "QuadraticCost", "CrossEntropyCost", "LogLikelihoodCost", "INITS", "sigmoid_layers"]
 
 INITS = ("scaled", "normal")
 
@@ -185,6 +185,47 @@ class CrossEntropyCost(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy_cost(input, target, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class LogLikelihoodCost(nn.Module):
+    r"""Chapter 3's softmax output with the log-likelihood cost, :math:`C = -\frac1n \sum_x \ln a^L_{y(x)}`,
+    :math:`a^L = \operatorname{softmax}(z^L)`, taken on the softmax's input :math:`z^L` (the logits), as
+    ``nn.CrossEntropyLoss`` is: ``LogLikelihoodCost()(model(x), y)`` with a model whose last layer is linear
+    (``nn.Linear``), not a :class:`SigmoidLinear`.
+
+    Its backward, :class:`~torch_manualbp.functional.LogLikelihoodCostFunction`, returns BP1 itself,
+    :math:`\delta^L = \partial C/\partial z^L = (a^L - y)/n`. It takes :math:`z^L` because that is what keeps it
+    finite: on :math:`a^L` the cost would need :math:`\ln a_j`, which is :math:`\ln 0` once a softmax output rounds to
+    0, and its gradient :math:`-y_j/a_j` would be infinite; from :math:`z^L` it is computed through ``logsumexp``.
+
+    Args:
+        reduction: ``"mean"`` (default) for the book's :math:`C`; ``"sum"`` for :math:`\sum_x C_x`; ``"none"`` for
+            the :math:`C_x` themselves.
+
+    Shape:
+        - Input ``z``: :math:`(*, K)`, one example per leading index.
+        - Target ``y``: :math:`(*)` integer class labels in ``0..K-1``, or :math:`(*, K)` floats whose rows sum to 1.
+        - Output: a scalar; :math:`(*)` if ``reduction="none"``.
+
+    Examples::
+
+        >>> model = torch.nn.Sequential(SigmoidLinear(784, 30), torch.nn.Linear(30, 10))
+        >>> LogLikelihoodCost()(model(torch.rand(8, 784)), torch.randint(0, 10, (8,))).backward()
+    """
+
+    __constants__ = ["reduction"]
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.log_likelihood_cost(input, target, self.reduction)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
