@@ -14,9 +14,10 @@ Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training 
 on top of a step), ``peers`` (one epoch of the book's run: the book, autograd, ``sgd_step``, a bare fused step
 and JAX), ``contention`` (one thread against several per network size, and eager and compiled steps beside a
 busy process), ``population`` (K networks stepped together by ``Population.sgd_step`` beside one
-``Network.sgd_step`` and the bare step). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA when a GPU is present
-(``--no-cuda`` to skip).
+``Network.sgd_step`` and the bare step). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA
+when a GPU is present (``--no-cuda`` to skip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     parser.add_argument("--quick", action="store_true", help="a smoke run (well under a minute)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where results go")
-    parser.add_argument("--threads", type=int, default=cores,
-                        help=f"torch intra-op threads, also for the subprocesses (default: usable cores, {cores})")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=cores,
+        help=f"torch intra-op threads, also for the subprocesses (default: usable cores, {cores})",
+    )
     parser.add_argument("--repeats", type=int, help="timing samples per contender (section 1)")
     parser.add_argument("--examples", type=int, help="training examples in the epochs of sections epoch and peers")
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "mnist")
@@ -54,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from . import cli_epoch, contention, epoch, functions, peers, population, report, statistics, time_to_95
     from torch_manualbp.timing import machine_info
+
+    from . import cli_epoch, contention, epoch, functions, peers, population, report, statistics, time_to_95
 
     size = dict(QUICK if args.quick else FULL)
     size["repeats"] = args.repeats or size["repeats"]
@@ -80,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     for device in devices:
         if "functions" in args.only:
             print(f"[functions] {device}", flush=True)
-            sections.setdefault("functions", []).extend(
-                functions.run(device, size["repeats"], size["min_sample_s"]))
+            sections.setdefault("functions", []).extend(functions.run(device, size["repeats"], size["min_sample_s"]))
         if "epoch" in args.only:
             print(f"[epoch] {device}, {size['epoch_examples']:,} examples", flush=True)
             sections.setdefault("epoch", []).extend(
-                epoch.run(args.data_dir, size["epoch_examples"], size["epoch_repeats"], device))
+                epoch.run(args.data_dir, size["epoch_examples"], size["epoch_repeats"], device)
+            )
         if "cli" in args.only and device == "cpu":
             print("[cli] manualbp fit --config experiments/nielsen_ch1.yaml", flush=True)
             sections["cli"] = cli_epoch.run(args.data_dir, 2 if args.quick else 3, args.quick)

@@ -19,6 +19,7 @@ To run only this section::
 
     python -m benchmarks --only contention [--quick]
 """
+
 from __future__ import annotations
 
 import os
@@ -86,11 +87,17 @@ def thread_crossover(threads: int, repeats: int, min_sample_s: float, log=print)
             samples, _ = interleaved(contenders, repeats, min_sample_s, warmup=1)
             us = {k: median(s) / 10 * 1e6 for k, s in samples.items()}
             row = {
-                "sizes": list(sizes), "mini_batch": mini_batch, "threads": threads,
-                "one_us": us[1], "many_us": us[threads], "many_over_one": us[threads] / us[1],
+                "sizes": list(sizes),
+                "mini_batch": mini_batch,
+                "threads": threads,
+                "one_us": us[1],
+                "many_us": us[threads],
+                "many_over_one": us[threads] / us[1],
             }
-            log(f"  {sizes} mini-batch {mini_batch:3d}: 1 thread {us[1]:9.1f} µs/step, {threads} threads "
-                f"{us[threads]:9.1f} µs/step, ratio {row['many_over_one']:.2f}")
+            log(
+                f"  {sizes} mini-batch {mini_batch:3d}: 1 thread {us[1]:9.1f} µs/step, {threads} threads "
+                f"{us[threads]:9.1f} µs/step, ratio {row['many_over_one']:.2f}"
+            )
             rows.append(row)
     torch.set_num_threads(before)
     return rows
@@ -134,8 +141,11 @@ def _busy_process() -> subprocess.Popen:
 
 def busy_neighbour(steps: int, repeats: int, log=print) -> dict:
     """Seconds per step of each worker, idle and with a busy process beside it, and their ratios."""
-    procs = {f"{kind}, {label}": _start_worker(kind, settings, steps)
-             for kind in ("eager", "compiled") for label, settings in WORKER_SETTINGS.items()}
+    procs = {
+        f"{kind}, {label}": _start_worker(kind, settings, steps)
+        for kind in ("eager", "compiled")
+        for label, settings in WORKER_SETTINGS.items()
+    }
     threads_used = {}
     busy = _busy_process()
     try:
@@ -152,8 +162,10 @@ def busy_neighbour(steps: int, repeats: int, log=print) -> dict:
                 procs[name].stdin.write("run\n")
                 procs[name].stdin.flush()
                 samples[name, state].append(float(procs[name].stdout.readline()) / steps)
-            log(f"  repeat {repeat} {state}: " + ", ".join(
-                f"{name} {samples[name, state][-1] * 1e6:.0f} µs" for name in procs))
+            log(
+                f"  repeat {repeat} {state}: "
+                + ", ".join(f"{name} {samples[name, state][-1] * 1e6:.0f} µs" for name in procs)
+            )
     finally:
         busy.kill()
         for proc in procs.values():
@@ -167,13 +179,18 @@ def _busy_rows(samples: dict, threads_used: dict) -> dict:
     base = "eager, 1 thread"
     rows = []
     for name, threads in threads_used.items():
-        rows.append({
-            "worker": name, "threads": threads, "idle_us": us[name, "idle"], "busy_us": us[name, "busy"],
-            "busy_over_idle": us[name, "busy"] / us[name, "idle"],
-            "idle_over_eager_1": us[name, "idle"] / us[base, "idle"],
-            "busy_over_eager_1": us[name, "busy"] / us[base, "busy"],
-            "samples_us": {state: [v * 1e6 for v in samples[name, state]] for state in ("idle", "busy")},
-        })
+        rows.append(
+            {
+                "worker": name,
+                "threads": threads,
+                "idle_us": us[name, "idle"],
+                "busy_us": us[name, "busy"],
+                "busy_over_idle": us[name, "busy"] / us[name, "idle"],
+                "idle_over_eager_1": us[name, "idle"] / us[base, "idle"],
+                "busy_over_eager_1": us[name, "busy"] / us[base, "busy"],
+                "samples_us": {state: [v * 1e6 for v in samples[name, state]] for state in ("idle", "busy")},
+            }
+        )
     return {"sizes": SIZES, "mini_batch": MINI_BATCH, "steps_per_call": STEPS_PER_CALL, "rows": rows}
 
 

@@ -21,6 +21,7 @@ To run only this section::
 
     python -m benchmarks --only functions [--quick]
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -144,7 +145,9 @@ def run(device, repeats: int, min_sample_s: float, log=print) -> list[dict]:
         for n in BATCH_SIZES:
             for h in HIDDEN_SIZES:
                 row = measure(case, n, h, device, repeats, min_sample_s)
-                log(f"  {case:17s} N={n:<4d} H={h:<4d} custom {row['custom_us']:9.1f} us  "
-                    f"autograd {row['autograd_us']:9.1f} us  ratio {row['ratio']:.2f}")
+                log(
+                    f"  {case:17s} N={n:<4d} H={h:<4d} custom {row['custom_us']:9.1f} us  "
+                    f"autograd {row['autograd_us']:9.1f} us  ratio {row['ratio']:.2f}"
+                )
                 rows.append(row)
     return rows

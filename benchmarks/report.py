@@ -7,6 +7,7 @@ r"""Turn the sections' rows into the outputs: a markdown table, a JSON record an
 
 Called by ``python -m benchmarks``; not meant to be run on its own.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,15 +30,17 @@ def _kib(n: int) -> str:
 
 def _machine(meta: dict) -> str:
     m = meta["machine"]
-    return "\n".join([
-        f"- Command: `{meta['command']}` ({meta['date']}, {'quick' if meta['quick'] else 'full'} run)",
-        f"- CPU: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch threads: {m['torch_threads']}, "
-        f"load average at start: {', '.join(f'{x:.2f}' for x in m['load_average'] or [])}",
-        f"- GPU: {m['cuda'] or 'none (CUDA not available)'}",
-        f"- Python {m['python']}, torch {m['torch']}, lightning {m['lightning']}, numpy {m['numpy']}",
-        f"- Timing: `time.perf_counter`, contenders interleaved (A B, B A, ...), medians of "
-        f"{meta['repeats']} samples per contender after a warm-up",
-    ])
+    return "\n".join(
+        [
+            f"- Command: `{meta['command']}` ({meta['date']}, {'quick' if meta['quick'] else 'full'} run)",
+            f"- CPU: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch threads: {m['torch_threads']}, "
+            f"load average at start: {', '.join(f'{x:.2f}' for x in m['load_average'] or [])}",
+            f"- GPU: {m['cuda'] or 'none (CUDA not available)'}",
+            f"- Python {m['python']}, torch {m['torch']}, lightning {m['lightning']}, numpy {m['numpy']}",
+            f"- Timing: `time.perf_counter`, contenders interleaved (A B, B A, ...), medians of "
+            f"{meta['repeats']} samples per contender after a warm-up",
+        ]
+    )
 
 
 def _functions_table(rows: list[dict]) -> str:
@@ -128,8 +131,10 @@ def _peers_table(section: dict, cli: dict | None) -> str:
     ]
     for r in rows:
         x_jax = f"{r['x_jax']:.2f}" if r["x_jax"] else "–"
-        lines.append(f"| {r['contender']} | {r['epoch_s']:.3f} | {r['us_per_step']:,.0f} | {r['x_book']:.1f} | "
-                     f"{x_jax} | {r['val_accuracy']:.4f} |")
+        lines.append(
+            f"| {r['contender']} | {r['epoch_s']:.3f} | {r['us_per_step']:,.0f} | {r['x_book']:.1f} | "
+            f"{x_jax} | {r['val_accuracy']:.4f} |"
+        )
     if section["jax_skipped"]:
         lines.append(f"\nJAX skipped: {section['jax_skipped']}")
     else:
@@ -149,8 +154,10 @@ def _contention_tables(section: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in section["crossover"]:
-        lines.append(f"| {r['sizes']} | {r['mini_batch']} | {r['one_us']:,.1f} | {r['many_us']:,.1f} | "
-                     f"{r['threads']} | {r['many_over_one']:.2f} |")
+        lines.append(
+            f"| {r['sizes']} | {r['mini_batch']} | {r['one_us']:,.1f} | {r['many_us']:,.1f} | "
+            f"{r['threads']} | {r['many_over_one']:.2f} |"
+        )
     busy = section["busy"]
     lines += [
         "",
@@ -163,8 +170,10 @@ def _contention_tables(section: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in busy["rows"]:
-        lines.append(f"| {r['worker']} | {r['threads']} | {r['idle_us']:,.1f} | {r['busy_us']:,.1f} | "
-                     f"{r['busy_over_idle']:.2f} | {r['idle_over_eager_1']:.2f} | {r['busy_over_eager_1']:.2f} |")
+        lines.append(
+            f"| {r['worker']} | {r['threads']} | {r['idle_us']:,.1f} | {r['busy_us']:,.1f} | "
+            f"{r['busy_over_idle']:.2f} | {r['idle_over_eager_1']:.2f} | {r['busy_over_eager_1']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ To run (a tiny example)::
     python -c "import torch; from benchmarks.saved_bytes import count_saved_bytes; \
 x = torch.rand(4, 3, requires_grad=True); print(count_saved_bytes(lambda: torch.sigmoid(x), [x]))"
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

@@ -23,6 +23,7 @@ To run only this section::
 
     python -m benchmarks --only statistics [--quick]
 """
+
 from __future__ import annotations
 
 import weakref
@@ -33,7 +34,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from torch_manualbp import Network
 from torch_manualbp.observe import gradient_statistics, record_errors
-
 from torch_manualbp.timing import interleaved, median, synchronizer
 
 __all__ = ["run", "markdown", "PeakNewBytes", "BATCH_SIZES"]
@@ -154,18 +154,21 @@ def run(device: str, repeats: int, min_sample_s: float) -> list[dict]:
         samples, _ = interleaved(contenders, repeats, min_sample_s, sync=synchronizer(device))
         us = {name: median(times) * 1e6 for name, times in samples.items()}
         itemsize = x.element_size()
-        rows.append({
-            "device": device.type,
-            "batch": n,
-            "us": us,
-            "ratio_backprop": us["statistics + step"] / us["backprop step"],
-            "ratio_autograd": us["recorded + statistics"] / us["autograd step"],
-            "peak_backprop_bytes": _peak_bytes(lambda: net.backprop(x, y), device),
-            "peak_statistics_bytes": _peak_bytes(lambda: gradient_statistics(net, x, y), device),
-            "result_bytes": 3 * sum(p.numel() for p in net.parameters()) * itemsize + n * len(net.layers) * itemsize,
-            "n_sum_h_bytes": n * sum(SIZES) * itemsize,
-            "n_copies_of_params_bytes": n * sum(p.numel() for p in net.parameters()) * itemsize,
-        })
+        rows.append(
+            {
+                "device": device.type,
+                "batch": n,
+                "us": us,
+                "ratio_backprop": us["statistics + step"] / us["backprop step"],
+                "ratio_autograd": us["recorded + statistics"] / us["autograd step"],
+                "peak_backprop_bytes": _peak_bytes(lambda net=net, x=x, y=y: net.backprop(x, y), device),
+                "peak_statistics_bytes": _peak_bytes(lambda net=net, x=x, y=y: gradient_statistics(net, x, y), device),
+                "result_bytes": 3 * sum(p.numel() for p in net.parameters()) * itemsize
+                + n * len(net.layers) * itemsize,
+                "n_sum_h_bytes": n * sum(SIZES) * itemsize,
+                "n_copies_of_params_bytes": n * sum(p.numel() for p in net.parameters()) * itemsize,
+            }
+        )
     return rows
 
 

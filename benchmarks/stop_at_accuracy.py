@@ -18,6 +18,7 @@ To use it in a config::
         - class_path: benchmarks.stop_at_accuracy.StopAtAccuracy
           init_args: {target: 0.95, every_n_steps: 500, result_file: benchmarks/results/time_to_95.json}
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,12 @@ class StopAtAccuracy(L.Callback):
     def _check(self, trainer, pl_module) -> None:
         accuracy = self._test_accuracy(trainer, pl_module)
         start, _ = _start_time()
-        record = {"elapsed_s": time.time() - start, "step": trainer.global_step,
-                  "epoch": trainer.current_epoch, "accuracy": accuracy}
+        record = {
+            "elapsed_s": time.time() - start,
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "accuracy": accuracy,
+        }
         self.history.append(record)
         if accuracy >= self.target:
             self.reached = record

@@ -11,6 +11,7 @@ To run only this section::
 
     python -m benchmarks --only time95 [--quick]
 """
+
 from __future__ import annotations
 
 import json
@@ -76,10 +77,13 @@ def run(out: Path, device: str, quick: bool, log=print) -> dict:
         tail = (completed.stdout + completed.stderr)[-3000:]
         raise RuntimeError(f"manualbp fit failed (exit {completed.returncode}):\n{tail}")
     result = json.loads(result_file.read_text())
-    shown = ["manualbp", *command[len(_manualbp()):]]  # the installed script's path is this machine's
-    result.update(process_wall_s=wall, command=" ".join(shown), config_file=_relative(config_path),
-                  config=config, quick=quick)
+    shown = ["manualbp", *command[len(_manualbp()) :]]  # the installed script's path is this machine's
+    result.update(
+        process_wall_s=wall, command=" ".join(shown), config_file=_relative(config_path), config=config, quick=quick
+    )
     status = "reached" if result["reached"] else "NOT reached"
-    log(f"  {status} {result['target']:.0%}: accuracy {result.get('accuracy', float('nan')):.4f} at step "
-        f"{result.get('step')} after {result.get('elapsed_s', float('nan')):.1f} s (process {wall:.1f} s)")
+    log(
+        f"  {status} {result['target']:.0%}: accuracy {result.get('accuracy', float('nan')):.4f} at step "
+        f"{result.get('step')} after {result.get('elapsed_s', float('nan')):.1f} s (process {wall:.1f} s)"
+    )
     return result

@@ -29,6 +29,7 @@ To run::
 
     python experiments/batch_size.py    # writes experiments/results/batch_size.{md,png,json}
 """
+
 from __future__ import annotations
 
 import json
@@ -101,14 +102,16 @@ def noise_along_a_run(splits, init: str) -> list[dict]:
 
     def measure(network, step):
         stats = gradient_statistics(network, probe_x, probe_y)
-        history.append({
-            "step": step,
-            "val_accuracy": accuracy(network, val_x, val_labels),
-            "b_simple": stats.noise_scale.item(),
-            "b_simple_layers": [layer.noise_scale.item() for layer in stats.layers],
-            "true_grad_sq_norm": stats.true_grad_sq_norm.item(),
-            "trace_covariance": stats.trace_covariance.item(),
-        })
+        history.append(
+            {
+                "step": step,
+                "val_accuracy": accuracy(network, val_x, val_labels),
+                "b_simple": stats.noise_scale.item(),
+                "b_simple_layers": [layer.noise_scale.item() for layer in stats.layers],
+                "true_grad_sq_norm": stats.true_grad_sq_norm.item(),
+                "trace_covariance": stats.trace_covariance.item(),
+            }
+        )
         return False
 
     train(splits, init, BOOK_BATCH, BOOK_ETA, 0, NOISE_EPOCHS, NOISE_EVERY, measure)
@@ -144,6 +147,7 @@ def fit_s_min(batches: list[int], steps: list[float], b_noise: float) -> float:
 
 def fit_both(batches: list[int], steps: list[float]) -> tuple[float, float]:
     """S_min and B_noise by least squares in log space (a grid over B_noise, S_min in closed form)."""
+
     def loss(b_noise):
         s_min = fit_s_min(batches, steps, b_noise)
         return sum((math.log(s) - math.log(s_min * (1 + b_noise / b))) ** 2 for b, s in zip(batches, steps))

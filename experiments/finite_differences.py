@@ -11,6 +11,7 @@ To run::
 
     python experiments/finite_differences.py    # writes experiments/results/finite_differences.{md,png}
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,9 @@ SIZES = [[10, 5, 3], [20, 10, 5], [50, 20, 10], [100, 30, 10], [300, 30, 10], [7
 EPS = 1e-6  # forward-difference truncation error ~ ε·|C''|/2; float64 rounding ~ 1e-16/ε: both ≲ 1e-6 here
 
 
-def finite_difference_gradient(net: Network, x: torch.Tensor, labels: torch.Tensor, eps: float = EPS) -> list[torch.Tensor]:
+def finite_difference_gradient(
+    net: Network, x: torch.Tensor, labels: torch.Tensor, eps: float = EPS
+) -> list[torch.Tensor]:
     """∂C/∂p ≈ (C(p + ε) − C(p)) / ε for every weight and bias p, one extra forward pass each."""
     grads = []
     with torch.no_grad():
@@ -80,7 +83,9 @@ def main(out: Path = Path("experiments/results")) -> None:
         params = sum(p.numel() for p in net.parameters())
         fd_time, bp_time = seconds(net, x, labels)
         rows.append((sizes, params, fd_time, bp_time, error))
-        print(f"{str(sizes):>14} {params:>7} params: finite differences {fd_time:.3f} s, backprop {1e3 * bp_time:.3f} ms")
+        print(
+            f"{str(sizes):>14} {params:>7} params: finite differences {fd_time:.3f} s, backprop {1e3 * bp_time:.3f} ms"
+        )
     out.mkdir(parents=True, exist_ok=True)
     table = [
         "| network | parameters | finite differences | backprop | ratio | max relative difference |",
@@ -88,7 +93,8 @@ def main(out: Path = Path("experiments/results")) -> None:
     ]
     for sizes, params, fd_time, bp_time, error in rows:
         table.append(
-            f"| {sizes} | {params:,} | {fd_time:.3f} s | {1e3 * bp_time:.3f} ms | {fd_time / bp_time:,.0f}x | {error:.1e} |"
+            f"| {sizes} | {params:,} | {fd_time:.3f} s | {1e3 * bp_time:.3f} ms | {fd_time / bp_time:,.0f}x "
+            f"| {error:.1e} |"
         )
     text = "\n".join(table)
     (out / "finite_differences.md").write_text(

@@ -14,6 +14,7 @@ To run::
 
     python experiments/learning_slowdown.py    # writes experiments/results/learning_slowdown.{md,png}
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,9 @@ COSTS = {"quadratic": "δ = (a − y) σ'(z)", "cross_entropy": "δ = a − y"} 
 ETA, EPOCHS = 0.15, 300
 
 
-def train(w: float, b: float, cost: str = "quadratic", eta: float = ETA, epochs: int = EPOCHS) -> dict[str, list[float]]:
+def train(
+    w: float, b: float, cost: str = "quadratic", eta: float = ETA, epochs: int = EPOCHS
+) -> dict[str, list[float]]:
     """Gradient descent on the one-neuron problem with ``cost``; the cost, output and error δ before each step."""
     neuron = SigmoidLinear(1, 1, dtype=torch.float64)
     with torch.no_grad():
@@ -76,10 +79,14 @@ def main(out: Path = Path("experiments/results")) -> None:
     )
     fig, (output_ax, delta_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for i, ((cost, name), h) in enumerate(histories.items()):
-        style = dict(color=f"C{i % len(STARTS)}", linestyle="-" if cost == "quadratic" else "--", label=f"{cost}, {name}")
+        style = dict(
+            color=f"C{i % len(STARTS)}", linestyle="-" if cost == "quadratic" else "--", label=f"{cost}, {name}"
+        )
         output_ax.plot(h["output"], **style)
         delta_ax.plot(h["delta"], **style)
-    output_ax.set(xlabel="epoch", ylabel="output a (desired: 0)", title="Output: the quadratic cost's bad start is slow")
+    output_ax.set(
+        xlabel="epoch", ylabel="output a (desired: 0)", title="Output: the quadratic cost's bad start is slow"
+    )
     delta_ax.set(xlabel="epoch", ylabel="δ (BP1)", title="Error δ: (a − y) σ'(z) quadratic, a − y cross-entropy")
     for ax in (output_ax, delta_ax):
         ax.grid(alpha=0.3)

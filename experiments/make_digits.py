@@ -7,6 +7,7 @@ To run::
     python experiments/make_digits.py                 # writes experiments/digits/*.png
     manualbp predict --config experiments/nielsen_ch1.yaml --ckpt_path last --data.predict_path experiments/digits
 """
+
 from pathlib import Path
 
 from PIL import Image, ImageDraw

@@ -9,6 +9,7 @@ To run::
 
     python experiments/observe_overhead.py    # writes experiments/results/observe_overhead.md
 """
+
 from __future__ import annotations
 
 import timeit
@@ -37,7 +38,9 @@ def main(out: Path = Path("experiments/results")) -> None:
             step()
 
     samples, _ = interleaved({"off": step, "on": recorded_step}, repeats=15, min_sample_s=0.2)
-    check_ns = min(timeit.repeat("observe.is_recording()", globals={"observe": observe}, number=100_000, repeat=5)) * 1e4
+    check_ns = (
+        min(timeit.repeat("observe.is_recording()", globals={"observe": observe}, number=100_000, repeat=5)) * 1e4
+    )
     off, on = (1e6 * median(samples[name]) for name in ("off", "on"))
     table = "\n".join([
         "| what | time |",
@@ -47,7 +50,9 @@ def main(out: Path = Path("experiments/results")) -> None:
         f"| the same inside `record_errors()` | {on:.1f} µs ({on / off:.2f}x) |",
     ])  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "observe_overhead.md").write_text(f"Command: `python experiments/observe_overhead.py` (one thread)\n\n{table}\n")
+    (out / "observe_overhead.md").write_text(
+        f"Command: `python experiments/observe_overhead.py` (one thread)\n\n{table}\n"
+    )
     print(table)
 
 

@@ -9,6 +9,7 @@ To run::
 
     python experiments/toy_demo.py
 """
+
 import torch
 
 from torch_manualbp import Network

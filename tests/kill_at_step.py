@@ -1,5 +1,6 @@
 """A callback that sends its own training process a signal, to test interrupts and resuming after a crash
 (test_lightning.py, test_interrupts.py)."""
+
 import os
 import signal
 

@@ -3,6 +3,7 @@
 Used as ``trainer.plugins`` in a YAML config, with ``PYTHONPATH=tests``; it replaces the CLI's default
 ``AtomicCheckpointIO`` and behaves exactly like it until the checkpoint chosen to be killed.
 """
+
 import io
 import os
 import signal

@@ -1,4 +1,5 @@
 """The benchmark's baselines are sound: the numpy book network and the saved-bytes counter."""
+
 import numpy as np
 import pytest
 import torch

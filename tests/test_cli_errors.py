@@ -1,5 +1,6 @@
 """Bad configs and arguments, and corrupted data found during setup, are one line from `manualbp`
 (`manualbp: error: ...`, exit status 2) before anything is written; MANUALBP_DEBUG=1 shows the traceback instead."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CLI_ENV, copy_mnist_files, quiet, write_config
+
 from torch_manualbp.cli import main
 from torch_manualbp.lightning.cli import ConfigError
 from torch_manualbp.lightning.safety import AtomicCheckpointIO
@@ -53,7 +54,13 @@ CONFIG_CASES = [
     ("sizes not a list", "model", "sizes", "784,30,10", ["model.sizes"]),
     ("zero batch size", "data", "batch_size", 0, ["data.batch_size", ">= 1"]),
     ("negative eval batch", "data", "eval_batch_size", -1, ["data.eval_batch_size"]),
-    ("missing data dir", "data", "data_dir", "/nonexistent/mnist", ["data.data_dir", "/nonexistent/mnist", "not a directory"]),
+    (
+        "missing data dir",
+        "data",
+        "data_dir",
+        "/nonexistent/mnist",
+        ["data.data_dir", "/nonexistent/mnist", "not a directory"],
+    ),
     ("negative epochs", "trainer", "max_epochs", -5, ["max_epochs", "-5"]),
 ]
 
@@ -81,12 +88,21 @@ def test_bad_arguments_are_one_line_errors(base_config, tmp_path, capsys):
     cases = [
         (["fit", "--config", str(tmp_path / "missing.yaml")], ["missing.yaml", "does not exist"]),
         (["fit", "--config", str(base_config), "--model.sizes", "[784,30]", "--model.bogus", "1"], ["model.bogus"]),
-        (["fit", "--config", str(base_config), "--data.data_dir", str(incomplete)], ["data.data_dir", "t10k-labels-idx1-ubyte", "--data.download true"]),
-        (["fit", "--config", str(base_config), "--ckpt_path", str(tmp_path / "none.ckpt")], ["ckpt_path", "none.ckpt", "not a file"]),
-        (["fit", "--config", str(base_config), "--ckpt_path", str(truncated)], ["ckpt_path", "cut.ckpt", "not a readable checkpoint"]),
+        (
+            ["fit", "--config", str(base_config), "--data.data_dir", str(incomplete)],
+            ["data.data_dir", "t10k-labels-idx1-ubyte", "--data.download true"],
+        ),
+        (
+            ["fit", "--config", str(base_config), "--ckpt_path", str(tmp_path / "none.ckpt")],
+            ["ckpt_path", "none.ckpt", "not a file"],
+        ),
+        (
+            ["fit", "--config", str(base_config), "--ckpt_path", str(truncated)],
+            ["ckpt_path", "cut.ckpt", "not a readable checkpoint"],
+        ),
         (["fitt", "--config", str(base_config)], ["invalid choice", "'fitt'"]),
         (["test", "--config", str(base_config), "--model.eta", "0"], ["model.eta"]),
-    ]  # fmt: skip
+    ]
     for args, words in cases:
         assert main(args) == 2, args
         line = _one_error_line(capsys)
@@ -115,8 +131,17 @@ def test_corrupted_data_during_fit_is_a_one_line_error_naming_the_file(tmp_path,
     data = copy_mnist_files(tmp_path / "mnist")
     labels = gzip.decompress((data / "t10k-labels-idx1-ubyte.gz").read_bytes())
     (data / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels[:-1], compresslevel=1))
-    args = ["fit", "--data.data_dir", str(data), "--trainer.logger", "false", "--trainer.max_steps", "1",
-            "--trainer.default_root_dir", str(tmp_path / "root")]  # fmt: skip
+    args = [
+        "fit",
+        "--data.data_dir",
+        str(data),
+        "--trainer.logger",
+        "false",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "root"),
+    ]
     assert main(args) == 2
     line = _one_error_line(capsys)
     assert "t10k-labels-idx1-ubyte.gz" in line and "wrong length" in line and "ValueError" in line

@@ -4,6 +4,7 @@ accuracy, ``predict`` on the user's own images, and the refusal of a checkpoint 
 The references are independent of the code under test: Lightning's own metrics file (torchmetrics' accuracy), the
 network applied by hand to the raw MNIST tensors, and PIL opening the files named.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -14,15 +15,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR, ROOT, manualbp, metrics, write_config
 from PIL import Image
 
-from conftest import DATA_DIR, ROOT, manualbp, metrics, write_config
 from torch_manualbp.images import mnist_like
 from torch_manualbp.lightning import ManualBPClassifier
 from torch_manualbp.mnist import load_mnist
 
-EPOCH_LINE = re.compile(r"^Epoch (\d+): (\d+) / (\d+) test images; validation (\d+\.\d\d)%, training cost (\d\.\d{4}), \d+\.\d s$")
-PREDICT_LINE = re.compile(r"^(.+): predicted (\d) \(top 2 output activations: (\d) (\d\.\d{3}), (\d) (\d\.\d{3})\)(; .*)?$")
+EPOCH_LINE = re.compile(
+    r"^Epoch (\d+): (\d+) / (\d+) test images; validation (\d+\.\d\d)%, training cost (\d\.\d{4}), \d+\.\d s$"
+)
+PREDICT_LINE = re.compile(
+    r"^(.+): predicted (\d) \(top 2 output activations: (\d) (\d\.\d{3}), (\d) (\d\.\d{3})\)(; .*)?$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,8 @@ def mnist() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A short real run of the chapter-1 config (test set monitored, as the book does): its directory, config, output."""
+    """A short real run of the chapter-1 config (test set monitored, as the book does): its directory, config and
+    output."""
     tmp_path = tmp_path_factory.mktemp("fit")
     config = write_config(
         tmp_path,
@@ -81,7 +87,8 @@ def test_fit_ends_with_a_summary_of_the_best_and_last_epochs_and_files_that_exis
     best_line = _summary_value(result.stdout, f"Best epoch {best} (by validation accuracy)")
     expected = [round(float(rows[best][key]) * 10_000) for key in ("val/accuracy", "test/accuracy")]
     assert best_line == (
-        f"validation {expected[0]} / 10000 ({expected[0] / 100:.2f}%), test {expected[1]} / 10000 ({expected[1] / 100:.2f}%)"
+        f"validation {expected[0]} / 10000 ({expected[0] / 100:.2f}%), "
+        f"test {expected[1]} / 10000 ({expected[1] / 100:.2f}%)"
     )
     assert _summary_value(result.stdout, f"Last epoch {len(val) - 1}").startswith("validation ")
     assert re.search(r"^Finished 2 epochs in \d+\.\d s$", result.stdout, re.MULTILINE)
@@ -108,13 +115,13 @@ def test_manualbp_test_prints_its_accuracy_in_the_words_of_the_summary(trained, 
 
 
 def test_epoch_line_says_validation_images_when_the_test_set_is_not_monitored_and_report_false_drops_it(tmp_path):
-    config = write_config(
-        tmp_path, data={"monitor_test": False}, trainer={"max_epochs": 1, "limit_train_batches": 50}
-    )
+    config = write_config(tmp_path, data={"monitor_test": False}, trainer={"max_epochs": 1, "limit_train_batches": 50})
     shown = manualbp("fit", "--config", config)
     assert shown.returncode == 0, shown.stderr[-3000:]
     line = next(line for line in shown.stdout.splitlines() if line.startswith("Epoch "))
-    assert re.fullmatch(r"Epoch 0: \d+ / 10000 validation images \(\d+\.\d\d%\); training cost \d\.\d{4}, \d+\.\d s", line)
+    assert re.fullmatch(
+        r"Epoch 0: \d+ / 10000 validation images \(\d+\.\d\d%\); training cost \d\.\d{4}, \d+\.\d s", line
+    )
     dropped = manualbp("fit", "--config", config, "--report", "false", "--trainer.limit_train_batches", "5")
     assert dropped.returncode == 0, dropped.stderr[-3000:]
     assert "Epoch " not in dropped.stdout and "Best epoch" not in dropped.stdout
@@ -177,7 +184,10 @@ def test_predict_on_pngs_of_mnist_test_images_answers_as_the_network_does_on_the
     answers = _predictions(result.stdout)
     assert len(answers) == 24
     for i in range(len(images)):
-        for name, note in ((f"white_{i:02d}.png", None), (f"dark_{i:02d}.png", "; inverted: a dark digit on a light background")):
+        for name, note in (
+            (f"white_{i:02d}.png", None),
+            (f"dark_{i:02d}.png", "; inverted: a dark digit on a light background"),
+        ):
             match = answers[name]
             assert int(match[2]) == int(match[3]) == top.indices[i, 0]
             assert int(match[5]) == top.indices[i, 1]
@@ -199,8 +209,17 @@ def test_predict_on_an_idx_file_answers_each_image_as_the_network_does(trained, 
     checkpoint = fit_dir / "config" / "last" / "last.ckpt"
     images = mnist["test_images"][100:150]
     _write_idx_images(tmp_path / "digits-idx3-ubyte.gz", images)
-    result = manualbp("predict", "--config", config, "--ckpt_path", checkpoint, "--data.predict_path",
-                      tmp_path / "digits-idx3-ubyte.gz", "--data.eval_batch_size", "16")  # fmt: skip
+    result = manualbp(
+        "predict",
+        "--config",
+        config,
+        "--ckpt_path",
+        checkpoint,
+        "--data.predict_path",
+        tmp_path / "digits-idx3-ubyte.gz",
+        "--data.eval_batch_size",
+        "16",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with torch.no_grad():
         expected = _network(checkpoint)(images.reshape(-1, 784).float() / 255).argmax(1)
@@ -214,8 +233,15 @@ def test_predict_on_a_directory_with_a_corrupt_file_answers_the_others_and_exits
         Image.fromarray(mnist["test_images"][i].numpy()).save(tmp_path / f"digit_{i}.png")
     good = (tmp_path / "digit_1.png").read_bytes()
     (tmp_path / "digit_1b.png").write_bytes(good[: len(good) // 2])  # a PNG cut in half
-    result = manualbp("predict", "--config", config, "--ckpt_path", fit_dir / "config" / "last" / "last.ckpt",
-                      "--data.predict_path", tmp_path)  # fmt: skip
+    result = manualbp(
+        "predict",
+        "--config",
+        config,
+        "--ckpt_path",
+        fit_dir / "config" / "last" / "last.ckpt",
+        "--data.predict_path",
+        tmp_path,
+    )
     assert result.returncode == 2
     assert set(_predictions(result.stdout)) == {"digit_0.png", "digit_1.png", "digit_2.png"}
     unreadable = [line for line in result.stdout.splitlines() if "cannot read it" in line]
@@ -244,12 +270,15 @@ def test_a_checkpoint_that_weights_only_refuses_is_one_line_exit_2_and_nothing_r
     work.mkdir()
     config = write_config(work, trainer={"max_epochs": 1, "default_root_dir": str(work)})
     before = sorted(p.name for p in work.rglob("*"))
-    result = manualbp(subcommand, "--config", config, "--ckpt_path", hostile, "--data.predict_path", ROOT / "data",
-                      cwd=work)  # fmt: skip
+    result = manualbp(
+        subcommand, "--config", config, "--ckpt_path", hostile, "--data.predict_path", ROOT / "data", cwd=work
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"manualbp: error: ckpt_path {str(hostile)!r}: ")
-    assert "refused to load it (it holds objects that could run code)" in result.stderr and "posix.system" in result.stderr
+    assert (
+        "refused to load it (it holds objects that could run code)" in result.stderr and "posix.system" in result.stderr
+    )
     assert not marker.exists()
     assert sorted(p.name for p in work.rglob("*")) == before  # nothing written
 
@@ -261,5 +290,7 @@ def test_a_predict_path_that_does_not_exist_is_one_line_naming_it(tmp_path, caps
     missing = tmp_path / "no_such_digits"
     assert main(["predict", "--config", str(config), "--data.predict_path", str(missing)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"manualbp: error: data.predict_path {str(missing)!r} does not exist; give an image file, a directory"
-                   " of images or an IDX images file"]  # fmt: skip
+    assert err == [
+        f"manualbp: error: data.predict_path {str(missing)!r} does not exist; give an image file, a directory"
+        " of images or an IDX images file"
+    ]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import leaves, network_and_batch
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
-from conftest import leaves, network_and_batch
 from torch_manualbp import Network
 from torch_manualbp.functional import sigmoid_cross_entropy, sigmoid_linear
 from torch_manualbp.observe import record_errors

@@ -1,5 +1,6 @@
 """Divergence stopped with a clear message: DivergenceGuard names the step, the non-finite parameters and gradients
 and the learning rate, and no checkpoint of non-finite weights is written (docs/hostile_inputs.md, "Training")."""
+
 from __future__ import annotations
 
 import os
@@ -9,9 +10,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quiet, run_cli, write_config
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import quiet, run_cli, write_config
 from torch_manualbp.lightning import ManualBPClassifier
 from torch_manualbp.lightning.safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 

@@ -4,8 +4,8 @@ row or column set to zero) applied with numpy to the real MNIST files in data/mn
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA_DIR
+
 from torch_manualbp.mnist import expand_by_shifts, load_mnist
 
 

@@ -1,7 +1,8 @@
 """The experiments' own computations, on small cases (the experiments themselves run from the README)."""
-import torch
 
+import torch
 from conftest import import_experiment
+
 from torch_manualbp import Network
 from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
 

@@ -5,11 +5,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import leaves
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import leaves
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear
 from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, edit_config, manualbp, write_config
 from PIL import Image
 
-from conftest import ROOT, edit_config, manualbp, write_config
 from torch_manualbp.cli import main
 
 DIGITS = ROOT / "experiments" / "digits"

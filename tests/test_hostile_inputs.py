@@ -1,5 +1,6 @@
 """Hostile inputs with a defined result rather than an error: empty batches, single examples, 3-d inputs, NaN.
 The inputs that are errors are the rows of test_bad_input.py; docs/hostile_inputs.md lists both."""
+
 import torch
 
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear

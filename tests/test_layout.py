@@ -1,5 +1,6 @@
 """The package's layout as docs/internals.md states it: imports go one way, down the Layout list, and the core
 imports no Lightning."""
+
 import ast
 import re
 import subprocess
@@ -82,4 +83,3 @@ def test_the_core_imports_no_lightning():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
-

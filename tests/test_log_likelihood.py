@@ -4,10 +4,10 @@ torch.nn.functional.cross_entropy of zᴸ in float64, and at saturation."""
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import leaves
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
-from conftest import leaves
 from torch_manualbp import Network
 from torch_manualbp.functional import log_likelihood_cost, sigmoid_linear, softmax_log_likelihood
 from torch_manualbp.network import update_mini_batch

@@ -6,7 +6,6 @@ import signal
 
 import pytest
 import torch
-
 from conftest import edit_config, metrics, run_cli, write_config
 
 KILL_AT_STEP = {"class_path": "kill_at_step.KillAtStep"}  # tests/kill_at_step.py, on the runs' PYTHONPATH

@@ -16,8 +16,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA_DIR, copy_mnist_files
+
 from torch_manualbp.lightning.datamodule import MNISTDataModule, OrderedBatches, ShuffledBatches
 from torch_manualbp.mnist import MNIST_FILES, load_mnist
 
@@ -145,9 +145,14 @@ def test_loaders_have_nielsens_number_of_batches(datamodule):
 def test_hyperparameters_are_saved():
     dm = MNISTDataModule(batch_size=20, seed=7)
     expected = {
-        "data_dir": "data/mnist", "batch_size": 20, "eval_batch_size": 1000, "download": False, "seed": 7,
-        "monitor_test": False, "predict_path": None,
-    }  # fmt: skip
+        "data_dir": "data/mnist",
+        "batch_size": 20,
+        "eval_batch_size": 1000,
+        "download": False,
+        "seed": 7,
+        "monitor_test": False,
+        "predict_path": None,
+    }
     assert dm.hparams == expected
     assert dm.splits == {}  # no data work before setup()
 
@@ -365,7 +370,11 @@ def _small_datamodule(full: MNISTDataModule) -> MNISTDataModule:
 
 def _trainer(**kwargs) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         **kwargs,
     )
 

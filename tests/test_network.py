@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import network_and_batch
+
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import QuadraticCost, SigmoidLinear

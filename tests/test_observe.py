@@ -2,8 +2,8 @@
 
 import numpy as np
 import torch
-
 from conftest import network_and_batch
+
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
 from torch_manualbp.reference import BookNetwork

@@ -8,8 +8,8 @@ import logging
 import lightning as L
 import pytest
 import torch
-
 from conftest import DATA_DIR, quiet
+
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 from torch_manualbp.reference import autograd_cost
 

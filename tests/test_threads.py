@@ -1,17 +1,26 @@
 """The thread rule (torch_manualbp/threads.py): its decisions for the measured sizes, that the user's choice wins,
 and the line it says. Whatever touches torch's thread count runs in a fresh process, as a user's program would."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from torch_manualbp.threads import ONE_THREAD_UP_TO, recommended_threads, torch_default_threads
 
-MEASURED = [([784, 30, 10], 10), ([784, 30, 10], 100), ([784, 100, 10], 10), ([784, 100, 10], 100),
-            ([784, 400, 10], 10), ([784, 400, 10], 100), ([784, 1000, 1000, 10], 10), ([784, 1000, 1000, 10], 100)]
+MEASURED = [
+    ([784, 30, 10], 10),
+    ([784, 30, 10], 100),
+    ([784, 100, 10], 10),
+    ([784, 100, 10], 100),
+    ([784, 400, 10], 10),
+    ([784, 400, 10], 100),
+    ([784, 1000, 1000, 10], 10),
+    ([784, 1000, 1000, 10], 100),
+]
 
 
 def run_fresh(code: str, **env: str) -> dict:
@@ -19,8 +28,9 @@ def run_fresh(code: str, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     clean.update(env, PYTHONPATH=str(ROOT))
     prelude = "import json, torch\nfrom torch_manualbp.threads import apply_thread_rule, torch_default_threads\n"
-    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=clean,
-                          cwd=ROOT, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, env=clean, cwd=ROOT, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -47,31 +57,45 @@ def test_the_rule_sets_one_thread_and_says_why_when_nobody_chose():
         "print(json.dumps([line, first, again, torch.get_num_threads()]))"
     )
     line, threads, again, threads_again = seen
-    assert line == ("manualbp: 1 intra-op thread (small network: [784, 30, 10] at mini-batch 10, 0.24 million "
-                    "multiply-adds a step; OMP_NUM_THREADS overrides)")
+    assert line == (
+        "manualbp: 1 intra-op thread (small network: [784, 30, 10] at mini-batch 10, 0.24 million "
+        "multiply-adds a step; OMP_NUM_THREADS overrides)"
+    )
     assert threads == 1
     assert (again, threads_again) == (line, 1), "a second call took the rule's own count for the user's choice"
 
 
 @pytest.mark.skipif(torch_default_threads() < 2, reason="needs 2 cores: the rule's count and the user's must differ")
 def test_the_users_omp_num_threads_wins():
-    seen = run_fresh("before = torch.get_num_threads()\nline = apply_thread_rule([784, 30, 10], 10)\n"
-                     "print(json.dumps([before, line, torch.get_num_threads()]))", OMP_NUM_THREADS="2")
+    seen = run_fresh(
+        "before = torch.get_num_threads()\nline = apply_thread_rule([784, 30, 10], 10)\n"
+        "print(json.dumps([before, line, torch.get_num_threads()]))",
+        OMP_NUM_THREADS="2",
+    )
     assert seen == [2, "manualbp: 2 intra-op threads (OMP_NUM_THREADS=2)", 2]
 
 
 def test_an_explicit_set_num_threads_call_wins():
     chosen = torch_default_threads() + 1  # any count other than torch's default is seen as the user's
-    seen = run_fresh(f"torch.set_num_threads({chosen})\n"
-                     "print(json.dumps([apply_thread_rule([784, 30, 10], 10), torch.get_num_threads()]))")
+    seen = run_fresh(
+        f"torch.set_num_threads({chosen})\n"
+        "print(json.dumps([apply_thread_rule([784, 30, 10], 10), torch.get_num_threads()]))"
+    )
     assert seen == [f"manualbp: {chosen} intra-op threads (torch.set_num_threads({chosen}))", chosen]
 
 
-@pytest.mark.parametrize("sizes, mini_batch_size, named", [
-    ([784], 10, "sizes"), ("784, 30", 10, "sizes"), ([784, 0, 10], 10, "sizes"), ([784, 30.0, 10], 10, "sizes"),
-    ([784, 30, 10], 0, "mini_batch_size"), ([784, 30, 10], 10.0, "mini_batch_size"),
-    ([784, 30, 10], True, "mini_batch_size"),
-])
+@pytest.mark.parametrize(
+    "sizes, mini_batch_size, named",
+    [
+        ([784], 10, "sizes"),
+        ("784, 30", 10, "sizes"),
+        ([784, 0, 10], 10, "sizes"),
+        ([784, 30.0, 10], 10, "sizes"),
+        ([784, 30, 10], 0, "mini_batch_size"),
+        ([784, 30, 10], 10.0, "mini_batch_size"),
+        ([784, 30, 10], True, "mini_batch_size"),
+    ],
+)
 def test_bad_sizes_or_mini_batch_size_name_the_argument(sizes, mini_batch_size, named):
     with pytest.raises(ValueError, match=named):
         recommended_threads(sizes, mini_batch_size)

@@ -1,5 +1,6 @@
 """torch_manualbp.timing, which every benchmark and timed experiment measures through: the order contenders run in,
 how many calls it makes, what it returns. No assertion on how fast anything is."""
+
 import pytest
 
 from torch_manualbp import timing
@@ -8,8 +9,16 @@ from torch_manualbp.timing import alternating, interleaved, machine_info
 
 def test_alternating_runs_the_names_forwards_then_backwards():
     assert list(alternating(["a", "b", "c"], 3)) == [
-        (0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a"), (2, "a"), (2, "b"), (2, "c"),
-    ]  # fmt: skip
+        (0, "a"),
+        (0, "b"),
+        (0, "c"),
+        (1, "c"),
+        (1, "b"),
+        (1, "a"),
+        (2, "a"),
+        (2, "b"),
+        (2, "c"),
+    ]
 
 
 def test_interleaved_makes_the_warm_up_and_the_given_calls_per_sample_and_nothing_else():

@@ -1,11 +1,12 @@
 """``write_torchvision_layout`` writes a folder that ``torchvision.datasets.MNIST`` itself reads (torchvision is the
 independent reader), holding exactly the digits the package loads."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import DATA_DIR
+
 from torch_manualbp.mnist import load_mnist, write_torchvision_layout
 
 torchvision = pytest.importorskip("torchvision")

@@ -10,6 +10,7 @@ r"""torch_manualbp: backpropagation written by hand, from chapter 2 of Nielsen's
 
 Lightning training lives in :mod:`torch_manualbp.lightning`, which this core never imports.
 """
+
 from . import costs, functional, nn, observe
 from .network import Backprop, Gradients, Network
 

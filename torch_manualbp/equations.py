@@ -39,7 +39,7 @@ is kept; the output layer's :math:`z^L` is kept where a cost's value needs it (t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

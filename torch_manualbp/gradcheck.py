@@ -16,10 +16,10 @@ To run::
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-import warnings
-from typing import Callable, Sequence
 
 import torch
 

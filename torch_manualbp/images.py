@@ -13,6 +13,7 @@ Example::
     >>> from torch_manualbp.images import mnist_like
     >>> pixels, inverted = mnist_like(Image.open("my_seven.png"))  # float32 (784,) in [0, 1]
 """
+
 from __future__ import annotations
 
 import gzip

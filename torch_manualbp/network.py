@@ -15,7 +15,8 @@ object of :mod:`torch_manualbp.costs`, which each path asks for its value and it
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn

@@ -27,9 +27,9 @@ the gradient noise scale of McCandlish et al. 2018) with one pass of its own, an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import Tensor

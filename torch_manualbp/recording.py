@@ -19,7 +19,7 @@ __all__ = ["LayerErrors", "is_recording", "notify", "listening"]
 
 # The lists being filled. Global rather than thread-local: on CUDA, autograd runs backward on a
 # device thread of its own, not on the thread that entered record_errors().
-_LISTENERS: list[list["LayerErrors"]] = []
+_LISTENERS: list[list[LayerErrors]] = []
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ To run (a toy check)::
 
     python -m torch_manualbp.reference
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -192,7 +193,10 @@ if __name__ == "__main__":
     rng = np.random.default_rng(0)
     data = [(np.array([[i], [j]], dtype=float), np.array([[float(i ^ j)]])) for i in (0, 1) for j in (0, 1)]
     net = BookNetwork([2, 4, 1], seed=1)
-    cost = lambda: sum(0.5 * float(((net.feedforward(x) - y) ** 2).sum()) for x, y in data) / len(data)
+
+    def cost():
+        return sum(0.5 * float(((net.feedforward(x) - y) ** 2).sum()) for x, y in data) / len(data)
+
     before = cost()
     for _ in range(2000):
         net.update_mini_batch([data[i] for i in rng.permutation(4)], eta=3.0)

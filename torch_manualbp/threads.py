@@ -36,6 +36,7 @@ Examples::
     >>> print(apply_thread_rule([784, 30, 10], mini_batch_size=10))   # once, before training
     manualbp: 1 intra-op thread (small network: [784, 30, 10] at mini-batch 10, ...; OMP_NUM_THREADS overrides)
 """
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,11 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "ONE_THREAD_UP_TO", "apply_thread_rule", "recommended_threads", "torch_default_threads", "user_thread_choice",
+    "ONE_THREAD_UP_TO",
+    "apply_thread_rule",
+    "recommended_threads",
+    "torch_default_threads",
+    "user_thread_choice",
 ]
 
 ONE_THREAD_UP_TO = 2e8  # multiply-adds a step: the largest measured step (1.8e8) still ran fastest on one thread
@@ -131,5 +136,7 @@ def apply_thread_rule(sizes: Sequence[int], mini_batch_size: int) -> str:
         torch.set_num_threads(threads)
     _applied = threads
     kind = "small" if work <= ONE_THREAD_UP_TO else "large"
-    return (f"manualbp: {threads} intra-op thread{'s' * (threads != 1)} ({kind} network: {list(sizes)} at mini-batch "
-            f"{mini_batch_size}, {work / 1e6:.2f} million multiply-adds a step; OMP_NUM_THREADS overrides)")
+    return (
+        f"manualbp: {threads} intra-op thread{'s' * (threads != 1)} ({kind} network: {list(sizes)} at mini-batch "
+        f"{mini_batch_size}, {work / 1e6:.2f} million multiply-adds a step; OMP_NUM_THREADS overrides)"
+    )

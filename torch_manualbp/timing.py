@@ -11,6 +11,7 @@ Examples::
     >>> samples, calls = interleaved({"a": step_a, "b": step_b}, repeats=15)
     >>> median(samples["a"]) / median(samples["b"])   # a ratio: both measured under the same conditions
 """
+
 from __future__ import annotations
 
 import os
