@@ -4,8 +4,11 @@ The network, its gradients and, on the fast path, the update itself are the core
 
 - **fused** (the book's SGD, with its L2 ``lmbda`` if set): the core's training engine,
   :class:`~torch_manualbp.sgd.MiniBatchSGD`: each mini-batch one ``update_mini_batch`` (feedforward, BP1-BP4 and the
-  update in place), with no autograd, no gradient tensors and no optimizer step; with ``compile=True`` several such
-  steps run as one ``torch.compile``-d call. The learning rate is the optimizer's, which a scheduler drives.
+  update in place), with no autograd, no gradient tensors and no optimizer step; by default (``backend="auto"``) a
+  whole Lightning batch of such steps runs as one native op (a C++ loop, built once and cached; where it cannot be
+  built, or for another cost, the eager steps make the same updates, and that is said once); with ``compile=True``
+  several steps run as one ``torch.compile``-d call instead. The learning rate is the optimizer's, which a
+  scheduler drives.
 - **autograd**: ``Network.cost``, whose backward (``NetworkCostFunction``) runs BP1-BP4 over all layers at once,
   then the optimizer's step. Used where the fused step does not apply (an optimizer other than plain SGD, such as
   ``--optimizer Adam`` or SGD with momentum or weight decay; DDP; autocast; said once at the start of training) and
@@ -40,6 +43,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..checks import check_learning_rate, l2_weight_decay
 from ..network import Network
 from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sgd, mini_batches
+from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
 
 __all__ = ["ManualBPClassifier", "check_hyperparameters"]
@@ -166,7 +170,7 @@ class ManualBPClassifier(L.LightningModule):
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
         self.network = Network(sizes, cost=cost, init=init)
-        backend = "compiled" if compile else "eager"
+        backend = "compiled" if compile else "auto"
         self.sgd = MiniBatchSGD(self.network, mini_batch_size, lmbda, training_set_size, backend, on_compile=_say)
         self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
         self._epoch_cost = _EpochCost()
@@ -207,8 +211,12 @@ class ManualBPClassifier(L.LightningModule):
         self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
         lr = optimizer.defaults["lr"]
         lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
+        if self.device.type == "cpu":
+            rank_zero_info(apply_thread_rule(self.hparams.sizes, self._mini_batch_size_at_start()))
         if self._fused:
             how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
+            if self.sgd.uses_native():  # builds the native op the first time, or says once why it cannot
+                how = "native: a Lightning batch of steps per call of torch.ops.manualbp.sgd_block"
             watched = [type(callback).__name__ for callback in self._observers]
             rank_zero_info(
                 f"manualbp: training with the fused SGD step (MiniBatchSGD: BP1-BP4 and the update without autograd"
@@ -220,6 +228,10 @@ class ManualBPClassifier(L.LightningModule):
                 f"manualbp: training through autograd and {name}, not the fused SGD step, because {'; '.join(reasons)}"
                 + lr
             )
+
+    def _mini_batch_size_at_start(self) -> int:
+        """The examples per SGD step, for the thread rule: ``mini_batch_size``, else the data module's batch size."""
+        return self.hparams.mini_batch_size or getattr(self.trainer.datamodule, "batch_size", None) or 1
 
     def _refuse_what_cannot_work(self, optimizer, reasons: list[str]) -> None:
         """Raise a ``ValueError`` naming the setting that this run would otherwise silently ignore."""
