@@ -126,10 +126,11 @@ class ManualBPClassifier(L.LightningModule):
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
             the trainer's ``max_epochs``. A scheduler given instead (``--lr_scheduler``) drives :math:`\eta` on every
             path, stepped at its interval: ``"epoch"``, or ``"step"``, which means every SGD update.
-        mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
-            1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
-            order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates, and so
-            does the ``step`` column of the logged metrics.
+        mini_batch_size: the SGD mini-batch, the book's 10 by default, so that each Lightning batch may hold
+            several: a batch of 1,000 makes 100 updates, exactly those of batches of 10 in the same order, on the
+            fast path (a whole batch per native call). ``None``: each batch is one mini-batch. A batch size that is
+            not a multiple of it is said at the start (each batch's last mini-batch is then smaller).
+            ``trainer.global_step`` counts updates, and so does the ``step`` column of the logged metrics.
         cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
         lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
             biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
@@ -158,7 +159,7 @@ class ManualBPClassifier(L.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
-        mini_batch_size: int | None = None,
+        mini_batch_size: int | None = 10,
         cost: Literal["quadratic", "cross_entropy"] = "quadratic",
         lmbda: float = 0.0,
         training_set_size: int = NUM_TRAIN,
@@ -230,8 +231,16 @@ class ManualBPClassifier(L.LightningModule):
             )
 
     def _mini_batch_size_at_start(self) -> int:
-        """The examples per SGD step, for the thread rule: ``mini_batch_size``, else the data module's batch size."""
-        return self.hparams.mini_batch_size or getattr(self.trainer.datamodule, "batch_size", None) or 1
+        """The examples per SGD step, for the thread rule: ``mini_batch_size``, else the batch size; says once if the
+        batch size is not a multiple of ``mini_batch_size``."""
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        size = self.hparams.mini_batch_size
+        if size and batch_size and batch_size % size:
+            rank_zero_info(
+                f"manualbp: batch_size {batch_size} is not a multiple of mini_batch_size {size}: the last mini-batch"
+                f" of each batch has {batch_size % size} examples, not {size}"
+            )
+        return size or batch_size or 1
 
     def _refuse_what_cannot_work(self, optimizer, reasons: list[str]) -> None:
         """Raise a ``ValueError`` naming the setting that this run would otherwise silently ignore."""
