@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLI_ENV, ROOT, run_cli, write_config
+from conftest import CLI_ENV, DATA_DIR, ROOT, run_cli, write_config
 from torch_manualbp import Network
 from torch_manualbp.costs import Quadratic
+from torch_manualbp.mnist import load_mnist
 from torch_manualbp.observe import record_errors
 from torch_manualbp.reference import BookNetwork, autograd_cost
 from torch_manualbp.sgd import MiniBatchSGD, build_native
 
 F64 = dict(rtol=1e-10, atol=1e-12)
-# float32, 300 steps at η = 3 from the same start: the native op makes the eager step's ATen calls in its order, so
-# they agree to float32 rounding (today bit for bit); the tolerance leaves room for a different but equal order
-F32 = dict(rtol=1e-5, atol=1e-6)
+# float32: the native op's elementwise loops (σ, BP1, σ') round differently from ATen's vectorised kernels (its exp),
+# so over the 300 steps of test_native_equals_the_eager_engine_over_300_mnist_steps_float32 the two drift apart by
+# float32 rounding: at most 2.6e-6 in a parameter, 1.9e-6 in a cost, measured; the tolerance leaves 8x of room
+F32 = dict(rtol=1e-5, atol=2e-5)
 
 needs_native = pytest.mark.skipif(build_native() is not None, reason=f"native op not built: {build_native()}")
 
@@ -75,19 +77,26 @@ def test_native_steps_equal_plain_autograd_sgd_with_cross_entropy_and_l2_float64
         torch.testing.assert_close(got.detach(), want.detach(), **F64)
 
 
+@pytest.fixture(scope="module")
+def mnist_block() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 3,000 MNIST training images, as the data module scales them, and their labels."""
+    mnist = load_mnist(DATA_DIR)
+    return mnist["train_images"][:3000].reshape(3000, -1).float() / 255, mnist["train_labels"][:3000]
+
+
 @needs_native
-@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
+@pytest.mark.parametrize("cost, eta", [("quadratic", 3.0), ("cross_entropy", 0.5)])  # chapters 1 and 3's η
 @pytest.mark.parametrize("lmbda", [0.0, 5.0])
-def test_native_equals_the_eager_engine_over_300_steps_float32(cost, lmbda):
+def test_native_equals_the_eager_engine_over_300_mnist_steps_float32(mnist_block, cost, eta, lmbda):
     torch.manual_seed(0)
     native_net = Network([784, 30, 10], init="normal", cost=cost)
     eager_net = copy.deepcopy(native_net)
-    x, labels = torch.rand(3000, 784), torch.randint(0, 10, (3000,))
+    x, labels = mnist_block
     native = MiniBatchSGD(native_net, 10, lmbda, 50_000, backend="native")
     eager = MiniBatchSGD(eager_net, 10, lmbda, 50_000, backend="eager")
     for block in range(3):  # blocks of 1,000 examples, 100 steps each, as the classifier runs them
         rows = slice(1000 * block, 1000 * (block + 1))
-        torch.testing.assert_close(native.run(x[rows], labels[rows], 3.0), eager.run(x[rows], labels[rows], 3.0), **F32)
+        torch.testing.assert_close(native.run(x[rows], labels[rows], eta), eager.run(x[rows], labels[rows], eta), **F32)
     for got, want in zip(native_net.parameters(), eager_net.parameters()):
         torch.testing.assert_close(got, want, **F32)
         assert not torch.equal(got, torch.zeros_like(got))

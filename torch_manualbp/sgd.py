@@ -12,12 +12,15 @@ Backends, the same updates each (``backend=``):
 - ``"eager"``: one Python call of ``update_mini_batch`` per mini-batch.
 - ``"compiled"``: ``steps_per_call`` mini-batches unrolled into one ``torch.compile``-d call (full graph, static
   shapes); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
-- ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block``, a C++ loop of the same ATen calls
-  as ``update_mini_batch`` (``torch_manualbp/csrc/sgd_block.cpp``), built by ``torch.utils.cpp_extension`` the
-  first time (about 15-25 s) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``). Python's cost per
-  op is about that of the op itself at mini-batches of 10, so this is the fast path. For the quadratic and the
-  cross-entropy cost (another cost, and any step inside ``record_errors``, runs eagerly); where it cannot be built
-  (no compiler: ``CXX`` names the one to use) the engine says so once and runs eagerly.
+- ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block`` (``torch_manualbp/csrc/sgd_block.cpp``),
+  a C++ loop over the mini-batches of the same steps: ATen's matrix products (``addmm``, ``mm``, ``addmm_``,
+  ``addmv_``), and on the CPU plain loops for the elementwise equations (σ, BP1 with the cost, σ' of BP2), whose
+  ATen calls cost more than their arithmetic at mini-batches of 10. The same updates to float32 rounding (the loops
+  round ``exp`` unlike ATen's vectorised kernel), to 1e-10 of the book's in float64. Built by
+  ``torch.utils.cpp_extension`` the first time (about 15-25 s) and cached in torch's extensions folder
+  (``TORCH_EXTENSIONS_DIR``). For the quadratic and the cross-entropy cost (another cost, and any step inside
+  ``record_errors``, runs eagerly); where it cannot be built (no compiler: ``CXX`` names the one to use) the engine
+  says so once and runs eagerly.
 - ``"auto"``: ``"native"`` where it applies, otherwise ``"eager"``; a build failure or another cost is said once.
 
 To run (one epoch of chapter 1 without Lightning)::
