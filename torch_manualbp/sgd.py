@@ -43,6 +43,7 @@ from torch import Tensor
 
 from . import recording
 from .checks import l2_weight_decay, targets
+from .costs import COSTS
 from .network import Network, update_mini_batch
 
 __all__ = [
@@ -176,8 +177,9 @@ class MiniBatchSGD:
         if self._native is None:
             self._native = False
             if self.backend in ("native", "auto"):
-                cost = self.network.cost_name
-                failure = build_native() if cost in NATIVE_COSTS else f"it has no {cost!r} cost"
+                cost = self.network.cost_function  # the package's own object: a subclass may change its equations
+                known = cost.name in NATIVE_COSTS and cost is COSTS[cost.name]
+                failure = build_native() if known else f"it has no {cost!r} cost"
                 self._native = failure is None
                 if failure is not None and self.on_compile is not None:
                     self.on_compile(f"the native SGD step cannot be used ({failure}): training with the eager one")
