@@ -12,6 +12,10 @@ Contenders, all from the same initial weights and on the same mini-batches, time
 * ``bare fused step``: the in-place fused step written here as eager torch ops in a Python loop, no package code
   (forward, BP1, BP2, and BP3/BP4 added into the parameters by ``addmv_``/``addmm_``): what ``sgd_step`` costs
   without its checks and label conversion.
+* ``MiniBatchSGD eager`` and ``MiniBatchSGD native``: the package's training engine
+  (:class:`torch_manualbp.sgd.MiniBatchSGD`) over the epoch's examples as one block, one Python call of the fused
+  step per mini-batch, or the whole block in one call of the native op (``torch.ops.manualbp.sgd_block``, a C++ loop
+  of the same ATen calls; built before timing). The native one is skipped, saying why, where it cannot be built.
 * ``JAX jit(scan)``: ``jax.jit`` of ``jax.lax.scan`` over the epoch's mini-batches, ``jax.grad`` of the same mean
   quadratic cost of the same sigmoid network, plain SGD: a user's ten-line JAX script. XLA's CPU thread pool is its
   own (``OMP_NUM_THREADS`` does not set it). Skipped, saying why, when JAX is absent
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch_manualbp import Network
 from torch_manualbp.mnist import load_mnist
 from torch_manualbp.reference import BookNetwork, autograd_cost
+from torch_manualbp.sgd import MiniBatchSGD, build_native
 from torch_manualbp.timing import interleaved, median
 
 __all__ = ["run", "jax_epoch"]
@@ -109,6 +114,19 @@ class PeerEpochs:
                 delta = below
         self.trained["bare fused step"] = params
 
+    def engine(self, backend: str):
+        """One epoch of :class:`MiniBatchSGD` with ``backend``: a function of no arguments."""
+        x, labels = self.xs.reshape(-1, SIZES[0]), self.labels.reshape(-1)
+        name = f"MiniBatchSGD {backend}"
+
+        def call() -> None:
+            net = Network(SIZES, init="normal")
+            net.load_state_dict(self.initial.state_dict())
+            MiniBatchSGD(net, MINI_BATCH, backend=backend).run(x, labels, ETA)
+            self.trained[name] = list(net.parameters())
+
+        return call
+
     def val_accuracy(self, name: str) -> float:
         with torch.no_grad():
             params = [p.detach().float() if isinstance(p, torch.Tensor) else torch.from_numpy(np.array(p, np.float32))
@@ -159,12 +177,17 @@ def run(data_dir: Path, examples: int, repeats: int, log=print) -> dict:
         "Network.sgd_step": bench.sgd_step,
         "bare fused step": bench.bare_fused,
     }
+    contenders["MiniBatchSGD eager"] = bench.engine("eager")
+    native_failure = build_native()
+    if native_failure is None:
+        contenders["MiniBatchSGD native"] = bench.engine("native")
     jax_call = jax_epoch(bench)
     skipped = jax_call if isinstance(jax_call, str) else None
     if skipped is None:
         contenders["JAX jit(scan)"] = jax_call  # its first call, the warm-up, compiles
     log(f"  {bench.steps * MINI_BATCH:,} examples, {len(contenders)} contenders, {repeats} epochs each"
-        + (f"; JAX skipped: {skipped}" if skipped else ""))
+        + (f"; JAX skipped: {skipped}" if skipped else "")
+        + (f"; native skipped: {native_failure}" if native_failure else ""))
     samples, _ = interleaved(contenders, repeats, warmup=1, calls={name: 1 for name in contenders})
     seconds = {name: median(s) for name, s in samples.items()}
     book, jax_s = seconds["book (numpy)"], seconds.get("JAX jit(scan)")
@@ -177,7 +200,7 @@ def run(data_dir: Path, examples: int, repeats: int, log=print) -> dict:
         })
         log(f"  {name:27s} {s:7.3f} s/epoch  x book {book / s:5.1f}"
             + (f"  x JAX {s / jax_s:5.2f}" if jax_s else "") + f"  val accuracy {rows[-1]['val_accuracy']:.4f}")
-    return {"rows": rows, "jax_skipped": skipped, "jax_version": _jax_version()}
+    return {"rows": rows, "jax_skipped": skipped, "native_skipped": native_failure, "jax_version": _jax_version()}
 
 
 def _jax_version() -> str | None:

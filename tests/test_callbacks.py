@@ -15,7 +15,7 @@ def fit(tmp_path, model, callbacks, steps):
         max_steps=steps, limit_val_batches=0, callbacks=callbacks, logger=CSVLogger(tmp_path, name="run"),
         enable_checkpointing=False, enable_progress_bar=False, log_every_n_steps=1,
     )  # fmt: skip
-    data = MNISTDataModule(data_dir=str(DATA_DIR))
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10)
     trainer.fit(model, data)
     return trainer, data
 
@@ -33,7 +33,7 @@ def test_learning_speed_monitor_logs_each_layers_speed_and_saturation(tmp_path):
         assert {f"speed/layer{l}", f"grad_w/layer{l}", f"saturated/layer{l}"} <= rows[0].keys()
 
     # Step 0, recomputed independently: the first batch through the initial weights, by hand.
-    fresh = MNISTDataModule(data_dir=str(DATA_DIR))
+    fresh = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10)
     fresh.setup("fit")
     x, y, _ = next(iter(fresh.train_dataloader()))
     a, activations = x, []

@@ -10,7 +10,7 @@ from torch_manualbp.reference import autograd_cost
 
 
 def test_training_equals_the_books_regularised_cross_entropy_update_over_the_same_batches(tmp_path):
-    data = MNISTDataModule(data_dir=str(DATA_DIR), seed=3)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10, seed=3)
     data.setup("fit")
     eta, lmbda, n = 0.5, 5.0, 1000  # a small n, so that the decay 1 − ηλ/n = 0.9975 per step shows in 100 steps
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def test_training_equals_the_books_regularised_cross_entropy_update_over_the_sam
 
 
 def test_validation_cost_is_the_cross_entropy_of_the_validation_images(tmp_path):
-    data = MNISTDataModule(data_dir=str(DATA_DIR))
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10)
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=20, limit_val_batches=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, default_root_dir=tmp_path,

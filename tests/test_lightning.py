@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import (
-    DATA_DIR, assert_resume_ends_like_the_straight_run, edit_config, final_weights, last, metrics, run_cli,
-    write_config,
+    DATA_DIR, NIELSEN, ROOT, assert_resume_ends_like_the_straight_run, edit_config, final_weights, last, metrics,
+    run_cli, write_config,
 )  # fmt: skip
 from torch_manualbp.cli import main
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
@@ -118,8 +118,8 @@ def test_data_module_and_model_run_without_the_cli(tmp_path):
         max_epochs=1, limit_train_batches=50, limit_val_batches=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    model = ManualBPClassifier([784, 30, 10], init="scaled")
-    data = MNISTDataModule(data_dir=str(DATA_DIR))
+    model = ManualBPClassifier([784, 30, 10], init="scaled", mini_batch_size=None)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10)
     trainer.fit(model, data)
     assert trainer.global_step == 50
     x, _, labels = (t[:2000] for t in data.splits["val"])  # the two validation batches of 1,000
@@ -131,10 +131,10 @@ def test_data_module_and_model_run_without_the_cli(tmp_path):
 def test_lightning_training_equals_a_plain_sgd_loop_over_the_same_batches(tmp_path):
     import lightning as L
 
-    data = MNISTDataModule(data_dir=str(DATA_DIR), seed=3)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10, seed=3)
     data.setup("fit")
     torch.manual_seed(0)
-    model = ManualBPClassifier([784, 30, 10], eta=3.0, init="normal")
+    model = ManualBPClassifier([784, 30, 10], eta=3.0, init="normal", mini_batch_size=None)
     network = ManualBPClassifier([784, 30, 10]).network
     network.load_state_dict(model.network.state_dict())
     # The book's update, written out with plain autograd: w → w − η ∂C/∂w for each mini-batch in turn.
@@ -173,3 +173,23 @@ def test_resume_after_an_epoch_cut_short_by_limit_train_batches_equals_an_uninte
     assert saved["global_step"] == 1000 and saved["epoch"] == 1  # the end of the second (shortened) epoch
 
     assert_resume_ends_like_the_straight_run(tmp_path, killed, lambda s: s["trainer"]["callbacks"].pop())
+
+
+def test_the_api_with_no_arguments_makes_the_updates_of_the_chapter_1_config(tmp_path, monkeypatch):
+    import lightning as L
+    import yaml
+
+    monkeypatch.chdir(ROOT)  # MNISTDataModule()'s data_dir, data/mnist, is the repository's
+    config = yaml.safe_load(NIELSEN.read_text())
+    weights = []
+    for model_args, data_args in (({}, {}), (config["model"], {"batch_size": config["data"]["batch_size"]})):
+        torch.manual_seed(config["seed_everything"])
+        model = ManualBPClassifier(**model_args)
+        trainer = L.Trainer(
+            max_steps=300, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, MNISTDataModule(**data_args))
+        assert trainer.global_step == 300
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))  # the same SGD updates, in the same order

@@ -36,7 +36,7 @@ def per_example_gradients(params, x, y):
 
 def test_noise_monitor_logs_b_simple_snr_and_norm_percentiles_of_the_batch_about_to_be_trained_on(tmp_path):
     torch.manual_seed(0)
-    model = ManualBPClassifier([784, 30, 10], init="normal")
+    model = ManualBPClassifier([784, 30, 10], init="normal", mini_batch_size=None)  # a step per batch of 50
     start = [p.detach().double().clone() for p in model.network.parameters()]
     monitor = GradientNoiseMonitor(every_n_steps=10)
     trainer = fit(tmp_path, model, monitor, steps=25, batch_size=50)
@@ -89,7 +89,8 @@ def test_noise_monitor_smooths_the_two_estimates_apart_then_divides(tmp_path):
         max_steps=11, limit_val_batches=0, callbacks=[raw, monitor], logger=False, default_root_dir=tmp_path,
         enable_checkpointing=False, enable_progress_bar=False,
     )  # fmt: skip
-    trainer.fit(ManualBPClassifier([784, 30, 10]), MNISTDataModule(data_dir=str(DATA_DIR), batch_size=20))
+    model = ManualBPClassifier([784, 30, 10], mini_batch_size=None)  # a step per batch of 20
+    trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=20))
     (g0, s0), (g5, s5) = raw.estimates[0], raw.estimates[5]
     assert monitor.history[0]["b_simple/all"] == pytest.approx(s0 / g0, rel=1e-5)
     # averages 0.5·(0.5·x₀) + 0.5·x₅ of |G|² and of S, divided; not the average of the two ratios

@@ -12,6 +12,16 @@ Backends, the same updates each (``backend=``):
 - ``"eager"``: one Python call of ``update_mini_batch`` per mini-batch.
 - ``"compiled"``: ``steps_per_call`` mini-batches unrolled into one ``torch.compile``-d call (full graph, static
   shapes); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
+- ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block`` (``torch_manualbp/csrc/sgd_block.cpp``),
+  a C++ loop over the mini-batches of the same steps: ATen's matrix products (``addmm``, ``mm``, ``addmm_``,
+  ``addmv_``), and on the CPU plain loops for the elementwise equations (σ, BP1 with the cost, σ' of BP2), whose
+  ATen calls cost more than their arithmetic at mini-batches of 10. The same updates to float32 rounding (the loops
+  round ``exp`` unlike ATen's vectorised kernel), to 1e-10 of the book's in float64. Built by
+  ``torch.utils.cpp_extension`` the first time (about 15-25 s) and cached in torch's extensions folder
+  (``TORCH_EXTENSIONS_DIR``). For the quadratic and the cross-entropy cost (another cost, and any step inside
+  ``record_errors``, runs eagerly); where it cannot be built (no compiler: ``CXX`` names the one to use) the engine
+  says so once and runs eagerly.
+- ``"auto"``: ``"native"`` where it applies, otherwise ``"eager"``; a build failure or another cost is said once.
 
 To run (one epoch of chapter 1 without Lightning)::
 
@@ -23,7 +33,9 @@ To run (one epoch of chapter 1 without Lightning)::
 from __future__ import annotations
 
 import functools
+import logging
 import time
+from pathlib import Path
 from typing import Callable, Literal, NamedTuple
 
 import torch
@@ -31,9 +43,17 @@ from torch import Tensor
 
 from . import recording
 from .checks import l2_weight_decay, targets
+from .costs import COSTS
 from .network import Network, update_mini_batch
 
-__all__ = ["MiniBatchSGD", "check_mini_batch_size", "differences_from_plain_sgd", "mini_batches"]
+__all__ = [
+    "BACKENDS", "MiniBatchSGD", "NATIVE_COSTS", "build_native", "check_mini_batch_size", "differences_from_plain_sgd",
+    "mini_batches",
+]
+
+BACKENDS = ("auto", "native", "eager", "compiled")
+NATIVE_COSTS = ("quadratic", "cross_entropy")  # the costs torch.ops.manualbp.sgd_block has BP1 and a value for
+NATIVE_SOURCE = Path(__file__).parent / "csrc" / "sgd_block.cpp"
 
 
 def check_mini_batch_size(mini_batch_size) -> None:
@@ -76,11 +96,12 @@ class MiniBatchSGD:
         mini_batch_size: the examples per SGD step; ``None``: each block is one mini-batch.
         lmbda, n: the book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples (chapter 3:
             5.0 and 50,000); the weights decay as :math:`w \to (1 - \eta\lambda/n) w`. 0 (default): off.
-        backend: ``"eager"`` or ``"compiled"`` (see the module docstring).
+        backend: ``"eager"``, ``"compiled"``, ``"native"`` or ``"auto"`` (see the module docstring).
         steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``); more save
             per-call overhead and cost compile time.
         on_compile: called with a one-line message when a compiled call for new shapes has been built and run,
-            saying how long it took (``ManualBPClassifier`` prints it); ``None``: say nothing.
+            saying how long it took, and once when the native step cannot be used and the engine runs eagerly
+            instead, saying why (``ManualBPClassifier`` prints them); ``None``: say nothing.
 
     Examples::
 
@@ -97,13 +118,13 @@ class MiniBatchSGD:
         mini_batch_size: int | None = None,
         lmbda: float = 0.0,
         n: int | None = None,
-        backend: Literal["eager", "compiled"] = "eager",
+        backend: Literal["auto", "native", "eager", "compiled"] = "eager",
         steps_per_call: int = 10,
         on_compile: Callable[[str], None] | None = None,
     ) -> None:
         check_mini_batch_size(mini_batch_size)
-        if backend not in ("eager", "compiled"):
-            raise ValueError(f"backend must be 'eager' or 'compiled', got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.network = network
         self.mini_batch_size = mini_batch_size
         self.weight_decay = l2_weight_decay(lmbda, n)  # λ/n
@@ -112,6 +133,7 @@ class MiniBatchSGD:
         self.on_compile = on_compile
         self._blocks: list[_Block] = []  # since forget(), for rewind()
         self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
+        self._native: bool | None = None  # whether the native step serves this engine; None: not decided yet
 
     def steps_in(self, rows: int) -> int:
         """The number of SGD steps a block of ``rows`` examples makes."""
@@ -142,8 +164,26 @@ class MiniBatchSGD:
         if self.backend == "compiled" and not recording.is_recording():
             rows = len(x) // (size * self.steps_per_call) * size * self.steps_per_call
             costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size)
-        # A native backend (issue 18) plugs in here, beside the compiled one: the same arguments, the same updates.
+        elif self.uses_native() and not recording.is_recording():
+            rows = len(x)
+            cost, decay = self.network.cost_name, self.weight_decay
+            costs = [torch.ops.manualbp.sgd_block(weights, biases, x, y, float(eta), size, cost, decay)]
         return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size))
+
+    def uses_native(self) -> bool:
+        """Whether :meth:`run` steps through the native op (backend ``"native"`` or ``"auto"``, the network's cost one
+        of :data:`NATIVE_COSTS`, and the op built). Decided at the first call, which builds the op if need be; where
+        the backend asks for it and it cannot serve, says why once through ``on_compile``."""
+        if self._native is None:
+            self._native = False
+            if self.backend in ("native", "auto"):
+                cost = self.network.cost_function  # the package's own object: a subclass may change its equations
+                known = cost.name in NATIVE_COSTS and cost is COSTS[cost.name]
+                failure = build_native() if known else f"it has no {cost!r} cost"
+                self._native = failure is None
+                if failure is not None and self.on_compile is not None:
+                    self.on_compile(f"the native SGD step cannot be used ({failure}): training with the eager one")
+        return self._native
 
     def rewind(self, step: int) -> bool:
         """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
@@ -177,7 +217,8 @@ class MiniBatchSGD:
         for start in range(0, len(x), size):
             x_m, y_m = x[start : start + size], y[start : start + size]
             ones = self.network.ones(len(x_m), x_m)
-            step = update_mini_batch(weights, biases, x_m, y_m, eta, ones, self.network.cost_name, self.weight_decay)
+            cost = self.network.cost_function  # the object: a cost of the user's own has no name to look up
+            step = update_mini_batch(weights, biases, x_m, y_m, eta, ones, cost, self.weight_decay)
             costs.append(step.reshape(1))
         return costs
 
@@ -216,3 +257,22 @@ def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: 
 def _compiled_unrolled_steps():
     """``torch.compile(_unrolled_steps)``, built once per process so that every engine reuses Dynamo's cache."""
     return torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
+
+
+@functools.cache
+def build_native() -> str | None:
+    """Build (the first time; later, load from torch's extensions cache) and register ``torch.ops.manualbp.sgd_block``
+    from ``csrc/sgd_block.cpp``, once per process. Returns None if it is ready, else why not, in one line."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its import warns of a missing CUDA runtime, which a CPU build does not need
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load("manualbp_native", [str(NATIVE_SOURCE)], extra_cflags=["-O3"], is_python_module=False)
+    except Exception as error:  # no compiler, a failed build or load: the eager step makes the same updates
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"[:200]
+    finally:
+        logger.setLevel(level)
+    return None

@@ -225,8 +225,11 @@ class MNISTDataModule(L.LightningDataModule):
     Args:
         data_dir: directory with the four MNIST IDX files, flat or in torchvision's ``MNIST/raw`` layout, gzipped
             or not; the project ships them in ``data/mnist`` so nothing needs the network.
-        batch_size: Nielsen's mini-batch size for stochastic gradient descent (10 in the book). Under DDP it is the
-            size *per process*; one step then consumes ``batch_size * world_size`` examples.
+        batch_size: examples per Lightning batch. With ``ManualBPClassifier``'s ``mini_batch_size`` set (the book's
+            10 by default) each batch is cut into ``batch_size / mini_batch_size`` of the book's mini-batches, one
+            SGD step each, in order (``experiments/nielsen_ch1.yaml``: 1,000, so 100 steps per batch, the fast
+            path); with ``mini_batch_size=None`` it is the SGD mini-batch itself. Under DDP it is the size *per
+            process*; one batch then consumes ``batch_size * world_size`` examples.
         eval_batch_size: batch size for validation and test, which only run forward passes and so can afford
             large batches.
         download: fetch the files with ``torchvision.datasets.MNIST`` if they are missing; off by default so that

@@ -4,8 +4,11 @@ The network, its gradients and, on the fast path, the update itself are the core
 
 - **fused** (the book's SGD, with its L2 ``lmbda`` if set): the core's training engine,
   :class:`~torch_manualbp.sgd.MiniBatchSGD`: each mini-batch one ``update_mini_batch`` (feedforward, BP1-BP4 and the
-  update in place), with no autograd, no gradient tensors and no optimizer step; with ``compile=True`` several such
-  steps run as one ``torch.compile``-d call. The learning rate is the optimizer's, which a scheduler drives.
+  update in place), with no autograd, no gradient tensors and no optimizer step; by default (``backend="auto"``) a
+  whole Lightning batch of such steps runs as one native op (a C++ loop, built once and cached; where it cannot be
+  built, or for another cost, the eager steps make the same updates, and that is said once); with ``compile=True``
+  several steps run as one ``torch.compile``-d call instead. The learning rate is the optimizer's, which a
+  scheduler drives.
 - **autograd**: ``Network.cost``, whose backward (``NetworkCostFunction``) runs BP1-BP4 over all layers at once,
   then the optimizer's step. Used where the fused step does not apply (an optimizer other than plain SGD, such as
   ``--optimizer Adam`` or SGD with momentum or weight decay; DDP; autocast; said once at the start of training) and
@@ -40,6 +43,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..checks import check_learning_rate, l2_weight_decay
 from ..network import Network
 from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sgd, mini_batches
+from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
 
 __all__ = ["ManualBPClassifier", "check_hyperparameters"]
@@ -122,10 +126,11 @@ class ManualBPClassifier(L.LightningModule):
         lr_schedule: ``"constant"`` (the book's) or ``"cosine"``, which anneals :math:`\eta` to 0 over
             the trainer's ``max_epochs``. A scheduler given instead (``--lr_scheduler``) drives :math:`\eta` on every
             path, stepped at its interval: ``"epoch"``, or ``"step"``, which means every SGD update.
-        mini_batch_size: the SGD mini-batch, when each Lightning batch should hold several: a batch of
-            1,000 with ``mini_batch_size=10`` makes 100 updates, exactly those of batches of 10 in the same
-            order. ``None`` (default): each batch is one mini-batch. ``trainer.global_step`` counts updates, and so
-            does the ``step`` column of the logged metrics.
+        mini_batch_size: the SGD mini-batch, the book's 10 by default, so that each Lightning batch may hold
+            several: a batch of 1,000 makes 100 updates, exactly those of batches of 10 in the same order, on the
+            fast path (a whole batch per native call). ``None``: each batch is one mini-batch. A batch size that is
+            not a multiple of it is said at the start (each batch's last mini-batch is then smaller).
+            ``trainer.global_step`` counts updates, and so does the ``step`` column of the logged metrics.
         cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
         lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
             biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
@@ -154,7 +159,7 @@ class ManualBPClassifier(L.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
-        mini_batch_size: int | None = None,
+        mini_batch_size: int | None = 10,
         cost: Literal["quadratic", "cross_entropy"] = "quadratic",
         lmbda: float = 0.0,
         training_set_size: int = NUM_TRAIN,
@@ -166,7 +171,7 @@ class ManualBPClassifier(L.LightningModule):
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
         self.network = Network(sizes, cost=cost, init=init)
-        backend = "compiled" if compile else "eager"
+        backend = "compiled" if compile else "auto"
         self.sgd = MiniBatchSGD(self.network, mini_batch_size, lmbda, training_set_size, backend, on_compile=_say)
         self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
         self._epoch_cost = _EpochCost()
@@ -207,8 +212,12 @@ class ManualBPClassifier(L.LightningModule):
         self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
         lr = optimizer.defaults["lr"]
         lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
+        if self.device.type == "cpu":
+            rank_zero_info(apply_thread_rule(self.hparams.sizes, self._mini_batch_size_at_start()))
         if self._fused:
             how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
+            if self.sgd.uses_native():  # builds the native op the first time, or says once why it cannot
+                how = "native: a Lightning batch of steps per call of torch.ops.manualbp.sgd_block"
             watched = [type(callback).__name__ for callback in self._observers]
             rank_zero_info(
                 f"manualbp: training with the fused SGD step (MiniBatchSGD: BP1-BP4 and the update without autograd"
@@ -220,6 +229,18 @@ class ManualBPClassifier(L.LightningModule):
                 f"manualbp: training through autograd and {name}, not the fused SGD step, because {'; '.join(reasons)}"
                 + lr
             )
+
+    def _mini_batch_size_at_start(self) -> int:
+        """The examples per SGD step, for the thread rule: ``mini_batch_size``, else the batch size; says once if the
+        batch size is not a multiple of ``mini_batch_size``."""
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        size = self.hparams.mini_batch_size
+        if size and batch_size and batch_size % size:
+            rank_zero_info(
+                f"manualbp: batch_size {batch_size} is not a multiple of mini_batch_size {size}: the last mini-batch"
+                f" of each batch has {batch_size % size} examples, not {size}"
+            )
+        return size or batch_size or 1
 
     def _refuse_what_cannot_work(self, optimizer, reasons: list[str]) -> None:
         """Raise a ``ValueError`` naming the setting that this run would otherwise silently ignore."""
