@@ -46,7 +46,7 @@ def mnist() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def datamodule() -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=str(DATA_DIR))
+    dm = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=10)
     dm.setup("fit")
     return dm
 

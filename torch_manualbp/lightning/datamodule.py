@@ -227,7 +227,8 @@ class MNISTDataModule(L.LightningDataModule):
             or not; the project ships them in ``data/mnist`` so nothing needs the network.
         batch_size: examples per Lightning batch. With ``ManualBPClassifier``'s ``mini_batch_size`` set (the book's
             10 by default) each batch is cut into ``batch_size / mini_batch_size`` of the book's mini-batches, one
-            SGD step each, in order (``experiments/nielsen_ch1.yaml``: 1,000, so 100 steps per batch, the fast
+            SGD step each, in order (1,000 by default, as in ``experiments/nielsen_ch1.yaml``: 100 steps per batch,
+            so that ``MNISTDataModule()`` with ``ManualBPClassifier()`` is the book's chapter-1 run on the fast
             path); with ``mini_batch_size=None`` it is the SGD mini-batch itself. Under DDP it is the size *per
             process*; one batch then consumes ``batch_size * world_size`` examples.
         eval_batch_size: batch size for validation and test, which only run forward passes and so can afford
@@ -246,7 +247,7 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/mnist",
-        batch_size: int = 10,
+        batch_size: int = 1000,
         eval_batch_size: int = 1000,
         download: bool = False,
         seed: int = 0,
