@@ -1,10 +1,12 @@
 """Chapter 3's softmax output layer with the log-likelihood cost, in every path, against plain autograd on
 torch.nn.functional.cross_entropy of zᴸ in float64, and at saturation."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import leaves
+from conftest import leaves, manualbp, write_config
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
@@ -224,3 +226,14 @@ def test_network_names_the_cost_and_rejects_a_bad_z():
         log_likelihood_cost(torch.tensor([[1, 2]]), torch.tensor([0]))
     with pytest.raises(ValueError, match="cost must be one of .*'log_likelihood'"):
         Network([3, 2], cost="loglikelihood")
+
+
+def test_manualbp_trains_a_softmax_network_with_the_log_likelihood_and_says_which_step(tmp_path):
+    config = write_config(
+        tmp_path, model={"cost": "log_likelihood", "eta": 0.5}, trainer={"max_epochs": 1, "limit_train_batches": 10}
+    )
+    result = manualbp("fit", "--config", config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the native SGD step cannot be used (it has no LogLikelihood() cost)" in result.stdout + result.stderr
+    correct = int(re.search(r"^Epoch 0: (\d+) / 10000 test images", result.stdout, re.MULTILINE)[1])
+    assert correct > 8000  # 1,000 of the book's steps on real MNIST (N(0, 1) init): far above chance, 1,000

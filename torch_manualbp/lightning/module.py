@@ -131,7 +131,8 @@ class ManualBPClassifier(L.LightningModule):
             fast path (a whole batch per native call). ``None``: each batch is one mini-batch. A batch size that is
             not a multiple of it is said at the start (each batch's last mini-batch is then smaller).
             ``trainer.global_step`` counts updates, and so does the ``step`` column of the logged metrics.
-        cost: ``"quadratic"`` (chapters 1-2) or ``"cross_entropy"`` (chapter 3); see :class:`~torch_manualbp.Network`.
+        cost: ``"quadratic"`` (chapters 1-2), ``"cross_entropy"`` or ``"log_likelihood"`` (chapter 3's softmax output
+            layer); see :class:`~torch_manualbp.Network`.
         lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
             biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
             ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
@@ -160,7 +161,7 @@ class ManualBPClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         mini_batch_size: int | None = 10,
-        cost: Literal["quadratic", "cross_entropy"] = "quadratic",
+        cost: Literal["quadratic", "cross_entropy", "log_likelihood"] = "quadratic",
         lmbda: float = 0.0,
         training_set_size: int = NUM_TRAIN,
         compile: bool = False,
