@@ -31,6 +31,7 @@ To run only this section::
 
     python -m benchmarks --only epoch [--quick]
 """
+
 from __future__ import annotations
 
 import logging

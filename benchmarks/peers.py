@@ -30,6 +30,7 @@ To run only this section::
 
     python -m benchmarks --only peers [--quick]
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -129,8 +130,10 @@ class PeerEpochs:
 
     def val_accuracy(self, name: str) -> float:
         with torch.no_grad():
-            params = [p.detach().float() if isinstance(p, torch.Tensor) else torch.from_numpy(np.array(p, np.float32))
-                      for p in self.trained[name]]  # numpy arrays (the book's) and JAX's arrays, copied
+            params = [
+                p.detach().float() if isinstance(p, torch.Tensor) else torch.from_numpy(np.array(p, np.float32))
+                for p in self.trained[name]
+            ]  # numpy arrays (the book's) and JAX's arrays, copied
             a = self.val_x
             for w, b in zip(params[0::2], params[1::2]):
                 a = torch.sigmoid(a @ w.T + b)
@@ -144,7 +147,7 @@ def jax_epoch(bench: PeerEpochs):
         import jax
         import jax.numpy as jnp
     except ImportError as error:
-        return f"JAX is not installed ({error}); pip install -c constraints.txt -e \".[bench]\""
+        return f'JAX is not installed ({error}); pip install -c constraints.txt -e ".[bench]"'
 
     def cost(params, x, y):  # the mean quadratic cost of the sigmoid network, C = 1/(2m) Σ_x ‖y − aᴸ‖²
         a = x
@@ -185,21 +188,34 @@ def run(data_dir: Path, examples: int, repeats: int, log=print) -> dict:
     skipped = jax_call if isinstance(jax_call, str) else None
     if skipped is None:
         contenders["JAX jit(scan)"] = jax_call  # its first call, the warm-up, compiles
-    log(f"  {bench.steps * MINI_BATCH:,} examples, {len(contenders)} contenders, {repeats} epochs each"
+    log(
+        f"  {bench.steps * MINI_BATCH:,} examples, {len(contenders)} contenders, {repeats} epochs each"
         + (f"; JAX skipped: {skipped}" if skipped else "")
-        + (f"; native skipped: {native_failure}" if native_failure else ""))
+        + (f"; native skipped: {native_failure}" if native_failure else "")
+    )
     samples, _ = interleaved(contenders, repeats, warmup=1, calls={name: 1 for name in contenders})
     seconds = {name: median(s) for name, s in samples.items()}
     book, jax_s = seconds["book (numpy)"], seconds.get("JAX jit(scan)")
     rows = []
     for name, s in seconds.items():
-        rows.append({
-            "contender": name, "examples": bench.steps * MINI_BATCH, "steps": bench.steps, "epoch_s": s,
-            "us_per_step": s / bench.steps * 1e6, "x_book": book / s, "x_jax": s / jax_s if jax_s else None,
-            "val_accuracy": bench.val_accuracy(name), "samples_s": samples[name],
-        })
-        log(f"  {name:27s} {s:7.3f} s/epoch  x book {book / s:5.1f}"
-            + (f"  x JAX {s / jax_s:5.2f}" if jax_s else "") + f"  val accuracy {rows[-1]['val_accuracy']:.4f}")
+        rows.append(
+            {
+                "contender": name,
+                "examples": bench.steps * MINI_BATCH,
+                "steps": bench.steps,
+                "epoch_s": s,
+                "us_per_step": s / bench.steps * 1e6,
+                "x_book": book / s,
+                "x_jax": s / jax_s if jax_s else None,
+                "val_accuracy": bench.val_accuracy(name),
+                "samples_s": samples[name],
+            }
+        )
+        log(
+            f"  {name:27s} {s:7.3f} s/epoch  x book {book / s:5.1f}"
+            + (f"  x JAX {s / jax_s:5.2f}" if jax_s else "")
+            + f"  val accuracy {rows[-1]['val_accuracy']:.4f}"
+        )
     return {"rows": rows, "jax_skipped": skipped, "native_skipped": native_failure, "jax_version": _jax_version()}
 
 
