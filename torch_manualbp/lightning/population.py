@@ -39,7 +39,7 @@ from .module import _EpochCost, check_hyperparameters
 __all__ = ["PopulationClassifier", "population_settings"]
 
 # a population steps its parameters itself (Population.sgd_step), with no optimizer to configure
-warnings.filterwarnings("ignore", message=".*`configure_optimizers` returned `None`", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"`LightningModule\.configure_optimizers` returned `None`", category=UserWarning)
 
 
 def population_settings(seeds, eta, lmbda) -> tuple[list[int], list[float], list[float]]:
