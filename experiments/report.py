@@ -17,6 +17,7 @@ To run::
     python experiments/report.py experiments/nielsen_ch1.yaml --seeds 0 1 2 --book 95.42
     python experiments/report.py experiments/nielsen_ch1.yaml --seeds 0 1 2 --book 95.42 --population
 """
+
 from __future__ import annotations
 
 import argparse
@@ -177,7 +178,9 @@ def plot(name: str, histories: dict, path: Path, cost: str = "quadratic") -> Non
                 values = [h[f"{key}/{metric}"][e] * (100 if metric == "accuracy" else 1) for e in epochs]
                 ax.plot(epochs, values, style, color=f"C{i}", label=f"{key}, seed {seed}")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{name}: accuracy per epoch")
-    cost_ax.set(xlabel="epoch", ylabel=f"{cost.replace('_', '-')} cost C", title=f"{name}: cost per epoch", yscale="log")
+    cost_ax.set(
+        xlabel="epoch", ylabel=f"{cost.replace('_', '-')} cost C", title=f"{name}: cost per epoch", yscale="log"
+    )
     for ax in (acc_ax, cost_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

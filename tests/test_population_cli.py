@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, edit_config, manualbp, run_cli, write_config
+
 from torch_manualbp.lightning import ManualBPClassifier, PopulationClassifier
 from torch_manualbp.lightning.cli import run
 
@@ -64,8 +64,11 @@ def test_population_fit_prints_every_member_and_the_ensemble_each_epoch_and_a_su
 
 
 def test_population_killed_mid_epoch_resumes_bit_identically(tmp_path):
-    fast = {"population": {"seeds": [0, 1], "eta": [3.0, 0.5]}, "data": {"batch_size": 100, "monitor_test": False},
-            "trainer": {"max_epochs": 2, "limit_train_batches": 20, "limit_val_batches": 1}}
+    fast = {
+        "population": {"seeds": [0, 1], "eta": [3.0, 0.5]},
+        "data": {"batch_size": 100, "monitor_test": False},
+        "trainer": {"max_epochs": 2, "limit_train_batches": 20, "limit_val_batches": 1},
+    }
     straight = write_config(tmp_path, "straight", checkpoint_every=50, **fast)
     killed = write_config(tmp_path, "killed", checkpoint_every=50, **fast)
     edit_config(killed, lambda s: s["trainer"]["callbacks"].append(KILL_AT_STEP | {"init_args": {"step": 130}}))

@@ -6,6 +6,8 @@ To run::
     manualbp fit --config experiments/nielsen_ch1.yaml --trainer.accelerator cuda
     manualbp fit --config experiments/nielsen_ch1.yaml --ckpt_path last   # resume an interrupted run
     manualbp predict --config experiments/nielsen_ch1.yaml --ckpt_path last --data.predict_path my_digits/
+    manualbp fit --config experiments/nielsen_ch1_seeds.yaml   # three seeds as one population
+    manualbp fit --config experiments/nielsen_ch1.yaml --population.eta [0.025,0.25,2.5]   # one member per η
 
 On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 
@@ -31,6 +33,15 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 - logs to CSV under ``runs/manualbp`` by default (Lightning would pick TensorBoard whenever it is installed); the
   configs name their logger, and ``--trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger``
   switches a config's logger to TensorBoard (``pip install -e ".[tensorboard]"``).
+- trains a population (:class:`~torch_manualbp.lightning.PopulationClassifier`) instead of one network when the
+  config or the command line gives any ``population.*`` setting: ``population.seeds`` (one member per seed, member
+  k starting from the weights ``--seed_everything seeds[k]`` gives the single network; default: ``seed_everything``
+  for every member), ``population.eta`` and ``population.lmbda`` (one value per member, in place of ``model.eta``
+  and ``model.lmbda``); K is the longest list, the others one value or K. The other ``model.*`` settings apply to
+  every member; ``model.momentum``, ``weight_decay``, ``lr_schedule``, ``compile``, ``--optimizer`` and
+  ``--lr_scheduler`` are refused beside a population. ``validate``, ``test`` and ``predict`` take the same config
+  (its ``population:`` section builds the module the checkpoint fits); ``predict`` answers with the ensemble, the
+  members' averaged output activations, or with member k alone given ``--population.member k``.
 
 The configs in ``experiments/`` need no change for either.
 """
@@ -77,7 +88,8 @@ _DESCRIPTIONS = {
     "fit": "manualbp fit: train a network of sigmoid layers on MNIST by mini-batch SGD, the book's backpropagation"
     " (BP1-BP4) written by hand. The settings that matter most: --config (experiments/nielsen_ch1.yaml is the book's"
     " chapter-1 run), --model.sizes, --model.eta, --model.cost, --model.mini_batch_size, --trainer.max_epochs,"
-    " --ckpt_path last (resume an interrupted run).",
+    " --ckpt_path last (resume an interrupted run), --population.seeds / --population.eta / --population.lmbda (train"
+    " several networks at once, one per value).",
     "validate": "manualbp validate: the accuracy of a trained network on the 10,000 validation images. Needs"
     " --ckpt_path (a checkpoint file, or last).",
     "test": "manualbp test: the accuracy of a trained network on the 10,000 test images. Needs --ckpt_path (a"
@@ -338,12 +350,19 @@ class ManualBPCLI(LightningCLI):
 #: ``population.*``: a config (or command line) with any of them trains a PopulationClassifier, the other model
 #: settings applying to every member.
 _POPULATION_ARGUMENTS = (
-    ("seeds", list[int], "train a population: one member per seed, member k starting from the weights that"
-     " --seed_everything seeds[k] gives a single network (default: seed_everything, for every member)"),
+    (
+        "seeds",
+        list[int],
+        "train a population: one member per seed, member k starting from the weights that"
+        " --seed_everything seeds[k] gives a single network (default: seed_everything, for every member)",
+    ),
     ("eta", list[float], "train a population: one learning rate per member (instead of model.eta)"),
     ("lmbda", list[float], "train a population: one L2 parameter λ per member (instead of model.lmbda)"),
-    ("member", int, "predict with member k of a population alone (default: the ensemble, the members' averaged"
-     " output activations)"),
+    (
+        "member",
+        int,
+        "predict with member k of a population alone (default: the ensemble, the members' averaged output activations)",
+    ),
 )
 
 

@@ -20,7 +20,6 @@ To run::
 
 from __future__ import annotations
 
-import statistics
 import warnings
 from typing import Literal
 
@@ -39,7 +38,9 @@ from .module import _EpochCost, check_hyperparameters
 __all__ = ["PopulationClassifier", "population_settings"]
 
 # a population steps its parameters itself (Population.sgd_step), with no optimizer to configure
-warnings.filterwarnings("ignore", message=r"`LightningModule\.configure_optimizers` returned `None`", category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message=r"`LightningModule\.configure_optimizers` returned `None`", category=UserWarning
+)
 
 
 def population_settings(seeds, eta, lmbda) -> tuple[list[int], list[float], list[float]]:
@@ -61,7 +62,9 @@ def population_settings(seeds, eta, lmbda) -> tuple[list[int], list[float], list
             raise ValueError(f"{name} must be one value or {k} values, one per member (the lists' lengths: {lengths})")
     seed_list = lists["seeds"]
     if len(seed_list) > 1 and len(set(seed_list)) != len(seed_list):
-        raise ValueError(f"seeds must be different from each other (repeated members train identically), got {seed_list}")
+        raise ValueError(
+            f"seeds must be different from each other (repeated members train identically), got {seed_list}"
+        )
     for eta_k in lists["eta"]:
         check_hyperparameters(eta=eta_k)
     for lmbda_k in lists["lmbda"]:
@@ -128,9 +131,6 @@ class PopulationClassifier(L.LightningModule):
         self._batch_costs: list[tuple[int, Tensor]] = []  # this batch's (first step, (steps, K) costs), for rewind
         self._epoch_costs = [_EpochCost() for _ in range(k + 1)]  # each member's, then the members' mean
 
-    def __len__(self) -> int:
-        return len(self.population)
-
     def forward(self, x: Tensor) -> Tensor:
         """Every member's output activations, (K, N, sizes[-1])."""
         return self.population(x)
@@ -165,8 +165,9 @@ class PopulationClassifier(L.LightningModule):
         first_step = self.trainer.global_step
         n = self.hparams.training_set_size
         steps = [
-            self.population.sgd_step(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size], self.etas,
-                                     self.lmbdas, n)
+            self.population.sgd_step(
+                x[i * size : (i + 1) * size], y[i * size : (i + 1) * size], self.etas, self.lmbdas, n
+            )
             for i in range(mini_batches(len(x), size))
         ]
         costs = torch.stack(steps)  # (steps, K), each member's cost at each step
@@ -178,9 +179,9 @@ class PopulationClassifier(L.LightningModule):
             progress.increment_completed()
         member_costs = costs.mean(0)  # (K,), each member's mean over the batch
         for k, epoch_cost in enumerate(self._epoch_costs):
-            cost = member_costs[k] if k < len(self) else member_costs.mean()
+            cost = member_costs[k] if k < len(self.population) else member_costs.mean()
             mean, rows = epoch_cost.add(cost, len(x))
-            name = f"train/cost/member{k}" if k < len(self) else "train/cost"
+            name = f"train/cost/member{k}" if k < len(self.population) else "train/cost"
             self.log(name, mean, on_step=False, on_epoch=True, batch_size=rows)
         return member_costs.mean()
 
@@ -212,7 +213,7 @@ class PopulationClassifier(L.LightningModule):
         ensemble = (a.mean(0).argmax(-1) == labels).sum().float()  # the members' averaged output activations
         rows = len(x)
         sums = {"reduce_fx": "sum", "batch_size": rows, "add_dataloader_idx": False}
-        for k in range(len(self)):
+        for k in range(len(self.population)):
             self.log(f"{stage}/cost/member{k}", costs[k], batch_size=rows, add_dataloader_idx=False)
             self.log(f"{stage}/accuracy/member{k}", correct[k] / rows, batch_size=rows, add_dataloader_idx=False)
             self.log(f"{stage}/correct/member{k}", correct[k], **sums)

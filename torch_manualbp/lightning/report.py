@@ -251,8 +251,11 @@ def _population_summary(validated: list[EpochRow], pl_module) -> list[str]:
 
     def at_best(k: int) -> str:
         row, names = best_rows[k], {"val": "validation", "test": "test"}
-        counts = [f"{names[stage]} {format_count(getattr(row, f'{stage}_member_correct')[k], row.count(stage)[1])}"
-                  for stage in ("val", "test") if getattr(row, f"{stage}_member_correct")]
+        counts = [
+            f"{names[stage]} {format_count(getattr(row, f'{stage}_member_correct')[k], row.count(stage)[1])}"
+            for stage in ("val", "test")
+            if getattr(row, f"{stage}_member_correct")
+        ]
         who = pl_module.describe(k) if hasattr(pl_module, "describe") else f"member {k}"
         return f"{who}, epoch {row.epoch}: {', '.join(counts)}"
 
@@ -303,8 +306,10 @@ def _population_epoch_line(row: EpochRow) -> str:
     stage = _member_stage(row)
     counts, total = getattr(row, f"{stage}_member_correct"), row.count(stage)[1]
     name = "test" if stage == "test" else "validation"
-    line = (f"Epoch {row.epoch}: members {' '.join(map(str, counts))} / {total} {name} images"
-            f" (median {statistics.median_low(counts)}); ensemble {row.count(stage)[0]}")
+    line = (
+        f"Epoch {row.epoch}: members {' '.join(map(str, counts))} / {total} {name} images"
+        f" (median {statistics.median_low(counts)}); ensemble {row.count(stage)[0]}"
+    )
     if row.member_train_costs:
         line += f"; training cost {' '.join(f'{cost:.4f}' for cost in row.member_train_costs)}"
     return f"{line}; {row.seconds:.1f} s"
@@ -376,12 +381,19 @@ def draw_curves(history: list[EpochRow], path: Path, cost_name: str = "quadratic
         stage = _member_stage(members[-1])
         epochs = [row.epoch for row in members]
         for k, _ in enumerate(members[-1].member_accuracies(stage)):
-            accuracy_ax.plot(epochs, [row.member_accuracies(stage)[k] for row in members], "-", lw=1, label=f"member {k}")
+            accuracy_ax.plot(
+                epochs, [row.member_accuracies(stage)[k] for row in members], "-", lw=1, label=f"member {k}"
+            )
         accuracy_ax.plot(epochs, [row.accuracy(stage) for row in members], "k-", lw=2, label=f"ensemble ({stage})")
         trained = [row for row in history if row.member_train_costs]
         for k, _ in enumerate(trained[-1].member_train_costs if trained else []):
-            cost_ax.plot([row.epoch for row in trained], [row.member_train_costs[k] for row in trained], "-", lw=1,
-                         label=f"member {k} (training)")
+            cost_ax.plot(
+                [row.epoch for row in trained],
+                [row.member_train_costs[k] for row in trained],
+                "-",
+                lw=1,
+                label=f"member {k} (training)",
+            )
     for stage, name in (("val", "validation"), ("test", "test")):
         rows = [row for row in history if row.count(stage) and not members]
         if rows:
