@@ -12,6 +12,7 @@ from conftest import ROOT, edit_config, manualbp, run_cli, write_config
 from torch_manualbp.lightning import ManualBPClassifier, PopulationClassifier
 from torch_manualbp.lightning.cli import run
 
+DIGITS = ROOT / "experiments" / "digits"
 KILL_AT_STEP = {"class_path": "kill_at_step.KillAtStep"}  # tests/kill_at_step.py, on the runs' PYTHONPATH
 # a few batches: 10 mini-batches of 10 per Lightning batch, evaluation on 100 images
 SHORT = {
@@ -60,7 +61,15 @@ def test_population_fit_prints_every_member_and_the_ensemble_each_epoch_and_a_su
         assert any(line.startswith(start) for line in done.stdout.splitlines()), start
     assert (tmp_path / "runs" / "config" / "version_0" / "curves.png").is_file()
     test = manualbp("test", "--config", config, "--ckpt_path", "last", "--trainer.limit_test_batches", "1")
-    assert test.returncode == 0 and "Test: " in test.stdout, test.stderr[-2000:]
+    assert test.returncode == 0, test.stderr[-2000:]
+    (line,) = [line for line in test.stdout.splitlines() if line.startswith("Test: ")]
+    assert line.startswith("Test: ensemble ") and len(line.split("members ")[1].split(",")[0].split()) == 3
+    ensemble = manualbp("predict", "--config", config, "--ckpt_path", "last", "--data.predict_path", DIGITS)
+    member = manualbp(
+        "predict", "--config", config, "--ckpt_path", "last", "--data.predict_path", DIGITS, "--population.member", "1"
+    )
+    assert ensemble.returncode == 0 and member.returncode == 0, ensemble.stderr[-2000:] + member.stderr[-2000:]
+    assert ensemble.stdout != member.stdout  # one member's activations are not the members' average
 
 
 def test_population_killed_mid_epoch_resumes_bit_identically(tmp_path):

@@ -128,7 +128,7 @@ class PopulationClassifier(L.LightningModule):
         self.population = Population([_member_network(sizes, cost, init, seed) for seed in self.seeds])
         self.fused = True  # for DivergenceGuard (StepCostRecord): no step calls the optimizer hooks
         self._step_costs: list[tuple[int, Tensor]] = []
-        self._batch_costs: list[tuple[int, Tensor]] = []  # this batch's (first step, (steps, K) costs), for rewind
+        self._batch_costs: tuple[int, Tensor] | None = None  # this batch's first step and (steps, K) costs
         self._epoch_costs = [_EpochCost() for _ in range(k + 1)]  # each member's, then the members' mean
 
     def forward(self, x: Tensor) -> Tensor:
@@ -148,11 +148,11 @@ class PopulationClassifier(L.LightningModule):
     def rewind(self, step: int) -> bool:
         """Say which members' cost at global step ``step`` is not finite (the guard's report follows); the steps
         are not undone (False)."""
-        for first, costs in self._batch_costs:
-            if first <= step < first + len(costs):
-                bad = (~torch.isfinite(costs[step - first])).nonzero().flatten().tolist()
-                named = "; ".join(f"{self.describe(k)}: {costs[step - first, k].item()}" for k in bad)
-                rank_zero_info(f"manualbp: the training cost at step {step} is not finite for {named}")
+        first, costs = self._batch_costs or (0, torch.empty(0))
+        if first <= step < first + len(costs):  # the guard checks every batch on the CPU: the step is in this one
+            bad = (~torch.isfinite(costs[step - first])).nonzero().flatten().tolist()
+            named = "; ".join(f"{self.describe(k)}: {costs[step - first, k].item()}" for k in bad)
+            rank_zero_info(f"manualbp: the training cost at step {step} is not finite for {named}")
         return False
 
     def on_train_epoch_start(self) -> None:
@@ -171,7 +171,7 @@ class PopulationClassifier(L.LightningModule):
             for i in range(mini_batches(len(x), size))
         ]
         costs = torch.stack(steps)  # (steps, K), each member's cost at each step
-        self._batch_costs = [(first_step, costs)]
+        self._batch_costs = (first_step, costs)
         self._step_costs.append((first_step, costs.sum(1)))
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         for _ in range(len(steps)):  # trainer.global_step counts SGD updates, as for ManualBPClassifier
