@@ -7,10 +7,17 @@ the test set every epoch (``data.monitor_test``), the best test accuracy over ep
 figure the book reports; then the median over seeds. The plot shows validation accuracy and cost per
 epoch for every seed.
 
+With ``--population`` the seeds are trained as one population instead (one ``manualbp fit`` process, its
+``population.seeds`` the seeds): member k starts from seed k's initial weights, and all members share the config's
+shuffling (``data.seed``), so the per-seed rows equal those of separate runs given the same ``data.seed``
+(``-- --data.seed 0``), up to float32 rounding; the wall-clock column is then the whole population's.
+
 To run::
 
     python experiments/report.py experiments/nielsen_ch1.yaml --seeds 0 1 2 --book 95.42
+    python experiments/report.py experiments/nielsen_ch1.yaml --seeds 0 1 2 --book 95.42 --population
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +41,9 @@ def main() -> None:
     parser.add_argument("config", type=Path, help="a manualbp YAML config, e.g. experiments/nielsen_ch1.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, each with one thread when > 1")
+    parser.add_argument(
+        "--population", action="store_true", help="train the seeds as one population (shuffling shared: data.seed)"
+    )
     parser.add_argument("--book", type=float, help="the book's figure for this config, in percent, for the table")
     parser.add_argument("--out", type=Path, default=Path("experiments/results"), help="where the .md and .png go")
     parser.add_argument("--runs", type=Path, default=Path("runs/report"), help="where the training logs go")
@@ -41,8 +51,11 @@ def main() -> None:
     split = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:split]), argv[split + 1 :]  # after --: more manualbp fit options
     name = args.config.stem
-    seconds = train_seeds(args.config, name, args.seeds, args.jobs, args.runs, extra)
-    histories = {seed: read_history(args.runs / name / f"seed_{seed}") for seed in args.seeds}
+    if args.population:
+        seconds, histories = train_population(args.config, name, args.seeds, args.runs, extra)
+    else:
+        seconds = train_seeds(args.config, name, args.seeds, args.jobs, args.runs, extra)
+        histories = {seed: read_history(args.runs / name / f"seed_{seed}") for seed in args.seeds}
     args.out.mkdir(parents=True, exist_ok=True)
     table = results_table(name, histories, seconds, args.book)
     command = " ".join(["python", "experiments/report.py", *sys.argv[1:]])
@@ -72,22 +85,46 @@ def train_seeds(config: Path, name: str, seeds: list[int], jobs: int, runs: Path
     return seconds
 
 
+def train_population(config: Path, name: str, seeds: list[int], runs: Path, extra: list[str]):
+    """Train the seeds as one population (one ``manualbp fit``); return each seed's seconds (the whole run's) and
+    history, read from the members' metrics (``val/accuracy/member{k}`` ...)."""
+    settings = yaml.safe_load(config.read_text())
+    settings["population"] = {"seeds": list(seeds)}
+    path = write_run_config(settings, runs, name, "population")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "torch_manualbp.cli", "fit", "--config", str(path), *extra])
+    if done.returncode != 0:
+        raise SystemExit(f"population: manualbp fit exited with {done.returncode}")
+    seconds = time.perf_counter() - start
+    together = read_history(runs / name / "population")
+    histories = {
+        seed: {key[: -len(f"/member{k}")]: values for key, values in together.items() if key.endswith(f"/member{k}")}
+        for k, seed in enumerate(seeds)
+    }
+    return dict.fromkeys(seeds, seconds), histories
+
+
 def write_seed_config(config: Path, name: str, seed: int, runs: Path) -> Path:
     """The config with this seed (initialisation and shuffling) and its own log and checkpoint folder."""
     settings = yaml.safe_load(config.read_text())
     settings["seed_everything"] = seed
     settings.setdefault("data", {})["seed"] = seed
-    run_dir = runs / name / f"seed_{seed}"
+    return write_run_config(settings, runs, name, f"seed_{seed}")
+
+
+def write_run_config(settings: dict, runs: Path, name: str, version: str) -> Path:
+    """``settings`` with their own log and checkpoint folder, ``runs/name/version``, written beside it."""
+    run_dir = runs / name / version
     trainer = settings.setdefault("trainer", {})
     trainer["logger"] = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
-        "init_args": {"save_dir": str(runs), "name": name, "version": f"seed_{seed}"},
+        "init_args": {"save_dir": str(runs), "name": name, "version": version},
     }
     for callback in trainer.get("callbacks", []):
         if "dirpath" in callback.get("init_args", {}):
             callback["init_args"]["dirpath"] = str(run_dir / "last")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = runs / name / f"seed_{seed}.yaml"
+    path = runs / name / f"{version}.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
@@ -141,7 +178,9 @@ def plot(name: str, histories: dict, path: Path, cost: str = "quadratic") -> Non
                 values = [h[f"{key}/{metric}"][e] * (100 if metric == "accuracy" else 1) for e in epochs]
                 ax.plot(epochs, values, style, color=f"C{i}", label=f"{key}, seed {seed}")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{name}: accuracy per epoch")
-    cost_ax.set(xlabel="epoch", ylabel=f"{cost.replace('_', '-')} cost C", title=f"{name}: cost per epoch", yscale="log")
+    cost_ax.set(
+        xlabel="epoch", ylabel=f"{cost.replace('_', '-')} cost C", title=f"{name}: cost per epoch", yscale="log"
+    )
     for ax in (acc_ax, cost_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -9,12 +9,14 @@ from .callbacks import GradientAudit, LearningSpeedMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
 from .noise import GradientNoiseMonitor
+from .population import PopulationClassifier
 from .report import EpochReport, PredictionReport
 from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
 __all__ = [
     "MNISTDataModule",
     "ManualBPClassifier",
+    "PopulationClassifier",
     "LearningSpeedMonitor",
     "GradientAudit",
     "GradientNoiseMonitor",

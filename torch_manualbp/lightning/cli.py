@@ -6,6 +6,8 @@ To run::
     manualbp fit --config experiments/nielsen_ch1.yaml --trainer.accelerator cuda
     manualbp fit --config experiments/nielsen_ch1.yaml --ckpt_path last   # resume an interrupted run
     manualbp predict --config experiments/nielsen_ch1.yaml --ckpt_path last --data.predict_path my_digits/
+    manualbp fit --config experiments/nielsen_ch1_seeds.yaml   # three seeds as one population
+    manualbp fit --config experiments/nielsen_ch1.yaml --population.eta [0.025,0.25,2.5]   # one member per η
 
 On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 
@@ -31,6 +33,15 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 - logs to CSV under ``runs/manualbp`` by default (Lightning would pick TensorBoard whenever it is installed); the
   configs name their logger, and ``--trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger``
   switches a config's logger to TensorBoard (``pip install -e ".[tensorboard]"``).
+- trains a population (:class:`~torch_manualbp.lightning.PopulationClassifier`) instead of one network when the
+  config or the command line gives any ``population.*`` setting: ``population.seeds`` (one member per seed, member
+  k starting from the weights ``--seed_everything seeds[k]`` gives the single network; default: ``seed_everything``
+  for every member), ``population.eta`` and ``population.lmbda`` (one value per member, in place of ``model.eta``
+  and ``model.lmbda``); K is the longest list, the others one value or K. The other ``model.*`` settings apply to
+  every member; ``model.momentum``, ``weight_decay``, ``lr_schedule``, ``compile``, ``--optimizer`` and
+  ``--lr_scheduler`` are refused beside a population. ``validate``, ``test`` and ``predict`` take the same config
+  (its ``population:`` section builds the module the checkpoint fits); ``predict`` answers with the ensemble, the
+  members' averaged output activations, or with member k alone given ``--population.member k``.
 
 The configs in ``experiments/`` need no change for either.
 """
@@ -58,6 +69,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier, check_hyperparameters
+from .population import PopulationClassifier, population_settings
 from .report import EpochReport, PredictionReport, shown_path
 from .safety import AtomicCheckpointIO, DivergenceGuard
 
@@ -76,7 +88,8 @@ _DESCRIPTIONS = {
     "fit": "manualbp fit: train a network of sigmoid layers on MNIST by mini-batch SGD, the book's backpropagation"
     " (BP1-BP4) written by hand. The settings that matter most: --config (experiments/nielsen_ch1.yaml is the book's"
     " chapter-1 run), --model.sizes, --model.eta, --model.cost, --model.mini_batch_size, --trainer.max_epochs,"
-    " --ckpt_path last (resume an interrupted run).",
+    " --ckpt_path last (resume an interrupted run), --population.seeds / --population.eta / --population.lmbda (train"
+    " several networks at once, one per value).",
     "validate": "manualbp validate: the accuracy of a trained network on the 10,000 validation images. Needs"
     " --ckpt_path (a checkpoint file, or last).",
     "test": "manualbp test: the accuracy of a trained network on the 10,000 test images. Needs --ckpt_path (a"
@@ -229,6 +242,8 @@ class ManualBPCLI(LightningCLI):
     what happened by default."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        for name, kind, text in _POPULATION_ARGUMENTS:
+            parser.add_argument(f"--population.{name}", type=kind | None, default=None, help=text)
         parser.add_argument(
             "--report",
             type=bool,
@@ -272,7 +287,30 @@ class ManualBPCLI(LightningCLI):
         self._command_line = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        check_settings(self.config[subcommand] if subcommand else self.config, subcommand)
+        config = self.config[subcommand] if subcommand else self.config
+        check_settings(config, subcommand)
+        if _population(config):
+            parser = self._parser(subcommand)
+            _check_population(config, [key for key in [*parser._optimizers, *parser._lr_schedulers] if config.get(key)])
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        population = _population(config)
+        if population:  # the classifier's settings, K times over (see _check_population for what cannot apply)
+            model = config["model"]
+            seeds = population.get("seeds")
+            self.model = PopulationClassifier(
+                sizes=model["sizes"],
+                seeds=config["seed_everything"] if seeds is None else seeds,
+                eta=population.get("eta") or model["eta"],
+                lmbda=model["lmbda"] if population.get("lmbda") is None else population["lmbda"],
+                init=model["init"],
+                mini_batch_size=model["mini_batch_size"],
+                cost=model["cost"],
+                training_set_size=model["training_set_size"],
+                member=population.get("member"),
+            )
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = self._get(self.config_init, "trainer", default={})
@@ -307,6 +345,56 @@ class ManualBPCLI(LightningCLI):
             _check_ckpt_path(path)  # whole, and loadable with weights_only=True, like a file named on the command line
             self.config_init[subcommand]["ckpt_path"] = path
         super()._run_subcommand(subcommand)
+
+
+#: ``population.*``: a config (or command line) with any of them trains a PopulationClassifier, the other model
+#: settings applying to every member.
+_POPULATION_ARGUMENTS = (
+    (
+        "seeds",
+        list[int],
+        "train a population: one member per seed, member k starting from the weights that"
+        " --seed_everything seeds[k] gives a single network (default: seed_everything, for every member)",
+    ),
+    ("eta", list[float], "train a population: one learning rate per member (instead of model.eta)"),
+    ("lmbda", list[float], "train a population: one L2 parameter λ per member (instead of model.lmbda)"),
+    (
+        "member",
+        int,
+        "predict with member k of a population alone (default: the ensemble, the members' averaged output activations)",
+    ),
+)
+
+
+def _population(config) -> dict:
+    """The ``population`` settings given (not None); empty when the run trains a single network."""
+    population = config.get("population") or {}
+    return {key: value for key, value in dict(population).items() if value is not None}
+
+
+#: Model settings a population has no use for, with the value that means "off".
+_NOT_FOR_POPULATIONS = {"momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "compile": False}
+
+
+def _check_population(config, optimizers: list[str]) -> None:
+    """:class:`ConfigError` for ``population.*`` settings that cannot work, or settings a population ignores."""
+    if optimizers:
+        raise ConfigError(f"--{optimizers[0]}: a population trains by the book's SGD alone; leave it out")
+    model = config.get("model") or {}
+    for name, off in _NOT_FOR_POPULATIONS.items():
+        if model.get(name, off) != off:
+            raise ConfigError(f"model.{name}={model[name]!r} does not apply to a population; leave it out")
+    population = _population(config)
+    seeds = population.get("seeds", config.get("seed_everything"))
+    try:
+        seeds, _, _ = population_settings(
+            seeds, population.get("eta", model.get("eta")), population.get("lmbda", model.get("lmbda", 0.0))
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"population.{err}") from None
+    member = population.get("member")
+    if member is not None and not 0 <= member < len(seeds):
+        raise ConfigError(f"population.member must be a member's index in 0..{len(seeds) - 1}, got {member}")
 
 
 def _named_on_command_line(option: str, args) -> bool:

@@ -18,6 +18,7 @@ To run::
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +65,11 @@ class EpochRow:
     test_correct: int | None = None
     test_total: int | None = None
     test_cost: float | None = None
+    # a population's (PopulationClassifier): each member's training cost and correct answers; the counts above are
+    # then the ensemble's
+    member_train_costs: list[float] | None = None
+    val_member_correct: list[int] | None = None
+    test_member_correct: list[int] | None = None
 
     def count(self, stage: str) -> tuple[int, int] | None:
         r"""``(correct, total)`` on ``stage`` (``"val"`` or ``"test"``), or ``None`` if it was not evaluated."""
@@ -74,6 +80,11 @@ class EpochRow:
         r"""Percentage correct on ``stage``; the stage must have been evaluated."""
         correct, total = self.count(stage)
         return 100 * correct / total
+
+    def member_accuracies(self, stage: str) -> list[float] | None:
+        r"""Each member's percentage correct on ``stage``, or ``None`` (not a population, or not evaluated)."""
+        counts, total = getattr(self, f"{stage}_member_correct"), getattr(self, f"{stage}_total")
+        return [100 * correct / total for correct in counts] if counts and total else None
 
 
 class EpochReport(L.Callback):
@@ -121,7 +132,7 @@ class EpochReport(L.Callback):
             return
         self._evaluated = self._collect(trainer)
         if trainer.state.fn == "validate" and trainer.is_global_zero:  # manualbp validate: its result is this line
-            print(_evaluation_line(self._evaluated), flush=True)
+            print(_evaluation_line(self._evaluated, trainer.callback_metrics), flush=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = self._epoch_row(trainer)
@@ -136,7 +147,7 @@ class EpochReport(L.Callback):
         if not trainer.is_global_zero or not self.history:
             return
         chart = log_dir / CURVES_PNG
-        draw_curves(self.history, chart, cost_name=pl_module.network.cost_name)
+        draw_curves(self.history, chart, cost_name=_cost_name(pl_module))
         print(self.summary(trainer, time.perf_counter() - self._fit_start, chart), flush=True)
 
     def _epoch_row(self, trainer) -> EpochRow:
@@ -147,6 +158,8 @@ class EpochReport(L.Callback):
             setattr(row, f"{stage}_correct", correct)
             setattr(row, f"{stage}_total", total)
             setattr(row, f"{stage}_cost", stage_cost)
+            setattr(row, f"{stage}_member_correct", _per_member(trainer.callback_metrics, f"{stage}/correct") or None)
+        row.member_train_costs = _per_member(trainer.callback_metrics, "train/cost", round_to=None) or None
         return row
 
     def _collect(self, trainer) -> dict[str, tuple[int, int, float]]:
@@ -171,7 +184,9 @@ class EpochReport(L.Callback):
             this_one = seconds - self._resumed_fit_seconds
             finished += f" of work over {self._processes} processes ({this_one:.1f} s in this one, resumed)"
         lines = ["", finished]
-        if validated:
+        if validated and validated[-1].val_member_correct:
+            lines += _population_summary(validated, pl_module=trainer.lightning_module)
+        elif validated:
             best = max(validated, key=lambda row: (row.accuracy("val"), -row.epoch))
             lines.append(f"Best epoch {best.epoch} (by validation accuracy): {_accuracies(best)}")
             lines.append(f"Last epoch {self.history[-1].epoch}: {_accuracies(self.history[-1])}")
@@ -204,21 +219,78 @@ class EpochReport(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         evaluated = self._collect(trainer)
         if trainer.is_global_zero and evaluated:
-            print(_evaluation_line(evaluated), flush=True)
+            print(_evaluation_line(evaluated, trainer.callback_metrics), flush=True)
 
 
-def _evaluation_line(evaluated: dict[str, tuple[int, int, float]]) -> str:
+def _per_member(metrics, name: str, round_to: int | None = 0) -> list:
+    r"""The values of ``{name}/member0``, ``{name}/member1``, ... in ``metrics`` (rounded to ints unless
+    ``round_to`` is None); [] for a single network."""
+    values = []
+    while f"{name}/member{len(values)}" in metrics:
+        value = float(metrics[f"{name}/member{len(values)}"])
+        values.append(value if round_to is None else round(value))
+    return values
+
+
+def _cost_name(pl_module) -> str:
+    """The cost's name, of a single network's or a population's module."""
+    model = pl_module.population if hasattr(pl_module, "population") else pl_module.network
+    return model.cost_name
+
+
+def _member_stage(row: EpochRow) -> str:
+    """The stage the book counts a population's members on: the test images when evaluated, else validation."""
+    return "test" if row.test_member_correct else "val"
+
+
+def _population_summary(validated: list[EpochRow], pl_module) -> list[str]:
+    r"""A population's summary: each member's best epoch by validation accuracy, the best and the median member
+    there, and the ensemble's best and last epoch."""
+    members = len(validated[-1].val_member_correct)
+    best_rows = [max(validated, key=lambda row: (row.val_member_correct[k], -row.epoch)) for k in range(members)]
+
+    def at_best(k: int) -> str:
+        row, names = best_rows[k], {"val": "validation", "test": "test"}
+        counts = [
+            f"{names[stage]} {format_count(getattr(row, f'{stage}_member_correct')[k], row.count(stage)[1])}"
+            for stage in ("val", "test")
+            if getattr(row, f"{stage}_member_correct")
+        ]
+        who = pl_module.describe(k) if hasattr(pl_module, "describe") else f"member {k}"
+        return f"{who}, epoch {row.epoch}: {', '.join(counts)}"
+
+    order = sorted(range(members), key=lambda k: best_rows[k].val_member_correct[k])
+    lines = [f"Best {at_best(order[-1])}", f"Median {at_best(order[(members - 1) // 2])}"]
+    lines += [f"  {at_best(k)}" for k in range(members)]
+    best = max(validated, key=lambda row: (row.accuracy("val"), -row.epoch))
+    lines.append(f"Ensemble (members' averaged outputs), best epoch {best.epoch}: {_accuracies(best)}")
+    lines.append(f"Ensemble, last epoch {validated[-1].epoch}: {_accuracies(validated[-1])}")
+    return lines
+
+
+def _evaluation_line(evaluated: dict[str, tuple[int, int, float]], metrics) -> str:
     r"""``Test: 9484 / 10000 (94.84%), test cost 0.0453`` for each stage evaluated (validation first), joined by
-    ``; ``."""
-    names = {"val": "validation", "test": "test"}
-    return "; ".join(
-        f"{names[stage].capitalize()}: {format_count(correct, total)}, {names[stage]} cost {cost:.4f}"
-        for stage, (correct, total, cost) in evaluated.items()
-    )
+    ``; ``; a population's (``{stage}/correct/member{k}`` in ``metrics``) is
+    ``Test: ensemble 9484 / 10000 (94.84%), members 9412 9388 9401, mean cost 0.0453``."""
+    names, parts = {"val": "validation", "test": "test"}, []
+    for stage, (correct, total, cost) in evaluated.items():
+        members = _per_member(metrics, f"{stage}/correct")
+        if members:
+            counts = " ".join(map(str, members))
+            parts.append(
+                f"{names[stage].capitalize()}: ensemble {format_count(correct, total)}, members {counts},"
+                f" mean {names[stage]} cost {cost:.4f}"
+            )
+        else:
+            parts.append(f"{names[stage].capitalize()}: {format_count(correct, total)}, {names[stage]} cost {cost:.4f}")
+    return "; ".join(parts)
 
 
 def _epoch_line(row: EpochRow) -> str:
-    r"""The book's ``Epoch N: correct / total`` line, then the validation accuracy, training cost and seconds."""
+    r"""The book's ``Epoch N: correct / total`` line, then the validation accuracy, training cost and seconds; for
+    a population, every member's count, their median and the ensemble's."""
+    if row.val_member_correct:
+        return _population_epoch_line(row)
     rest = []
     if row.count("test"):  # the book's count is of the test images
         correct, total = row.count("test")
@@ -234,6 +306,21 @@ def _epoch_line(row: EpochRow) -> str:
         rest.append(f"training cost {row.train_cost:.4f}")
     rest.append(f"{row.seconds:.1f} s")
     return f"{head}; {', '.join(rest)}"
+
+
+def _population_epoch_line(row: EpochRow) -> str:
+    r"""``Epoch 3: members 9412 9388 9401 / 10000 test images (median 9401); ensemble 9455; training cost
+    0.0521 0.0533 0.0528; 5.2 s``."""
+    stage = _member_stage(row)
+    counts, total = getattr(row, f"{stage}_member_correct"), row.count(stage)[1]
+    name = "test" if stage == "test" else "validation"
+    line = (
+        f"Epoch {row.epoch}: members {' '.join(map(str, counts))} / {total} {name} images"
+        f" (median {statistics.median_low(counts)}); ensemble {row.count(stage)[0]}"
+    )
+    if row.member_train_costs:
+        line += f"; training cost {' '.join(f'{cost:.4f}' for cost in row.member_train_costs)}"
+    return f"{line}; {row.seconds:.1f} s"
 
 
 def _accuracies(row: EpochRow) -> str:
@@ -297,13 +384,31 @@ def draw_curves(history: list[EpochRow], path: Path, cost_name: str = "quadratic
     plt = pyplot()
     cost = f"{cost_name.replace('_', '-')} cost"  # "cross-entropy cost"
     fig, (accuracy_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    members = [row for row in history if row.member_accuracies(_member_stage(row))]
+    if members:  # a population: one line per member on the book's images, and the ensemble
+        stage = _member_stage(members[-1])
+        epochs = [row.epoch for row in members]
+        for k, _ in enumerate(members[-1].member_accuracies(stage)):
+            accuracy_ax.plot(
+                epochs, [row.member_accuracies(stage)[k] for row in members], "-", lw=1, label=f"member {k}"
+            )
+        accuracy_ax.plot(epochs, [row.accuracy(stage) for row in members], "k-", lw=2, label=f"ensemble ({stage})")
+        trained = [row for row in history if row.member_train_costs]
+        for k, _ in enumerate(trained[-1].member_train_costs if trained else []):
+            cost_ax.plot(
+                [row.epoch for row in trained],
+                [row.member_train_costs[k] for row in trained],
+                "-",
+                lw=1,
+                label=f"member {k} (training)",
+            )
     for stage, name in (("val", "validation"), ("test", "test")):
-        rows = [row for row in history if row.count(stage)]
+        rows = [row for row in history if row.count(stage) and not members]
         if rows:
             epochs = [row.epoch for row in rows]
             accuracy_ax.plot(epochs, [row.accuracy(stage) for row in rows], "o-", label=name)
             cost_ax.plot(epochs, [getattr(row, f"{stage}_cost") for row in rows], "o-", label=name)
-    trained = [row for row in history if row.train_cost is not None]
+    trained = [row for row in history if row.train_cost is not None and not members]
     cost_ax.plot([row.epoch for row in trained], [row.train_cost for row in trained], "o-", label="training")
     accuracy_ax.set(title="accuracy per epoch", xlabel="epoch", ylabel="% correct")
     cost_ax.set(title=f"{cost} per epoch", xlabel="epoch", ylabel="C", yscale="log")
