@@ -11,6 +11,7 @@ To run::
 
     python experiments/chapter3.py experiments/nielsen_ch3.yaml --seeds 0 1 2 --book-val 97.92
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from report import plot, read_history, results_table
+
 from torch_manualbp import Network
 from torch_manualbp.lightning import MNISTDataModule
 
@@ -73,7 +74,9 @@ def train(settings: dict, seed: int, epochs: int, run_dir: Path) -> float:
     torch.manual_seed(seed)  # the initialisation, as seed_everything(seed) before the model is built
     network = Network(model["sizes"], cost=model.get("cost", "quadratic"), init=model.get("init", "normal"))
     lmbda, n = model.get("lmbda", 0.0), model.get("training_set_size", 50_000)
-    data = MNISTDataModule(data_dir=data_settings.get("data_dir", "data/mnist"), batch_size=data_settings["batch_size"], seed=seed)
+    data = MNISTDataModule(
+        data_dir=data_settings.get("data_dir", "data/mnist"), batch_size=data_settings["batch_size"], seed=seed
+    )
     data.setup("fit")
     batches = data.train_dataloader()  # the seed's shuffled order, epoch after epoch
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +96,9 @@ def train(settings: dict, seed: int, epochs: int, run_dir: Path) -> float:
                 row[f"{split}/cost"], row[f"{split}/accuracy"] = evaluate(network, *data.splits[split])
             writer.writerow(row)
             f.flush()
-    torch.save({"sizes": network.sizes, "cost": network.cost_name, "state_dict": network.state_dict()}, run_dir / "network.pt")
+    torch.save(
+        {"sizes": network.sizes, "cost": network.cost_name, "state_dict": network.state_dict()}, run_dir / "network.pt"
+    )
     return time.perf_counter() - start
 
 

@@ -11,6 +11,7 @@ To run (after ``experiments/report.py`` or ``experiments/chapter3.py`` has train
     python experiments/dead_outputs.py runs/report/nielsen_ch1_100
     python experiments/dead_outputs.py runs/chapter3/nielsen_ch3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ def main() -> None:
     data.setup("test")
     x, _, labels = data.splits["test"]  # the pixels as training saw them
     print(f"Command: `python experiments/dead_outputs.py {args.runs}` (the trained network of each seed, test set)\n")
-    print("| seed | test accuracy per digit 0-9 (%) | digits never predicted | largest activation of each output neuron |")
+    print(
+        "| seed | test accuracy per digit 0-9 (%) | digits never predicted | largest activation of each output neuron |"
+    )
     print("| --- | --- | --- | --- |")
     for seed_dir in sorted(args.runs.glob("seed_*")):
         if not seed_dir.is_dir():

@@ -1,12 +1,13 @@
 """LearningSpeedMonitor and GradientAudit in short real trainings on MNIST."""
+
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import DATA_DIR, logged
 from lightning.pytorch.loggers import CSVLogger
 
-from conftest import DATA_DIR, logged
 from torch_manualbp.lightning import GradientAudit, LearningSpeedMonitor, ManualBPClassifier, MNISTDataModule
 
 

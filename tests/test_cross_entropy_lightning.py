@@ -1,10 +1,11 @@
 """ManualBPClassifier with chapter 3's cross-entropy cost and the book's L2 regularisation, against the book's
 update written out with plain autograd over the same mini-batches."""
+
 import lightning as L
 import pytest
 import torch
-
 from conftest import DATA_DIR
+
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 from torch_manualbp.reference import autograd_cost
 

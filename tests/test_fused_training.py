@@ -1,12 +1,13 @@
 """ManualBPClassifier's fused path (Network.sgd_step's arithmetic, no autograd) against its autograd path, compiled
 against eager, and the fallbacks it announces."""
+
 import logging
 
 import lightning as L
 import pytest
 import torch
-
 from conftest import DATA_DIR
+
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 
 
@@ -59,7 +60,9 @@ def test_steps_a_callback_observes_go_through_autograd_and_the_rest_are_fused(tm
     assert observer.backward_calls == 20
 
 
-@pytest.mark.parametrize("settings, reason", [({"momentum": 0.9}, "momentum=0.9"), ({"weight_decay": 1e-4}, "weight_decay")])
+@pytest.mark.parametrize(
+    "settings, reason", [({"momentum": 0.9}, "momentum=0.9"), ({"weight_decay": 1e-4}, "weight_decay")]
+)
 def test_settings_the_fused_step_cannot_run_fall_back_to_autograd_and_say_so(tmp_path, caplog, settings, reason):
     observer = ObserveEveryStep()
     observer.observes_step = lambda step: False  # observes nothing: only the fallback can send steps to autograd

@@ -1,13 +1,22 @@
 """Training MNIST through the real entry point: the CLI, the YAML configs, DDP, and resume after a kill."""
+
 import signal
 
 import pytest
 import torch
-
 from conftest import (
-    DATA_DIR, NIELSEN, ROOT, assert_resume_ends_like_the_straight_run, edit_config, final_weights, last, metrics,
-    run_cli, write_config,
+    DATA_DIR,
+    NIELSEN,
+    ROOT,
+    assert_resume_ends_like_the_straight_run,
+    edit_config,
+    final_weights,
+    last,
+    metrics,
+    run_cli,
+    write_config,
 )  # fmt: skip
+
 from torch_manualbp.cli import main
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
@@ -72,7 +81,9 @@ def test_bad_hyperparameters_raise_value_errors(kwargs, word):
 def test_ddp_with_two_cpu_processes_equals_one_process_with_the_same_global_batch(tmp_path):
     steps = {"max_epochs": 1, "limit_train_batches": 100, "limit_val_batches": 1, "accelerator": "cpu"}
     common = {"model": {"init": "scaled"}, "trainer": steps}
-    single = write_config(tmp_path, "single", data={"batch_size": 10, "monitor_test": False}, checkpoint_every=100, **common)
+    single = write_config(
+        tmp_path, "single", data={"batch_size": 10, "monitor_test": False}, checkpoint_every=100, **common
+    )
     ddp = write_config(tmp_path, "ddp", data={"batch_size": 5, "monitor_test": False}, checkpoint_every=100, **common)
     assert run_cli(single).returncode == 0
     result = run_cli(ddp, "--trainer.strategy", "ddp", "--trainer.devices", "2")

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import CLI_ENV, DATA_DIR, ROOT, run_cli, write_config
+
 from torch_manualbp import Network
 from torch_manualbp.costs import Quadratic
 from torch_manualbp.mnist import load_mnist

@@ -1,13 +1,14 @@
 """GradientNoiseMonitor in short real trainings on MNIST, against per-example gradients from torch.func."""
+
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import DATA_DIR, logged
 from lightning.pytorch.loggers import CSVLogger
 from torch.func import grad, vmap
 
-from conftest import DATA_DIR, logged
 from torch_manualbp.lightning import GradientNoiseMonitor, ManualBPClassifier, MNISTDataModule
 from torch_manualbp.observe import gradient_statistics
 

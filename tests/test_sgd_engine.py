@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from torch_manualbp import Network
 from torch_manualbp.reference import autograd_cost
 from torch_manualbp.sgd import MiniBatchSGD, mini_batches

@@ -35,8 +35,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,7 +48,12 @@ from .costs import COSTS
 from .network import Network, update_mini_batch
 
 __all__ = [
-    "BACKENDS", "MiniBatchSGD", "NATIVE_COSTS", "build_native", "check_mini_batch_size", "differences_from_plain_sgd",
+    "BACKENDS",
+    "MiniBatchSGD",
+    "NATIVE_COSTS",
+    "build_native",
+    "check_mini_batch_size",
+    "differences_from_plain_sgd",
     "mini_batches",
 ]
 

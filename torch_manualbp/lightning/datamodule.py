@@ -142,8 +142,9 @@ class ShuffledBatches(_TensorBatches):
     runs to the end of the epoch leaves the state at ``(epoch + 1, 0)``; a pass abandoned early makes the next
     pass start the next epoch; a pass right after :meth:`load_state_dict` resumes the saved position. An epoch
     that the trainer shortens on purpose (``limit_train_batches``) ends at ``limit`` batches, so a checkpoint
-    taken after its last batch already points at the next epoch, as for a whole epoch. The pass only starts at its first ``next()``, not at ``iter()``: Lightning calls ``iter()`` once
-    just to check that the object is iterable, and that must not count as an epoch.
+    taken after its last batch already points at the next epoch, as for a whole epoch. The pass only starts at its
+    first ``next()``, not at ``iter()``: Lightning calls ``iter()`` once just to check that the object is iterable,
+    and that must not count as an epoch.
 
     Only one pass may be in progress at a time (they share the position).
 
@@ -307,7 +308,7 @@ class MNISTDataModule(L.LightningDataModule):
         return OrderedBatches(*self._split("test"), self.hparams.eval_batch_size, *self._rank_and_world_size())
 
     def predict_dataloader(self) -> ImageBatches:
-        r"""The images at ``predict_path`` made MNIST-like, ``eval_batch_size`` per batch (see :class:`ImageBatches`)."""
+        r"""The images at ``predict_path`` made MNIST-like, ``eval_batch_size`` per batch (:class:`ImageBatches`)."""
         if not self.hparams.predict_path:
             raise ValueError("data.predict_path must name an image file, a directory of images or an IDX images file")
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -366,6 +367,8 @@ class ImageBatches:
     def __iter__(self) -> Iterator[PredictBatch]:
         for start in range(0, len(self.images), self.batch_size):
             chunk = self.images[start : start + self.batch_size]
-            x = torch.stack([image.pixels if image.pixels is not None else torch.zeros(MNIST_INPUTS) for image in chunk])
+            x = torch.stack(
+                [image.pixels if image.pixels is not None else torch.zeros(MNIST_INPUTS) for image in chunk]
+            )
             readable = [image.pixels is not None for image in chunk]
             yield x.to(self.device), [image.name for image in chunk], [image.note for image in chunk], readable

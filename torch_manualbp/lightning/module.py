@@ -31,7 +31,8 @@ import inspect
 import itertools
 import math
 import warnings
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import lightning as L
 import torch
@@ -154,7 +155,7 @@ class ManualBPClassifier(L.LightningModule):
 
     def __init__(
         self,
-        sizes: list[int] = [784, 30, 10],
+        sizes: list[int] = [784, 30, 10],  # noqa: B006 -- LightningCLI shows and saves it; never mutated
         eta: float = 3.0,
         init: Literal["normal", "scaled"] = "normal",
         momentum: float = 0.0,

@@ -105,7 +105,7 @@ class PopulationClassifier(L.LightningModule):
 
     def __init__(
         self,
-        sizes: list[int] = [784, 30, 10],
+        sizes: list[int] = [784, 30, 10],  # noqa: B006 -- LightningCLI shows and saves it; never mutated
         seeds: int | list[int] = 0,
         eta: float | list[float] = 3.0,
         lmbda: float | list[float] = 0.0,
