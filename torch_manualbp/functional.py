@@ -211,25 +211,8 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
-        x, weight, bias, y = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = grad_y = None
-        z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (see the class docstring)
-        a = torch.sigmoid(z)  # aᴸ
-        share = example_share(
-            grad_cost, a, ctx.reduction
-        )  # each example's weight in the reduced cost: 1/n for the mean
-        delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y, σ'(zᴸ) cancelled (costs.CrossEntropy.delta, for one node)
-        if recording.is_recording():  # inside torch_manualbp.observe.record_errors(): show it δ and σ'(z)
-            recording.notify(weight, delta, sigmoid_prime(a), x)
-        if ctx.needs_input_grad[0]:
-            grad_x = error_below(delta, weight)  # δᴸ Wᴸ, handed to the layer below for its BP2, (N, in)
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_gradient(delta, x)  # BP4, (out, in)
-        if ctx.needs_input_grad[2]:
-            grad_bias = bias_gradient(delta)  # BP3, (out,)
-        if ctx.needs_input_grad[3]:
-            grad_y = -z * share  # ∂C_x/∂y_j = −z_j
-        return grad_x, grad_weight, grad_bias, grad_y, None
+        # (BP1) δᴸ = aᴸ − y: σ'(zᴸ) cancelled (costs.CrossEntropy.delta, for one node)
+        return _output_layer_backward(ctx, grad_cost, torch.sigmoid)
 
     @staticmethod
     def jvp(ctx, x_t, weight_t, bias_t, y_t, _reduction_t) -> Tensor:
@@ -326,23 +309,8 @@ class SoftmaxLogLikelihoodFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
-        x, weight, bias, y = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = grad_y = None
-        z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs
-        a = softmax(z)  # aᴸ_j = e^{zᴸ_j} / Σ_k e^{zᴸ_k}
-        share = example_share(grad_cost, a, ctx.reduction)  # 1/n for the mean
-        delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y (costs.LogLikelihood.delta, for one node)
-        if recording.is_recording():  # record_errors(): the diagonal a(1 − a) of ∂aᴸ/∂zᴸ stands for σ'(zᴸ)
-            recording.notify(weight, delta, sigmoid_prime(a), x)
-        if ctx.needs_input_grad[0]:
-            grad_x = error_below(delta, weight)  # δᴸ Wᴸ, for the layer below's BP2, (N, in)
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_gradient(delta, x)  # BP4, (out, in)
-        if ctx.needs_input_grad[2]:
-            grad_bias = bias_gradient(delta)  # BP3, (out,)
-        if ctx.needs_input_grad[3]:
-            grad_y = -z * share  # ∂C_x/∂y_j = −z_j
-        return grad_x, grad_weight, grad_bias, grad_y, None
+        # (BP1) δᴸ = aᴸ − y, with aᴸ_j = e^{zᴸ_j} / Σ_k e^{zᴸ_k} (costs.LogLikelihood.delta, for one node)
+        return _output_layer_backward(ctx, grad_cost, softmax)
 
     @staticmethod
     def jvp(ctx, x_t, weight_t, bias_t, y_t, _reduction_t) -> Tensor:
@@ -391,6 +359,29 @@ class LogLikelihoodCostFunction(torch.autograd.Function):
     def jvp(ctx, z_t: Tensor | None, y_t: Tensor | None, _reduction_t) -> Tensor:
         z, y = ctx.saved_tensors
         return _log_likelihood_rate(z, y, z_t, y_t, ctx.reduction)
+
+
+def _output_layer_backward(ctx, grad_cost: Tensor, activation) -> tuple[Tensor | None, ...]:
+    r"""The backward of an output layer and its cost as one node whose BP1 is :math:`\delta^L = a^L - y`: the sigmoid
+    with the cross-entropy, the softmax (``activation``) with the log-likelihood. Returns the gradients of ``x``,
+    ``weight``, ``bias``, ``y`` (and ``None`` for the reduction), each only where it is needed."""
+    x, weight, bias, y = ctx.saved_tensors
+    grad_x = grad_weight = grad_bias = grad_y = None
+    z = weighted_input(x, weight, bias)  # zᴸ again, from the inputs (not saved: see the classes' docstrings)
+    a = activation(z)  # aᴸ
+    share = example_share(grad_cost, a, ctx.reduction)  # each example's weight in the reduced cost: 1/n for the mean
+    delta = (a - y) * share  # (BP1) δᴸ = aᴸ − y
+    if recording.is_recording():  # record_errors(): for the softmax, the diagonal a(1 − a) of ∂aᴸ/∂zᴸ stands for σ'
+        recording.notify(weight, delta, sigmoid_prime(a), x)
+    if ctx.needs_input_grad[0]:
+        grad_x = error_below(delta, weight)  # δᴸ Wᴸ, handed to the layer below for its BP2, (N, in)
+    if ctx.needs_input_grad[1]:
+        grad_weight = weight_gradient(delta, x)  # BP4, (out, in)
+    if ctx.needs_input_grad[2]:
+        grad_bias = bias_gradient(delta)  # BP3, (out,)
+    if ctx.needs_input_grad[3]:
+        grad_y = -z * share  # ∂C_x/∂y_j = −z_j, for both costs
+    return grad_x, grad_weight, grad_bias, grad_y, None
 
 
 def _log_likelihood_rate(z: Tensor, y: Tensor, z_t: Tensor | None, y_t: Tensor | None, reduction: str) -> Tensor:

@@ -108,7 +108,23 @@ class SigmoidLinear(nn.Module):
         )
 
 
-class QuadraticCost(nn.Module):
+class _ReducedCost(nn.Module):
+    """What the cost modules share, as ``torch.nn``'s losses share ``_Loss``: the ``reduction`` over examples, checked
+    once here; each subclass's ``forward`` calls its functional form with it."""
+
+    __constants__ = ["reduction"]
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class QuadraticCost(_ReducedCost):
     r"""The quadratic cost :math:`C = \frac{1}{2n} \sum_x \lVert y(x) - a^L(x) \rVert^2` of chapter 2.
 
     Its backward, :class:`~torch_manualbp.functional.QuadraticCostFunction`, returns
@@ -133,22 +149,11 @@ class QuadraticCost(nn.Module):
         >>> cost(a, torch.randint(0, 10, (8,))).backward()
     """
 
-    __constants__ = ["reduction"]
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        if reduction not in F.REDUCTIONS:
-            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
-
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.quadratic_cost(input, target, self.reduction)
 
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
 
-
-class CrossEntropyCost(nn.Module):
+class CrossEntropyCost(_ReducedCost):
     r"""Chapter 3's cross-entropy :math:`C = -\frac1n \sum_x \sum_j [y_j \ln a^L_j + (1 - y_j) \ln(1 - a^L_j)]` of
     sigmoid outputs, a drop-in for :class:`QuadraticCost`: ``CrossEntropyCost()(model(x), y)``.
 
@@ -175,22 +180,11 @@ class CrossEntropyCost(nn.Module):
         >>> CrossEntropyCost()(model(torch.rand(8, 784)), torch.randint(0, 10, (8,))).backward()
     """
 
-    __constants__ = ["reduction"]
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        if reduction not in F.REDUCTIONS:
-            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
-
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy_cost(input, target, self.reduction)
 
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
 
-
-class LogLikelihoodCost(nn.Module):
+class LogLikelihoodCost(_ReducedCost):
     r"""Chapter 3's softmax output with the log-likelihood cost, :math:`C = -\frac1n \sum_x \ln a^L_{y(x)}`,
     :math:`a^L = \operatorname{softmax}(z^L)`, taken on the softmax's input :math:`z^L` (the logits), as
     ``nn.CrossEntropyLoss`` is: ``LogLikelihoodCost()(model(x), y)`` with a model whose last layer is linear
@@ -216,19 +210,8 @@ class LogLikelihoodCost(nn.Module):
         >>> LogLikelihoodCost()(model(torch.rand(8, 784)), torch.randint(0, 10, (8,))).backward()
     """
 
-    __constants__ = ["reduction"]
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        if reduction not in F.REDUCTIONS:
-            raise ValueError(f"reduction must be one of {F.REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
-
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.log_likelihood_cost(input, target, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
 
 
 def sigmoid_layers(module: nn.Module) -> list[SigmoidLinear]:
