@@ -47,7 +47,7 @@ from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sg
 from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
 
-__all__ = ["ManualBPClassifier", "check_hyperparameters"]
+__all__ = ["ManualBPClassifier", "EpochCost", "check_hyperparameters", "count_updates"]
 
 #: The largest float32: ``torch.optim.SGD`` cannot apply a larger learning rate to float32 weights (RuntimeError).
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -176,7 +176,7 @@ class ManualBPClassifier(L.LightningModule):
         backend = "compiled" if compile else "auto"
         self.sgd = MiniBatchSGD(self.network, mini_batch_size, lmbda, training_set_size, backend, on_compile=_say)
         self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
-        self._epoch_cost = _EpochCost()
+        self._epoch_cost = EpochCost()
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
         classes = sizes[-1]
@@ -319,7 +319,7 @@ class ManualBPClassifier(L.LightningModule):
             self._step_scheduler("step")
         cost = torch.cat(costs).mean()
         # on_epoch only: accumulated as a tensor, so no host sync at every step; the part of the epoch before a resume
-        # comes back from the checkpoint (see _EpochCost)
+        # comes back from the checkpoint (see EpochCost)
         mean, rows = self._epoch_cost.add(cost, len(x))
         self.log("train/cost", mean, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         return cost
@@ -345,12 +345,7 @@ class ManualBPClassifier(L.LightningModule):
         first_step = self.trainer.global_step
         costs = self.sgd.run(x, y, self.optimizers().optimizer.param_groups[0]["lr"], first_step)
         self._step_costs.append((first_step, costs))
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(
-            len(costs)
-        ):  # what LightningOptimizer.step() counts: trainer.global_step is the number of updates
-            progress.increment_ready()
-            progress.increment_completed()
+        count_updates(self.trainer, len(costs))
         return costs
 
     def _autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
@@ -442,7 +437,16 @@ class ManualBPClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-class _EpochCost:
+def count_updates(trainer, updates: int) -> None:
+    """Count ``updates`` SGD steps taken without an optimizer as Lightning counts ``LightningOptimizer.step()``, so
+    that ``trainer.global_step`` (and the checkpoints' names) is the number of updates."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    for _ in range(updates):
+        progress.increment_ready()
+        progress.increment_completed()
+
+
+class EpochCost:
     """The training cost summed over the epoch so far (rows-weighted, as ``self.log`` averages it), kept in checkpoints
     so that a run resumed mid-epoch logs the mean over the whole epoch, not over the part after the resume."""
 

@@ -33,7 +33,7 @@ from ..network import Network
 from ..population import Population
 from ..sgd import check_mini_batch_size, mini_batches
 from .datamodule import NUM_TRAIN
-from .module import _EpochCost, check_hyperparameters
+from .module import EpochCost, check_hyperparameters, count_updates
 
 __all__ = ["PopulationClassifier", "population_settings"]
 
@@ -129,7 +129,7 @@ class PopulationClassifier(L.LightningModule):
         self.fused = True  # for DivergenceGuard (StepCostRecord): no step calls the optimizer hooks
         self._step_costs: list[tuple[int, Tensor]] = []
         self._batch_costs: tuple[int, Tensor] | None = None  # this batch's first step and (steps, K) costs
-        self._epoch_costs = [_EpochCost() for _ in range(k + 1)]  # each member's, then the members' mean
+        self._epoch_costs = [EpochCost() for _ in range(k + 1)]  # each member's, then the members' mean
 
     def forward(self, x: Tensor) -> Tensor:
         """Every member's output activations, (K, N, sizes[-1])."""
@@ -173,10 +173,7 @@ class PopulationClassifier(L.LightningModule):
         costs = torch.stack(steps)  # (steps, K), each member's cost at each step
         self._batch_costs = (first_step, costs)
         self._step_costs.append((first_step, costs.sum(1)))
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(len(steps)):  # trainer.global_step counts SGD updates, as for ManualBPClassifier
-            progress.increment_ready()
-            progress.increment_completed()
+        count_updates(self.trainer, len(steps))  # trainer.global_step counts SGD updates, as for ManualBPClassifier
         member_costs = costs.mean(0)  # (K,), each member's mean over the batch
         for k, epoch_cost in enumerate(self._epoch_costs):
             cost = member_costs[k] if k < len(self.population) else member_costs.mean()
