@@ -44,7 +44,7 @@ from torch import Tensor
 
 from . import recording
 from .checks import l2_weight_decay, targets
-from .costs import COSTS
+from .costs import COSTS, Cost
 from .network import Network, update_mini_batch
 
 __all__ = [
@@ -236,7 +236,7 @@ class MiniBatchSGD:
         ys = y.reshape(-1, self.steps_per_call, size, y.shape[-1])
         eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)  # a tensor: a new η must not recompile
         ones = self.network.ones(size, x)
-        rule = (self.network.cost_name, self.weight_decay)
+        rule = (self.network.cost_function, self.weight_decay)  # the object: a cost of the user's own has no name
         compiled = _compiled_unrolled_steps()
         key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), rule)
         start = time.perf_counter()
@@ -252,7 +252,7 @@ class MiniBatchSGD:
         return costs
 
 
-def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: str, decay: float):
+def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: Cost, decay: float):
     """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
     return torch.stack(
         [update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in range(len(xs))]
