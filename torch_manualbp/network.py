@@ -256,7 +256,6 @@ class Network(nn.Module):
             x = layer(x) if masks is None else dropout_layer(layer(x), masks[i])
         return self.cost_function.layered_cost(x, output, y)
 
-    @torch.no_grad()
     def sgd_step(
         self,
         x: Tensor,
@@ -330,16 +329,22 @@ class Network(nn.Module):
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         ones = self.ones(x.shape[0], x)
-        masks = dropout_masks(self.sizes, dropout, x, generator) if dropout else None  # drawn after every check
-        cost = self.cost_function
-        return update_mini_batch(weights, biases, x, y, eta, ones, cost, weight_decay, regularization, masks)
+        # what @torch.no_grad() does, without the few µs a call its Python wrapper and context manager cost
+        grad_was_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            masks = dropout_masks(self.sizes, dropout, x, generator) if dropout else None  # drawn after every check
+            cost = self.cost_function
+            return update_mini_batch(weights, biases, x, y, eta, ones, cost, weight_decay, regularization, masks)
+        finally:
+            torch._C._set_grad_enabled(grad_was_enabled)
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
-        # read from each layer's parameter dict: nn.Module.__getattr__ for each would be a noticeable share of a
-        # step at mini-batches of 10
-        parameters = [layer._parameters for layer in self.layers]
-        return [p["weight"] for p in parameters], [p["bias"] for p in parameters]
+        # read from the module dicts: nn.Module.__getattr__ (self.layers, layer.weight) costs about a µs a name,
+        # a noticeable share of a step at mini-batches of 10
+        layers = self._modules["layers"]._modules.values()
+        return [layer._parameters["weight"] for layer in layers], [layer._parameters["bias"] for layer in layers]
 
     def ones(self, n: int, like: Tensor) -> Tensor:
         """A vector of ``n`` ones in ``like``'s dtype and on its device, for :func:`~torch_manualbp.equations.descend`;
