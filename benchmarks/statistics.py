@@ -1,13 +1,17 @@
 r"""Section 4: what per-example gradient statistics cost on top of a training step.
 
 ``[784, 30, 10]``, the book's N(0, 1) initialisation, random inputs and labels, mini-batches N of 10, 100 and
-1,000. Four contenders per N, timed interleaved (:func:`benchmarks.timing.interleaved`), each a whole SGD step:
+1,000. Six contenders per N, timed interleaved (:func:`benchmarks.timing.interleaved`), each a whole SGD step:
 
 * ``backprop step``: ``Network.backprop`` (BP1-BP4 in matrix form, no autograd), then ``p -= η ∂C/∂p``.
 * ``statistics + step``: ``observe.gradient_statistics`` (the same pass plus the per-example products), then the
   same update with its mean gradient, which is ∂C/∂p: statistics and step from one pass. Goal: ≤ 1.5x the above.
 * ``autograd step``: the training path, ``Network.cost(x, y).backward()`` then ``torch.optim.SGD.step()``.
 * ``recorded + statistics``: the same inside ``record_errors()``, then ``ErrorRecord.gradient_statistics``.
+* ``Network.sgd_step``: the public fused step, integer labels, every check, as in a user's loop; and
+  ``update_mini_batch``: the same step's arithmetic bare, its one-hot targets made once, on detached aliases of
+  the parameters (no grad-mode switch)
+  (issue 18: the first at most 1.3x the second, its per-call tax of checks and label encoding).
 
 η is 0.001, small enough that thousands of timed steps on random labels do not drive the sigmoids into
 saturation (where denormal floats could slow the CPU and distort the comparison).
@@ -33,6 +37,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from torch_manualbp import Network
+from torch_manualbp.checks import targets
+from torch_manualbp.network import update_mini_batch
 from torch_manualbp.observe import gradient_statistics, record_errors
 from torch_manualbp.timing import interleaved, median, synchronizer
 
@@ -133,11 +139,23 @@ def _contenders(net: Network, x: torch.Tensor, y: torch.Tensor) -> dict[str, Cal
         optimizer.step()
         return record.gradient_statistics(net)
 
+    def sgd_step():
+        net.sgd_step(x, y, ETA)
+
+    # detached aliases of the parameters: stepped in place with no grad-mode switch at all, the cheapest bare step
+    weights, biases = ([p.detach() for p in ps] for ps in net.weights_and_biases())
+    one_hot, ones = targets(y, (len(x), SIZES[-1]), x), torch.ones(len(x), device=x.device)
+
+    def bare_step():
+        update_mini_batch(weights, biases, x, one_hot, ETA, ones, net.cost_function)
+
     return {
         "backprop step": backprop_step,
         "statistics + step": statistics_step,
         "autograd step": autograd_step,
         "recorded + statistics": recorded_step,
+        "Network.sgd_step": sgd_step,
+        "update_mini_batch": bare_step,
     }
 
 
@@ -161,6 +179,7 @@ def run(device: str, repeats: int, min_sample_s: float) -> list[dict]:
                 "us": us,
                 "ratio_backprop": us["statistics + step"] / us["backprop step"],
                 "ratio_autograd": us["recorded + statistics"] / us["autograd step"],
+                "ratio_sgd_step": us["Network.sgd_step"] / us["update_mini_batch"],
                 "peak_backprop_bytes": _peak_bytes(lambda net=net, x=x, y=y: net.backprop(x, y), device),
                 "peak_statistics_bytes": _peak_bytes(lambda net=net, x=x, y=y: gradient_statistics(net, x, y), device),
                 "result_bytes": 3 * sum(p.numel() for p in net.parameters()) * itemsize
@@ -177,8 +196,8 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         "| device | N | backprop step µs | statistics + step µs | ratio | autograd step µs "
         "| recorded + statistics µs | ratio | peak KiB, backprop | peak KiB, statistics (its result) "
-        "| N·ΣH floats, KiB | N copies of the parameters, KiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| N·ΣH floats, KiB | N copies of the parameters, KiB | Network.sgd_step µs | update_mini_batch µs | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         us = r["us"]
@@ -188,6 +207,7 @@ def markdown(rows: list[dict]) -> str:
             f"{r['ratio_autograd']:.2f} | {r['peak_backprop_bytes'] / 1024:,.1f} | "
             f"{r['peak_statistics_bytes'] / 1024:,.1f} ({r['result_bytes'] / 1024:,.1f}) | "
             f"{r['n_sum_h_bytes'] / 1024:,.1f} | "
-            f"{r['n_copies_of_params_bytes'] / 1024:,.1f} |"
+            f"{r['n_copies_of_params_bytes'] / 1024:,.1f} | {us['Network.sgd_step']:,.1f} | "
+            f"{us['update_mini_batch']:,.1f} | {r['ratio_sgd_step']:.2f} |"
         )
     return "\n".join(lines)
