@@ -103,19 +103,17 @@ class ErrorRecord:
             raise ValueError(f"network has no SigmoidLinear layers to take statistics of ({type(network).__name__})")
         n = entries[0].delta.shape[0]
         _check_two_examples("the recorded mini-batch", n)
-        deltas, inputs, mean_w, mean_b = [], [], [], []
+        deltas, inputs, sum_w, sum_b = [], [], [], []
         for layer, entry in zip(sigmoid_layers(network), entries):
             # in at least float32: under autocast δ is bf16/fp16 while the input may be float32
             dtype = torch.promote_types(torch.promote_types(entry.delta.dtype, entry.input.dtype), torch.float32)
-            delta = entry.delta.to(dtype)  # (N, H_l), the mean cost's δ^{x,l}/N
-            if reduction == "sum":
-                delta = delta * (1.0 / n)
+            delta = entry.delta.to(dtype) * (n if reduction == "mean" else 1)  # (N, H_l), the book's δ^{x,l}
             a_in = entry.input.to(dtype)  # (N, H_{l−1})
             deltas.append(delta)
             inputs.append(a_in)
-            mean_w.append(delta.T @ a_in)  # (BP4) (1/N) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
-            mean_b.append(delta.sum(0) if layer.bias is not None else None)  # (BP3) (1/N) Σ_x δ^{x,l}
-        return _statistics(deltas, inputs, mean_w, mean_b)
+            sum_w.append(delta.T @ a_in)  # (BP4) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
+            sum_b.append(delta.sum(0) if layer.bias is not None else None)  # (BP3) Σ_x δ^{x,l}
+        return _statistics(deltas, inputs, sum_w, sum_b)
 
 
 @contextmanager
@@ -251,76 +249,69 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
     weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
     y = targets(y, (x.shape[0], network.sizes[-1]), x)
     activations, _ = feedforward_to_cost(x, weights, [layer.bias for layer in network.layers], network.cost_function)
-    # (aᴸ − y)/N, each example's share of the mean cost: BP1-BP4 then give δ^{x,l}/N and the gradient of the mean,
-    # ḡ, with no pass over the parameters to divide the sums by N
-    output_minus_y = torch.sub(activations[-1], y).mul_(1.0 / len(x))
-    mean_w, mean_b, deltas = backpropagate(weights, activations, output_minus_y, network.cost_function)
-    return _statistics(deltas, activations[:-1], mean_w, mean_b)
+    output_minus_y = activations[-1] - y  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
+    sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, network.cost_function)
+    return _statistics(deltas, activations[:-1], sum_w, sum_b)
 
 
 def _statistics(
-    deltas: list[Tensor], inputs: list[Tensor], mean_w: list[Tensor], mean_b: list[Tensor | None]
+    deltas: list[Tensor], inputs: list[Tensor], sum_w: list[Tensor], sum_b: list[Tensor | None]
 ) -> GradientStatistics:
-    r"""GradientStatistics from each layer's errors of the mean cost, :math:`\delta^{x,l}/N` ``(N, H_l)``, its
-    inputs :math:`a^{x,l-1}` ``(N, H_{l-1})`` and the gradient of the mean cost,
-    :math:`\bar g = \frac1N \sum_x \delta^{x,l} (a^{x,l-1})^\top` and :math:`\frac1N \sum_x \delta^{x,l}`
-    (``None``: the layer has no bias).
+    r"""GradientStatistics from each layer's per-example errors :math:`\delta^{x,l}` ``(N, H_l)``, inputs
+    :math:`a^{x,l-1}` ``(N, H_{l-1})`` and gradient sums :math:`\sum_x \delta^{x,l} (a^{x,l-1})^\top` and
+    :math:`\sum_x \delta^{x,l}` (``None``: the layer has no bias).
 
-    Each pass over a parameter-sized tensor costs about as much as the step's own update, so there are as few as
-    the results allow (:math:`\sum_x g_x^2` by one product, the variance from it by three, the norms of
-    :math:`\bar g` by one), each over all parameters in one ``torch._foreach_*`` call, as ``torch.optim``'s
-    foreach steps do."""
+    Each pass over a parameter-sized tensor costs about as much as the step's own update, and at the book's
+    mini-batches each op's overhead as much again, so the elementwise work on all parameters goes through one
+    ``torch._foreach_*`` call each (as ``torch.optim``'s foreach steps do), with 1/N as a 0-d tensor: a product with
+    a Python float (a double) takes a slower, casting path on the CPU."""
     n = deltas[0].shape[0]
-    delta_sq = torch._foreach_mul(deltas, deltas)  # (δ^{x,l}/N)²
-    torch._foreach_mul_(delta_sq, float(n * n))  # (δ^{x,l})², (N, H_l): small next to a parameter
+    inv_n = torch.full((), 1.0 / n, dtype=deltas[0].dtype, device=deltas[0].device)
+    delta_sq = torch._foreach_mul(deltas, deltas)  # (δ^{x,l})², (N, H_l)
     a_sq = torch._foreach_mul(inputs, inputs)  # (a^{x,l−1})², (N, H_{l−1})
-    # every parameter's ḡ and Σ_x g_x ⊙ g_x, W¹, b¹, W², b², ...; a layer without bias has empty stand-ins for b,
-    # so that every layer has two entries
-    means, sums_sq, sq_norms = [], [], []
-    for d_sq, in_sq, m_w, m_b in zip(delta_sq, a_sq, mean_w, mean_b):
+    # every parameter's Σ_x g_x and Σ_x g_x ⊙ g_x, W¹, b¹, W², b², ...; a layer without bias has empty stand-ins
+    # for b, so that every layer has two entries
+    sums, sums_sq, sq_norms = [], [], []
+    for d_sq, in_sq, s_w, s_b in zip(delta_sq, a_sq, sum_w, sum_b):
         delta_sq_norm = d_sq.sum(1)  # ‖δ^{x,l}‖² = ‖∂C_x/∂bˡ‖², (N,)
-        if m_b is None:
+        if s_b is None:
             sq_norms.append(delta_sq_norm * in_sq.sum(1))  # ‖δ^{x,l} (a^{x,l−1})ᵀ‖² = ‖δ^{x,l}‖² ‖a^{x,l−1}‖²
-            m_b = sum_sq_b = d_sq.new_empty(0)
+            s_b = s_b_sq = d_sq.new_empty(0)
         else:
             sq_norms.append(torch.addcmul(delta_sq_norm, delta_sq_norm, in_sq.sum(1)))  # ‖∂C_x/∂Wˡ‖² + ‖∂C_x/∂bˡ‖²
-            sum_sq_b = d_sq.sum(0)  # Σ_x (δ^{x,l})²
-        means += [m_w, m_b]
-        sums_sq += [d_sq.T @ in_sq, sum_sq_b]  # Σ_x (δ^{x,l})² ((a^{x,l−1})²)ᵀ: no per-example gradient formed
-    variances = torch._foreach_mul(sums_sq, 1.0 / n)
+            s_b_sq = d_sq.sum(0)  # Σ_x (δ^{x,l})²
+        sums += [s_w, s_b]
+        sums_sq += [d_sq.T @ in_sq, s_b_sq]  # Σ_x (δ^{x,l})² ((a^{x,l−1})²)ᵀ: no per-example gradient formed
+    means = torch._foreach_mul(sums, inv_n)  # ḡ = ∂C/∂θ
+    variances = torch._foreach_mul(sums_sq, inv_n)
     torch._foreach_addcmul_(variances, means, means, value=-1)  # (1/N) Σ_x g_x² − ḡ²
-    torch._foreach_clamp_min_(variances, 0)  # which rounding can leave just below 0 where every g_x is the same
+    torch._foreach_clamp_min_(variances, 0.0)  # which rounding can leave just below 0 where every g_x is the same
     per_example_sq_norm = torch.stack(sq_norms, dim=1)  # (N, L)
     mean_norms = torch.stack(torch._foreach_norm(means)).view(-1, 2)  # (L, 2): ‖ḡ‖ of each W and b
     norms = torch.stack([per_example_sq_norm.mean(0), torch.linalg.vecdot(mean_norms, mean_norms)])  # (2, L)
     norms = torch.cat([norms, norms.sum(1, keepdim=True)], dim=1)  # (2, L + 1): all parameters together last
-    true_grad_sq_norm, trace_covariance = _noise_estimates(norms, n).unbind()  # (L + 1) each
-    noise_scale = trace_covariance / true_grad_sq_norm  # B_simple = S/|G|²
+    true_grad_sq_norm, trace_covariance, noise_scale = _noise_scale(*norms.unbind(), n)
     parameters = [ParameterStatistics(*stats) for stats in zip(means, sums_sq, variances)]
     *per_layer, total = zip(true_grad_sq_norm.unbind(), trace_covariance.unbind(), noise_scale.unbind())
     return GradientStatistics(
         per_example_sq_norm,
         [
-            LayerGradientStatistics(weight, None if m_b is None else bias, *estimates)
-            for weight, bias, m_b, estimates in zip(parameters[0::2], parameters[1::2], mean_b, per_layer)
+            LayerGradientStatistics(weight, None if s_b is None else bias, *estimates)
+            for weight, bias, s_b, estimates in zip(parameters[0::2], parameters[1::2], sum_b, per_layer)
         ],
         *total,
     )
 
 
-def _noise_estimates(norms: Tensor, n: int) -> Tensor:
-    r"""McCandlish et al.'s unbiased :math:`\lvert G\rvert^2` and :math:`S` (appendix A), as the rows of a
-    ``(2, K)`` tensor, from the rows :math:`\frac1N\sum_x\lVert g_x\rVert^2` and :math:`\lVert\bar g\rVert^2`
-    of ``norms``. Both are linear in the two, so they are one ``(2, 2)`` matrix product:
-
-    .. math::
-        \lvert G\rvert^2 = \frac{N\lVert\bar g\rVert^2 - \frac1N\sum_x\lVert g_x\rVert^2}{N - 1}, \qquad
-        S = \frac{N}{N - 1}\Bigl(\frac1N\sum_x\lVert g_x\rVert^2 - \lVert\bar g\rVert^2\Bigr)
-    """
-    c = 1.0 / (n - 1)
-    # row 1: |G|², from the batch sizes B_small = 1 and B_big = N; row 2: S = tr Σ, the 1/(1 − 1/N) factor
-    estimators = torch.tensor([[-c, n * c], [n * c, -n * c]], dtype=norms.dtype, device=norms.device)
-    return estimators @ norms
+def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""McCandlish et al.'s unbiased :math:`\lvert G\rvert^2` and :math:`S` (appendix A) from
+    :math:`\frac1N\sum_x\lVert g_x\rVert^2` and :math:`\lVert\bar g\rVert^2`, and
+    :math:`B_\text{simple} = S/\lvert G\rvert^2`. The factors go in as ``alpha``, which no op turns into a
+    tensor first (a product with a Python number would)."""
+    difference = mean_of_sq_norms - sq_norm_of_mean
+    trace_covariance = torch.add(difference, difference, alpha=1 / (n - 1))  # S = tr Σ = N/(N − 1) × difference
+    true_grad_sq_norm = torch.sub(sq_norm_of_mean, difference, alpha=1 / (n - 1))  # |G|² = (N‖ḡ‖² − m)/(N − 1)
+    return true_grad_sq_norm, trace_covariance, trace_covariance / true_grad_sq_norm
 
 
 def _check_two_examples(name: str, n: int) -> None:
