@@ -103,6 +103,27 @@ def test_native_equals_the_eager_engine_over_300_mnist_steps_float32(mnist_block
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_ops_aten_path_which_cuda_runs_makes_the_eager_engines_updates_on_the_cpu(dtype):
+    # Weights stored column-major are not the CPU loop's (it needs contiguous rows): the op then steps with ATen
+    # calls, as on CUDA, the same calls in the same order as the eager step, so the same numbers, to rounding.
+    torch.manual_seed(7)
+    native_net = Network([784, 30, 10], init="normal", cost="cross_entropy", dtype=dtype)
+    eager_net = copy.deepcopy(native_net)
+    for layer in native_net.layers:
+        layer.weight.data = layer.weight.data.t().contiguous().t()
+    assert not native_net.layers[0].weight.is_contiguous()
+    x, labels = torch.rand(300, 784, dtype=dtype), torch.randint(0, 10, (300,))
+    settings = dict(lmbda=5.0, n=50_000, regularization="l1", dropout=0.5)
+    native = MiniBatchSGD(native_net, 10, backend="native", generator=torch.Generator().manual_seed(8), **settings)
+    eager = MiniBatchSGD(eager_net, 10, backend="eager", generator=torch.Generator().manual_seed(8), **settings)
+    tolerance = F64 if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(native.run(x, labels, 0.5), eager.run(x, labels, 0.5), **tolerance)
+    for got, want in zip(native_net.parameters(), eager_net.parameters()):
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+@needs_native
 def test_a_rewind_after_native_steps_replays_them_eagerly_to_the_same_parameters():
     torch.manual_seed(3)
     net = Network([784, 30, 10], init="normal")
