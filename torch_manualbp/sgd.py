@@ -13,11 +13,14 @@ Backends, the same updates each (``backend=``):
 - ``"compiled"``: ``steps_per_call`` mini-batches unrolled into one ``torch.compile``-d call (full graph, static
   shapes); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
 - ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block`` (``torch_manualbp/csrc/sgd_block.cpp``),
-  a C++ loop over the mini-batches of the same steps: ATen's matrix products (``addmm``, ``mm``, ``addmm_``,
-  ``addmv_``), and on the CPU plain loops for the elementwise equations (σ, BP1 with the cost, σ' of BP2), whose
-  ATen calls cost more than their arithmetic at mini-batches of 10; L1 and dropout in the op too (the block's masks
-  drawn in Python, as the eager steps draw them, and passed in). The same updates to float32 rounding (the loops
-  round ``exp`` unlike ATen's vectorised kernel), to 1e-10 of the book's in float64. Built by
+  a C++ loop over the mini-batches of the same steps. On the CPU (float32 or float64, a torch built with MKL, as its
+  x86 wheels are) the loop makes no ATen call, whose fixed cost (dispatch, allocation) is more than the arithmetic at
+  mini-batches of 10: buffers for every layer's z, a and δ allocated once per call, the matrix products direct calls
+  of the BLAS torch itself uses (MKL's ``sgemm_``/``dgemm_``), the elementwise equations plain loops. Elsewhere
+  (CUDA) each equation is an ATen op, as in the eager step. L1 and dropout in the op too (the block's masks drawn in
+  Python, as the eager steps draw them, and passed in). The same updates to float32 rounding (the loops round
+  ``exp`` unlike ATen's vectorised kernel, and sum the products in another order), to 1e-10 of the book's in
+  float64. Built by
   ``torch.utils.cpp_extension`` the first time (about 15-25 s) and cached in torch's extensions folder
   (``TORCH_EXTENSIONS_DIR``). For the quadratic and the cross-entropy cost (another cost, and any step inside
   ``record_errors``, runs eagerly); where it cannot be built (no compiler: ``CXX`` names the one to use) the engine
