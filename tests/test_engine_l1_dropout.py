@@ -130,6 +130,7 @@ def test_a_resume_from_the_generator_state_gives_the_parameters_of_an_uninterrup
     torch.manual_seed(7)
     second = MiniBatchSGD(resumed_net, 10, **settings)
     second.set_generator_state(checkpoint["generator"])
+    assert torch.equal(second.generator_state(), checkpoint["generator"])  # what a checkpoint taken now would hold
     for rows in (slice(100, 200), slice(200, 300)):
         second.run(x[rows], labels[rows], 0.5)
     assert all(torch.equal(p, q) for p, q in zip(whole_net.parameters(), resumed_net.parameters()))

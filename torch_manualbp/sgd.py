@@ -167,6 +167,7 @@ class MiniBatchSGD:
         self.on_compile = on_compile
         self._generator = generator
         self._owns_generator = generator is None
+        self._pending_state: Tensor | None = None  # set_generator_state's, until the own generator is made
         # the owned generator's seed, drawn now so that torch.manual_seed before construction fixes the masks
         self._seed = int(torch.randint(2**62, ()).item()) if self.dropout and generator is None else None
         self._blocks: list[_Block] = []  # since forget(), for rewind()
@@ -216,13 +217,23 @@ class MiniBatchSGD:
         without dropout, when nothing is drawn."""
         if not self.dropout:
             return None
-        return self._generator_on(self.network.weights_and_biases()[0][0].device).get_state()
+        if self._generator is not None:
+            return self._generator.get_state()
+        if self._pending_state is not None:
+            return self._pending_state
+        return self._seeded(self.network.weights_and_biases()[0][0].device).get_state()
 
     def set_generator_state(self, state: Tensor | None) -> None:
-        """Restore a state from :meth:`generator_state` (resuming a run mid-epoch); ``None`` (a checkpoint without
-        one), or any state without dropout, leaves everything as it is."""
-        if self.dropout and state is not None:
-            self._generator_on(self.network.weights_and_biases()[0][0].device).set_state(state)
+        """Restore a state from :meth:`generator_state` (resuming a run mid-epoch). The engine's own generator takes
+        it when the next block makes it on the data's device, so it may be restored before the network moves there
+        (as Lightning restores a checkpoint). ``None`` (a checkpoint without one), or any state without dropout,
+        leaves everything as it is."""
+        if not self.dropout or state is None:
+            return
+        if self._owns_generator:
+            self._generator, self._pending_state = None, state
+        else:
+            self._generator.set_state(state)
 
     def uses_native(self) -> bool:
         """Whether :meth:`run` steps through the native op (backend ``"native"`` or ``"auto"``, the network's cost one
@@ -274,14 +285,22 @@ class MiniBatchSGD:
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
         """The generator the masks are drawn from, on ``device``: the user's, checked, or the engine's own, made on
-        ``device`` from the seed drawn at construction the first time (again if the network has moved since)."""
+        ``device`` the first time (again from its seed if the network has moved since) in the state restored by
+        :meth:`set_generator_state`, if any."""
         generator = self._generator
         if generator is not None and _same_device(generator.device, device):
             return generator
         if not self._owns_generator:
             raise ValueError(f"generator must be on the data's device, {device}; got a generator on {generator.device}")
-        self._generator = torch.Generator(device=device).manual_seed(self._seed)
+        self._generator = self._seeded(device)
+        if self._pending_state is not None:
+            self._generator.set_state(self._pending_state)
+            self._pending_state = None
         return self._generator
+
+    def _seeded(self, device: torch.device) -> torch.Generator:
+        """A new generator on ``device`` with the engine's seed."""
+        return torch.Generator(device=device).manual_seed(self._seed)
 
     def _block_masks(self, x: Tensor) -> list[Tensor]:
         """The block's dropout masks, one set per step drawn in order as ``Network.sgd_step`` draws one: for each
