@@ -16,7 +16,8 @@ Backends, the same updates each (``backend=``):
   a C++ loop over the mini-batches of the same steps. On the CPU (float32 or float64, a torch built with MKL, as its
   x86 wheels are) the loop makes no ATen call, whose fixed cost (dispatch, allocation) is more than the arithmetic at
   mini-batches of 10: buffers for every layer's z, a and δ allocated once per call, the matrix products direct calls
-  of the BLAS torch itself uses (MKL's ``sgemm_``/``dgemm_``), the elementwise equations plain loops. Elsewhere
+  of the BLAS torch itself uses (MKL's ``sgemm_``/``dgemm_``; the float32 forward product by a kernel of its own
+  where the CPU has AVX2, faster than ``sgemm_`` at these sizes), the elementwise equations plain loops. Elsewhere
   (CUDA) each equation is an ATen op, as in the eager step. L1 and dropout in the op too (the block's masks drawn in
   Python, as the eager steps draw them, and passed in). The same updates to float32 rounding (the loops round
   ``exp`` unlike ATen's vectorised kernel, and sum the products in another order), to 1e-10 of the book's in
