@@ -15,7 +15,9 @@ Contenders, all from the same initial weights and on the same mini-batches, time
 * ``MiniBatchSGD eager`` and ``MiniBatchSGD native``: the package's training engine
   (:class:`torch_manualbp.sgd.MiniBatchSGD`) over the epoch's examples as one block, one Python call of the fused
   step per mini-batch, or the whole block in one call of the native op (``torch.ops.manualbp.sgd_block``, a C++ loop
-  of the same ATen calls; built before timing). The native one is skipped, saying why, where it cannot be built.
+  of the same equations that calls no ATen op on the CPU: its products go straight to MKL's ``sgemm_`` or, forward
+  in float32 on an AVX2 CPU, to a kernel of its own; built before timing). The native one is skipped, saying why,
+  where it cannot be built.
 * ``JAX jit(scan)``: ``jax.jit`` of ``jax.lax.scan`` over the epoch's mini-batches, ``jax.grad`` of the same mean
   quadratic cost of the same sigmoid network, plain SGD: a user's ten-line JAX script. XLA's CPU thread pool is its
   own (``OMP_NUM_THREADS`` does not set it). Skipped, saying why, when JAX is absent
