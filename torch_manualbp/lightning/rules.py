@@ -40,9 +40,9 @@ class HalveEtaOnPlateau(L.Callback):
 
     η is the learning rate of the optimizer's parameter groups, which the fused path reads before each Lightning
     batch (``ManualBPClassifier``'s ``_fused_steps``) and ``torch.optim.SGD`` on the autograd path: a change made
-    here applies from the next batch on, on either path. Logged as ``schedule/eta`` after each evaluation, and said in a line
-    when it changes. The count, the best value and the number of halvings are saved in checkpoints, and η is set from
-    them when training starts, so a resumed run continues the schedule where it was. Refused beside an
+    here applies from the next batch on, on either path. Logged as ``schedule/eta`` after each evaluation, and said
+    in a line when it changes. The count, the best value and the number of halvings are saved in checkpoints, and η
+    is set from them when training starts, so a resumed run continues the schedule where it was. Refused beside an
     ``lr_scheduler`` (or ``lr_schedule: cosine``), which would set η too.
 
     Args:
@@ -117,7 +117,7 @@ class HalveEtaOnPlateau(L.Callback):
                 f"{self.factor:g} to {self.eta:g}" + (f", {self.floor:g} of its start: training stops" if stop else "")
             )
             trainer.should_stop = trainer.should_stop or stop
-        log_metrics(trainer, {"schedule/eta": self.eta})
+        log_metrics(trainer, {"schedule/eta": self.eta, "epoch": trainer.current_epoch})  # epoch: as self.log does
 
     def _set_eta(self, trainer) -> None:
         for optimizer in trainer.optimizers:
