@@ -15,13 +15,19 @@ Backends, the same updates each (``backend=``):
 - ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block`` (``torch_manualbp/csrc/sgd_block.cpp``),
   a C++ loop over the mini-batches of the same steps: ATen's matrix products (``addmm``, ``mm``, ``addmm_``,
   ``addmv_``), and on the CPU plain loops for the elementwise equations (σ, BP1 with the cost, σ' of BP2), whose
-  ATen calls cost more than their arithmetic at mini-batches of 10. The same updates to float32 rounding (the loops
+  ATen calls cost more than their arithmetic at mini-batches of 10; L1 and dropout in the op too (the block's masks
+  drawn in Python, as the eager steps draw them, and passed in). The same updates to float32 rounding (the loops
   round ``exp`` unlike ATen's vectorised kernel), to 1e-10 of the book's in float64. Built by
   ``torch.utils.cpp_extension`` the first time (about 15-25 s) and cached in torch's extensions folder
   (``TORCH_EXTENSIONS_DIR``). For the quadratic and the cross-entropy cost (another cost, and any step inside
   ``record_errors``, runs eagerly); where it cannot be built (no compiler: ``CXX`` names the one to use) the engine
   says so once and runs eagerly.
 - ``"auto"``: ``"native"`` where it applies, otherwise ``"eager"``; a build failure or another cost is said once.
+
+Chapter 3's L1 (``regularization="l1"``) and dropout (``dropout=0.5``) run on every backend. The dropout masks of a
+block are drawn before its first step, one set per step from the engine's generator; :meth:`MiniBatchSGD.rewind` replays
+them as they were, and :meth:`MiniBatchSGD.generator_state` / :meth:`MiniBatchSGD.set_generator_state` carry the
+generator through a checkpoint, so a run resumed mid-epoch draws the masks an uninterrupted one would.
 
 To run (one epoch of chapter 1 without Lightning)::
 
@@ -35,7 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -43,9 +49,9 @@ import torch
 from torch import Tensor
 
 from . import recording
-from .checks import l2_weight_decay, targets
+from .checks import check_dropout, check_regularization, l2_weight_decay, targets
 from .costs import COSTS, Cost
-from .network import Network, update_mini_batch
+from .network import Network, dropout_masks, update_mini_batch
 
 __all__ = [
     "BACKENDS",
@@ -84,14 +90,15 @@ def mini_batches(rows: int, mini_batch_size: int) -> int:
 
 
 class _Block(NamedTuple):
-    """A block of steps as :meth:`MiniBatchSGD.rewind` needs it: where it started, the parameters before it, its data
-    and its learning rate."""
+    """A block of steps as :meth:`MiniBatchSGD.rewind` needs it: where it started, the parameters before it, its data,
+    its learning rate and its dropout masks."""
 
     first_step: int
     before: list[Tensor]
     x: Tensor
     y: Tensor  # float targets
     eta: float
+    masks: list[Tensor] | None  # one (steps, H_l) per hidden layer, row s the mask of the block's step s; None: none
 
 
 class MiniBatchSGD:
@@ -100,14 +107,24 @@ class MiniBatchSGD:
     Args:
         network: the :class:`~torch_manualbp.Network` to train; its cost gives BP1.
         mini_batch_size: the examples per SGD step; ``None``: each block is one mini-batch.
-        lmbda, n: the book's L2 regularisation :math:`\lambda` over a training set of ``n`` examples (chapter 3:
-            5.0 and 50,000); the weights decay as :math:`w \to (1 - \eta\lambda/n) w`. 0 (default): off.
+        lmbda, n: the book's regularisation parameter :math:`\lambda` over a training set of ``n`` examples
+            (chapter 3: 5.0 and 50,000); 0 (default): off.
         backend: ``"eager"``, ``"compiled"``, ``"native"`` or ``"auto"`` (see the module docstring).
         steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``); more save
             per-call overhead and cost compile time.
         on_compile: called with a one-line message when a compiled call for new shapes has been built and run,
             saying how long it took, and once when the native step cannot be used and the engine runs eagerly
             instead, saying why (``ManualBPClassifier`` prints them); ``None``: say nothing.
+        regularization: how ``lmbda`` acts on the weights (not the biases), as ``update_mini_batch``'s
+            ``regularization``: ``"l2"`` (default), :math:`w \to (1 - \eta\lambda/n) w`, or ``"l1"``,
+            :math:`w \to w - (\eta\lambda/n) \operatorname{sgn}(w)`, each before the step's gradient.
+        dropout: chapter 3's dropout, the fraction of each hidden layer's neurons removed for each mini-batch, in
+            [0, 1); a fresh set per mini-batch, drawn by :func:`~torch_manualbp.network.dropout_masks` from
+            ``generator``. 0 (default): none.
+        generator: the ``torch.Generator`` the dropout masks are drawn from, on the data's device; ``None``: one the
+            engine owns, seeded from torch's global generator at construction (only when ``dropout`` is set, so a
+            run without dropout draws nothing from it) and made on the data's device at the first block. Its state
+            is :meth:`generator_state`, for a checkpoint.
 
     Examples::
 
@@ -116,6 +133,7 @@ class MiniBatchSGD:
         >>> costs = sgd.run(torch.rand(100, 784), torch.randint(0, 10, (100,)), eta=3.0)
         >>> costs.shape
         torch.Size([10])
+        >>> sgd = MiniBatchSGD(net, 10, lmbda=5.0, n=50_000, regularization="l1", dropout=0.5)
     """
 
     def __init__(
@@ -127,16 +145,27 @@ class MiniBatchSGD:
         backend: Literal["auto", "native", "eager", "compiled"] = "eager",
         steps_per_call: int = 10,
         on_compile: Callable[[str], None] | None = None,
+        regularization: Literal["l2", "l1"] = "l2",
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> None:
         check_mini_batch_size(mini_batch_size)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.network = network
         self.mini_batch_size = mini_batch_size
         self.weight_decay = l2_weight_decay(lmbda, n)  # λ/n
+        self.regularization = check_regularization(regularization)
+        self.dropout = check_dropout(dropout)
         self.backend = backend
         self.steps_per_call = steps_per_call
         self.on_compile = on_compile
+        self._generator = generator
+        self._owns_generator = generator is None
+        # the owned generator's seed, drawn now so that torch.manual_seed before construction fixes the masks
+        self._seed = int(torch.randint(2**62, ()).item()) if self.dropout and generator is None else None
         self._blocks: list[_Block] = []  # since forget(), for rewind()
         self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
         self._native: bool | None = None  # whether the native step serves this engine; None: not decided yet
@@ -162,19 +191,35 @@ class MiniBatchSGD:
         network = self.network
         network.check_batch(x)
         y = targets(y, (len(x), network.sizes[-1]), x)
+        masks = self._block_masks(x) if self.dropout else None  # drawn after every check
         weights, biases = network.weights_and_biases()
-        self._blocks.append(_Block(first_step, [p.detach().clone() for p in network.parameters()], x, y, eta))
+        self._blocks.append(_Block(first_step, [p.detach().clone() for p in network.parameters()], x, y, eta, masks))
         size = self.mini_batch_size or len(x)
         rows = 0
         costs = []
         if self.backend == "compiled" and not recording.is_recording():
             rows = len(x) // (size * self.steps_per_call) * size * self.steps_per_call
-            costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size)
+            costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size, _first(masks, rows // size))
         elif self.uses_native() and not recording.is_recording():
             rows = len(x)
-            cost, decay = self.network.cost_name, self.weight_decay
-            costs = [torch.ops.manualbp.sgd_block(weights, biases, x, y, float(eta), size, cost, decay)]
-        return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size))
+            rule = (self.network.cost_name, self.weight_decay, self.regularization, masks or [])
+            costs = [torch.ops.manualbp.sgd_block(weights, biases, x, y, float(eta), size, *rule)]
+        rest = None if masks is None else [m[rows // size :] for m in masks]
+        return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size, rest))
+
+    def generator_state(self) -> Tensor | None:
+        """The state of the generator the dropout masks are drawn from (``torch.Generator.get_state``), for a
+        checkpoint: :meth:`set_generator_state` with it makes the following blocks draw the same masks; ``None``
+        without dropout, when nothing is drawn."""
+        if not self.dropout:
+            return None
+        return self._generator_on(self.network.weights_and_biases()[0][0].device).get_state()
+
+    def set_generator_state(self, state: Tensor | None) -> None:
+        """Restore a state from :meth:`generator_state` (resuming a run mid-epoch); ``None`` (a checkpoint without
+        one), or any state without dropout, leaves everything as it is."""
+        if self.dropout and state is not None:
+            self._generator_on(self.network.weights_and_biases()[0][0].device).set_state(state)
 
     def uses_native(self) -> bool:
         """Whether :meth:`run` steps through the native op (backend ``"native"`` or ``"auto"``, the network's cost one
@@ -193,21 +238,28 @@ class MiniBatchSGD:
 
     def rewind(self, step: int) -> bool:
         """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
-        ``step`` (restored from the start of its block, then the block's earlier steps replayed) and their ``.grad``
-        the gradients of step ``step`` (through autograd, ``Network.cost``), not applied. Returns False if no block
-        run since :meth:`forget` holds ``step``."""
+        ``step`` (restored from the start of its block, then the block's earlier steps replayed, with their dropout
+        masks) and their ``.grad`` the gradients of step ``step`` (through autograd, ``Network.cost``, or
+        ``Network.layered_cost`` with the step's masks), not applied. Returns False if no block run since
+        :meth:`forget` holds ``step``."""
         for block in self._blocks:
             if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
                 size = self.mini_batch_size or len(block.x)
-                start = (step - block.first_step) * size
+                index = step - block.first_step
+                start = index * size
                 weights, biases = self.network.weights_and_biases()
                 parameters = list(self.network.parameters())
+                masks = block.masks
                 with torch.no_grad():
                     for p, saved in zip(parameters, block.before):
                         p.copy_(saved)
-                    self._eager_steps(weights, biases, block.x[:start], block.y[:start], block.eta, size)
+                    self._eager_steps(weights, biases, block.x[:start], block.y[:start], block.eta, size, masks)
+                x, y = block.x[start : start + size], block.y[start : start + size]
                 with torch.enable_grad():
-                    cost = self.network.cost(block.x[start : start + size], block.y[start : start + size])
+                    if masks is None:
+                        cost = self.network.cost(x, y)
+                    else:  # Network.cost has no dropout; the per-layer Functions have
+                        cost = self.network.layered_cost(x, y, [m[index] for m in masks])
                     for p, grad in zip(parameters, torch.autograd.grad(cost, parameters)):
                         p.grad = grad
                 return True
@@ -217,30 +269,52 @@ class MiniBatchSGD:
         """Drop what :meth:`rewind` keeps (a copy of the parameters per block); call it once the steps are checked."""
         self._blocks = []
 
-    def _eager_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int) -> list[Tensor]:
-        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn; their costs, each shaped (1,)."""
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        """The generator the masks are drawn from, on ``device``: the user's, checked, or the engine's own, made on
+        ``device`` from the seed drawn at construction the first time (again if the network has moved since)."""
+        generator = self._generator
+        if generator is not None and _same_device(generator.device, device):
+            return generator
+        if not self._owns_generator:
+            raise ValueError(f"generator must be on the data's device, {device}; got a generator on {generator.device}")
+        self._generator = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generator
+
+    def _block_masks(self, x: Tensor) -> list[Tensor]:
+        """The block's dropout masks, one set per step drawn in order as ``Network.sgd_step`` draws one: for each
+        hidden layer a (steps, H_l) tensor whose row s is step s's mask."""
+        generator = self._generator_on(x.device)
+        per_step = [dropout_masks(self.network.sizes, self.dropout, x, generator) for _ in range(self.steps_in(len(x)))]
+        return [torch.stack(layer) for layer in zip(*per_step)]
+
+    def _eager_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int, masks) -> list[Tensor]:
+        """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn (step s with row s of each of
+        ``masks``, if any); their costs, each shaped (1,)."""
         costs = []
-        for start in range(0, len(x), size):
+        cost = self.network.cost_function  # the object: a cost of the user's own has no name to look up
+        for s, start in enumerate(range(0, len(x), size)):
             x_m, y_m = x[start : start + size], y[start : start + size]
             ones = self.network.ones(len(x_m), x_m)
-            cost = self.network.cost_function  # the object: a cost of the user's own has no name to look up
-            step = update_mini_batch(weights, biases, x_m, y_m, eta, ones, cost, self.weight_decay)
-            costs.append(step.reshape(1))
+            step_masks = None if masks is None else [m[s] for m in masks]
+            rule = (cost, self.weight_decay, self.regularization, step_masks)
+            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, ones, *rule).reshape(1))
         return costs
 
-    def _compiled_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int) -> list[Tensor]:
+    def _compiled_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int, masks) -> list[Tensor]:
         """The same steps, ``steps_per_call`` at a time in one compiled call; ``x`` holds a whole number of calls."""
         if not len(x):
             return []
         xs = x.reshape(-1, self.steps_per_call, size, x.shape[-1])  # (calls, steps, size, in)
         ys = y.reshape(-1, self.steps_per_call, size, y.shape[-1])
+        calls_masks = [None] * len(xs) if not masks else list(zip(*[m.unflatten(0, (len(xs), -1)) for m in masks]))
         eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)  # a tensor: a new η must not recompile
         ones = self.network.ones(size, x)
-        rule = (self.network.cost_function, self.weight_decay)  # the object: a cost of the user's own has no name
+        # the cost object: a cost of the user's own has no name
+        rule = (self.network.cost_function, self.weight_decay, self.regularization)
         compiled = _compiled_unrolled_steps()
-        key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), rule)
+        key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), rule, masks is None)
         start = time.perf_counter()
-        costs = [compiled(weights, biases, xs[0], ys[0], eta_t, ones, *rule)]
+        costs = [compiled(weights, biases, xs[0], ys[0], eta_t, ones, *rule, calls_masks[0])]
         if key not in self._compiled_shapes:
             self._compiled_shapes.add(key)
             if self.on_compile is not None:
@@ -248,14 +322,47 @@ class MiniBatchSGD:
                     f"compiled {self.steps_per_call} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
                     "(Inductor caches it on disk: later runs of these shapes start faster)"
                 )
-        costs += [compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule) for c in range(1, len(xs))]
+        costs += [
+            compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule, calls_masks[c]) for c in range(1, len(xs))
+        ]
         return costs
 
 
-def _unrolled_steps(weights, biases, xs: Tensor, ys: Tensor, eta: Tensor, ones: Tensor, cost: Cost, decay: float):
-    """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order: the body that ``torch.compile`` unrolls."""
+def _first(masks: list[Tensor] | None, steps: int) -> list[Tensor] | None:
+    """The rows of ``masks`` (if any) for a block's first ``steps`` steps."""
+    return None if masks is None else [m[:steps] for m in masks]
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device (``cuda`` and ``cuda:0`` are, when 0 is the current one)."""
+    if a.type != b.type:
+        return False
+    current = torch.cuda.current_device() if a.type == "cuda" else None
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
+def _unrolled_steps(
+    weights,
+    biases,
+    xs: Tensor,
+    ys: Tensor,
+    eta: Tensor,
+    ones: Tensor,
+    cost: Cost,
+    decay: float,
+    regularization: str,
+    masks: Sequence[Tensor] | None,
+):
+    """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order (step u with row u of each of ``masks``, if
+    any): the body that ``torch.compile`` unrolls."""
+    rule = (cost, decay, regularization)
     return torch.stack(
-        [update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, cost, decay) for u in range(len(xs))]
+        [
+            update_mini_batch(
+                weights, biases, xs[u], ys[u], eta, ones, *rule, None if masks is None else [m[u] for m in masks]
+            )
+            for u in range(len(xs))
+        ]
     )
 
 

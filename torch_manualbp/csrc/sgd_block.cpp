@@ -43,6 +43,36 @@ at::Tensor times_sigmoid_prime(at::Tensor grad_a, const at::Tensor& a) {
   return grad_a;
 }
 
+// dropout: aˡ = σ(zˡ) ⊙ mˡ, in place, the removed neurons' activations (and so their σ', their δ) 0
+void drop_out(at::Tensor& a, const at::Tensor& mask) {
+  if (!on_cpu(a) || !on_cpu(mask)) {
+    a.mul_(mask);
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "dropout", [&] {
+    scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* mp = mask.const_data_ptr<scalar_t>();
+    for (int64_t i = 0, n = a.numel(), h = mask.numel(); i < n; ++i) ap[i] *= mp[i % h];
+  });
+}
+
+// Chapter 3's regularisation of the weights, in place, before the step's gradient; step = ηλ/n
+void regularize(at::Tensor& weight, double step, bool l1) {
+  if (!l1) {
+    weight.mul_(1 - step);  // L2: w → (1 − ηλ/n) w
+  } else if (!on_cpu(weight)) {
+    weight.sub_(at::sign(weight) * step);  // L1: w → w − (ηλ/n) sgn(w)
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "l1", [&] {
+      scalar_t* wp = weight.data_ptr<scalar_t>();
+      const scalar_t s = static_cast<scalar_t>(step);
+      for (int64_t i = 0, n = weight.numel(); i < n; ++i) {
+        wp[i] -= scalar_t((wp[i] > 0) - (wp[i] < 0)) * s;  // L1: w → w − (ηλ/n) sgn(w), sgn(0) = 0
+      }
+    });
+  }
+}
+
 // (BP1) the output error δᴸ; the mini-batch's cost C before the update goes into costs[s]
 at::Tensor output_error(const at::Tensor& z, const at::Tensor& a, const at::Tensor& y, bool cross_entropy,
                         const at::Tensor& costs, int64_t s) {
@@ -79,10 +109,15 @@ at::Tensor output_error(const at::Tensor& z, const at::Tensor& a, const at::Tens
 }
 
 // One SGD step per mini-batch of x, in order, in place on weights and biases; the cost C0 of each before its update.
+// masks: dropout, none or one (steps, H_l) per hidden layer, row s the mask of step s.
 at::Tensor sgd_block(at::TensorList weights, at::TensorList biases, const at::Tensor& x, const at::Tensor& y,
-                     double eta, int64_t mini_batch_size, c10::string_view cost, double weight_decay) {
+                     double eta, int64_t mini_batch_size, c10::string_view cost, double weight_decay,
+                     c10::string_view regularization, at::TensorList masks) {
   const bool cross_entropy = cost == "cross_entropy";
   TORCH_CHECK(cross_entropy || cost == "quadratic", "sgd_block: cost must be 'quadratic' or 'cross_entropy'");
+  const bool l1 = regularization == "l1";
+  TORCH_CHECK(l1 || regularization == "l2", "sgd_block: regularization must be 'l2' or 'l1'");
+  TORCH_CHECK(masks.empty() || masks.size() + 1 == weights.size(), "sgd_block: one dropout mask per hidden layer");
   TORCH_CHECK(mini_batch_size > 0, "sgd_block: mini_batch_size must be positive");
   TORCH_CHECK(weights.size() == biases.size() && !weights.empty(), "sgd_block: one bias per weight");
   const size_t layers = weights.size();
@@ -98,6 +133,7 @@ at::Tensor sgd_block(at::TensorList weights, at::TensorList biases, const at::Te
     for (size_t l = 0; l < layers; ++l) {
       z = at::addmm(biases[l], a[l], weights[l].t());  // zˡ = aˡ⁻¹ Wˡᵀ + bˡ
       a[l + 1] = sigmoid_of(z);                        // aˡ = σ(zˡ)
+      if (!masks.empty() && l + 1 < layers) drop_out(a[l + 1], masks[l][s]);  // dropout: aˡ = σ(zˡ) ⊙ mˡ
     }
     delta[layers - 1] = output_error(z, a[layers], y_c.narrow(0, start, m), cross_entropy, costs, s);  // (BP1)
     for (size_t l = layers - 1; l > 0; --l) {
@@ -106,7 +142,8 @@ at::Tensor sgd_block(at::TensorList weights, at::TensorList biases, const at::Te
     const double step = eta / m;
     for (size_t l = 0; l < layers; ++l) {
       if (weight_decay != 0) {
-        weights[l].mul_(1 - eta * weight_decay);  // L2: w → (1 − ηλ/n) w
+        at::Tensor weight = weights[l];
+        regularize(weight, eta * weight_decay, l1);  // L2 or L1, from w before this step's update
       }
       weights[l].addmm_(delta[l].t(), a[l], 1, -step);                 // (BP4) fused: W −= (η/m) δᵀ aˡ⁻¹
       biases[l].addmv_(delta[l].t(), ones.narrow(0, 0, m), 1, -step);  // (BP3) fused: b −= (η/m) Σ_x δ_x
@@ -120,7 +157,7 @@ at::Tensor sgd_block(at::TensorList weights, at::TensorList biases, const at::Te
 TORCH_LIBRARY(manualbp, m) {
   m.def(
       "sgd_block(Tensor(a!)[] weights, Tensor(b!)[] biases, Tensor x, Tensor y, float eta, int mini_batch_size, "
-      "str cost, float weight_decay) -> Tensor");
+      "str cost, float weight_decay, str regularization, Tensor[] masks) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(manualbp, CompositeExplicitAutograd, m) { m.impl("sgd_block", &sgd_block); }
