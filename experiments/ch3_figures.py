@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
 from report import read_history
 
 from torch_manualbp.lightning.report import pyplot
@@ -41,29 +42,45 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, default=Path("runs/report"))
     parser.add_argument("--out", type=Path, default=Path("experiments/results/chapter3"))
+    parser.add_argument(
+        "--steps", action="store_true", help="draw against SGD steps, not epochs (runs of different data sizes)"
+    )
     args = parser.parse_args()
     histories = {name: read_history(args.runs / name / f"seed_{args.seed}") for name in args.configs}
     args.out.mkdir(parents=True, exist_ok=True)
-    draw(histories, args.out / f"{args.name}.png")
+    steps = {name: steps_per_epoch(name) if args.steps else 1 for name in args.configs}
+    draw(histories, args.out / f"{args.name}.png", steps)
     command = " ".join(["python", "experiments/ch3_figures.py", *sys.argv[1:]])
     table = results_table(histories)
     (args.out / f"{args.name}.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
 
 
-def draw(histories: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
-    """The book's four figures as a 2 x 2 chart, one line per run, the book's peak test accuracies marked."""
+def steps_per_epoch(name: str) -> int:
+    """The SGD steps of one epoch of ``experiments/<name>.yaml``: its training images (``data.train_size``, five
+    times as many with ``data.expand``) over ``model.mini_batch_size`` (the book's 10 by default)."""
+    settings = yaml.safe_load(Path(f"experiments/{name}.yaml").read_text())
+    data, model = settings.get("data", {}), settings.get("model", {})
+    images = (data.get("train_size") or 50_000) * (5 if data.get("expand") else 1)
+    return images // (model.get("mini_batch_size") or 10)
+
+
+def draw(histories: dict[str, dict[str, dict[int, float]]], path: Path, steps: dict[str, int]) -> None:
+    """The book's four figures as a 2 x 2 chart, one line per run, the book's peak test accuracies marked; against
+    epochs, or against SGD steps where ``steps`` (per epoch, per run) is not 1."""
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    by_steps = any(count != 1 for count in steps.values())
     for ax, (key, title, ylabel, scale) in zip(axes.flat, PANELS):
         for name, history in histories.items():
             values = history.get(key, {})
-            ax.plot(list(values), [scale * v for v in values.values()], lw=1, label=name)
+            x = [(epoch + 1) * steps[name] if by_steps else epoch for epoch in values]
+            ax.plot(x, [scale * v for v in values.values()], lw=1, label=name)
             if key == "test/accuracy" and name in BOOK:
                 ax.axhline(
                     BOOK[name], ls="--", lw=0.8, color=ax.get_lines()[-1].get_color(), label=f"the book: {BOOK[name]}%"
                 )
-        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        ax.set(title=title, xlabel="SGD step" if by_steps else "epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -49,11 +49,12 @@ def epoch_rows(trainer, key: str) -> list[float]:
     return [row[key] for _, row in sorted(logged(trainer).items()) if key in row]
 
 
-def plain_torch_cost_and_accuracy(weights, biases, x, labels, cost: str) -> tuple[float, float]:
-    """The mean cost C₀ and the accuracy of the sigmoid network, from F's own ops in float64."""
+def plain_torch_cost_and_accuracy(weights, biases, x, labels, cost: str, dropout: float) -> tuple[float, float]:
+    """The mean cost C₀ and the accuracy of the sigmoid network, from F's own ops in float64; with dropout, each hidden
+    activation scaled by 1 − p (the book's halved outgoing weights)."""
     a = x.double()
     for w, b in zip(weights[:-1], biases[:-1]):
-        a = torch.sigmoid(a @ w.double().T + b.double())
+        a = torch.sigmoid(a @ w.double().T + b.double()) * (1 - dropout)
     z = a @ weights[-1].double().T + biases[-1].double()
     y = F.one_hot(labels, 10).double()
     if cost == "log_likelihood":
@@ -66,13 +67,20 @@ def plain_torch_cost_and_accuracy(weights, biases, x, labels, cost: str) -> tupl
 
 
 @pytest.mark.parametrize(
-    ("cost", "lmbda", "subset"), [("cross_entropy", 5.0, 2000), ("log_likelihood", 0.0, None), ("quadratic", 1.0, 700)]
+    ("cost", "lmbda", "regularization", "dropout", "subset"),
+    [
+        ("cross_entropy", 5.0, "l2", 0.0, 2000),
+        ("log_likelihood", 0.0, "l2", 0.0, None),
+        ("quadratic", 1.0, "l1", 0.5, 700),
+    ],
 )
 def test_training_set_monitor_logs_network2s_total_cost_and_accuracy_recomputed_in_plain_torch(
-    tmp_path, cost, lmbda, subset
+    tmp_path, cost, lmbda, regularization, dropout, subset
 ):
     torch.manual_seed(0)
-    model = ManualBPClassifier([784, 30, 10], eta=0.5, cost=cost, lmbda=lmbda)
+    model = ManualBPClassifier(
+        [784, 30, 10], eta=0.5, cost=cost, lmbda=lmbda, regularization=regularization, dropout=dropout
+    )
     trainer, printed = fit(
         tmp_path, model, [TrainingSetMonitor(subset), EpochReport()], max_epochs=2, limit_train_batches=3
     )
@@ -82,8 +90,11 @@ def test_training_set_monitor_logs_network2s_total_cost_and_accuracy_recomputed_
     x, labels = mnist["train_images"][:n].reshape(n, -1).float() / 255, mnist["train_labels"][:n]
     weights = [layer.weight.detach() for layer in model.network.layers]
     biases = [layer.bias.detach() for layer in model.network.layers]
-    c0, accuracy = plain_torch_cost_and_accuracy(weights, biases, x, labels, cost)
-    full_cost = c0 + 0.5 * lmbda / 50_000 * sum(w.double().pow(2).sum().item() for w in weights)  # (λ/2n) Σ w²
+    c0, accuracy = plain_torch_cost_and_accuracy(weights, biases, x, labels, cost, dropout)
+    if regularization == "l1":
+        full_cost = c0 + lmbda / 50_000 * sum(w.double().abs().sum().item() for w in weights)  # (λ/n) Σ |w|
+    else:
+        full_cost = c0 + 0.5 * lmbda / 50_000 * sum(w.double().pow(2).sum().item() for w in weights)  # (λ/2n) Σ w²
     costs, accuracies = epoch_rows(trainer, "train/full_cost"), epoch_rows(trainer, "train/accuracy")
     assert len(costs) == len(accuracies) == 2  # one per epoch
     assert costs[-1] == pytest.approx(full_cost, rel=1e-5)

@@ -266,11 +266,11 @@ class TrainingSetMonitor(L.Callback):
         total_cost, correct = torch.zeros((), dtype=torch.float64), 0
         for start in range(0, len(x), _EVALUATION_CHUNK):
             rows = slice(start, start + _EVALUATION_CHUNK)
-            a, cost = network.output_and_cost(x[rows], y[rows], dropout=hp.get("dropout", 0.0))  # C₀ of the chunk
+            a, cost = network.output_and_cost(x[rows], y[rows], dropout=hp.dropout)  # C₀ of the chunk
             total_cost += cost.double().cpu() * len(a)
             correct += int((a.argmax(1) == labels[rows]).sum())
         weights, _ = network.weights_and_biases()
-        term = regularization_term(weights, hp.lmbda, hp.training_set_size, hp.get("regularization", "l2"))
+        term = regularization_term(weights, hp.lmbda, hp.training_set_size, hp.regularization)
         full_cost = total_cost / len(x) + term.cpu()
         pl_module.log("train/full_cost", full_cost.float(), on_step=False, on_epoch=True, batch_size=len(x))
         pl_module.log("train/accuracy", correct / len(x), on_step=False, on_epoch=True, batch_size=len(x))
