@@ -4,8 +4,9 @@ Reads the runs that ``experiments/report.py`` trained (``runs/report/<config>/se
 ``manualbp fit`` with :class:`~torch_manualbp.lightning.TrainingSetMonitor`) and draws, per epoch, the book's four
 figures of "Overfitting and regularization": the cost on the training data (``train/full_cost``, with the λ term),
 the accuracy on the test data, the cost on the test data, and the accuracy on the training data; one line per
-config. Writes ``experiments/results/chapter3/overfitting.png`` and a markdown table (best test accuracy and its
-epoch, the last epoch's test and training accuracy, epochs trained, the book's figure).
+config. Writes ``experiments/results/chapter3/<name>.png`` and a markdown table (best test accuracy and its epoch,
+the last epoch's test and training accuracy, epochs trained, the book's figure, and the sizes of the final weights
+in the run's ``last.ckpt``).
 
 To run (after the configs' runs, see docs/chapter3.md)::
 
@@ -18,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from report import read_history
 
@@ -51,7 +53,7 @@ def main() -> None:
     steps = {name: steps_per_epoch(name) if args.steps else 1 for name in args.configs}
     draw(histories, args.out / f"{args.name}.png", steps)
     command = " ".join(["python", "experiments/ch3_figures.py", *sys.argv[1:]])
-    table = results_table(histories)
+    table = results_table(histories, {name: args.runs / name / f"seed_{args.seed}" for name in args.configs})
     (args.out / f"{args.name}.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
 
@@ -88,11 +90,13 @@ def draw(histories: dict[str, dict[str, dict[int, float]]], path: Path, steps: d
     plt.close(fig)
 
 
-def results_table(histories: dict[str, dict[str, dict[int, float]]]) -> str:
-    """One row per run: best test accuracy (epoch), last epoch's test and training accuracy, epochs, the book."""
+def results_table(histories: dict[str, dict[str, dict[int, float]]], run_dirs: dict[str, Path]) -> str:
+    """One row per run: best test accuracy (epoch), last epoch's test and training accuracy, epochs, the book's
+    figure, and the final weights (``last.ckpt``): the share near 0 and the L1 and L2 sizes."""
     lines = [
-        "| config | best test acc. (epoch) | the book | test acc., last epoch | training acc., last epoch | epochs |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| config | best test acc. (epoch) | the book | test acc., last epoch | training acc., last epoch | epochs "
+        r"| weights with \|w\| < 0.01 | Σ\|w\| | Σw² |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, history in histories.items():
         test, train = history["test/accuracy"], history.get("train/accuracy", {})
@@ -101,8 +105,17 @@ def results_table(histories: dict[str, dict[str, dict[int, float]]]) -> str:
         book = f"{BOOK[name]}%" if name in BOOK else "-"
         train_last = f"{100 * train[last]:.2f}%" if last in train else "-"
         cells = [name, f"{100 * test[best]:.2f}% ({best})", book, f"{100 * test[last]:.2f}%", train_last, str(last + 1)]
-        lines.append(f"| {' | '.join(cells)} |")
+        lines.append(f"| {' | '.join(cells + weight_sizes(run_dirs[name] / 'last' / 'last.ckpt'))} |")
     return "\n".join(lines)
+
+
+def weight_sizes(checkpoint: Path) -> list[str]:
+    """The share of the network's weights with |w| < 0.01, Σ|w| and Σw² in the checkpoint (L1 drives many weights to
+    0 and keeps a few large; L2 shrinks all in proportion)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = torch.cat([v.flatten().double() for k, v in state.items() if k.startswith("network.") and "weight" in k])
+    small = (weights.abs() < 0.01).double().mean().item()
+    return [f"{100 * small:.1f}%", f"{weights.abs().sum().item():.0f}", f"{weights.pow(2).sum().item():.0f}"]
 
 
 if __name__ == "__main__":
