@@ -152,6 +152,8 @@ def test_hyperparameters_are_saved():
         "seed": 7,
         "monitor_test": False,
         "predict_path": None,
+        "train_size": None,
+        "expand": False,
     }
     assert dm.hparams == expected
     assert dm.splits == {}  # no data work before setup()

@@ -5,12 +5,13 @@ backpropagation, the report of what happened (the book's line per epoch, a summa
 The core (``torch_manualbp.functional``, ``.nn``, ``.Network``) never imports this package.
 """
 
-from .callbacks import GradientAudit, LearningSpeedMonitor
+from .callbacks import GradientAudit, LearningSpeedMonitor, TrainingSetMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
 from .noise import GradientNoiseMonitor
 from .population import PopulationClassifier
 from .report import EpochReport, PredictionReport
+from .rules import HalveEtaOnPlateau
 from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "PopulationClassifier",
     "LearningSpeedMonitor",
     "GradientAudit",
+    "TrainingSetMonitor",
+    "HalveEtaOnPlateau",
     "GradientNoiseMonitor",
     "DivergenceGuard",
     "DivergenceError",

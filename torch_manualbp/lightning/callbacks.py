@@ -4,10 +4,13 @@ r"""Callbacks that look inside backpropagation while a ``ManualBPClassifier`` tr
   :math:`\lVert\partial C/\partial W^l\rVert` and the fraction of saturated neurons, logged every N steps and
   drawn as a chart at the end (chapter 5's vanishing gradient, measured).
 - :class:`GradientAudit`: every N steps, the hand-written gradients against plain autograd's on the same batch.
+- :class:`TrainingSetMonitor`: ``network2.py``'s ``monitor_training_cost`` and ``monitor_training_accuracy``, the
+  cost (with its regularisation term) and accuracy on the training set after every epoch (chapter 3's overfitting).
 
-To run (the vanishing-gradient experiment)::
+To run (the vanishing-gradient experiment, and chapter 3's overfitting run)::
 
     manualbp fit --config experiments/vanishing_gradient.yaml
+    manualbp fit --config experiments/ch3_overfitting.yaml
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch import Tensor
 
 from ..nn import sigmoid_layers
 from ..observe import record_errors
 from ..reference import autograd_cost
 from .report import pyplot
 
-__all__ = ["LearningSpeedMonitor", "GradientAudit"]
+__all__ = ["LearningSpeedMonitor", "GradientAudit", "TrainingSetMonitor", "regularization_term"]
+
+#: Examples per feedforward when TrainingSetMonitor evaluates: bounds its memory (the hidden activations of 250,000
+#: expanded images at once would be 100 MB a layer of 100) at no measurable cost in speed.
+_EVALUATION_CHUNK = 10_000
 
 
 def log_metrics(trainer, metrics: dict[str, float]) -> None:
@@ -195,3 +203,74 @@ class GradientAudit(L.Callback):
                 f"gradient audit failed at step {trainer.global_step}: the hand-written gradients differ from "
                 f"autograd's by {worst:.3g} (relative), above the tolerance {self.tolerance:g}"
             )
+
+
+def regularization_term(weights, lmbda: float, n: int, regularization: str = "l2") -> Tensor:
+    r"""The term the book's regularisation adds to the cost, in float64: :math:`\frac{\lambda}{2n}\sum_w w^2` for
+    ``"l2"``, :math:`\frac{\lambda}{n}\sum_w |w|` for ``"l1"`` (weights only; ``network2.py``'s ``total_cost``)."""
+    if not lmbda:
+        return torch.zeros((), dtype=torch.float64)
+    if regularization == "l1":
+        return lmbda / n * sum(w.double().abs().sum() for w in weights)  # (λ/n) Σ_w |w|
+    return 0.5 * lmbda / n * sum(w.double().pow(2).sum() for w in weights)  # (λ/2n) Σ_w w²
+
+
+class TrainingSetMonitor(L.Callback):
+    r"""After every training epoch, the cost and the accuracy on the training set, as ``network2.py`` monitors them.
+
+    Logged at the end of each epoch, beside the validation metrics:
+
+    - ``train/full_cost``: ``network2.py``'s ``total_cost`` of the training data, the mean cost :math:`C_0` of its
+      examples under the weights at the end of the epoch plus the regularisation term, :math:`\frac{\lambda}{2n}
+      \sum_w w^2` (L2) or :math:`\frac{\lambda}{n}\sum_w |w|` (L1), with the model's ``lmbda`` and its
+      ``training_set_size`` as :math:`n` (the cost the SGD steps descend). ``train/cost`` is another number: the
+      mean of :math:`C_0` over the epoch's mini-batches, each before its own update, without the term.
+    - ``train/accuracy``: the fraction of those examples whose highest output activation is their digit.
+
+    A model trained with dropout (``hparams.dropout``) is evaluated as the book does it, its outgoing hidden weights
+    scaled by :math:`1 - p` (:meth:`~torch_manualbp.Network.output_and_cost`). The examples are the training
+    batches' own tensors (``MNISTDataModule``'s), in their stored order: all of them, or the first ``subset`` (a
+    fixed set, the same every epoch). :class:`~torch_manualbp.lightning.report.EpochReport` adds both to its line
+    after each epoch (when this callback comes before it in the trainer's callbacks, as ``manualbp`` places it) and
+    to ``curves.png``. The time it takes is in the epoch's seconds: a forward pass over the examples.
+
+    Args:
+        subset: evaluate the first ``subset`` training examples only; ``None``: all of them (the book's 1,000 of
+            the overfitting run, or 50,000: about a tenth of a training epoch's time).
+
+    Examples::
+
+        >>> trainer = L.Trainer(callbacks=[TrainingSetMonitor()])
+    """
+
+    def __init__(self, subset: int | None = None) -> None:
+        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+            raise ValueError(f"subset must be a positive number of training examples or None, got {subset!r}")
+        self.subset = subset
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not hasattr(pl_module, "network"):
+            raise TypeError(
+                f"TrainingSetMonitor evaluates a ManualBPClassifier's network; {type(pl_module).__name__} has none"
+            )
+        if not hasattr(trainer.train_dataloader, "tensors"):
+            raise TypeError(
+                "TrainingSetMonitor reads the training tensors of MNISTDataModule's batches (.tensors); the training"
+                f" data here is a {type(trainer.train_dataloader).__name__}"
+            )
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        x, y, labels = (t[: self.subset] for t in trainer.train_dataloader.tensors)
+        hp, network = pl_module.hparams, pl_module.network
+        total_cost, correct = torch.zeros((), dtype=torch.float64), 0
+        for start in range(0, len(x), _EVALUATION_CHUNK):
+            rows = slice(start, start + _EVALUATION_CHUNK)
+            a, cost = network.output_and_cost(x[rows], y[rows], dropout=hp.dropout)  # C₀ of the chunk
+            total_cost += cost.double().cpu() * len(a)
+            correct += int((a.argmax(1) == labels[rows]).sum())
+        weights, _ = network.weights_and_biases()
+        term = regularization_term(weights, hp.lmbda, hp.training_set_size, hp.regularization)
+        full_cost = total_cost / len(x) + term.cpu()
+        pl_module.log("train/full_cost", full_cost.float(), on_step=False, on_epoch=True, batch_size=len(x))
+        pl_module.log("train/accuracy", correct / len(x), on_step=False, on_epoch=True, batch_size=len(x))

@@ -67,7 +67,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _global
 from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
-from .datamodule import MNISTDataModule
+from .datamodule import MNISTDataModule, check_train_size, training_images
 from .module import ManualBPClassifier, check_hyperparameters
 from .population import PopulationClassifier, population_settings
 from .report import EpochReport, PredictionReport, shown_path
@@ -373,7 +373,14 @@ def _population(config) -> dict:
 
 
 #: Model settings a population has no use for, with the value that means "off".
-_NOT_FOR_POPULATIONS = {"momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "compile": False}
+_NOT_FOR_POPULATIONS = {
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "lr_schedule": "constant",
+    "compile": False,
+    "regularization": "l2",
+    "dropout": 0.0,
+}
 
 
 def _check_population(config, optimizers: list[str]) -> None:
@@ -431,8 +438,10 @@ def check_settings(config, subcommand: str | None = None) -> None:
     r"""Raise :class:`ConfigError` for a setting that cannot work, naming it; ``config`` is one subcommand's section.
 
     Checked: ``model.sizes`` (at least two positive sizes, 784 inputs and 10 outputs for MNIST), ``model.eta``,
-    ``model.momentum`` and ``model.weight_decay`` (by the classifier's own rules, :func:`check_hyperparameters`),
-    ``data.batch_size`` and ``data.eval_batch_size`` (>= 1), ``data.data_dir`` (holds the four MNIST files,
+    ``model.momentum``, ``model.weight_decay``, ``model.regularization`` and ``model.dropout`` (by the classifier's
+    own rules, :func:`check_hyperparameters`), ``data.batch_size`` and ``data.eval_batch_size`` (>= 1),
+    ``data.train_size`` (1..50,000 or None), ``model.training_set_size`` (the n of λ/n: with a nonzero λ it must be
+    the number of training examples the data module gives), ``data.data_dir`` (holds the four MNIST files,
     unless ``data.download`` is on) and ``ckpt_path`` (an existing, complete checkpoint file, or ``last``; given at
     all for ``validate``, ``test`` and ``predict``, which evaluate a trained network; ``best`` only inside ``fit``).
     """
@@ -441,6 +450,8 @@ def check_settings(config, subcommand: str | None = None) -> None:
         _check_model(model)
     if data is not None:
         _check_data(data)
+    if model is not None and data is not None:
+        _check_training_set_size(model, data, _population(config).get("lmbda"))
     ckpt_path = config.get("ckpt_path")
     if subcommand in ("validate", "test", "predict"):
         if not ckpt_path:
@@ -458,7 +469,7 @@ def check_settings(config, subcommand: str | None = None) -> None:
 
 #: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for
 #: MNIST, and the rest when the classifier is built.
-_MODEL_SETTINGS = ("eta", "momentum", "weight_decay")
+_MODEL_SETTINGS = ("sizes", "eta", "momentum", "weight_decay", "regularization", "dropout")
 
 
 def _check_model(model) -> None:
@@ -484,6 +495,10 @@ def _check_data(data) -> None:
         value = data.get(key)
         if value is not None and value < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {value}")
+    try:
+        check_train_size(data.get("train_size"))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"data.{err}") from None
     predict_path = data.get("predict_path")
     if predict_path is not None and not Path(predict_path).exists():
         raise ConfigError(
@@ -503,6 +518,18 @@ def _check_data(data) -> None:
         find_mnist_files(data_dir)
     except FileNotFoundError as err:
         raise ConfigError(f"data.data_dir: {err} On the command line: --data.download true.") from None
+
+
+def _check_training_set_size(model, data, population_lmbda) -> None:
+    """With a nonzero λ, ``model.training_set_size`` (the n of λ/n) must be the number of training examples the data
+    module gives (``data.train_size``, times 5 with ``data.expand``), as the book's ``n = len(training_data)``."""
+    lmbdas = population_lmbda if population_lmbda is not None else [model.get("lmbda") or 0.0]
+    n, given = training_images(data.get("train_size"), bool(data.get("expand"))), model.get("training_set_size")
+    if any(lmbdas) and given is not None and given != n:
+        raise ConfigError(
+            f"model.training_set_size={given} but the data module trains on {n} examples (data.train_size,"
+            f" data.expand): λ/n needs n = {n}; set model.training_set_size: {n}"
+        )
 
 
 def _check_ckpt_path(ckpt_path) -> None:

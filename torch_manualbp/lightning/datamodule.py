@@ -28,15 +28,41 @@ import torch
 from torch import Tensor
 
 from torch_manualbp.images import LoadedImage, load_images
-from torch_manualbp.mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files, load_mnist
+from torch_manualbp.mnist import MNIST_CLASSES, MNIST_INPUTS, expand_by_shifts, find_mnist_files, load_mnist
 
-__all__ = ["ImageBatches", "MNISTDataModule", "OrderedBatches", "ShuffledBatches"]
+__all__ = [
+    "ImageBatches",
+    "MNISTDataModule",
+    "OrderedBatches",
+    "ShuffledBatches",
+    "check_train_size",
+    "training_images",
+]
 
 Batch = tuple[Tensor, Tensor, Tensor]
 PredictBatch = tuple[Tensor, list[str], list[str], list[bool]]  # x, file names, notes, readable
 
 #: Nielsen's split of the 60,000 training images: the first 50,000 train, the last 10,000 validate.
 NUM_TRAIN = 50_000
+#: Images per training image with ``expand=True``: itself and its four one-pixel shifts (the book's expand_mnist.py).
+EXPANSION = 5
+
+
+def check_train_size(train_size) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming ``train_size`` unless it is ``None`` or a number of training images
+    in 1..50,000."""
+    if train_size is None:
+        return
+    if isinstance(train_size, bool) or not isinstance(train_size, int):
+        raise TypeError(f"train_size must be a whole number of training images or None, got {train_size!r}")
+    if not 1 <= train_size <= NUM_TRAIN:
+        raise ValueError(f"train_size must lie in 1..{NUM_TRAIN} (of the training images) or be None, got {train_size}")
+
+
+def training_images(train_size: int | None = None, expand: bool = False) -> int:
+    """How many training examples ``MNISTDataModule(train_size=, expand=)`` trains on: the n of the book's λ/n
+    (``ManualBPClassifier``'s ``training_set_size``)."""
+    return (NUM_TRAIN if train_size is None else train_size) * (EXPANSION if expand else 1)
 
 
 def _shard(size: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -243,6 +269,15 @@ class MNISTDataModule(L.LightningDataModule):
             model by its test accuracy is peeking; the book's figures are reproduced with it on.
         predict_path: what ``manualbp predict`` answers: an image file, a directory of images or an IDX images
             file (see :func:`torch_manualbp.images.load_images`).
+        train_size: train on the first ``train_size`` of the 50,000 training images only (the book's
+            ``training_data[:1000]`` for its overfitting run in chapter 3), shuffled every epoch as the whole set is;
+            ``None`` (default): all 50,000. Validation and test keep their 10,000 images each.
+        expand: chapter 3's artificially expanded training data: each training image followed by its four one-pixel
+            shifts (down, up, right, left; :func:`~torch_manualbp.mnist.expand_by_shifts`, the book's
+            ``expand_mnist.py``, deterministic), 250,000 images for the whole set, shuffled every epoch. With
+            ``train_size`` the first ``train_size`` images are taken first, then expanded: ``5 * train_size``
+            examples. Memory: 250,000 × 784 float32 pixels is 784 MB (on the training device), plus 196 MB of uint8
+            while they are made; validation and test are not expanded.
     """
 
     def __init__(
@@ -254,8 +289,13 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int = 0,
         monitor_test: bool = False,
         predict_path: str | None = None,
+        train_size: int | None = None,
+        expand: bool = False,
     ) -> None:
         super().__init__()
+        check_train_size(train_size)
+        if not isinstance(expand, bool):
+            raise TypeError(f"expand must be True or False, got {expand!r}")
         self.save_hyperparameters()
         # name -> (images, targets, labels); filled by setup(), nothing is read before.
         self.splits: dict[str, Batch] = {}
@@ -280,15 +320,20 @@ class MNISTDataModule(L.LightningDataModule):
         if self.splits:
             return
         mnist = load_mnist(self.hparams.data_dir)
-        train = _as_split(mnist["train_images"], mnist["train_labels"])
+        images, labels = mnist["train_images"], mnist["train_labels"]
+        train_size = self.hparams.train_size or NUM_TRAIN
+        train_images, train_labels = images[:train_size], labels[:train_size]
+        if self.hparams.expand:  # each image, then its shifts: rows 5i..5i+4 come from image i
+            train_images, train_labels = expand_by_shifts(train_images, train_labels)
         self.splits = {
-            "train": tuple(t[:NUM_TRAIN] for t in train),
-            "val": tuple(t[NUM_TRAIN:] for t in train),
+            "train": _as_split(train_images, train_labels),
+            "val": _as_split(images[NUM_TRAIN:], labels[NUM_TRAIN:]),
             "test": _as_split(mnist["test_images"], mnist["test_labels"]),
         }
 
     def train_dataloader(self) -> ShuffledBatches:
-        r"""Shuffled mini-batches of the 50,000 training images, ``batch_size`` per process."""
+        r"""Shuffled mini-batches of the training images (the 50,000, or ``train_size``, expanded if ``expand``),
+        ``batch_size`` per process."""
         train, (rank, world_size) = self._split("train"), self._rank_and_world_size()
         epoch, limit = 0, None
         if self.trainer is not None:

@@ -2,7 +2,7 @@ r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Netwo
 
 The network, its gradients and, on the fast path, the update itself are the core's. Two paths:
 
-- **fused** (the book's SGD, with its L2 ``lmbda`` if set): the core's training engine,
+- **fused** (the book's SGD, with its L2 or L1 ``lmbda`` and its ``dropout`` if set): the core's training engine,
   :class:`~torch_manualbp.sgd.MiniBatchSGD`: each mini-batch one ``update_mini_batch`` (feedforward, BP1-BP4 and the
   update in place), with no autograd, no gradient tensors and no optimizer step; by default (``backend="auto"``) a
   whole Lightning batch of such steps runs as one native op (a C++ loop, built once and cached; where it cannot be
@@ -14,7 +14,8 @@ The network, its gradients and, on the fast path, the update itself are the core
   ``--optimizer Adam`` or SGD with momentum or weight decay; DDP; autocast; said once at the start of training) and
   for the steps that a callback observes through the backward hooks
   (:class:`~torch_manualbp.lightning.callbacks.LearningSpeedMonitor`,
-  :class:`~torch_manualbp.lightning.callbacks.GradientAudit`).
+  :class:`~torch_manualbp.lightning.callbacks.GradientAudit`). It applies the book's L2 (as the optimizer's
+  ``weight_decay`` on the weights), not L1 or dropout: a run that would need them there is refused.
 
 Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
 (``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
@@ -41,8 +42,8 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checks import check_learning_rate, l2_weight_decay
-from ..network import Network
+from ..checks import check_dropout, check_learning_rate, check_regularization, l2_weight_decay
+from ..network import Network, dropout_evaluation_weights, feedforward_to_cost
 from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sgd, mini_batches
 from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
@@ -71,6 +72,8 @@ def check_hyperparameters(**settings) -> None:
         raise ValueError(
             "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
         )
+    if settings.get("dropout") and "sizes" in settings and len(settings["sizes"]) < 3:
+        raise ValueError(f"dropout removes hidden neurons, and sizes={settings['sizes']} has no hidden layer")
 
 
 def _check_eta(eta) -> None:
@@ -106,6 +109,8 @@ _RULES = {
     "lr_schedule": _check_lr_schedule,
     "mini_batch_size": check_mini_batch_size,
     "compile": _check_compile,
+    "regularization": check_regularization,
+    "dropout": check_dropout,
 }
 
 
@@ -142,11 +147,20 @@ class ManualBPClassifier(L.LightningModule):
         compile: run the fused steps through ``torch.compile`` (``backend="compiled"`` of
             :class:`~torch_manualbp.sgd.MiniBatchSGD`). Compiling takes seconds to a minute, printed once; Inductor
             caches the result on disk. Refused where no step would be fused.
+        regularization: ``"l2"`` (default) or ``"l1"``: the rule ``lmbda`` regularises the weights by. L1 is chapter
+            3's :math:`w \to w - \frac{\eta\lambda}{n} \operatorname{sgn}(w) - \eta\, \partial C_0/\partial w`, on the
+            fused path only.
+        dropout: the fraction :math:`p` of each hidden layer's neurons removed for each mini-batch (the book's 0.5),
+            forward and backward, from a generator seeded by the global seed and kept in checkpoints, so that a run
+            resumed mid-epoch draws the masks the uninterrupted one draws; on the fused path only. Evaluation,
+            ``forward`` and ``predict`` use the whole network with the weights outgoing from hidden neurons scaled by
+            :math:`1 - p` (:func:`~torch_manualbp.network.dropout_evaluation_weights`). 0 (default): off.
 
     Settings that cannot work together are refused with a ``ValueError`` naming them before the first update: the
     classifier's own ``momentum``, ``weight_decay``, ``lmbda`` or ``lr_schedule`` beside an optimizer or scheduler
     given instead of its own, ``compile=True`` on a run that goes through autograd, and a per-step scheduler with
-    ``compile=True``.
+    ``compile=True``; L1 (with a nonzero ``lmbda``) or dropout on a run, or a step a callback observes, that goes
+    through autograd.
 
     Attributes:
         sgd: the training engine of the fused path, :class:`~torch_manualbp.sgd.MiniBatchSGD`.
@@ -166,6 +180,8 @@ class ManualBPClassifier(L.LightningModule):
         lmbda: float = 0.0,
         training_set_size: int = NUM_TRAIN,
         compile: bool = False,
+        regularization: Literal["l2", "l1"] = "l2",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -174,17 +190,33 @@ class ManualBPClassifier(L.LightningModule):
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
         self.network = Network(sizes, cost=cost, init=init)
         backend = "compiled" if compile else "auto"
-        self.sgd = MiniBatchSGD(self.network, mini_batch_size, lmbda, training_set_size, backend, on_compile=_say)
+        self.sgd = MiniBatchSGD(
+            self.network,
+            mini_batch_size,
+            lmbda,
+            training_set_size,
+            backend,
+            on_compile=_say,
+            regularization=regularization,
+            dropout=dropout,  # its masks' generator is the engine's, seeded from the global RNG here
+        )
         self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
         self._epoch_cost = EpochCost()
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
+        self._saved_generator_state: Tensor | None = None  # the dropout masks' generator, from a checkpoint
         classes = sizes[-1]
         self.val_accuracy = MulticlassAccuracy(classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.network(x)
+        """The output activations :math:`a^L`; with ``dropout``, by the book's rule: the whole network, the weights
+        outgoing from hidden neurons scaled by :math:`1 - p`."""
+        if not self.hparams.dropout:
+            return self.network(x)
+        weights, biases = self.network.weights_and_biases()
+        weights = dropout_evaluation_weights(weights, self.hparams.dropout)  # outgoing weights × (1 − p)
+        return feedforward_to_cost(x, weights, biases, self.network.cost_function)[0][-1]
 
     @property
     def fused(self) -> bool:
@@ -209,9 +241,12 @@ class ManualBPClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         optimizer = self.optimizers().optimizer
         reasons = self._autograd_reasons(optimizer)
+        self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
         self._refuse_what_cannot_work(optimizer, reasons)
         self._fused = not reasons
-        self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
+        if self._saved_generator_state is not None:  # a resumed run: its masks go on from where the checkpoint's were
+            self.sgd.set_generator_state(self._saved_generator_state)
+            self._saved_generator_state = None
         lr = optimizer.defaults["lr"]
         lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
         if self.device.type == "cpu":
@@ -251,6 +286,13 @@ class ManualBPClassifier(L.LightningModule):
             raise ValueError(
                 f"compile=True compiles the fused SGD step, which this run cannot use: {'; '.join(reasons)}"
             )
+        fused_only = self._fused_only_settings()
+        if fused_only and (reasons or self._observers):
+            why = "; ".join(reasons) or "the steps " + ", ".join(type(c).__name__ for c in self._observers) + " observe"
+            raise ValueError(
+                f"model.{fused_only} is applied by the fused SGD step only, and this run goes through autograd"
+                f" ({why}): leave it out, or what makes the run go through autograd"
+            )
         if not self._own_optimizer():
             for name in ("momentum", "weight_decay", "lmbda"):
                 if hp[name]:
@@ -274,6 +316,14 @@ class ManualBPClassifier(L.LightningModule):
             )
         if scheduler.interval == "step" and hp.compile:
             raise ValueError("compile=True runs several updates per call, a scheduler with interval 'step' one: choose")
+
+    def _fused_only_settings(self) -> str:
+        """The settings only the fused step applies, as ``name=value`` (L1 with a nonzero ``lmbda``, dropout); ""
+        if none is set."""
+        hp = self.hparams
+        given = [f"regularization={hp.regularization!r}"] if hp.regularization == "l1" and hp.lmbda else []
+        given += [f"dropout={hp.dropout:g}"] if hp.dropout else []
+        return " and model.".join(given)
 
     def _autograd_reasons(self, optimizer) -> list[str]:
         """Why the fused step (plain SGD, one process, the parameters' dtype) cannot train this run; [] if it can."""
@@ -388,9 +438,13 @@ class ManualBPClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["manualbp_epoch_cost"] = self._epoch_cost.state_dict()
+        if self.hparams.dropout:  # where the masks' random stream stands: a resume draws the masks that come next
+            checkpoint["manualbp_dropout_generator"] = self.sgd.generator_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._epoch_cost.load_state_dict(checkpoint.get("manualbp_epoch_cost", {}))
+        # restored by on_train_start, once the network is on its device, where the engine keeps the generator
+        self._saved_generator_state = checkpoint.get("manualbp_dropout_generator")
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
@@ -404,7 +458,7 @@ class ManualBPClassifier(L.LightningModule):
 
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y, labels = batch
-        a, cost = self.network.output_and_cost(x, y)  # aᴸ and C₀ (without the L2 term), one feedforward
+        a, cost = self.network.output_and_cost(x, y, self.hparams.dropout)  # aᴸ, C₀ (no λ term): one feedforward
         accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
         self.log(f"{stage}/cost", cost, batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
         self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
@@ -418,13 +472,13 @@ class ManualBPClassifier(L.LightningModule):
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
         ``MNISTDataModule.predict_dataloader``; ``PredictionReport`` prints them."""
-        return self.network(batch[0])
+        return self(batch[0])
 
     def configure_optimizers(self):
         # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it.
         hp = self.hparams
         parameters = self.parameters()
-        if hp.lmbda:  # the book's L2: weight_decay = λ/n on the weights, none on the biases
+        if hp.lmbda and hp.regularization == "l2":  # the book's L2: weight_decay = λ/n on the weights, not biases
             weights, biases = self.network.weights_and_biases()
             decay = l2_weight_decay(hp.lmbda, hp.training_set_size)
             parameters = [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
