@@ -48,6 +48,15 @@ def test_a_block_steps_each_member_like_a_lone_network_on_each_mini_batch_float6
             torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10)
 
 
+def test_a_block_smaller_than_one_mini_batch_is_one_step():
+    lone = members()
+    pop = Population(members())
+    x, y = block(7)
+    costs = pop.sgd_steps(x, y, ETAS, mini_batch_size=10)
+    lone_costs = torch.stack([net.sgd_step(x, y, eta) for net, eta in zip(lone, ETAS)])
+    torch.testing.assert_close(costs, lone_costs[None], rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

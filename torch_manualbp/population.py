@@ -215,9 +215,11 @@ class Population(nn.Module):
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         m = mini_batch_size
         full = x.shape[0] // m  # the mini-batches of m rows; a smaller last one follows
-        outputs = [self._update(x[i * m : (i + 1) * m], y[i * m : (i + 1) * m], *steps.at(m)) for i in range(full)]
+        xs, ys = (t[: full * m].reshape(full, m, t.shape[1]) for t in (x, y))  # (steps, m, ·)
+        step = steps.at(m)
+        outputs = [self._update(x_i, y_i, *step) for x_i, y_i in zip(xs.unbind(0), ys.unbind(0))]  # views, one op
         # every full mini-batch's costs at once, after the block: (steps, K, m, out) through the cost's fn
-        costs = [self.costs(*map(torch.stack, zip(*outputs)), y[: full * m].view(full, 1, m, -1))] if full else []
+        costs = [self.costs(*map(torch.stack, zip(*outputs)), ys.unsqueeze(1))] if full else []
         if x.shape[0] > full * m:
             last = slice(full * m, None)
             costs.append(self.costs(*self._update(x[last], y[last], *steps.at(x.shape[0] - full * m)), y[last])[None])
