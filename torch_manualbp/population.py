@@ -14,6 +14,10 @@ by its :math:`\eta_k/m` and the updates need no step size of their own.
 
 BP1 and BP2 are :func:`~torch_manualbp.equations.errors`, unchanged: its products broadcast over the members' axis.
 
+:meth:`Population.sgd_steps` takes a block of mini-batches in one call, as ``PopulationClassifier`` does for each
+Lightning batch: the arguments are checked once and the members' costs computed once, after the block. A step
+repeated with the same η, λ and n (a training run) finds them already checked and made into tensors.
+
 Examples::
 
     >>> nets = [Network([784, 30, 10]) for _ in range(3)]
@@ -185,7 +189,7 @@ class Population(nn.Module):
         Raises:
             TypeError, ValueError: bad ``x``, ``y``, ``eta``, ``lmbda`` or ``n``, raised before any parameter changes.
         """
-        steps = self._checked_steps(x, y, eta, lmbda, n)
+        steps = self._checked_steps(x, eta, lmbda, n)
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         return self.costs(*self._update(x, y, *steps.at(x.shape[0])), y)
 
@@ -207,7 +211,7 @@ class Population(nn.Module):
         Raises:
             TypeError, ValueError: as :meth:`sgd_step`, or a bad ``mini_batch_size``, before any parameter changes.
         """
-        steps = self._checked_steps(x, y, eta, lmbda, n)
+        steps = self._checked_steps(x, eta, lmbda, n)
         if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
             raise ValueError(
                 f"mini_batch_size must be a positive int, the rows of a mini-batch, got {mini_batch_size!r}"
@@ -263,7 +267,7 @@ class Population(nn.Module):
             values = [value] * k
         return [check(v) for v in values]
 
-    def _checked_steps(self, x: Tensor, y: Tensor, eta, lmbda, n) -> _StepTensors:
+    def _checked_steps(self, x: Tensor, eta, lmbda, n) -> _StepTensors:
         """Raise unless ``x``, ``eta``, ``lmbda`` and ``n`` are a valid step's (``y`` is checked by ``targets``);
         the step's tensors, kept between calls: a run that repeats the same η, λ and n has them checked and made
         once, not at every step (a cheap comparison of the arguments, types included, finds them)."""
