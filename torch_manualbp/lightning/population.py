@@ -1,8 +1,9 @@
 r"""``PopulationClassifier``: K networks of one ``sizes`` and cost trained together in one Lightning run.
 
-The members are a :class:`~torch_manualbp.Population` (the core's); each Lightning batch is cut into the book's
-mini-batches, and every mini-batch is one :meth:`Population.sgd_step <torch_manualbp.Population.sgd_step>` of all
-members on it, so ``trainer.global_step`` counts SGD updates (each member takes one per step). Members differ by their
+The members are a :class:`~torch_manualbp.Population` (the core's); each Lightning batch is one
+:meth:`Population.sgd_steps <torch_manualbp.Population.sgd_steps>`, the batch cut into the book's mini-batches and
+every mini-batch one step of all members on it (the batch's arguments checked once), so ``trainer.global_step``
+counts SGD updates (each member takes one per step). Members differ by their
 seed (their initial weights), their η or their λ.
 
 How seeds map to weights: member k's network is ``Network(sizes, cost=cost, init=init)`` built right after
