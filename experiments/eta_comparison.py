@@ -11,8 +11,8 @@ cost as network2's ``total_cost`` computes it, the mean cross-entropy over the 5
 Differences, on purpose: the three members start from one and the same network (the book draws three networks one
 after the other from one seed), so that the curves differ by η alone; the mini-batches are one seeded torch
 permutation per epoch, the same for all three (the book's ``random.shuffle`` draws a new order for each network);
-float32. Each step is ``Population.sgd_step(x, labels, eta=[0.025, 0.25, 2.5], lmbda=5.0, n=50_000)``: every member
-takes the book's ``update_mini_batch``, BP1-BP4 by hand, no autograd, no Lightning.
+float32. Each epoch is one ``Population.sgd_steps(x, labels, eta=[0.025, 0.25, 2.5], lmbda=5.0, n=50_000)``: every
+member takes the book's ``update_mini_batch``, BP1-BP4 by hand, no autograd, no Lightning.
 
 To run::
 
@@ -81,10 +81,8 @@ def run(x: torch.Tensor, labels: torch.Tensor, etas=ETAS, epochs: int = EPOCHS, 
     n = len(x)
     costs: dict[float, list] = {eta: [] for eta in etas}
     for epoch in range(epochs):
-        permutation = torch.randperm(n, generator=order)
-        for i in range(0, n, BATCH):
-            batch = permutation[i : i + BATCH]
-            population.sgd_step(x[batch], labels[batch], list(etas), LMBDA, n)
+        permutation = torch.randperm(n, generator=order)  # the epoch's mini-batches: rows 0-9, 10-19, ... of it
+        population.sgd_steps(x[permutation], labels[permutation], list(etas), LMBDA, n, mini_batch_size=BATCH)
         for k, eta in enumerate(etas):
             costs[eta].append(training_cost(population.network(k), x, labels, LMBDA))
         print(f"epoch {epoch}: " + ", ".join(f"η = {eta}: {c[-1]:.4f}" for eta, c in costs.items()), flush=True)

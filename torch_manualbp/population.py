@@ -14,6 +14,10 @@ by its :math:`\eta_k/m` and the updates need no step size of their own.
 
 BP1 and BP2 are :func:`~torch_manualbp.equations.errors`, unchanged: its products broadcast over the members' axis.
 
+:meth:`Population.sgd_steps` takes a block of mini-batches in one call, as ``PopulationClassifier`` does for each
+Lightning batch: the arguments are checked once and the members' costs computed once, after the block. A step
+repeated with the same η, λ and n (a training run) finds them already checked and made into tensors.
+
 Examples::
 
     >>> nets = [Network([784, 30, 10]) for _ in range(3)]
@@ -90,8 +94,7 @@ class Population(nn.Module):
                 (weights, biases), (theirs_w, theirs_b) = self.member_parameters(member), network.weights_and_biases()
                 for mine, theirs in zip(weights + biases, theirs_w + theirs_b):
                     mine.copy_(theirs)
-        self._ones: Tensor | None = None  # see sgd_step
-        self._steps: tuple | None = None  # (η's, λ/n's, m, dtype, device) -> the step's tensors; see _step_tensors
+        self._steps: _StepTensors | None = None  # the last step's checked η, λ and n as tensors; see _checked_steps
 
     def __len__(self) -> int:
         return self.members
@@ -104,7 +107,8 @@ class Population(nn.Module):
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The stacked parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first (plain lists: a
         step reads them once; an ``nn.ParameterList`` would cost an operation's time at every index)."""
-        return [getattr(self, w) for w, _ in self._names], [getattr(self, b) for _, b in self._names]
+        parameters = self._parameters  # nn.Module.__getattr__ for each would be a noticeable share of a step
+        return [parameters[w] for w, _ in self._names], [parameters[b] for _, b in self._names]
 
     def member_parameters(self, k: int) -> tuple[list[Tensor], list[Tensor]]:
         r"""Member k's :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, as views into the stacked storage."""
@@ -132,29 +136,32 @@ class Population(nn.Module):
                 layer.bias.copy_(bias)
         return net
 
-    def _weighted_input(self, a_prev: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        r"""Every member's :math:`z^l`, :math:`(K, N, H_l)`, from the shared input and the stacked first layer or from
-        the members' :math:`a^{l-1}` and a batched layer."""
-        if weight.ndim == 2:  # the first layer: one product of the shared input and all members' rows
-            z = weighted_input(a_prev, weight, bias)  # (N, K·H₁)
-            return z.view(a_prev.shape[0], -1, self.sizes[1]).transpose(0, 1)  # (K, N, H₁), a view
-        return torch.baddbmm(bias.unsqueeze(1), a_prev, weight.mT)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ, per member
+    def feedforward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        r"""Every activation of every member, :math:`a^0 = x` (shared), then :math:`a^l = \sigma(z^l)`,
+        :math:`(K, N, H_l)`, the output layer's by the cost (:meth:`~torch_manualbp.costs.Cost.activation`), and the
+        members' :math:`z^L`, which the cost's value needs; without checks (:meth:`forward` makes them).
 
-    def _feedforward(self, x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        r""":math:`a^0 = x` (shared), then every member's :math:`a^l = \sigma(z^l)`, :math:`(K, N, H_l)`, the output
-        layer's by the cost (:meth:`~torch_manualbp.costs.Cost.activation`), and the members' :math:`z^L`, which the
-        cost's value may need."""
-        activations = [x]
-        for weight, bias in zip(weights[:-1], biases[:-1]):
-            activations.append(torch.sigmoid(self._weighted_input(activations[-1], weight, bias)))  # aˡ = σ(zˡ)
-        z = self._weighted_input(activations[-1], weights[-1], biases[-1])  # zᴸ, (K, N, sizes[-1])
+        The first layer is one product of the shared input and every member's rows, :math:`(N, K H_1)`, whose
+        activations are viewed as :math:`(K, N, H_1)`: member k's block of columns. The later layers are batched over
+        members (``baddbmm``)."""
+        weights, biases = self.weights_and_biases()
+        activations, z = [x], weighted_input(x, weights[0], biases[0])  # z¹ of all members side by side, (N, K·H₁)
+        for weight, bias in zip(weights[1:], biases[1:]):
+            a = torch.sigmoid(z)  # aˡ = σ(zˡ)
+            activations.append(self._by_member(a) if len(activations) == 1 else a)
+            z = torch.baddbmm(bias.unsqueeze(1), activations[-1], weight.mT)  # zˡ⁺¹ = aˡ Wˡ⁺¹ᵀ + bˡ⁺¹, per member
+        z = self._by_member(z) if len(weights) == 1 else z  # (K, N, sizes[-1])
         activations.append(self.cost_function.activation(z))  # aᴸ
         return activations, z
+
+    def _by_member(self, first: Tensor) -> Tensor:
+        """The first layer's (N, K·H₁) as (K, N, H₁), a view: member k's columns are its block."""
+        return first.view(first.shape[0], -1, self.sizes[1]).transpose(0, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Every member's output activations aᴸ for the mini-batch ``x``, (K, N, sizes[-1])."""
         self.check_batch(x)
-        return self._feedforward(x, *self.weights_and_biases())[0][-1]
+        return self.feedforward(x)[0][-1]
 
     @torch.no_grad()
     def sgd_step(self, x: Tensor, y: Tensor, eta, lmbda=0.0, n: int | None = None) -> Tensor:
@@ -182,32 +189,72 @@ class Population(nn.Module):
         Raises:
             TypeError, ValueError: bad ``x``, ``y``, ``eta``, ``lmbda`` or ``n``, raised before any parameter changes.
         """
-        self.check_batch(x)
-        etas = self._per_member("eta", eta, check_learning_rate)
-        weight_decays = self._per_member("lmbda", lmbda, lambda value: l2_weight_decay(value, n))
-        if torch.is_autocast_enabled(x.device.type):
-            raise RuntimeError("Population.sgd_step computes in the parameters' dtype; it does not run under autocast")
+        steps = self._checked_steps(x, eta, lmbda, n)
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
-        m = x.shape[0]
-        step, decays = self._step_tensors(etas, weight_decays, m, x)
+        return self.costs(*self._update(x, y, *steps.at(x.shape[0])), y)
+
+    @torch.no_grad()
+    def sgd_steps(
+        self, x: Tensor, y: Tensor, eta, lmbda=0.0, n: int | None = None, mini_batch_size: int = 10
+    ) -> Tensor:
+        r""":meth:`sgd_step` on each mini-batch of ``x`` in turn, rows ``0 .. m - 1`` first: a block of steps whose
+        arguments are checked once (the last mini-batch may be smaller). What a training loop over a Lightning batch
+        calls.
+
+        Args:
+            x, y, eta, lmbda, n: as for :meth:`sgd_step`, ``x`` and ``y`` holding the rows of every mini-batch.
+            mini_batch_size: m, the rows of each mini-batch.
+
+        Shape:
+            - Output: :math:`(\lceil N/m \rceil, K)`, each step's costs.
+
+        Raises:
+            TypeError, ValueError: as :meth:`sgd_step`, or a bad ``mini_batch_size``, before any parameter changes.
+        """
+        steps = self._checked_steps(x, eta, lmbda, n)
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+            raise ValueError(
+                f"mini_batch_size must be a positive int, the rows of a mini-batch, got {mini_batch_size!r}"
+            )
+        y = targets(y, (x.shape[0], self.sizes[-1]), x)
+        m = mini_batch_size
+        full = x.shape[0] // m  # the mini-batches of m rows; a smaller last one follows
+        xs, ys = (t[: full * m].reshape(full, m, t.shape[1]) for t in (x, y))  # (steps, m, ·)
+        step = steps.at(m)
+        outputs = [self._update(x_i, y_i, *step) for x_i, y_i in zip(xs.unbind(0), ys.unbind(0))]  # views, one op
+        # every full mini-batch's costs at once, after the block: (steps, K, m, out) through the cost's fn
+        costs = [self.costs(*map(torch.stack, zip(*outputs)), ys.unsqueeze(1))] if full else []
+        if x.shape[0] > full * m:
+            last = slice(full * m, None)
+            costs.append(self.costs(*self._update(x[last], y[last], *steps.at(x.shape[0] - full * m)), y[last])[None])
+        return torch.cat(costs)
+
+    def _update(self, x: Tensor, y: Tensor, step: Tensor, decays: list[Tensor] | None, ones: Tensor):
+        r"""The step itself, on arguments already checked: every member's feedforward, BP1-BP4 and update.
+
+        ``step`` is each member's :math:`\eta_k/m`, :math:`(K, 1, 1)`; ``decays`` the weights' factors
+        :math:`1 - \eta_k\lambda_k/n` or ``None``; ``ones`` m ones (:class:`_StepTensors`). Returns the members'
+        :math:`z^L` and :math:`a^L - y`, from which :meth:`costs` computes the costs before the update."""
+        activations, z = self.feedforward(x)
         weights, biases = self.weights_and_biases()
-        activations, z = self._feedforward(x, weights, biases)
         error = activations[-1] - y  # aᴸ − y, (K, N, sizes[-1])
-        costs = self.cost_function.fn(z, error, y).mean(-1)  # each member's C = (1/m) Σ_x C_x, (K,)
         # (ηₖ/m)(aᴸ − y): BP1 and BP2 are linear in it, so each member's δˡ below comes scaled by its step
-        scaled_error = error * step
         # BP1, then BP2 with every Wˡ⁺¹ before its update; errors() reads weights[1:] only, batched over members
-        deltas = errors(weights, activations, scaled_error, self.cost_function)
+        deltas = errors(weights, activations, error * step, self.cost_function)
         if decays is not None:  # L2: w → (1 − ηₖλₖ/n) w, from the weight before this step's update
             for weight, decay in zip(weights, decays):
                 weight.mul_(decay)
-        ones = self._ones_like(m, x)
-        first = deltas[0].transpose(0, 1).reshape(m, -1)  # δ¹ of all members side by side, (N, K·H₁)
+        first = deltas[0].transpose(0, 1).reshape(x.shape[0], -1)  # δ¹ of all members side by side, (N, K·H₁)
         descend(weights[0], biases[0], first, x, 1.0, ones)  # BP3 and BP4 of the stacked first layer
         for weight, bias, delta, a_prev in zip(weights[1:], biases[1:], deltas[1:], activations[1:-1]):
             weight.baddbmm_(delta.mT, a_prev, alpha=-1.0)  # (BP4) fused, per member: Wˡ −= (ηₖ/m) δˡᵀ aˡ⁻¹
             bias.sub_(delta.sum(1))  # (BP3) per member: bˡ −= (ηₖ/m) Σ_x δ^{x,l}
-        return costs
+        return z, error
+
+    def costs(self, z: Tensor, output_minus_y: Tensor, y: Tensor) -> Tensor:
+        r"""Each member's mean cost :math:`C_0 = \frac1m \sum_x C_x` from its :math:`z^L` and :math:`a^L - y`,
+        :math:`(*, K, m, \text{sizes}[-1])`, and ``y`` (floats, broadcastable): :math:`(*, K)`."""
+        return self.cost_function.fn(z, output_minus_y, y).mean(-1)
 
     def _per_member(self, name: str, value, check) -> list[float]:
         """``value`` checked as one number for every member or K numbers, one each: K checked floats."""
@@ -220,28 +267,19 @@ class Population(nn.Module):
             values = [value] * k
         return [check(v) for v in values]
 
-    def _step_tensors(self, etas: list[float], weight_decays: list[float], m: int, like: Tensor):
-        r"""Each member's :math:`\eta_k/m`, :math:`(K, 1, 1)`, and, if any :math:`\lambda_k` is not 0, the
-        weights' decay factors :math:`1 - \eta_k\lambda_k/n` shaped for each layer's weight; kept between calls,
-        since a training run repeats the same ones."""
-        key = (tuple(etas), tuple(weight_decays), m, like.dtype, like.device)
-        if self._steps is None or self._steps[0] != key:
-            kind = {"dtype": like.dtype, "device": like.device}
-            step = torch.tensor([eta / m for eta in etas], **kind).view(-1, 1, 1)
-            decays = None
-            if any(weight_decays):
-                factor = torch.tensor([1 - eta * decay for eta, decay in zip(etas, weight_decays)], **kind)
-                decays = [factor.repeat_interleave(self.sizes[1]).unsqueeze(1)]  # (K·H₁, 1), the stacked rows
-                decays += [factor.view(-1, 1, 1)] * (len(self.sizes) - 2)
-            self._steps = (key, step, decays)
-        return self._steps[1], self._steps[2]
-
-    def _ones_like(self, m: int, like: Tensor) -> Tensor:
-        """A vector of m ones for :func:`~torch_manualbp.equations.descend`, kept between calls."""
-        ones = self._ones
-        if ones is None or ones.shape[0] != m or ones.dtype != like.dtype or ones.device != like.device:
-            ones = self._ones = torch.ones(m, dtype=like.dtype, device=like.device)
-        return ones
+    def _checked_steps(self, x: Tensor, eta, lmbda, n) -> _StepTensors:
+        """Raise unless ``x``, ``eta``, ``lmbda`` and ``n`` are a valid step's (``y`` is checked by ``targets``);
+        the step's tensors, kept between calls: a run that repeats the same η, λ and n has them checked and made
+        once, not at every step (a cheap comparison of the arguments, types included, finds them)."""
+        self.check_batch(x)
+        if torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):  # x.device.type alone costs a µs
+            raise RuntimeError("Population.sgd_step computes in the parameters' dtype; it does not run under autocast")
+        key = (_exact(eta), _exact(lmbda), type(n), n, x.dtype, x.device)
+        if self._steps is None or self._steps.key != key:
+            etas = self._per_member("eta", eta, check_learning_rate)
+            weight_decays = self._per_member("lmbda", lmbda, lambda value: l2_weight_decay(value, n))
+            self._steps = _StepTensors(key, etas, weight_decays, self.sizes, x)
+        return self._steps
 
     def check_batch(self, x: Tensor) -> None:
         """Raise unless ``x`` is a non-empty ``(N, sizes[0])`` mini-batch of the members' dtype, on their device."""
@@ -288,3 +326,40 @@ def _check_members(networks) -> Network:
             )
         check_same_kind(f"networks[{i}]'s weights", network.layers[0].weight, "networks[0]'s weights", weight)
     return first
+
+
+def _exact(value):
+    """An η or λ argument as a key that ``==`` compares exactly, types included (``1``, ``1.0`` and ``True`` differ),
+    or, for a tensor or anything else, a new object, equal to nothing: such an argument is checked at every call."""
+    if type(value) in (float, int):
+        return type(value), value
+    if type(value) in (list, tuple) and all(type(v) in (float, int) for v in value):
+        return type(value), tuple(map(type, value)), tuple(value)
+    return object()
+
+
+class _StepTensors:
+    r"""One step's checked settings as the tensors :meth:`Population._update` takes: each member's
+    :math:`\eta_k/m`, :math:`(K, 1, 1)`, for each mini-batch size m met; the weights' decay factors
+    :math:`1 - \eta_k\lambda_k/n`, shaped for each layer's weight, or ``None`` when every λ is 0; and m ones for
+    :func:`~torch_manualbp.equations.descend`."""
+
+    def __init__(
+        self, key: tuple, etas: list[float], weight_decays: list[float], sizes: list[int], like: Tensor
+    ) -> None:
+        self.key, self.etas = key, etas
+        self.kind = {"dtype": like.dtype, "device": like.device}
+        self.decays = None
+        if any(weight_decays):
+            factor = torch.tensor([1 - eta * decay for eta, decay in zip(etas, weight_decays)], **self.kind)
+            self.decays = [factor.repeat_interleave(sizes[1]).unsqueeze(1)]  # (K·H₁, 1), the stacked first layer
+            self.decays += [factor.view(-1, 1, 1)] * (len(sizes) - 2)  # (K, 1, 1) for each later layer
+        self._by_rows: dict[int, tuple] = {}
+
+    def at(self, m: int) -> tuple[Tensor, list[Tensor] | None, Tensor]:
+        """``(step, decays, ones)`` for a mini-batch of m examples."""
+        found = self._by_rows.get(m)
+        if found is None:
+            step = torch.tensor([eta / m for eta in self.etas], **self.kind).view(-1, 1, 1)
+            found = self._by_rows[m] = (step, self.decays, torch.ones(m, **self.kind))
+        return found

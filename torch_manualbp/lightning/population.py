@@ -1,8 +1,9 @@
 r"""``PopulationClassifier``: K networks of one ``sizes`` and cost trained together in one Lightning run.
 
-The members are a :class:`~torch_manualbp.Population` (the core's); each Lightning batch is cut into the book's
-mini-batches, and every mini-batch is one :meth:`Population.sgd_step <torch_manualbp.Population.sgd_step>` of all
-members on it, so ``trainer.global_step`` counts SGD updates (each member takes one per step). Members differ by their
+The members are a :class:`~torch_manualbp.Population` (the core's); each Lightning batch is one
+:meth:`Population.sgd_steps <torch_manualbp.Population.sgd_steps>`, the batch cut into the book's mini-batches and
+every mini-batch one step of all members on it (the batch's arguments checked once), so ``trainer.global_step``
+counts SGD updates (each member takes one per step). Members differ by their
 seed (their initial weights), their η or their λ.
 
 How seeds map to weights: member k's network is ``Network(sizes, cost=cost, init=init)`` built right after
@@ -31,7 +32,7 @@ from torch import Tensor
 from ..checks import l2_weight_decay, targets
 from ..network import Network
 from ..population import Population
-from ..sgd import check_mini_batch_size, mini_batches
+from ..sgd import check_mini_batch_size
 from .datamodule import NUM_TRAIN
 from .module import EpochCost, check_hyperparameters, count_updates
 
@@ -164,16 +165,11 @@ class PopulationClassifier(L.LightningModule):
         size = self.hparams.mini_batch_size or len(x)
         first_step = self.trainer.global_step
         n = self.hparams.training_set_size
-        steps = [
-            self.population.sgd_step(
-                x[i * size : (i + 1) * size], y[i * size : (i + 1) * size], self.etas, self.lmbdas, n
-            )
-            for i in range(mini_batches(len(x), size))
-        ]
-        costs = torch.stack(steps)  # (steps, K), each member's cost at each step
+        # the batch's mini-batches as one block of steps, checked once
+        costs = self.population.sgd_steps(x, y, self.etas, self.lmbdas, n, size)  # (steps, K), each member's costs
         self._batch_costs = (first_step, costs)
         self._step_costs.append((first_step, costs.sum(1)))
-        count_updates(self.trainer, len(steps))  # trainer.global_step counts SGD updates, as for ManualBPClassifier
+        count_updates(self.trainer, len(costs))  # trainer.global_step counts SGD updates, as for ManualBPClassifier
         member_costs = costs.mean(0)  # (K,), each member's mean over the batch
         for k, epoch_cost in enumerate(self._epoch_costs):
             cost = member_costs[k] if k < len(self.population) else member_costs.mean()
@@ -203,9 +199,9 @@ class PopulationClassifier(L.LightningModule):
         pop = self.population
         pop.check_batch(x)
         # one feedforward of every member for aᴸ and zᴸ (the cross-entropy's value needs zᴸ)
-        activations, z = pop._feedforward(x, *pop.weights_and_biases())
+        activations, z = pop.feedforward(x)
         a, y = activations[-1], targets(y, (len(x), pop.sizes[-1]), x)  # (K, N, 10), (N, 10)
-        costs = pop.cost_function.fn(z, a - y, y).mean(-1)  # each member's C₀ = (1/n) Σ_x C_x, (K,)
+        costs = pop.costs(z, a - y, y)  # each member's C₀ = (1/n) Σ_x C_x, (K,)
         correct = (a.argmax(-1) == labels).sum(-1).float()  # (K,)
         ensemble = (a.mean(0).argmax(-1) == labels).sum().float()  # the members' averaged output activations
         rows = len(x)
