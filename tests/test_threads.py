@@ -99,3 +99,47 @@ def test_an_explicit_set_num_threads_call_wins():
 def test_bad_sizes_or_mini_batch_size_name_the_argument(sizes, mini_batch_size, named):
     with pytest.raises(ValueError, match=named):
         recommended_threads(sizes, mini_batch_size)
+
+
+def test_a_population_counts_the_work_of_all_its_members():
+    # [784, 30, 10] at mini-batch 10 is 0.24 million multiply-adds a step; K members stepped together do K times that
+    one = recommended_threads([784, 30, 10], 10)
+    members = int(ONE_THREAD_UP_TO // (10 * (784 * 30 + 30 * 10))) + 1  # just enough members to pass the threshold
+    assert one == 1
+    assert recommended_threads([784, 30, 10], 10, members=members) == torch_default_threads()
+    with pytest.raises(ValueError, match="members must be a positive int"):
+        recommended_threads([784, 30, 10], 10, members=0)
+
+
+def test_the_population_fit_says_its_thread_rule_with_its_members():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch_manualbp.cli",
+            "fit",
+            "--config",
+            "experiments/nielsen_ch1_seeds.yaml",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_checkpointing",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        | {"PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "manualbp: 1 intra-op thread (small networks, 3 stepped together: [784, 30, 10] at mini-batch 10" in (
+        out.stdout + out.stderr
+    )

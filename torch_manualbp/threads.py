@@ -58,33 +58,38 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what torch reads fo
 _applied: int | None = None  # the count apply_thread_rule set, so that a second call does not take it for the user's
 
 
-def _multiply_adds(sizes: Sequence[int], mini_batch_size: int) -> int:
-    """Multiply-adds of one step's matrix products (the forward's; BP2 and BP4 cost about as much again each)."""
+def _multiply_adds(sizes: Sequence[int], mini_batch_size: int, members: int = 1) -> int:
+    """Multiply-adds of one step's matrix products (the forward's; BP2 and BP4 cost about as much again each), for
+    ``members`` networks stepped together (a :class:`~torch_manualbp.population.Population`)."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
         raise ValueError(f"sizes must be a sequence of at least 2 layer sizes, e.g. [784, 30, 10], got {sizes!r}")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
         raise ValueError(f"sizes must be positive ints, got {sizes!r}")
     if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
         raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
-    return mini_batch_size * sum(n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ValueError(f"members must be a positive int, got {members!r}")
+    return members * mini_batch_size * sum(n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
 
 
-def recommended_threads(sizes: Sequence[int], mini_batch_size: int) -> int:
+def recommended_threads(sizes: Sequence[int], mini_batch_size: int, members: int = 1) -> int:
     r"""The intra-op thread count that trains a network of ``sizes`` fastest on the CPU, by the measured rule.
 
     One thread while a step's matrix products take at most :data:`ONE_THREAD_UP_TO` multiply-adds
-    (:math:`m \sum_l H_{l-1} H_l` for mini-batches of m), otherwise torch's default (:func:`torch_default_threads`).
+    (:math:`K m \sum_l H_{l-1} H_l` for mini-batches of m and K networks stepped together), otherwise torch's
+    default (:func:`torch_default_threads`).
 
     Args:
         sizes: neurons per layer, input first, e.g. ``[784, 30, 10]``.
         mini_batch_size: examples per SGD step.
+        members: networks stepped together on each mini-batch (a population's K), 1 by default.
 
     Examples::
 
         >>> recommended_threads([784, 30, 10], 10)
         1
     """
-    if _multiply_adds(sizes, mini_batch_size) <= ONE_THREAD_UP_TO:
+    if _multiply_adds(sizes, mini_batch_size, members) <= ONE_THREAD_UP_TO:
         return 1
     return torch_default_threads()
 
@@ -116,7 +121,7 @@ def user_thread_choice() -> str | None:
     return None
 
 
-def apply_thread_rule(sizes: Sequence[int], mini_batch_size: int) -> str:
+def apply_thread_rule(sizes: Sequence[int], mini_batch_size: int, members: int = 1) -> str:
     """Set torch's intra-op threads by :func:`recommended_threads` unless the user chose; the line to say at start.
 
     Call it once, before training on the CPU (GPU kernels do not use these threads).
@@ -126,17 +131,18 @@ def apply_thread_rule(sizes: Sequence[int], mini_batch_size: int) -> str:
         multiply-adds a step; OMP_NUM_THREADS overrides)"``, or ``"manualbp: 4 intra-op threads (OMP_NUM_THREADS=4)"``.
     """
     global _applied
-    work = _multiply_adds(sizes, mini_batch_size)
+    work = _multiply_adds(sizes, mini_batch_size, members)
     chosen = user_thread_choice()
     if chosen is not None:
         threads = torch.get_num_threads()
         return f"manualbp: {threads} intra-op thread{'s' * (threads != 1)} ({chosen})"
-    threads = recommended_threads(sizes, mini_batch_size)
+    threads = recommended_threads(sizes, mini_batch_size, members)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     _applied = threads
     kind = "small" if work <= ONE_THREAD_UP_TO else "large"
+    together = f"s, {members} stepped together" if members > 1 else ""
     return (
-        f"manualbp: {threads} intra-op thread{'s' * (threads != 1)} ({kind} network: {list(sizes)} at mini-batch "
-        f"{mini_batch_size}, {work / 1e6:.2f} million multiply-adds a step; OMP_NUM_THREADS overrides)"
+        f"manualbp: {threads} intra-op thread{'s' * (threads != 1)} ({kind} network{together}: {list(sizes)} at"
+        f" mini-batch {mini_batch_size}, {work / 1e6:.2f} million multiply-adds a step; OMP_NUM_THREADS overrides)"
     )

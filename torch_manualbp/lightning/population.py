@@ -33,6 +33,7 @@ from ..checks import l2_weight_decay, targets
 from ..network import Network
 from ..population import Population
 from ..sgd import check_mini_batch_size
+from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
 from .module import EpochCost, check_hyperparameters, count_updates
 
@@ -155,6 +156,12 @@ class PopulationClassifier(L.LightningModule):
             named = "; ".join(f"{self.describe(k)}: {costs[step - first, k].item()}" for k in bad)
             rank_zero_info(f"manualbp: the training cost at step {step} is not finite for {named}")
         return False
+
+    def on_train_start(self) -> None:
+        if self.device.type == "cpu":  # the thread rule counts the work of all K members' step
+            batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
+            size = self.hparams.mini_batch_size or batch_size or 1
+            rank_zero_info(apply_thread_rule(self.hparams.sizes, size, members=len(self.population)))
 
     def on_train_epoch_start(self) -> None:
         for epoch_cost in self._epoch_costs:
