@@ -28,6 +28,7 @@ To run::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -205,6 +206,7 @@ class ManualBPClassifier(L.LightningModule):
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
         self._saved_generator_state: Tensor | None = None  # the dropout masks' generator, from a checkpoint
+        self._evaluated: dict[str, tuple[Tensor, int]] = {}  # stage -> ((Σ C₀·n, correct), images) this evaluation
         classes = sizes[-1]
         self.val_accuracy = MulticlassAccuracy(classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(classes, average="micro")
@@ -368,10 +370,7 @@ class ManualBPClassifier(L.LightningModule):
             costs.append(self._fused_steps(x_run, y_run) if fused else self._autograd_step(x_run, y_run))
             self._step_scheduler("step")
         cost = torch.cat(costs).mean()
-        # on_epoch only: accumulated as a tensor, so no host sync at every step; the part of the epoch before a resume
-        # comes back from the checkpoint (see EpochCost)
-        mean, rows = self._epoch_cost.add(cost, len(x))
-        self.log("train/cost", mean, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
+        self._epoch_cost.add(cost, len(x))  # a tensor: no host sync at every step; logged at the epoch's last batch
         return cost
 
     def _runs(self, first_step: int, count: int) -> Iterator[tuple[int, int, bool]]:
@@ -425,6 +424,14 @@ class ManualBPClassifier(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._log_at_global_step()
+        trainer = self.trainer
+        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= trainer.global_step
+        if last or trainer.should_stop:
+            # the epoch's last batch: the mean cost of its batches not logged yet (all of them, the part before a
+            # resume included, unless a stop that did not stop logged some), logged once rather than at every batch
+            # (Lightning's bookkeeping for a self.log costs more than its batch's data); callbacks read it at the end
+            mean, rows = self._epoch_cost.take_unlogged()
+            self.log("train/cost", mean, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         self._step_scheduler("epoch")
@@ -448,26 +455,50 @@ class ManualBPClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
-        if dataloader_idx == 0:
-            self._evaluate(batch, "val", self.val_accuracy)
-        else:
-            self._evaluate(batch, "test", self.test_accuracy)
+        self._evaluate(batch, "val" if dataloader_idx == 0 else "test")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_accuracy)
+        self._evaluate(batch, "test")
 
-    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation()
+
+    def _start_evaluation(self) -> None:
+        self._evaluated = {}
+        self.val_accuracy.reset()
+        self.test_accuracy.reset()
+
+    def _evaluate(self, batch, stage: str) -> None:
+        """Add a batch's cost, correct answers and images to its stage's sums: a few tensor operations, no
+        ``self.log`` (whose bookkeeping costs more than the arithmetic of a batch of 1,000): logged at the end."""
         x, y, labels = batch
         a, cost = self.network.output_and_cost(x, y, self.hparams.dropout)  # aᴸ, C₀ (no λ term): one feedforward
-        accuracy(a, labels)  # the book's answer is the output neuron with the highest activation
-        self.log(f"{stage}/cost", cost, batch_size=len(x), sync_dist=True, add_dataloader_idx=False)
-        self.log(f"{stage}/accuracy", accuracy, batch_size=len(x), add_dataloader_idx=False)
-        # the book's "9129 / 10000": exact counts, summed over batches and processes (EpochReport prints them)
-        correct = (a.argmax(-1) == labels).sum().float()
-        for name, count in (("correct", correct), ("images", float(len(x)))):
-            self.log(
-                f"{stage}/{name}", count, reduce_fx="sum", batch_size=len(x), sync_dist=True, add_dataloader_idx=False
-            )
+        self._accuracy(stage).update(a, labels)  # the book's answer is the output neuron with the highest activation
+        correct = (a.argmax(-1) == labels).sum()  # the book's "9129 / 10000", an exact count (EpochReport prints it)
+        sums = torch.stack((cost * len(x), correct.to(cost.dtype)))  # (Σ C₀·n, correct)
+        total, images = self._evaluated.get(stage, (0.0, 0))
+        self._evaluated[stage] = (sums + total, images + len(x))
+
+    def _log_evaluation(self) -> None:
+        """Log each stage's mean cost, accuracy and counts over the batches (and, under DDP, the processes) seen."""
+        for stage, (sums, images) in self._evaluated.items():
+            log = functools.partial(self.log, batch_size=images, sync_dist=True, add_dataloader_idx=False)
+            log(f"{stage}/cost", sums[0] / images)  # weighted by images over processes: Σ C₀·n / Σ n
+            log(f"{stage}/accuracy", self._accuracy(stage))  # torchmetrics' own count, beside ours
+            log(f"{stage}/correct", sums[1], reduce_fx="sum")
+            log(f"{stage}/images", float(images), reduce_fx="sum")
+
+    def _accuracy(self, stage: str) -> MulticlassAccuracy:
+        return self.val_accuracy if stage == "val" else self.test_accuracy
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
@@ -495,9 +526,9 @@ def count_updates(trainer, updates: int) -> None:
     """Count ``updates`` SGD steps taken without an optimizer as Lightning counts ``LightningOptimizer.step()``, so
     that ``trainer.global_step`` (and the checkpoints' names) is the number of updates."""
     progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-    for _ in range(updates):
-        progress.increment_ready()
-        progress.increment_completed()
+    for tracker in (progress.total, progress.current):  # increment_ready() and increment_completed(), `updates` times
+        tracker.ready += updates
+        tracker.completed += updates
 
 
 class EpochCost:
@@ -506,10 +537,12 @@ class EpochCost:
 
     def __init__(self) -> None:
         self.epoch, self.total, self.rows, self.resumed = -1, 0.0, 0, False
+        self.logged: tuple[Tensor | float, int] = (0.0, 0)  # (total, rows) when take_unlogged() last took them
 
     def start(self, epoch: int) -> None:
         if epoch != self.epoch:  # a new epoch, not the one a checkpoint left half done
             self.epoch, self.total, self.rows, self.resumed = epoch, 0.0, 0, False
+            self.logged = (0.0, 0)
 
     def add(self, cost: Tensor, rows: int) -> tuple[Tensor, int]:
         """Add a batch's mean ``cost`` over ``rows`` examples; return what to log for it and its weight: the batch's
@@ -520,12 +553,20 @@ class EpochCost:
             return cost, rows
         return (cost * rows + before) / (rows + before_rows), rows + before_rows
 
+    def take_unlogged(self) -> tuple[Tensor | float, int]:
+        """The mean cost of the rows added since the last call in this epoch (at the first call after a resume, the
+        part of the epoch before it too) and their number, which ``self.log`` then weighs it by; marks them logged."""
+        total, rows = self.total - self.logged[0], self.rows - self.logged[1]
+        self.logged = (self.total, self.rows)
+        return total / max(rows, 1), rows
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "total": float(self.total), "rows": self.rows}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.total, self.rows = state.get("epoch", -1), state.get("total", 0.0), state.get("rows", 0)
         self.resumed = self.rows > 0
+        self.logged = (0.0, 0)  # nothing of this epoch is logged in this process yet
 
 
 def _say(message: str) -> None:
