@@ -111,7 +111,7 @@ def test_a_population_counts_the_work_of_all_its_members():
         recommended_threads([784, 30, 10], 10, members=0)
 
 
-def test_the_population_fit_says_its_thread_rule_with_its_members():
+def test_the_population_fit_says_its_thread_rule_with_its_members(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
@@ -119,7 +119,9 @@ def test_the_population_fit_says_its_thread_rule_with_its_members():
             "torch_manualbp.cli",
             "fit",
             "--config",
-            "experiments/nielsen_ch1_seeds.yaml",
+            str(ROOT / "experiments" / "nielsen_ch1_seeds.yaml"),
+            "--data.data_dir",
+            str(ROOT / "data" / "mnist"),
             "--trainer.max_epochs",
             "1",
             "--trainer.limit_train_batches",
@@ -135,7 +137,7 @@ def test_the_population_fit_says_its_thread_rule_with_its_members():
         ],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,  # the run's config.yaml goes here, not into the repository
         env={k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         | {"PYTHONPATH": str(ROOT)},
     )
