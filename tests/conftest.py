@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -150,3 +151,15 @@ def logged(trainer) -> dict[int, dict[str, float]]:
         for row in csv.DictReader(f):
             rows.setdefault(int(row["step"]), {}).update({k: float(v) for k, v in row.items() if v and "/" in k})
     return rows
+
+
+def book_shift(images: np.ndarray, d: int, axis: int) -> np.ndarray:
+    """``expand_mnist.py``'s displacement of every image at once: roll by ``d`` along ``axis`` (of one image), then
+    zero the row or column that wrapped around."""
+    shifted = np.roll(images, d, axis + 1)
+    index = 0 if d == 1 else 27
+    if axis == 0:
+        shifted[:, index, :] = 0
+    else:
+        shifted[:, :, index] = 0
+    return shifted

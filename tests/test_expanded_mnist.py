@@ -4,21 +4,9 @@ row or column set to zero) applied with numpy to the real MNIST files in data/mn
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR
+from conftest import DATA_DIR, book_shift
 
 from torch_manualbp.mnist import expand_by_shifts, load_mnist
-
-
-def book_shift(images: np.ndarray, d: int, axis: int) -> np.ndarray:
-    """``expand_mnist.py``'s displacement of every image at once: roll by ``d`` along ``axis`` (of one image), then
-    zero the row or column that wrapped around."""
-    shifted = np.roll(images, d, axis + 1)
-    index = 0 if d == 1 else 27
-    if axis == 0:
-        shifted[:, index, :] = 0
-    else:
-        shifted[:, :, index] = 0
-    return shifted
 
 
 @pytest.fixture(scope="module")

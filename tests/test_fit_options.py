@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, manualbp, quiet, write_config
+from conftest import DATA_DIR, book_shift, manualbp, quiet, write_config
 
 from torch_manualbp import Network
 from torch_manualbp.cli import main
@@ -27,17 +27,6 @@ def _raw_training_images() -> tuple[np.ndarray, np.ndarray]:
     labels = gzip.decompress((DATA_DIR / "train-labels-idx1-ubyte.gz").read_bytes())
     n, rows, cols = struct.unpack(">iii", images[4:16])
     return np.frombuffer(images, np.uint8, offset=16).reshape(n, rows, cols), np.frombuffer(labels, np.uint8, offset=8)
-
-
-def _shifted(images: np.ndarray, d: int, axis: int) -> np.ndarray:
-    """The book's ``expand_mnist.py`` shift: roll by ``d`` along ``axis`` of each image, zero what wrapped around."""
-    shifted = np.roll(images, d, axis + 1)
-    index = 0 if d == 1 else -1
-    if axis == 0:
-        shifted[:, index, :] = 0
-    else:
-        shifted[:, :, index] = 0
-    return shifted
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +74,7 @@ def test_expand_follows_each_of_the_first_train_size_images_by_its_four_one_pixe
     first = images[:300]
     np.testing.assert_array_equal(by_image[:, 0], first)
     for k, (d, axis) in enumerate([(1, 0), (-1, 0), (1, 1), (-1, 1)], start=1):  # down, up, right, left
-        np.testing.assert_array_equal(by_image[:, k], _shifted(first, d, axis))
+        np.testing.assert_array_equal(by_image[:, k], book_shift(first, d, axis))
     np.testing.assert_array_equal(got_labels.numpy(), np.repeat(labels[:300], 5))
     assert torch.equal(y.argmax(1), got_labels)
     assert torch.equal(_module(train_size=300, expand=True).splits["train"][0], x)  # deterministic
