@@ -19,7 +19,7 @@ from torch_manualbp.costs import Quadratic
 from torch_manualbp.mnist import load_mnist
 from torch_manualbp.observe import record_errors
 from torch_manualbp.reference import BookNetwork, autograd_cost
-from torch_manualbp.sgd import MiniBatchSGD, build_native
+from torch_manualbp.sgd import NATIVE_SOURCE, MiniBatchSGD, build_native, native_build_name
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 # float32: the native op's elementwise loops (σ, BP1, σ') round differently from ATen's vectorised kernels (its exp),
@@ -248,3 +248,16 @@ def test_without_a_thread_setting_the_cli_trains_with_the_rules_one_thread(tmp_p
     output = result.stdout + result.stderr
     assert output.count("intra-op thread") == 1
     assert "manualbp: 1 intra-op thread (small network: [784, 30, 10] at mini-batch 10" in output
+
+
+def test_each_checkout_and_version_of_the_source_keeps_its_own_build(tmp_path):
+    # torch's extensions cache rebuilds a name whose sources changed path or text: two checkouts under one name
+    # would rebuild each other's op on every switch
+    other = tmp_path / "sgd_block.cpp"
+    other.write_bytes(NATIVE_SOURCE.read_bytes())
+    assert native_build_name() == native_build_name(NATIVE_SOURCE)  # stable
+    assert native_build_name(other) != native_build_name()  # another checkout
+    name = native_build_name(other)
+    other.write_bytes(NATIVE_SOURCE.read_bytes() + b"\n// edited\n")
+    assert native_build_name(other) != name  # another version
+    assert name.startswith("manualbp_native_")

@@ -21,9 +21,9 @@ Backends, the same updates each (``backend=``):
   (CUDA) each equation is an ATen op, as in the eager step. L1 and dropout in the op too (the block's masks drawn in
   Python, as the eager steps draw them, and passed in). The same updates to float32 rounding (the loops round
   ``exp`` unlike ATen's vectorised kernel, and sum the products in another order), to 1e-10 of the book's in
-  float64. Built by
-  ``torch.utils.cpp_extension`` the first time (about 15-25 s) and cached in torch's extensions folder
-  (``TORCH_EXTENSIONS_DIR``). For the quadratic and the cross-entropy cost (another cost, and any step inside
+  float64. Built by ``torch.utils.cpp_extension`` the first time (about 15-30 s) and cached in torch's extensions
+  folder (``TORCH_EXTENSIONS_DIR``), one build for each checkout and version of the source
+  (:func:`native_build_name`). For the quadratic and the cross-entropy cost (another cost, and any step inside
   ``record_errors``, runs eagerly); where it cannot be built (no compiler: ``CXX`` names the one to use) the engine
   says so once and runs eagerly.
 - ``"auto"``: ``"native"`` where it applies, otherwise ``"eager"``; a build failure or another cost is said once.
@@ -43,6 +43,7 @@ To run (one epoch of chapter 1 without Lightning)::
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +66,7 @@ __all__ = [
     "check_mini_batch_size",
     "differences_from_plain_sgd",
     "mini_batches",
+    "native_build_name",
 ]
 
 BACKENDS = ("auto", "native", "eager", "compiled")
@@ -395,6 +397,14 @@ def _compiled_unrolled_steps():
     return torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
 
 
+def native_build_name(source: Path = NATIVE_SOURCE) -> str:
+    """The op's name in torch's extensions cache: ``manualbp_native_`` and a hash of the source's path and text, so
+    that two checkouts (or versions) on one machine each keep their own build instead of rebuilding each other's."""
+    source = Path(source).resolve()
+    digest = hashlib.sha256(str(source).encode() + b"\0" + source.read_bytes()).hexdigest()
+    return f"manualbp_native_{digest[:12]}"
+
+
 @functools.cache
 def build_native() -> str | None:
     """Build (the first time; later, load from torch's extensions cache) and register ``torch.ops.manualbp.sgd_block``
@@ -405,7 +415,7 @@ def build_native() -> str | None:
     try:
         from torch.utils import cpp_extension
 
-        cpp_extension.load("manualbp_native", [str(NATIVE_SOURCE)], extra_cflags=["-O3"], is_python_module=False)
+        cpp_extension.load(native_build_name(), [str(NATIVE_SOURCE)], extra_cflags=["-O3"], is_python_module=False)
     except Exception as error:  # no compiler, a failed build or load: the eager step makes the same updates
         lines = str(error).strip().splitlines()
         return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"[:200]
