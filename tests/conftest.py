@@ -163,3 +163,19 @@ def book_shift(images: np.ndarray, d: int, axis: int) -> np.ndarray:
     else:
         shifted[:, :, index] = 0
     return shifted
+
+
+def saturated_network(cost: str, dtype: torch.dtype):
+    """A ``Network([2, 2, 3], cost=cost)`` whose output weighted inputs are of order ±1e4 on two examples, each
+    driven hard to a wrong class (labels 1 and 0): the saturated case the costs' BP1 must keep finite.
+    Returns ``(net, x, labels)``."""
+    from torch_manualbp import Network
+
+    net = Network([2, 2, 3], cost=cost, dtype=dtype)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[5.0, -5.0], [-5.0, 5.0]]))
+        net.layers[0].bias.zero_()
+        net.layers[1].weight.copy_(torch.tensor([[1e4, -1e4], [-1e4, 1e4], [1e4, 1e4]]))  # zᴸ of order ±1e4
+        net.layers[1].bias.copy_(torch.tensor([0.0, 0.0, -1e4]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
+    return net, x, torch.tensor([1, 0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import leaves, network_and_batch
+from conftest import leaves, network_and_batch, saturated_network
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
@@ -209,14 +209,8 @@ def test_layered_cost_supports_double_backward_and_the_one_node_cost_says_it_doe
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_path_is_finite_and_right_with_outputs_saturated_at_z_of_1e4(dtype):
-    net = Network([2, 2, 3], cost="cross_entropy", dtype=dtype)
-    with torch.no_grad():
-        net.layers[0].weight.copy_(torch.tensor([[5.0, -5.0], [-5.0, 5.0]]))
-        net.layers[0].bias.zero_()
-        net.layers[1].weight.copy_(torch.tensor([[1e4, -1e4], [-1e4, 1e4], [1e4, 1e4]]))  # zᴸ of order ±1e4
-        net.layers[1].bias.copy_(torch.tensor([0.0, 0.0, -1e4]))
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
-    labels = torch.tensor([1, 0])  # both outputs saturated on the wrong neuron: a = 1 where y = 0, a = 0 where y = 1
+    net, x, labels = saturated_network("cross_entropy", dtype)
+    # both outputs saturated on the wrong neuron: a = 1 where y = 0, a = 0 where y = 1
     y = TF.one_hot(labels, 3).to(dtype)
     params = list(net.parameters())
     ref = autograd_cost(net.parameters(), x, y, "cross_entropy")

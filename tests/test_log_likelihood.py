@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import leaves, manualbp, write_config
+from conftest import leaves, manualbp, saturated_network, write_config
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, jvp, vmap
 
@@ -121,14 +121,8 @@ def test_sgd_steps_equal_autograd_and_the_books_l2_update_float64(lmbda):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_saturated_softmax_gives_finite_costs_and_gradients_equal_to_autograd(dtype):
-    net = Network([2, 2, 3], cost="log_likelihood", dtype=dtype)
-    with torch.no_grad():
-        net.layers[0].weight.copy_(torch.tensor([[5.0, -5.0], [-5.0, 5.0]]))
-        net.layers[0].bias.zero_()
-        net.layers[1].weight.copy_(torch.tensor([[1e4, -1e4], [-1e4, 1e4], [1e4, 1e4]]))  # zᴸ of order ±1e4
-        net.layers[1].bias.copy_(torch.tensor([0.0, 0.0, -1e4]))
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
-    labels = torch.tensor([1, 0])  # the softmax puts all its mass on a wrong class: aᴸ_{y(x)} rounds to 0
+    net, x, labels = saturated_network("log_likelihood", dtype)
+    # the softmax puts all its mass on a wrong class: aᴸ_{y(x)} rounds to 0
     params = list(net.parameters())
     assert (net(x).gather(1, labels[:, None]) == 0).all()
     ref = network_reference(net, x, labels)
