@@ -33,6 +33,9 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 - logs to CSV under ``runs/manualbp`` by default (Lightning would pick TensorBoard whenever it is installed); the
   configs name their logger, and ``--trainer.logger.class_path lightning.pytorch.loggers.TensorBoardLogger``
   switches a config's logger to TensorBoard (``pip install -e ".[tensorboard]"``).
+- with ``--trainer.default_root_dir D``, puts the logger's and the ``ModelCheckpoint`` callbacks' relative folders
+  (the configs' ``runs``) under D instead of the working directory; ``--trainer.fast_dev_run`` writes no checkpoint
+  (Lightning's own ``save_last`` would) and ends with one line instead of the summary;
 - trains a population (:class:`~torch_manualbp.lightning.PopulationClassifier`) instead of one network when the
   config or the command line gives any ``population.*`` setting: ``population.seeds`` (one member per seed, member
   k starting from the weights ``--seed_everything seeds[k]`` gives the single network; default: ``seed_everything``
@@ -60,7 +63,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import DefaultHelpFormatter, lazy_instance
+from jsonargparse import DefaultHelpFormatter, Namespace, lazy_instance
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _global_add_class_path, instantiate_class
@@ -294,6 +297,7 @@ class ManualBPCLI(LightningCLI):
             _check_population(config, [key for key in [*parser._optimizers, *parser._lr_schedulers] if config.get(key)])
 
     def instantiate_classes(self) -> None:
+        _paths_under_root_dir(self.config[self.subcommand] if self.subcommand else self.config)
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
         population = _population(config)
@@ -330,6 +334,11 @@ class ManualBPCLI(LightningCLI):
         elif self._get(self.config, "report", default=True):
             if not any(isinstance(callback, EpochReport) for callback in callbacks):
                 callbacks.append(EpochReport())
+        if kwargs.get("fast_dev_run", trainer.get("fast_dev_run")):
+            # Lightning's docs: fast_dev_run writes no checkpoint; its ModelCheckpoint would still write last.ckpt
+            # at the end of training (save_last), into the config's folder
+            callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
+            kwargs["enable_checkpointing"] = False
         plugins = _as_list(kwargs.pop("plugins", trainer.get("plugins")))
         strategy = kwargs.get("strategy", trainer.get("strategy", "auto"))
         strategy_name = (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
@@ -402,6 +411,32 @@ def _check_population(config, optimizers: list[str]) -> None:
     member = population.get("member")
     if member is not None and not 0 <= member < len(seeds):
         raise ConfigError(f"population.member must be a member's index in 0..{len(seeds) - 1}, got {member}")
+
+
+def _paths_under_root_dir(config) -> None:
+    r"""With ``trainer.default_root_dir`` D set, the relative ``save_dir`` of the trainer's logger and ``dirpath`` of
+    its ``ModelCheckpoint`` callbacks (the configs' ``runs``, ``runs/nielsen_ch1``) are taken under D, where
+    Lightning puts the logs and checkpoints of a trainer that names no folder, instead of the working directory;
+    absolute paths are kept. Changes ``config`` (a subcommand's parsed settings) in place."""
+    trainer = config.get("trainer") or {}
+    root = trainer.get("default_root_dir")
+    if not root:
+        return
+
+    def under_root(init_args, key: str, default: str | None = None) -> None:
+        path = init_args.get(key, default) if init_args is not None else default
+        if path is not None and not Path(path).is_absolute() and "://" not in str(path):
+            init_args[key] = str(Path(root) / path)
+
+    logger = trainer.get("logger")
+    if isinstance(logger, CSVLogger):  # the command's default logger, not yet built
+        trainer["logger"] = lazy_instance(CSVLogger, save_dir=str(Path(root) / "runs"), name="manualbp")
+    for entry in _as_list(logger):
+        if isinstance(entry, Namespace) and entry.get("init_args") is not None:
+            under_root(entry.init_args, "save_dir")
+    for entry in _as_list(trainer.get("callbacks")):
+        if isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith("ModelCheckpoint"):
+            under_root(entry.get("init_args"), "dirpath")
 
 
 def _named_on_command_line(option: str, args) -> bool:

@@ -399,7 +399,10 @@ class ManualBPClassifier(L.LightningModule):
 
     def _autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
         """One step through autograd: ``Network.cost``, its backward (BP1-BP4), the optimizer's step."""
-        cost = self.network.cost(x, y)  # its backward is BP1-BP4 (NetworkCostFunction)
+        if torch.is_autocast_enabled(x.device.type):  # precision="*-mixed": the per-layer Functions follow autocast
+            cost = self.network.layered_cost(x, y)
+        else:
+            cost = self.network.cost(x, y)  # its backward is BP1-BP4 (NetworkCostFunction)
         self._step_costs.append((self.trainer.global_step, cost.detach().reshape(1)))
         for p in self.network.parameters():  # optimizer.zero_grad(), without its per-call profiling overhead
             p.grad = None

@@ -150,6 +150,9 @@ class EpochReport(L.Callback):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: under DDP it is a broadcast
         if not trainer.is_global_zero or not self.history:
             return
+        if trainer.fast_dev_run:  # Lightning ran a few batches as a check, and logs and checkpoints nothing
+            print(_fast_dev_run_summary(trainer), flush=True)
+            return
         chart = log_dir / CURVES_PNG
         draw_curves(self.history, chart, cost_name=_cost_name(pl_module))
         print(self.summary(trainer, time.perf_counter() - self._fit_start, chart), flush=True)
@@ -227,6 +230,15 @@ class EpochReport(L.Callback):
         evaluated = self._collect(trainer)
         if trainer.is_global_zero and evaluated:
             print(_evaluation_line(evaluated, trainer.callback_metrics), flush=True)
+
+
+def _fast_dev_run_summary(trainer) -> str:
+    r"""The one line ``fit`` ends with under ``fast_dev_run``: what was checked, and that nothing was written."""
+    batches = int(trainer.fast_dev_run)  # True is 1
+    return (
+        f"fast_dev_run: {batches} training batch{'es' if batches != 1 else ''} and {batches} of each evaluation ran"
+        " as a check; no checkpoint, metrics or chart written (leave out --trainer.fast_dev_run to train)"
+    )
 
 
 def _per_member(metrics, name: str, round_to: int | None = 0) -> list:
