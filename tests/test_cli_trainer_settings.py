@@ -1,0 +1,55 @@
+"""Trainer settings on the ``manualbp`` command mean what Lightning's docs say (issue 26, findings 5, 6 and 7).
+
+Every run is the real command in a subprocess, from a fresh working directory, with the shipped
+``experiments/nielsen_ch1.yaml`` (its relative ``runs`` folders included) and a few batches of training.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from conftest import DATA_DIR, NIELSEN, manualbp
+
+SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+
+
+def _fit(cwd, *args):
+    return manualbp("fit", "--config", NIELSEN, "--data.data_dir", DATA_DIR, *args, cwd=cwd)
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def test_fast_dev_run_ends_with_one_line_and_writes_nothing(tmp_path):
+    result = _fit(tmp_path, "--trainer.fast_dev_run", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last_line = result.stdout.rstrip().splitlines()[-1]
+    assert last_line.startswith("fast_dev_run: 1 training batch") and "no checkpoint" in last_line, result.stdout
+    assert _files(tmp_path) == []  # no curves.png, no runs/nielsen_ch1/last.ckpt, no config.yaml in the cwd
+
+
+def test_bf16_mixed_trains_through_autograd_as_it_says(tmp_path):
+    result = _fit(tmp_path, *SHORT, "--trainer.precision", "bf16-mixed", "--trainer.default_root_dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training through autograd" in result.stdout + result.stderr
+    # 200 SGD updates at η = 3 take the network well past chance (10%, the untrained N(0, 1) network's ~10%)
+    accuracy = float(re.search(r"Last epoch 0: validation \d+ / 10000 \(([\d.]+)%\)", result.stdout)[1])
+    assert accuracy > 25, result.stdout
+    weights = torch.load(tmp_path / "runs" / "nielsen_ch1" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in weights["state_dict"].values())  # autocast keeps fp32 parameters
+
+
+def test_default_root_dir_holds_the_configs_relative_logs_and_checkpoints(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = _fit(cwd, *SHORT, "--trainer.default_root_dir", "D")
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = _files(cwd)
+    assert all(name.startswith("D/") for name in files), files
+    assert "D/runs/nielsen_ch1/last.ckpt" in files  # the config's dirpath runs/nielsen_ch1, under D
+    assert "D/runs/nielsen_ch1/version_0/metrics.csv" in files  # the config's logger save_dir runs, under D
+    assert "D/runs/nielsen_ch1/version_0/checkpoints/best-epoch=0.ckpt" in files
+    assert "Last checkpoint: D/runs/nielsen_ch1/last.ckpt" in result.stdout
