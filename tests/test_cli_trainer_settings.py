@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import torch
-from conftest import DATA_DIR, NIELSEN, manualbp
+from conftest import DATA_DIR, NIELSEN, manualbp, write_config
 
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
 
@@ -53,3 +53,17 @@ def test_default_root_dir_holds_the_configs_relative_logs_and_checkpoints(tmp_pa
     assert "D/runs/nielsen_ch1/version_0/metrics.csv" in files  # the config's logger save_dir runs, under D
     assert "D/runs/nielsen_ch1/version_0/checkpoints/best-epoch=0.ckpt" in files
     assert "Last checkpoint: D/runs/nielsen_ch1/last.ckpt" in result.stdout
+
+
+def test_ckpt_path_last_among_two_runs_last_checkpoints_is_one_line_naming_both(tmp_path):
+    config = write_config(tmp_path, trainer={"max_epochs": 1, "limit_train_batches": 1})
+    folder = tmp_path / "config" / "last"
+    folder.mkdir(parents=True)
+    for name in ("last.ckpt", "last-v1.ckpt"):  # a first run's and a second run's, into the same folder
+        (folder / name).write_bytes(b"")
+    result = manualbp("fit", "--config", config, "--ckpt_path", "last")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.rstrip().splitlines()[-1]
+    assert line.startswith("manualbp: error: ckpt_path last: 2 last checkpoints"), line
+    assert str(folder / "last.ckpt") in line and str(folder / "last-v1.ckpt") in line and "--ckpt_path" in line
+    assert not (tmp_path / "runs").exists()

@@ -445,12 +445,19 @@ def _named_on_command_line(option: str, args) -> bool:
 
 
 def _last_checkpoint(trainer, subcommand: str) -> str:
-    """The newest ``last*.ckpt`` in the folders of the trainer's ``ModelCheckpoint`` callbacks (where Lightning's
-    ``ckpt_path="last"`` looks); :class:`ConfigError` saying what to pass when there is none."""
+    """The one ``last*.ckpt`` in the folders of the trainer's ``ModelCheckpoint`` callbacks (where Lightning's
+    ``ckpt_path="last"`` looks); :class:`ConfigError` saying what to pass when there is none, or several (two runs'
+    ``last.ckpt`` and ``last-v1.ckpt``: which one to resume is the user's choice, not the newest file's)."""
     callbacks = [callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)]
-    found = [Path(path) for callback in callbacks for path in callback._find_last_checkpoints(trainer)]
+    folders = {Path(callback.dirpath) for callback in callbacks if callback.dirpath}
+    found = sorted(
+        {path for folder in folders for path in folder.glob(f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}*.ckpt")}
+    )
+    if len(found) == 1:
+        return str(found[0])
     if found:
-        return str(max(found, key=lambda path: path.stat().st_mtime))
+        names = ", ".join(shown_path(path) for path in found)
+        raise ConfigError(f"ckpt_path last: {len(found)} last checkpoints ({names}); pass --ckpt_path <one of them>")
     folders = ", ".join(sorted({shown_path(callback.dirpath) for callback in callbacks if callback.dirpath}))
     where = f"in {folders}" if folders else "(no ModelCheckpoint in the config names a dirpath)"
     if subcommand == "fit":
