@@ -31,7 +31,7 @@ USAGE_ERROR, DIVERGED = 2, 1
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 HELP = """\
-usage: manualbp {fit,validate,test,predict,gradcheck} [options]
+usage: manualbp {fit,validate,test,predict,gradcheck,check} [options]
 
 manualbp: Nielsen's chapter-2 backpropagation (BP1-BP4, written by hand as PyTorch autograd Functions), trained
 on MNIST with Lightning.
@@ -42,6 +42,7 @@ subcommands:
   test        accuracy of a trained network on the test images (needs --ckpt_path)
   predict     the digits a trained network reads in your images (needs --ckpt_path and --data.predict_path)
   gradcheck   check every Function's backward against finite differences (manualbp gradcheck [--seed N])
+  check       check YOUR backprop (a network.py or bp1-bp4): manualbp check FILE [--timeout S] [--seed N]
 
 the settings that matter most:
   --config FILE               a YAML config; experiments/ holds the book's runs (nielsen_ch1.yaml: chapter 1)
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args:  # a subcommand is required
         print(HELP, end="", file=sys.stderr)
         return USAGE_ERROR
+    if args[:1] == ["check"]:
+        return _check(args[1:])
     if args[:1] != ["gradcheck"]:
         return _train(argv)
     parser = argparse.ArgumentParser(prog="manualbp gradcheck", description=_gradcheck.__doc__)
@@ -183,6 +186,23 @@ def _gradcheck(seed: int) -> int:
     rows = run_checks(default_cases(seed))
     print(format_table(rows))
     return 0 if all(passed for *_, passed, _ in rows) else 1
+
+
+def _check(args: list[str]) -> int:
+    """Check a student's backprop file; print one line per finding (exit 0 right, 1 wrong, 2 file unusable)."""
+    from .check import check_file
+
+    parser = argparse.ArgumentParser(prog="manualbp check", description=_check.__doc__)
+    parser.add_argument("file", help="your network.py (class Network with backprop) or a file defining bp1-bp4")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds your code may run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the checker's weights and inputs")
+    options = parser.parse_args(args)
+    result = check_file(options.file, timeout=options.timeout, seed=options.seed)
+    for line in result.lines:
+        print(
+            f"manualbp check: {line}" if result.status == 2 else line, file=sys.stderr if result.status == 2 else None
+        )
+    return result.status
 
 
 if __name__ == "__main__":

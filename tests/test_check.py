@@ -1,0 +1,92 @@
+"""`manualbp check`: a student's backprop file is passed when right, and each planted mistake is named (equation,
+layer, cause). The truth the checker uses is torch autograd; the files here are written independently of it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torch_manualbp.check import check_file
+
+FILES = Path(__file__).parent / "check_files"
+
+
+def manualbp_check(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "torch_manualbp.cli", "check", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("name", ["network_correct.py", "functions_correct.py"])
+def test_check_command_passes_a_correct_file_of_either_shape(name):
+    result = manualbp_check(str(FILES / name))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all right" in result.stdout
+
+
+def test_check_command_names_the_equation_and_layer_of_a_planted_mistake():
+    result = manualbp_check(str(FILES / "network_bp2_sigma_prime_of_a.py"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BP2 wrong at layer l = 3" in result.stdout and "σ'(a) used for σ'(z)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name, equation, layer, cause",
+    [
+        ("network_bp1_sigma_prime_of_a.py", "BP1", 4, "σ'(a) used for σ'(z)"),
+        ("network_bp1_missing_sigma_prime.py", "BP1", 4, "a missing σ'(z) factor"),
+        ("network_bp1_sign.py", "BP1", 4, "a sign flip"),
+        ("network_bp2_sigma_prime_of_a.py", "BP2", 3, "σ'(a) used for σ'(z)"),
+        ("network_bp3.py", "BP3", 4, "nabla_b is not δ"),
+        ("network_bp4_sign.py", "BP4", 4, "a sign flip"),
+        ("network_bp4_wrong_layer.py", "BP4", 3, "the wrong layer's activation, a^3 in place of a^2"),
+    ],
+)
+def test_planted_mistake_is_named_with_its_equation_layer_and_cause(name, equation, layer, cause):
+    result = check_file(FILES / name)
+    assert result.status == 1, result.lines
+    assert len(result.lines) == 1
+    assert result.lines[0].startswith(f"{equation} wrong at layer l = {layer} ") and cause in result.lines[0]
+    assert "largest error" in result.lines[0]
+
+
+def test_planted_mistake_in_a_bp_function_names_that_function_only():
+    result = check_file(FILES / "functions_bp2_sigma_prime_of_a.py")
+    assert result.status == 1
+    assert len(result.lines) == 1 and result.lines[0].startswith("BP2 wrong") and "σ'(a)" in result.lines[0]
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("no_backprop.py", "defines neither class Network nor bp2, bp3, bp4"),
+        ("network_wrong_shape.py", "nabla_w has shape (4, 3), expected (3, 4)"),
+        ("network_raises.py", 'line 32 (raise RuntimeError("student gave up")): RuntimeError'),
+        ("network_bp2_missing_transpose.py", "line 34 "),
+    ],
+)
+def test_unusable_file_gets_one_line_and_status_2(name, expected):
+    result = check_file(FILES / name)
+    assert result.status == 2 and len(result.lines) == 1
+    assert expected in result.lines[0], result.lines
+
+
+def test_file_that_does_not_parse_gets_its_line_and_status_2(tmp_path):
+    student = tmp_path / "network.py"
+    student.write_text("import numpy as np\n\ndef backprop(self, x, y)\n    return x\n")
+    result = check_file(student)
+    assert result.status == 2 and result.lines == [f"{student} does not parse: line 3: expected ':'"]
+
+
+def test_missing_transpose_that_breaks_shapes_is_hinted_at():
+    (line,) = check_file(FILES / "network_bp2_missing_transpose.py").lines
+    assert "a missing transpose?" in line and "self.weights[-k + 1], delta" in line
+
+
+def test_endless_loop_is_stopped_by_the_timeout_with_exit_status_2():
+    result = manualbp_check(str(FILES / "network_loops.py"), "--timeout", "2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "manualbp check: network_loops.py: still running after 2 s (an endless loop?)"
+    ]

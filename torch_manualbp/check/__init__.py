@@ -1,0 +1,217 @@
+r"""``manualbp check FILE``: is a student's backprop right, and if not, which equation of theirs is wrong, where, why.
+
+FILE is a Python file in one of two shapes:
+
+- the book's ``network.py``: ``class Network(sizes)`` whose ``backprop(self, x, y)`` returns ``(nabla_b, nabla_w)``
+  for one example (numpy column vectors, quadratic cost, sigmoid neurons). The checker builds ``Network(sizes)``,
+  overwrites ``weights`` and ``biases`` with its own seeded values, and runs ``backprop`` on seeded inputs, for
+  several sizes and depths;
+- functions ``bp1(nabla_a, z)``, ``bp2(w_next, delta_next, z)``, ``bp3(delta)``, ``bp4(delta, a_prev)``, each checked
+  on its own.
+
+The student's code runs in a subprocess (:mod:`torch_manualbp.check.runner`) with a time limit; the true values come
+from plain torch autograd in float64, and the diagnosis runs here. Layers are numbered as in the book, l = 2..L.
+
+Examples::
+
+    >>> result = check_file("my_network.py")
+    >>> result.status, result.lines  # 0 right, 1 something wrong, 2 the file cannot be used
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["CheckResult", "check_file", "CASE_SIZES"]
+
+#: The networks a ``Network`` file is run on: the square 4x4 weights of the last catch a w in place of wᵀ in BP2.
+CASE_SIZES = ([5, 4, 4, 3], [3, 2], [4, 5, 3])
+
+#: Agreement allowed, relative to the largest true value: a float32 student's rounding (about 1e-7 per operation,
+#: a few dozen operations) passes; every planted mistake is off by tens of percent.
+RTOL = 1e-4
+
+
+@dataclass
+class CheckResult:
+    """``status``: 0 all right, 1 something is wrong, 2 the file cannot be used; ``lines``: one per finding."""
+
+    status: int
+    lines: list[str]
+
+
+class _Unusable(Exception):
+    """The student's results cannot be compared (wrong shapes): exit status 2, one line."""
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _sigmoid_prime(z):
+    return _sigmoid(z) * (1.0 - _sigmoid(z))
+
+
+def _cases(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    cases = {"n_cases": np.array(len(CASE_SIZES))}
+    for c, sizes in enumerate(CASE_SIZES):
+        cases[f"{c}_sizes"] = np.array(sizes)
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            cases[f"{c}_w{i}"] = rng.standard_normal((n_out, n_in))
+            cases[f"{c}_b{i}"] = rng.standard_normal((n_out, 1))
+        cases[f"{c}_x"] = rng.random((sizes[0], 1))
+        cases[f"{c}_y"] = rng.random((sizes[-1], 1))
+    # the functions' inputs: w_next is (3, 4), not square, so wᵀ and w cannot be confused silently
+    cases.update(
+        nabla_a=rng.standard_normal((4, 1)),
+        z=rng.standard_normal((4, 1)),
+        w_next=rng.standard_normal((3, 4)),
+        delta_next=rng.standard_normal((3, 1)),
+        delta=rng.standard_normal((4, 1)),
+        a_prev=rng.random((5, 1)),
+    )
+    return cases
+
+
+def _truth(cases: dict, c: int):
+    """z, a (a[0] = x) and δ of case ``c``, δ ≡ ∂C/∂z by torch autograd in float64."""
+    n = len(cases[f"{c}_sizes"]) - 1
+    a = [torch.tensor(cases[f"{c}_x"])]
+    zs = []
+    for i in range(n):
+        w = torch.tensor(cases[f"{c}_w{i}"], requires_grad=True)
+        z = w @ a[-1] + torch.tensor(cases[f"{c}_b{i}"])
+        z.retain_grad()
+        zs.append(z)
+        a.append(torch.sigmoid(z))
+    (0.5 * ((a[-1] - torch.tensor(cases[f"{c}_y"])) ** 2).sum()).backward()
+    return [z.detach().numpy() for z in zs], [t.detach().numpy() for t in a], [z.grad.numpy() for z in zs]
+
+
+def _close(got, want) -> bool:
+    return got.shape == want.shape and np.abs(got - want).max() <= RTOL * max(np.abs(want).max(), 1e-12)
+
+
+def _worst(got, want) -> str:
+    diff = np.abs(got - want)
+    index = np.unravel_index(diff.argmax(), diff.shape)
+    where = tuple(int(i) for i in index)
+    return f"largest error {diff.max():.3g} at {where} (yours {got[index]:.6g}, true {want[index]:.6g})"
+
+
+def _delta_cause(got, g, z, a) -> str:
+    """The common slip that ``got`` matches, for δ = g ⊙ σ'(z)."""
+    candidates = {
+        "σ'(a) used for σ'(z): σ(z)(1 − σ(z)) evaluated at a = σ(z)": g * _sigmoid_prime(a),
+        "a missing σ'(z) factor": g,
+        "a sign flip (−δ)": -g * _sigmoid_prime(z),
+    }
+    for cause, value in candidates.items():
+        if _close(got, value):
+            return f"; likely cause: {cause}"
+    return ""
+
+
+def _diagnose_network(cases: dict, out: dict) -> list[str]:
+    for c, sizes in enumerate(CASE_SIZES):
+        zs, a, delta = _truth(cases, c)
+        n = len(sizes) - 1
+        for i in reversed(range(n)):  # output layer first
+            layer, nb, nw = i + 2, out[f"{c}_nb{i}"], out[f"{c}_nw{i}"]
+            for name, got, want in (("nabla_b", nb, delta[i]), ("nabla_w", nw, delta[i] @ a[i].T)):
+                if got.shape != want.shape:
+                    raise _Unusable(
+                        f"layer {layer} of Network({sizes}): {name} has shape {got.shape}, expected {want.shape}"
+                    )
+            true_nw = delta[i] @ a[i].T
+            if _close(nb, delta[i]) and _close(nw, true_nw):
+                continue
+            where = f"layer l = {layer} of Network({sizes})"
+            if not _close(nb, delta[i]) and _close(nw, true_nw):
+                return [f"BP3 wrong at {where}: nabla_b is not δ; {_worst(nb, delta[i])}"]
+            if _close(nb, delta[i]):
+                cause = "; likely cause: a sign flip (−δ aᵀ)" if _close(nw, -true_nw) else ""
+                for k, a_k in enumerate(a):
+                    if k != i and a_k.shape == a[i].shape and _close(nw, delta[i] @ a_k.T):
+                        cause = f"; likely cause: the wrong layer's activation, a^{k + 1} in place of a^{i + 1}"
+                return [f"BP4 wrong at {where}: nabla_w is not δ (a^{layer - 1})ᵀ; {_worst(nw, true_nw)}{cause}"]
+            if i == n - 1:
+                g, equation = a[-1] - cases[f"{c}_y"], "BP1"
+            else:
+                g, equation = cases[f"{c}_w{i + 1}"].T @ delta[i + 1], "BP2"
+            cause = _delta_cause(nb, g, zs[i], a[i + 1])
+            w_next = cases[f"{c}_w{i + 1}"] if equation == "BP2" else None
+            if (
+                w_next is not None
+                and w_next.shape[0] == w_next.shape[1]
+                and _close(nb, (cases[f"{c}_w{i + 1}"] @ delta[i + 1]) * _sigmoid_prime(zs[i]))
+            ):
+                cause = "; likely cause: a missing transpose, w^(l+1) in place of (w^(l+1))ᵀ"
+            if not _close(nw, nb @ a[i].T):
+                cause += "; nabla_w is not your δ (a^(l-1))ᵀ either (BP4)"
+            return [f"{equation} wrong at {where}: δ^{layer} (your nabla_b) {_worst(nb, delta[i])}{cause}"]
+    return []
+
+
+def _diagnose_functions(cases: dict, out: dict) -> list[str]:
+    z, sp = cases["z"], _sigmoid_prime(cases["z"])
+    a = _sigmoid(z)
+    truths = {
+        "bp1": (cases["nabla_a"] * sp, cases["nabla_a"], "δᴸ = ∇_a C ⊙ σ'(zᴸ)"),
+        "bp2": (cases["w_next"].T @ cases["delta_next"] * sp, cases["w_next"].T @ cases["delta_next"], "δˡ"),
+        "bp3": (cases["delta"], None, "∂C/∂bˡ = δˡ"),
+        "bp4": (cases["delta"] @ cases["a_prev"].T, None, "∂C/∂wˡ = δˡ (aˡ⁻¹)ᵀ"),
+    }
+    lines = []
+    for name, (want, g, what) in truths.items():
+        got = out[name]
+        if got.shape != want.shape:
+            raise _Unusable(f"{name} returned shape {got.shape}, expected {want.shape} ({what})")
+        elif not _close(got, want):
+            cause = _delta_cause(got, g, z, a) if g is not None else ""
+            if not cause and _close(got, -want):
+                cause = "; likely cause: a sign flip"
+            lines.append(f"{name.upper()} wrong ({what}): {_worst(got, want)}{cause}")
+    return lines
+
+
+def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0) -> CheckResult:
+    r"""Run the student's file at ``path`` in a subprocess and diagnose its backprop.
+
+    Args:
+        path: a Python file defining ``class Network`` (the book's shape) or ``bp1``-``bp4``.
+        timeout: seconds the student's code may run.
+        seed: seed of the checker's weights, biases and inputs.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        return CheckResult(2, [f"{path}: no such file"])
+    cases = _cases(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "cases.npz", **cases)
+        # the runner by its path, not -m: -m would import the package, and torch with it, for every check
+        command = [sys.executable, str(Path(__file__).with_name("runner.py")), str(path), f"{tmp}/cases.npz"]
+        command.append(f"{tmp}/out.npz")
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return CheckResult(2, [f"{path.name}: still running after {timeout:g} s (an endless loop?)"])
+        if run.returncode != 0:
+            lines = run.stderr.strip().splitlines()
+            return CheckResult(2, [lines[-1] if lines else f"the student's process exited with {run.returncode}"])
+        with np.load(Path(tmp) / "out.npz") as data:
+            out = {k: data[k] for k in data.files}
+    diagnose = _diagnose_network if str(out.pop("shape")) == "network" else _diagnose_functions
+    try:
+        lines = diagnose(cases, out)
+    except _Unusable as err:
+        return CheckResult(2, [str(err)])
+    return CheckResult(1, lines) if lines else CheckResult(0, ["all right: " + str(path.name)])

@@ -1,0 +1,80 @@
+r"""Runs a student's file in its own process, for :func:`torch_manualbp.check.check_file`.
+
+To run (the checker does this)::
+
+    python torch_manualbp/check/runner.py STUDENT.py CASES.npz OUT.npz
+
+It imports numpy only. The student's results go to ``OUT.npz``; a failure is one line on stderr and exit status 2,
+naming the student's own line when their code raised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+
+import numpy as np
+
+BP_FUNCTIONS = ("bp1", "bp2", "bp3", "bp4")
+
+
+def _student_line(err: BaseException, path: str) -> str:
+    """``line N: Type: message`` at the deepest frame of the student's file."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == path]
+    where = f"line {frames[-1].lineno} ({frames[-1].line})" if frames else "your file"
+    return f"{where}: {type(err).__name__}: {err}"
+
+
+def _run_network(module, cases) -> dict:
+    out = {}
+    for c in range(int(cases["n_cases"])):
+        sizes = [int(s) for s in cases[f"{c}_sizes"]]
+        net = module.Network(sizes)
+        net.weights = [cases[f"{c}_w{i}"].copy() for i in range(len(sizes) - 1)]
+        net.biases = [cases[f"{c}_b{i}"].copy() for i in range(len(sizes) - 1)]
+        nabla_b, nabla_w = net.backprop(cases[f"{c}_x"].copy(), cases[f"{c}_y"].copy())
+        for i in range(len(sizes) - 1):
+            out[f"{c}_nb{i}"], out[f"{c}_nw{i}"] = np.asarray(nabla_b[i]), np.asarray(nabla_w[i])
+    return out
+
+
+def _run_functions(module, cases) -> dict:
+    return {
+        "bp1": module.bp1(cases["nabla_a"].copy(), cases["z"].copy()),
+        "bp2": module.bp2(cases["w_next"].copy(), cases["delta_next"].copy(), cases["z"].copy()),
+        "bp3": module.bp3(cases["delta"].copy()),
+        "bp4": module.bp4(cases["delta"].copy(), cases["a_prev"].copy()),
+    }
+
+
+def main(path: str, cases_path: str, out_path: str) -> int:
+    cases = np.load(cases_path)
+    try:
+        spec = importlib.util.spec_from_file_location("student", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        print(f"{path} does not parse: line {err.lineno}: {err.msg}", file=sys.stderr)
+        return 2
+    except BaseException as err:  # noqa: BLE001 - whatever the student's module does on import
+        print(f"{path} fails on import: {_student_line(err, path)}", file=sys.stderr)
+        return 2
+    missing = [n for n in BP_FUNCTIONS if not callable(getattr(module, n, None))]
+    shape = "network" if hasattr(module, "Network") else "functions"
+    if shape == "functions" and missing:
+        print(f"{path} defines neither class Network nor {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        out = _run_network(module, cases) if shape == "network" else _run_functions(module, cases)
+        out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+    except BaseException as err:  # noqa: BLE001 - reported with the student's line number
+        hint = " (shapes do not fit: a missing transpose?)" if "shape" in str(err) or "align" in str(err) else ""
+        print(f"your code raised at {_student_line(err, path)}{hint}", file=sys.stderr)
+        return 2
+    np.savez(out_path, shape=np.array(shape), **out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))
