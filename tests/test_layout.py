@@ -11,6 +11,16 @@ from conftest import ROOT
 PACKAGE = ROOT / "torch_manualbp"
 
 
+def subpackages() -> list[str]:
+    """The package's folders that are packages themselves (``lightning``, ``check``, ...)."""
+    return sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+
+
+def module_name(path) -> str:
+    """The entry of the Layout list that ``path`` belongs to: its subpackage's name, or its own stem."""
+    return path.stem if path.parent == PACKAGE else path.parent.name
+
+
 def layout_order() -> list[str]:
     """The package's modules in the order the Layout section of docs/internals.md lists them (``lightning`` for the
     subpackage)."""
@@ -28,7 +38,7 @@ def package_imports(path) -> set[str]:
     """The package's modules that ``path`` imports, at module level or inside functions (``lightning`` for any of
     the subpackage's)."""
     tree = ast.parse(path.read_text())
-    inside_lightning = path.parent.name == "lightning"
+    inside = [] if path.parent == PACKAGE else [path.parent.name]
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -39,7 +49,7 @@ def package_imports(path) -> set[str]:
                 target = parts[1:]
             else:
                 # from . / from .. relative to the file's package
-                base = ["lightning"] if inside_lightning else []
+                base = list(inside)
                 base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 target = base + (node.module.split(".") if node.module else [])
             if target:
@@ -56,7 +66,7 @@ def package_imports(path) -> set[str]:
 
 def test_the_layout_section_lists_every_module_of_the_package_once():
     order = layout_order()
-    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {"lightning"}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | set(subpackages())
     assert sorted(order) == sorted(modules), "docs/internals.md's Layout section and torch_manualbp/ disagree"
 
 
@@ -65,10 +75,10 @@ def test_each_module_imports_only_modules_listed_above_it():
     order = layout_order()
     rank = {name: i for i, name in enumerate(order)}
     wrong = []
-    for path in [*PACKAGE.glob("*.py"), *(PACKAGE / "lightning").glob("*.py")]:
+    for path in [*PACKAGE.glob("*.py"), *PACKAGE.glob("*/*.py")]:
         if path.stem == "__init__" and path.parent == PACKAGE:
             continue  # the package's __init__ gathers the public names of any of them
-        me = "lightning" if path.parent.name == "lightning" else path.stem
+        me = module_name(path)
         for target in package_imports(path) - {me}:
             if rank[target] >= rank[me]:
                 wrong.append(f"{path.relative_to(ROOT)} imports {target}, listed below it")
@@ -77,6 +87,13 @@ def test_each_module_imports_only_modules_listed_above_it():
 
 def test_the_core_imports_no_lightning():
     core = [f"torch_manualbp.{name}" for name in layout_order() if name not in ("lightning", "cli")]
+    core += [
+        f"torch_manualbp.{name}.{p.stem}"
+        for name in subpackages()
+        if name != "lightning"
+        for p in (PACKAGE / name).glob("*.py")
+        if p.stem != "__init__"
+    ]
     code = (
         f"import sys, importlib\nfor name in {core!r}: importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))"
