@@ -165,6 +165,7 @@ def test_label_out_of_range_under_vmap_gives_nan_not_a_silent_zero():
     assert torch.isnan(costs[2]) and torch.isfinite(costs[[0, 1, 3]]).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_mixed_devices_raise_a_clear_error():
     with pytest.raises(ValueError, match="weight.*device|x must be on the same device"):

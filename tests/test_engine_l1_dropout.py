@@ -230,6 +230,7 @@ def test_a_generator_on_another_device_than_the_data_is_refused_before_any_updat
     assert sgd.rewind(0) is False  # nothing was run
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_on_cuda_draws_from_a_cuda_generator_and_resumes_exactly(backend):

@@ -187,6 +187,7 @@ def test_autocast_bf16_on_cpu_gives_bf16_activations_fp32_cost_and_fp32_gradient
     torch.testing.assert_close(gb, ref_gb, rtol=5e-2, atol=5e-3)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_autocast_on_cuda_gives_low_precision_activations_and_fp32_gradients(dtype):
@@ -201,6 +202,7 @@ def test_autocast_on_cuda_gives_low_precision_activations_and_fp32_gradients(dty
     assert torch.isfinite(gw).all() and torch.isfinite(gb).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_layer_and_cost_match_autograd_on_cuda():
     x, w, b, y = (t.detach().cuda().requires_grad_() for t in leaves((10, 784), (30, 784), (30,), (10, 30)))

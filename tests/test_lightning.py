@@ -113,6 +113,7 @@ def test_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp
     assert_resume_ends_like_the_straight_run(tmp_path, killed, lambda s: s["trainer"]["callbacks"].pop())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_one_nielsen_epoch_on_cuda_reaches_90_percent(tmp_path):
     config = write_config(

@@ -234,6 +234,7 @@ def test_without_a_compiler_the_engine_trains_eagerly_and_says_so_once(tmp_path,
     assert "No CUDA runtime" not in result.stderr  # cpp_extension's import warning is kept quiet
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @needs_native
 def test_native_equals_the_eager_engine_on_cuda():

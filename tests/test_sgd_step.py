@@ -131,6 +131,7 @@ def test_sgd_step_rejects_bad_input_before_changing_any_parameter(x, y, eta, err
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_sgd_steps_on_cuda_equal_those_on_the_cpu():
     torch.manual_seed(3)
