@@ -33,6 +33,13 @@ block are drawn before its first step, one set per step from the engine's genera
 them as they were, and :meth:`MiniBatchSGD.generator_state` / :meth:`MiniBatchSGD.set_generator_state` carry the
 generator through a checkpoint, so a run resumed mid-epoch draws the masks an uninterrupted one would.
 
+A :class:`~torch_manualbp.Population` trains through the same engine: ``run`` then returns each step's costs per
+member, :math:`(\text{steps}, K)`, and ``eta`` and ``lmbda`` may be one number per member. A population of one is a
+network: the engine steps its one member through views of the population's storage, on the same backends, at a lone
+network's speed. K > 1 members step together by :meth:`Population.sgd_steps <torch_manualbp.Population.sgd_steps>`
+(the first layers stacked, the later ones batched), with L2 or no regularisation and no dropout (anything else is a
+``ValueError`` when the engine is made).
+
 To run (one epoch of chapter 1 without Lightning)::
 
     net = Network([784, 30, 10], init="normal")
@@ -51,12 +58,13 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import recording
-from .checks import check_dropout, check_regularization, l2_weight_decay, targets
+from .checks import check_dropout, check_learning_rate, check_regularization, l2_weight_decay, targets
 from .costs import COSTS, Cost
 from .network import Network, dropout_masks, update_mini_batch
+from .population import Population
 
 __all__ = [
     "BACKENDS",
@@ -111,10 +119,11 @@ class MiniBatchSGD:
     r"""The book's SGD over blocks of mini-batches, in place on ``network``'s parameters, without autograd.
 
     Args:
-        network: the :class:`~torch_manualbp.Network` to train; its cost gives BP1.
+        network: the :class:`~torch_manualbp.Network` to train, or a :class:`~torch_manualbp.Population` of K
+            networks sharing each mini-batch; its cost gives BP1.
         mini_batch_size: the examples per SGD step; ``None``: each block is one mini-batch.
         lmbda, n: the book's regularisation parameter :math:`\lambda` over a training set of ``n`` examples
-            (chapter 3: 5.0 and 50,000); 0 (default): off.
+            (chapter 3: 5.0 and 50,000); 0 (default): off. For a population, one λ or K of them (a list).
         backend: ``"eager"``, ``"compiled"``, ``"native"`` or ``"auto"`` (see the module docstring).
         steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``); more save
             per-call overhead and cost compile time.
@@ -140,13 +149,16 @@ class MiniBatchSGD:
         >>> costs.shape
         torch.Size([10])
         >>> sgd = MiniBatchSGD(net, 10, lmbda=5.0, n=50_000, regularization="l1", dropout=0.5)
+        >>> pop = Population([Network([784, 30, 10]) for _ in range(3)])
+        >>> MiniBatchSGD(pop, 10).run(torch.rand(100, 784), torch.randint(0, 10, (100,)), eta=[0.5, 1.0, 3.0]).shape
+        torch.Size([10, 3])
     """
 
     def __init__(
         self,
-        network: Network,
+        network: Network | Population,
         mini_batch_size: int | None = None,
-        lmbda: float = 0.0,
+        lmbda: float | Sequence[float] = 0.0,
         n: int | None = None,
         backend: Literal["auto", "native", "eager", "compiled"] = "eager",
         steps_per_call: int = 10,
@@ -160,11 +172,39 @@ class MiniBatchSGD:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.network = network
-        self.mini_batch_size = mini_batch_size
-        self.weight_decay = l2_weight_decay(lmbda, n)  # λ/n
         self.regularization = check_regularization(regularization)
         self.dropout = check_dropout(dropout)
+        self.population: Population | None = None  # K > 1 members
+        self.members: int | None = None  # K for a population (its costs get a members' axis), None for a network
+        self._member_engines: list[MiniBatchSGD] = []  # K > 1: one engine per member, over views of its storage
+        if isinstance(network, Population):
+            self.members = len(network)
+            lmbdas = network._per_member("lmbda", lmbda, lambda value: (l2_weight_decay(value, n), value)[1])
+            if self.members == 1:
+                network, lmbda = _member_view(network, 0), lmbdas[0]
+            else:
+                self.population, self.lmbda, self.n = network, lmbda, n
+                self._member_engines = [
+                    MiniBatchSGD(
+                        _member_view(network, k),
+                        mini_batch_size,
+                        lmbdas[k],
+                        n,
+                        backend,
+                        steps_per_call,
+                        on_compile if k == 0 else None,
+                        regularization,
+                        dropout,
+                        generator,
+                    )
+                    for k in range(self.members)
+                ]
+                network = None
+        elif not isinstance(network, Network):
+            raise TypeError(f"network must be a Network or a Population, got {type(network).__name__}")
+        self.network = network  # None for a population of K > 1
+        self.mini_batch_size = mini_batch_size
+        self.weight_decay = 0.0 if network is None else l2_weight_decay(lmbda, n)  # λ/n
         self.backend = backend
         self.steps_per_call = steps_per_call
         self.on_compile = on_compile
@@ -172,7 +212,8 @@ class MiniBatchSGD:
         self._owns_generator = generator is None
         self._pending_state: Tensor | None = None  # set_generator_state's, until the own generator is made
         # the owned generator's seed, drawn now so that torch.manual_seed before construction fixes the masks
-        self._seed = int(torch.randint(2**62, ()).item()) if self.dropout and generator is None else None
+        own_seed = self.dropout and generator is None and network is not None  # K > 1: the members draw theirs
+        self._seed = int(torch.randint(2**62, ()).item()) if own_seed else None
         self._blocks: list[_Block] = []  # since forget(), for rewind()
         self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
         self._native: bool | None = None  # whether the native step serves this engine; None: not decided yet
@@ -193,8 +234,18 @@ class MiniBatchSGD:
 
         Shape:
             - x: :math:`(N, \text{sizes}[0])`; y: :math:`(N, \text{sizes}[-1])` or :math:`(N)`.
-            - Output: :math:`(\lceil N / \text{mini\_batch\_size} \rceil)`.
+            - Output: :math:`(\lceil N / \text{mini\_batch\_size} \rceil)`; for a population of K,
+              :math:`(\lceil N / \text{mini\_batch\_size} \rceil, K)`, and ``eta`` one number or K.
         """
+        if self.population is not None:
+            return self._population_steps(x, y, eta, first_step)
+        if self.members == 1:
+            eta = _one_members(eta)
+            return self._network_steps(x, y, eta, first_step).unsqueeze(1)
+        return self._network_steps(x, y, eta, first_step)
+
+    def _network_steps(self, x: Tensor, y: Tensor, eta: float, first_step: int) -> Tensor:
+        """:meth:`run` for a network (and a population of one, through the views of its member)."""
         network = self.network
         network.check_batch(x)
         y = targets(y, (len(x), network.sizes[-1]), x)
@@ -214,12 +265,34 @@ class MiniBatchSGD:
         rest = None if masks is None else [m[rows // size :] for m in masks]
         return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size, rest))
 
+    def _population_steps(self, x: Tensor, y: Tensor, eta, first_step: int) -> Tensor:
+        """:meth:`run` for a population of K > 1: each member's engine in turn on the block (the native op's loop
+        where it serves them, L1 or dropout), else every member at once by :meth:`Population.sgd_steps` (batched
+        over members, faster than K eager engines)."""
+        population, engines = self.population, self._member_engines
+        population.check_batch(x)
+        etas = population._per_member("eta", eta, check_learning_rate)  # before any member steps
+        if self._stacked():
+            y = targets(y, (len(x), population.sizes[-1]), x)
+            before = [p.detach().clone() for p in population.parameters()]
+            costs = population.sgd_steps(x, y, eta, self.lmbda, self.n, mini_batch_size=self.mini_batch_size or len(x))
+            self._blocks.append(_Block(first_step, before, x, y, eta, None))
+            return costs
+        return torch.stack([engine.run(x, y, eta_k, first_step) for engine, eta_k in zip(engines, etas)], dim=1)
+
+    def _stacked(self) -> bool:
+        """Whether a population of K > 1 steps by :meth:`Population.sgd_steps` rather than its members' engines."""
+        first = self._member_engines[0]
+        return not first.uses_native() and first.regularization == "l2" and not first.dropout
+
     def generator_state(self) -> Tensor | None:
         """The state of the generator the dropout masks are drawn from (``torch.Generator.get_state``), for a
         checkpoint: :meth:`set_generator_state` with it makes the following blocks draw the same masks; ``None``
         without dropout, when nothing is drawn."""
         if not self.dropout:
             return None
+        if self._member_engines:  # one state per member, stacked: (K, state bytes)
+            return torch.stack([engine.generator_state() for engine in self._member_engines])
         if self._generator is not None:
             return self._generator.get_state()
         if self._pending_state is not None:
@@ -233,6 +306,11 @@ class MiniBatchSGD:
         leaves everything as it is."""
         if not self.dropout or state is None:
             return
+        if self._member_engines:
+            for engine, member_state in zip(self._member_engines, state, strict=True):
+                engine.set_generator_state(member_state)
+            return
+        state = state.clone()  # its own storage: Generator.set_state reads the tensor's storage whole
         if self._owns_generator:
             self._generator, self._pending_state = None, state
         else:
@@ -242,6 +320,8 @@ class MiniBatchSGD:
         """Whether :meth:`run` steps through the native op (backend ``"native"`` or ``"auto"``, the network's cost one
         of :data:`NATIVE_COSTS`, and the op built). Decided at the first call, which builds the op if need be; where
         the backend asks for it and it cannot serve, says why once through ``on_compile``."""
+        if self._member_engines:
+            return self._member_engines[0].uses_native()
         if self._native is None:
             self._native = False
             if self.backend in ("native", "auto"):
@@ -258,7 +338,12 @@ class MiniBatchSGD:
         ``step`` (restored from the start of its block, then the block's earlier steps replayed, with their dropout
         masks) and their ``.grad`` the gradients of step ``step`` (through autograd, ``Network.cost``, or
         ``Network.layered_cost`` with the step's masks), not applied. Returns False if no block run since
-        :meth:`forget` holds ``step``."""
+        :meth:`forget` holds ``step``. For a population of K > 1 stepped by :meth:`Population.sgd_steps`, the
+        parameters only (the stacked members have no autograd cost): their ``.grad`` is left as it was."""
+        if self._member_engines and not self._stacked():
+            return all([engine.rewind(step) for engine in self._member_engines])
+        if self.population is not None:
+            return self._rewind_population(step)
         for block in self._blocks:
             if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
                 size = self.mini_batch_size or len(block.x)
@@ -282,9 +367,25 @@ class MiniBatchSGD:
                 return True
         return False
 
+    def _rewind_population(self, step: int) -> bool:
+        """:meth:`rewind` for a population of K > 1."""
+        for block in self._blocks:
+            if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
+                start = (step - block.first_step) * (self.mini_batch_size or len(block.x))
+                with torch.no_grad():
+                    for p, saved in zip(self.population.parameters(), block.before):
+                        p.copy_(saved)
+                    if start:
+                        size = self.mini_batch_size or len(block.x)
+                        self.population.sgd_steps(block.x[:start], block.y[:start], block.eta, self.lmbda, self.n, size)
+                return True
+        return False
+
     def forget(self) -> None:
         """Drop what :meth:`rewind` keeps (a copy of the parameters per block); call it once the steps are checked."""
         self._blocks = []
+        for engine in self._member_engines:
+            engine.forget()
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
         """The generator the masks are drawn from, on ``device``: the user's, checked, or the engine's own, made on
@@ -351,6 +452,30 @@ class MiniBatchSGD:
             compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule, calls_masks[c]) for c in range(1, len(xs))
         ]
         return costs
+
+
+def _member_view(population: Population, k: int) -> Network:
+    """A :class:`Network` whose parameters are views of member k's part of the population's storage (its rows of the
+    stacked first layer, its slice of each later layer: contiguous, as the native op needs), so that the network's
+    steps update the population in place."""
+    weights, biases = population.member_parameters(k)
+    like = weights[0]
+    # on the meta device: no initialisation drawn (the global generator is left alone); every parameter replaced below
+    net = Network(population.sizes, cost=population.cost_function, device="meta", dtype=like.dtype)
+    for layer, weight, bias in zip(net.layers, weights, biases):
+        layer.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)  # shares the storage
+        layer.bias = nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
+    return net
+
+
+def _one_members(eta) -> float:
+    """A population of one's ``eta``: one number, or a list / tuple / 1-D tensor of one."""
+    if isinstance(eta, (list, tuple)) or (isinstance(eta, Tensor) and eta.ndim == 1):
+        values = eta.tolist() if isinstance(eta, Tensor) else list(eta)
+        if len(values) != 1:
+            raise ValueError(f"eta must be one number or 1 number (one per member), got {len(values)}")
+        return values[0]
+    return eta
 
 
 def _first(masks: list[Tensor] | None, steps: int) -> list[Tensor] | None:
