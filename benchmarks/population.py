@@ -10,6 +10,10 @@ small enough that thousands of timed steps do not drive the sigmoids into satura
 * ``population K=10, block``: ``Population.sgd_steps`` over a block of 100 mini-batches (one-hot targets, checked
   once, the costs computed once after the block), what ``PopulationClassifier`` calls for each Lightning batch;
   a call's time over its 100 steps.
+* ``engine: network``, ``engine: population K=1``, ``engine: population K=10``: :class:`~torch_manualbp.MiniBatchSGD`
+  (``backend="auto"``: the native op where it is built) over a block of 100 mini-batches of a Network, of a
+  population of one and of ten; the issue-25 goals: K = 10's per network-epoch at most 0.5x the network's through
+  the engine, a population of one at most 1.1x it (column "/ engine's").
 * ``JAX jit(scan)``: one network, ``jax.jit`` of ``lax.scan`` over 100 mini-batches, the same script as section
   ``peers`` (:func:`benchmarks.peers.jax_epoch`, its η); a call's time over its 100 steps. Skipped, saying why, when
   JAX is absent. XLA's CPU thread pool is its own: ``--threads`` does not bind it.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from torch_manualbp import Network
+from torch_manualbp import MiniBatchSGD, Network
 from torch_manualbp.network import update_mini_batch
 from torch_manualbp.population import Population
 from torch_manualbp.timing import interleaved, median, synchronizer
@@ -41,6 +45,7 @@ MEMBERS = (1, 10, 30)
 SIZES, ETA, BATCH, STEPS_PER_EPOCH = [784, 30, 10], 0.001, 10, 5_000
 BLOCK = 100  # mini-batches per call of the block contenders: a Lightning batch of 1,000 examples
 JAX = "JAX jit(scan)"
+ENGINE = "engine: network"
 
 
 class _JaxSteps:
@@ -80,6 +85,19 @@ def _contenders(device: torch.device) -> tuple[dict[str, tuple[int, int, object]
     block = Population([Network(SIZES, init="normal", device=device) for _ in range(10)])
     xs, ys = x.repeat(BLOCK, 1), one_hot.repeat(BLOCK, 1)
     contenders["population K=10, block"] = (10, BLOCK, lambda: block.sgd_steps(xs, ys, ETA, mini_batch_size=BATCH))
+    for name, k, model in [
+        (ENGINE, 1, Network(SIZES, init="normal", device=device)),
+        ("engine: population K=1", 1, Population([Network(SIZES, init="normal", device=device)])),
+        ("engine: population K=10", 10, Population([Network(SIZES, init="normal", device=device) for _ in range(10)])),
+    ]:
+        engine = MiniBatchSGD(model, BATCH, backend="auto")
+
+        def engine_block(engine=engine):
+            costs = engine.run(xs, ys, ETA)
+            engine.forget()  # what rewind keeps: a training loop forgets it once a block is checked
+            return costs
+
+        contenders[name] = (k, BLOCK, engine_block)
     jax_call = jax_epoch(_JaxSteps(x.cpu(), one_hot.cpu())) if device.type == "cpu" else "not timed on CUDA"
     if isinstance(jax_call, str):
         return contenders, jax_call
@@ -108,6 +126,7 @@ def run(device: str, repeats: int, min_sample_s: float) -> list[dict]:
             "s_per_network_epoch": per_network[name],
             "step_vs_population_k1": step_s[name] / one,
             "network_epoch_vs_sgd_step": per_network[name] / per_network["Network.sgd_step"],
+            "network_epoch_vs_engine": per_network[name] / per_network[ENGINE],
             "network_epoch_vs_jax": per_network[name] / jax_s if jax_s else None,
         }
         for name, (k, _, _) in contenders.items()
@@ -121,17 +140,17 @@ def markdown(rows: list[dict]) -> str:
     """The section's table, for benchmark.md."""
     lines = [
         "| device | contender | networks | µs per step | step / K=1's | s per network-epoch "
-        "| per network-epoch / Network.sgd_step's | per network-epoch / JAX's |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| per network-epoch / Network.sgd_step's | / engine's | per network-epoch / JAX's |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['device']} | {r['contender']} | skipped: {r['skipped']} | | | | | |")
+            lines.append(f"| {r['device']} | {r['contender']} | skipped: {r['skipped']} | | | | | | |")
             continue
         versus_jax = f"{r['network_epoch_vs_jax']:.2f}" if r.get("network_epoch_vs_jax") else "—"
         lines.append(
             f"| {r['device']} | {r['contender']} | {r['members']} | {r['us_per_step']:,.1f} | "
             f"{r['step_vs_population_k1']:.2f} | {r['s_per_network_epoch']:.3f} | "
-            f"{r['network_epoch_vs_sgd_step']:.2f} | {versus_jax} |"
+            f"{r['network_epoch_vs_sgd_step']:.2f} | {r['network_epoch_vs_engine']:.2f} | {versus_jax} |"
         )
     return "\n".join(lines)
