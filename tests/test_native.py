@@ -132,24 +132,28 @@ def test_each_of_300_native_mnist_steps_equals_the_eager_engines_step_float32(mn
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_ops_aten_path_which_cuda_runs_makes_the_eager_engines_updates_on_the_cpu(dtype):
-    # Weights stored column-major are not the CPU loop's (it needs contiguous rows): the op then steps with ATen
-    # calls, as on CUDA, the same calls in the same order as the eager step. The same numbers to rounding, but not
-    # bit for bit: BLAS picks other kernels for column-major operands (MKL's AVX-512 ones differ by 1.9e-5 after 30
-    # float32 steps), so each step is compared from the same parameters.
+def test_weights_the_cpu_loop_cannot_take_train_eagerly_with_eagers_updates_and_say_so_once():
+    # Column-major weights (as on CUDA, where the engine also runs the eager step) are not the CPU loop's: it needs
+    # each weight's rows in order. The op has no second path of its own: the block runs the eager step, the same
+    # calls as on row-major weights, though not bit for bit (BLAS picks other kernels for column-major operands)
     torch.manual_seed(7)
-    native_net = Network([784, 30, 10], init="normal", cost="cross_entropy", dtype=dtype)
+    native_net = Network([784, 30, 10], init="normal", cost="cross_entropy")
     eager_net = copy.deepcopy(native_net)
     for layer in native_net.layers:
         layer.weight.data = layer.weight.data.t().contiguous().t()
-    assert not native_net.layers[0].weight.is_contiguous()
-    x, labels = torch.rand(300, 784, dtype=dtype), torch.randint(0, 10, (300,))
+    said = []
+    x, labels = torch.rand(300, 784), torch.randint(0, 10, (300,))
     settings = dict(lmbda=5.0, n=50_000, regularization="l1", dropout=0.5)
-    native = MiniBatchSGD(native_net, 10, backend="native", generator=torch.Generator().manual_seed(8), **settings)
+    native = MiniBatchSGD(
+        native_net, 10, backend="native", generator=torch.Generator().manual_seed(8), on_compile=said.append, **settings
+    )
     eager = MiniBatchSGD(eager_net, 10, backend="eager", generator=torch.Generator().manual_seed(8), **settings)
     assert_each_step_agrees(native, eager, x, labels, 0.5)
-    assert native.uses_native() and not native_net.layers[0].weight.is_contiguous()
+    assert not native.uses_native() and not native_net.layers[0].weight.is_contiguous()
+    assert said == [
+        "the native SGD step's CPU loop cannot take this block (a parameter is not contiguous (the loop reads each "
+        "weight's rows in order) or not of the others' dtype): training with the eager one"
+    ]
 
 
 @needs_native
@@ -237,17 +241,23 @@ def test_without_a_compiler_the_engine_trains_eagerly_and_says_so_once(tmp_path,
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @needs_native
-def test_native_equals_the_eager_engine_on_cuda():
+def test_the_native_backend_on_cuda_trains_with_the_eager_step_and_says_so_once():
     torch.manual_seed(6)
     native_net = Network([784, 30, 10], init="normal").cuda()
     eager_net = copy.deepcopy(native_net)
     x, labels = torch.rand(1000, 784, device="cuda"), torch.randint(0, 10, (1000,), device="cuda")
-    native = MiniBatchSGD(native_net, 10, backend="native")
+    said = []
+    native = MiniBatchSGD(native_net, 10, backend="native", on_compile=said.append)
+    assert not native.uses_native()
     costs = native.run(x, labels, 3.0)
-    assert native.uses_native() and costs.device.type == "cuda"
-    torch.testing.assert_close(costs, MiniBatchSGD(eager_net, 10).run(x, labels, 3.0), rtol=1e-4, atol=1e-5)
+    assert costs.device.type == "cuda"
+    torch.testing.assert_close(costs, MiniBatchSGD(eager_net, 10).run(x, labels, 3.0), rtol=1e-6, atol=1e-7)
     for got, want in zip(native_net.parameters(), eager_net.parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert said == [
+        "the native SGD step's CPU loop cannot take this block (the parameters are on cuda; the loop runs on the "
+        "CPU): training with the eager one"
+    ]
 
 
 @needs_native

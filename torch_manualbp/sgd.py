@@ -18,7 +18,8 @@ Backends, the same updates each (``backend=``):
   mini-batches of 10: buffers for every layer's z, a and δ allocated once per call, the matrix products direct calls
   of the BLAS torch itself uses (MKL's ``sgemm_``/``dgemm_``; the float32 forward product by a kernel of its own
   where the CPU has AVX2, faster than ``sgemm_`` at these sizes), the elementwise equations plain loops. Elsewhere
-  (CUDA) each equation is an ATen op, as in the eager step. L1 and dropout in the op too (the block's masks drawn in
+  (CUDA, parameters that are not contiguous: :func:`cpu_loop_refusal`) the block runs the eager step, said once
+  through ``on_compile``. L1 and dropout in the op too (the block's masks drawn in
   Python, as the eager steps draw them, and passed in). The same updates to float32 rounding (the loops round
   ``exp`` unlike ATen's vectorised kernel, and sum the products in another order), to 1e-10 of the book's in
   float64. Built by ``torch.utils.cpp_extension`` the first time (about 15-30 s) and cached in torch's extensions
@@ -71,6 +72,7 @@ __all__ = [
     "MiniBatchSGD",
     "NATIVE_COSTS",
     "build_native",
+    "cpu_loop_refusal",
     "check_mini_batch_size",
     "differences_from_plain_sgd",
     "mini_batches",
@@ -217,6 +219,7 @@ class MiniBatchSGD:
         self._blocks: list[_Block] = []  # since forget(), for rewind()
         self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
         self._native: bool | None = None  # whether the native step serves this engine; None: not decided yet
+        self._refusals_said: set[str] = set()  # why the CPU loop could not take a block, each said once
 
     def steps_in(self, rows: int) -> int:
         """The number of SGD steps a block of ``rows`` examples makes."""
@@ -258,12 +261,25 @@ class MiniBatchSGD:
         if self.backend == "compiled" and not recording.is_recording():
             rows = len(x) // (size * self.steps_per_call) * size * self.steps_per_call
             costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size, _first(masks, rows // size))
-        elif self.uses_native() and not recording.is_recording():
+        elif self.uses_native() and not recording.is_recording() and self._cpu_loop_serves(weights, biases, x, masks):
             rows = len(x)
             rule = (self.network.cost_name, self.weight_decay, self.regularization, masks or [])
+            x, y = x.contiguous(), y.contiguous()
             costs = [torch.ops.manualbp.sgd_block(weights, biases, x, y, float(eta), size, *rule)]
         rest = None if masks is None else [m[rows // size :] for m in masks]
         return torch.cat(costs + self._eager_steps(weights, biases, x[rows:], y[rows:], eta, size, rest))
+
+    def _cpu_loop_serves(self, weights, biases, x: Tensor, masks) -> bool:
+        """Whether the native op's CPU loop can take this block's tensors; where not, the block runs eagerly, and the
+        first time for each reason ``on_compile`` hears why."""
+        why = cpu_loop_refusal([*weights, *biases, *(masks or [])], x)  # a few attribute reads: cheap per block
+        if why is not None and why not in self._refusals_said:
+            self._refusals_said.add(why)
+            if self.on_compile is not None:
+                self.on_compile(
+                    f"the native SGD step's CPU loop cannot take this block ({why}): training with the eager one"
+                )
+        return why is None
 
     def _population_steps(self, x: Tensor, y: Tensor, eta, first_step: int) -> Tensor:
         """:meth:`run` for a population of K > 1: each member's engine in turn on the block (the native op's loop
@@ -317,9 +333,10 @@ class MiniBatchSGD:
             self._generator.set_state(state)
 
     def uses_native(self) -> bool:
-        """Whether :meth:`run` steps through the native op (backend ``"native"`` or ``"auto"``, the network's cost one
-        of :data:`NATIVE_COSTS`, and the op built). Decided at the first call, which builds the op if need be; where
-        the backend asks for it and it cannot serve, says why once through ``on_compile``."""
+        """Whether :meth:`run` steps through the native op: backend ``"native"`` or ``"auto"``, the network's cost one
+        of :data:`NATIVE_COSTS`, the op built (at the first call, which builds it if need be), and the network's
+        parameters ones its CPU loop takes (:func:`cpu_loop_refusal`: not on CUDA, say). Where the backend asks for
+        it and it cannot serve, says why once through ``on_compile``."""
         if self._member_engines:
             return self._member_engines[0].uses_native()
         if self._native is None:
@@ -331,7 +348,10 @@ class MiniBatchSGD:
                 self._native = failure is None
                 if failure is not None and self.on_compile is not None:
                     self.on_compile(f"the native SGD step cannot be used ({failure}): training with the eager one")
-        return self._native
+        if not self._native:
+            return False
+        weights, biases = self.network.weights_and_biases()
+        return self._cpu_loop_serves(weights, biases, None, None)
 
     def rewind(self, step: int) -> bool:
         """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
@@ -452,6 +472,27 @@ class MiniBatchSGD:
             compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule, calls_masks[c]) for c in range(1, len(xs))
         ]
         return costs
+
+
+def cpu_loop_refusal(parameters: Sequence[Tensor], x: Tensor | None = None) -> str | None:
+    """Why the native op's CPU loop cannot step ``parameters`` (weights, biases, dropout masks) on ``x``, in a few
+    words, or None if it can: it takes float32 or float64 CPU tensors of one dtype, the parameters contiguous, with
+    torch's MKL. Everywhere else (CUDA above all) the engine runs the eager step, the same equations as ATen ops."""
+    if not torch.backends.mkl.is_available():
+        return "this torch is built without MKL, whose BLAS the loop calls"
+    dtype = parameters[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return f"the parameters are {dtype}; the loop takes float32 or float64"
+    for p in parameters:
+        if p.device.type != "cpu":
+            return f"the parameters are on {p.device.type}; the loop runs on the CPU"
+        if p.dtype != dtype or not p.is_contiguous():
+            return (
+                "a parameter is not contiguous (the loop reads each weight's rows in order) or not of the others' dtype"
+            )
+    if x is not None and (x.device.type != "cpu" or x.dtype != dtype):
+        return f"the data is {x.dtype} on {x.device.type}, the parameters {dtype} on the CPU"
+    return None
 
 
 def _member_view(population: Population, k: int) -> Network:

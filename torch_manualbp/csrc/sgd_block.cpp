@@ -5,9 +5,10 @@
 // layer) are allocated once per call, the matrix products are direct calls of the BLAS that torch itself uses
 // (MKL's sgemm_/dgemm_, exported by libtorch_cpu) but for the float32 forward product on a CPU with AVX2 (a kernel
 // here, see dots), the elementwise equations plain loops; at mini-batches of 10 an ATen call's fixed cost
-// (dispatch, allocation, TensorIterator) is larger than its arithmetic. Elsewhere (CUDA, or a torch without MKL)
-// every equation is an ATen op.
-// Built and loaded by torch_manualbp/sgd.py (torch.utils.cpp_extension, cached).
+// (dispatch, allocation, TensorIterator) is larger than its arithmetic. That is the op's only path: elsewhere (CUDA,
+// tensors not contiguous, a torch without MKL) the engine runs the eager step of torch_manualbp/network.py instead
+// (sgd.py's cpu_loop_refusal says which), so the equations are written twice, here and in equations.py, not three
+// times. Built and loaded by torch_manualbp/sgd.py (torch.utils.cpp_extension, cached).
 #include <ATen/ATen.h>
 #include <ATen/Config.h>
 #include <ATen/Dispatch.h>
@@ -34,46 +35,6 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 #endif
 
 namespace {
-
-// The equations of one mini-batch as ATen ops: the path for CUDA (and a torch without MKL)
-at::Tensor aten_step(at::TensorList weights, at::TensorList biases, const at::Tensor& x, const at::Tensor& y,
-                     double eta, bool cross_entropy, double weight_decay, bool l1, at::TensorList masks, int64_t s) {
-  const size_t layers = weights.size();
-  std::vector<at::Tensor> a(layers + 1), delta(layers);
-  a[0] = x;
-  at::Tensor z;
-  for (size_t l = 0; l < layers; ++l) {
-    z = at::addmm(biases[l], a[l], weights[l].t());  // zˡ = aˡ⁻¹ Wˡᵀ + bˡ
-    a[l + 1] = at::sigmoid(z);                        // aˡ = σ(zˡ)
-    if (!masks.empty() && l + 1 < layers) a[l + 1] = a[l + 1] * masks[l][s];  // dropout: aˡ = σ(zˡ) ⊙ mˡ
-  }
-  const at::Tensor output_minus_y = a[layers] - y;  // aᴸ − y
-  at::Tensor cost;
-  if (cross_entropy) {
-    // C_x = Σ_j [softplus(zᴸ_j) − y_j zᴸ_j]
-    cost = (at::logaddexp(z, at::zeros({}, z.options())) - y * z).sum(-1).mean();
-    delta[layers - 1] = output_minus_y;  // (BP1) δᴸ = aᴸ − y
-  } else {
-    cost = output_minus_y.square().sum() * (0.5 / x.size(0));             // C_x = ½‖aᴸ − y‖²
-    delta[layers - 1] = at::sigmoid_backward(output_minus_y, a[layers]);  // (BP1) δᴸ = (aᴸ − y) ⊙ σ'(zᴸ)
-  }
-  for (size_t l = layers - 1; l > 0; --l) {
-    delta[l - 1] = at::sigmoid_backward(at::mm(delta[l], weights[l]), a[l]);  // (BP2), Wˡ⁺¹ before its update
-  }
-  const double step = eta / x.size(0);
-  const at::Tensor ones = at::ones({x.size(0)}, x.options());
-  for (size_t l = 0; l < layers; ++l) {
-    at::Tensor weight = weights[l];
-    if (weight_decay != 0 && l1) {
-      weight.sub_(at::sign(weight) * (eta * weight_decay));  // L1: w → w − (ηλ/n) sgn(w)
-    } else if (weight_decay != 0) {
-      weight.mul_(1 - eta * weight_decay);  // L2: w → (1 − ηλ/n) w
-    }
-    weight.addmm_(delta[l].t(), a[l], 1, -step);     // (BP4) fused: W −= (η/m) δᵀ aˡ⁻¹
-    biases[l].addmv_(delta[l].t(), ones, 1, -step);  // (BP3) fused: b −= (η/m) Σ_x δ_x
-  }
-  return cost;
-}
 
 #if AT_MKL_ENABLED()
 // C = alpha op(A) op(B) + beta C for row-major matrices: the column-major BLAS on their transposes, Cᵀ = op(B)ᵀ op(A)ᵀ
@@ -268,26 +229,19 @@ at::Tensor sgd_block(at::TensorList weights, at::TensorList biases, const at::Te
   TORCH_CHECK(mini_batch_size > 0, "sgd_block: mini_batch_size must be positive");
   TORCH_CHECK(weights.size() == biases.size() && !weights.empty(), "sgd_block: one bias per weight");
   const int64_t rows = x.size(0);
-  const at::Tensor x_c = x.contiguous(), y_c = y.contiguous();
   at::Tensor costs = at::empty({(rows + mini_batch_size - 1) / mini_batch_size}, x.options());
 #if AT_MKL_ENABLED()
   const auto dtype = x.scalar_type();
-  bool cpu = (dtype == at::kFloat || dtype == at::kDouble) && plain(x_c, dtype) && plain(y_c, dtype);
+  bool cpu = (dtype == at::kFloat || dtype == at::kDouble) && plain(x, dtype) && plain(y, dtype);
   for (size_t l = 0; l < weights.size(); ++l) cpu = cpu && plain(weights[l], dtype) && plain(biases[l], dtype);
   for (const at::Tensor& m : masks) cpu = cpu && plain(m, dtype);
-  if (cpu) {
-    AT_DISPATCH_FLOATING_TYPES(dtype, "sgd_block", [&] {
-      cpu_block<scalar_t>(weights, biases, x_c, y_c, eta, mini_batch_size, cross_entropy, weight_decay, l1, masks,
-                          costs);
-    });
-    return costs;
-  }
+  TORCH_CHECK(cpu, "sgd_block: every tensor must be a contiguous float or double CPU tensor of x's dtype");
+  AT_DISPATCH_FLOATING_TYPES(dtype, "sgd_block", [&] {
+    cpu_block<scalar_t>(weights, biases, x, y, eta, mini_batch_size, cross_entropy, weight_decay, l1, masks, costs);
+  });
+#else
+  TORCH_CHECK(false, "sgd_block: this torch is built without MKL, whose BLAS the CPU loop calls");
 #endif
-  for (int64_t start = 0, s = 0; start < rows; start += mini_batch_size, ++s) {
-    const int64_t m = std::min(mini_batch_size, rows - start);
-    const at::Tensor x_m = x_c.narrow(0, start, m), y_m = y_c.narrow(0, start, m);
-    costs[s].copy_(aten_step(weights, biases, x_m, y_m, eta, cross_entropy, weight_decay, l1, masks, s));
-  }
   return costs;
 }
 
