@@ -23,10 +23,18 @@ Those two rows per example are all that per-example gradients need: by BP4 one e
 :func:`gradient_statistics` computes these statistics (BackPACK's BatchL2Grad, SumGradSquared and Variance, and
 the gradient noise scale of McCandlish et al. 2018) with one pass of its own, and
 :meth:`ErrorRecord.gradient_statistics` from what a recorded ``backward()`` saw.
+
+:func:`nudge_weighted_input` is the chapter's demon, made experimental: inside it, one neuron's weighted input
+:math:`z^l_j` becomes :math:`z^l_j + \Delta z` in every forward pass of its layer, so the cost's change
+:math:`\Delta C \approx \delta^l_j \Delta z` can be measured (``experiments/demon.py``):
+
+    >>> with nudge_weighted_input(net.layers[0], neuron=3, delta_z=1e-3):
+    ...     nudged = quadratic_cost(net(x), labels, reduction="none")  # C_x with z^2_3 + Δz, one per example
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,14 +44,17 @@ from torch import Tensor
 
 from .checks import targets
 from .equations import backpropagate
+from .functional import sigmoid_linear
 from .network import Network, feedforward_to_cost
-from .nn import sigmoid_layers
+from .nn import SigmoidLinear, sigmoid_layers
 from .recording import LayerErrors, is_recording, listening, notify  # the hook, re-exported: observe.notify() etc.
 
 __all__ = [
     "LayerErrors",
     "ErrorRecord",
     "record_errors",
+    "nudge_weighted_input",
+    "NudgedForwards",
     "is_recording",
     "notify",
     "ParameterStatistics",
@@ -122,6 +133,73 @@ def record_errors() -> Iterator[ErrorRecord]:
     record = ErrorRecord()
     with listening(record.entries):
         yield record
+
+
+@dataclass
+class NudgedForwards:
+    """What :func:`nudge_weighted_input` yields: ``count``, how many forward passes of the layer it has nudged so far
+    (0 says the cost was computed without going through the layer's ``forward``)."""
+
+    count: int = 0
+
+
+@contextmanager
+def nudge_weighted_input(layer: SigmoidLinear, neuron: int, delta_z: float) -> Iterator[NudgedForwards]:
+    r"""The chapter's demon: inside, neuron ``neuron`` of ``layer`` outputs :math:`\sigma(z_j + \Delta z)` in place
+    of :math:`\sigma(z_j)`, for every example of every forward pass, so that the cost changes by about
+    :math:`\delta_j \Delta z`, where :math:`\delta_j = \partial C/\partial z_j`.
+
+    It is a forward hook on the layer: the layer's output is replaced by that of its own Function,
+    :func:`~torch_manualbp.functional.sigmoid_linear`, with the bias :math:`b_j` read as :math:`b_j + \Delta z`
+    (:math:`z_j = \sum_k w_{jk} a_k + b_j`, so that is :math:`z_j + \Delta z`). No parameter is written; the hook is
+    removed on leaving, also when the block raises, and gradients still reach the layer's weight and bias.
+    ``Network.forward`` calls its layers (all but a log-likelihood network's softmax output layer), so the hook
+    applies to ``network(x)`` and to the costs of its output; ``Network.backprop``, ``Network.cost`` and
+    ``Network.sgd_step`` compute from the parameters without calling the layers, and are not nudged (the yielded
+    ``count`` shows it).
+
+    Args:
+        layer: the :class:`~torch_manualbp.nn.SigmoidLinear` of the book's layer l; in a ``Network``,
+            ``network.layers[l - 2]`` (the book numbers the input layer 1).
+        neuron: the index j of the neuron, ``0 <= neuron < layer.out_features``.
+        delta_z: :math:`\Delta z`, a finite number.
+
+    Yields:
+        :class:`NudgedForwards`, counting the nudged forward passes.
+
+    Examples::
+
+        >>> net = Network([784, 30, 10], dtype=torch.float64)
+        >>> x, labels = torch.rand(5, 784, dtype=torch.float64), torch.randint(0, 10, (5,))
+        >>> before = quadratic_cost(net(x), labels, reduction="none")  # C_x, one per example
+        >>> with nudge_weighted_input(net.layers[0], neuron=3, delta_z=1e-3):
+        ...     after = quadratic_cost(net(x), labels, reduction="none")
+        >>> after - before  # ≈ δ²₃ Δz per example: net.backprop(x, labels).delta[0][:, 3] * 1e-3
+    """
+    if not isinstance(layer, SigmoidLinear):
+        raise TypeError(
+            f"layer must be a torch_manualbp.nn.SigmoidLinear (network.layers[l - 2]), got {type(layer).__name__}"
+        )
+    if isinstance(neuron, bool) or not isinstance(neuron, int) or not 0 <= neuron < layer.out_features:
+        raise ValueError(
+            f"neuron must be an int in 0..{layer.out_features - 1} (the layer's out_features), got {neuron!r}"
+        )
+    if isinstance(delta_z, bool) or not isinstance(delta_z, (int, float)) or not math.isfinite(delta_z):
+        raise ValueError(f"delta_z must be a finite number, got {delta_z!r}")
+    nudged = NudgedForwards()
+
+    def demon(module: SigmoidLinear, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        shift = torch.zeros(module.out_features, dtype=output.dtype, device=output.device)
+        shift[neuron] = delta_z
+        bias = shift if module.bias is None else module.bias + shift  # a new tensor: the parameter is not written
+        nudged.count += 1
+        return sigmoid_linear(inputs[0], module.weight, bias)  # σ(z + Δz e_j), by the layer's own Function
+
+    handle = layer.register_forward_hook(demon)
+    try:
+        yield nudged
+    finally:
+        handle.remove()
 
 
 @dataclass(frozen=True)
