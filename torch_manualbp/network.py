@@ -8,7 +8,8 @@ with no autograd: :func:`feedforward`, then :func:`backpropagate`: BP1 for the o
 layers, BP3 and BP4 for the gradients.
 ``Network.cost`` puts that same matrix form behind one autograd node (:class:`NetworkCostFunction`).
 ``Network.sgd_step`` is the book's ``update_mini_batch``: feedforward, BP1-BP4 and the update itself, with no
-autograd at all (:func:`update_mini_batch`); it is the fast path for training. All of them compute the equations
+autograd at all (:func:`~torch_manualbp.step.update_mini_batch`, by a :class:`~torch_manualbp.step.StepRule`); it is
+the fast path for training. All of them compute the equations
 of :mod:`torch_manualbp.equations`, where each is written once, and they agree; the tests check it. The cost is an
 object of :mod:`torch_manualbp.costs`, which each path asks for its value and its BP1: nothing here branches on it.
 """
@@ -26,26 +27,27 @@ from .checks import (
     check_dropout,
     check_float_tensor,
     check_learning_rate,
-    check_regularization,
     check_same_kind,
-    l2_weight_decay,
     targets,
 )
 from .costs import Cost, get_cost
 from .equations import (
     a_minus_y,
     backpropagate,
-    descend,
     error_below,
-    errors,
     example_share,
     feedforward,
-    regularize,
-    sigmoid_prime,
-    weighted_input,
 )
 from .functional import dropout as dropout_layer
 from .nn import SigmoidLinear
+from .step import (  # the step's functions are the network's too, as they were before step.py held them
+    StepRule,
+    dropout_evaluation_weights,
+    dropout_masks,
+    feedforward_to_cost,
+    notify_layers,
+    update_mini_batch,
+)
 
 __all__ = [
     "Network",
@@ -139,6 +141,7 @@ class Network(nn.Module):
             for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
         )
         self._ones: Tensor | None = None  # see ones()
+        self._rule: tuple | None = None  # the last sgd_step's settings and their StepRule; see _step_rule
 
     @property
     def cost_name(self) -> str:
@@ -322,9 +325,7 @@ class Network(nn.Module):
         weights, biases = self.weights_and_biases()
         self._check_batch(x, weights[0])
         eta = check_learning_rate(eta)
-        weight_decay = l2_weight_decay(lmbda, n)
-        regularization = check_regularization(regularization)
-        dropout = check_dropout(dropout)
+        rule = self._step_rule(lmbda, n, regularization, dropout)
         if torch.is_autocast_enabled("cpu" if x.is_cpu else x.device.type):  # x.device.type alone costs a µs
             raise RuntimeError("Network.sgd_step computes in the parameters' dtype; it does not run under autocast")
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
@@ -333,11 +334,23 @@ class Network(nn.Module):
         grad_was_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            masks = dropout_masks(self.sizes, dropout, x, generator) if dropout else None  # drawn after every check
-            cost = self.cost_function
-            return update_mini_batch(weights, biases, x, y, eta, ones, cost, weight_decay, regularization, masks)
+            masks = dropout_masks(self.sizes, rule.dropout, x, generator) if rule.dropout else None  # after checks
+            return rule.step(weights, biases, x, y, eta, ones, masks)
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
+
+    def step_rule(self, lmbda: float = 0.0, n: int | None = None, regularization: str = "l2", dropout: float = 0.0):
+        """The :class:`~torch_manualbp.step.StepRule` of :meth:`sgd_step` with these settings and this network's
+        cost."""
+        return StepRule(self.cost_function, lmbda, n, regularization, dropout)
+
+    def _step_rule(self, lmbda, n, regularization, dropout) -> StepRule:
+        """:meth:`step_rule`, kept while a run repeats the same settings (compared exactly, types included), so
+        that a training loop's steps do not each make and check it again."""
+        key = (type(lmbda), lmbda, type(n), n, regularization, type(dropout), dropout, self.cost_function)
+        if self._rule is None or self._rule[0] != key:
+            self._rule = (key, self.step_rule(lmbda, n, regularization, dropout))
+        return self._rule[1]
 
     def weights_and_biases(self) -> tuple[list[Tensor], list[Tensor]]:
         r"""The parameters :math:`W^1 \dots W^L` and :math:`b^1 \dots b^L`, input side first."""
@@ -369,129 +382,6 @@ class Network(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, cost={self.cost_name!r}"
-
-
-def update_mini_batch(
-    weights: Sequence[Tensor],
-    biases: Sequence[Tensor],
-    x: Tensor,
-    y: Tensor,
-    eta: float | Tensor,
-    ones: Tensor,
-    cost: str | Cost = "quadratic",
-    weight_decay: float = 0.0,
-    regularization: str = "l2",
-    masks: Sequence[Tensor] | None = None,
-) -> Tensor:
-    r"""The book's ``update_mini_batch`` in matrix form: one SGD step on ``weights`` and ``biases``, in place.
-
-    This is :meth:`Network.sgd_step` without its checks, for callers that have made them, and the body that
-    ``torch.compile`` unrolls (``ManualBPClassifier(compile=True)``). Call it under ``torch.no_grad()``.
-
-    Args:
-        weights, biases: :math:`W^1 \dots W^L`, :math:`b^1 \dots b^L`, updated in place.
-        x: the mini-batch, :math:`(N, H_0)`; y: float targets, :math:`(N, H_L)`.
-        eta: the learning rate, a number or (compiled) a 0-d tensor; see :func:`~torch_manualbp.equations.descend`.
-        ones: a vector of N ones, in ``x``'s dtype and on its device.
-        cost: the :class:`~torch_manualbp.costs.Cost` or its name, ``"quadratic"`` (default) or ``"cross_entropy"``:
-            which BP1, and which cost is returned.
-        weight_decay: :math:`\lambda/n`, the book's L2 regularisation as ``torch.optim.SGD``'s ``weight_decay``
-            (see :func:`~torch_manualbp.checks.l2_weight_decay`): each weight, not bias, is first multiplied by
-            :math:`1 - \eta\lambda/n`. A Python number: ``torch.compile`` specialises on it, as on ``cost``.
-        regularization: ``"l2"`` (default) or ``"l1"``, which rule ``weight_decay`` = :math:`\lambda/n` is applied by
-            (:func:`~torch_manualbp.equations.regularize`); for ``"l1"`` each weight first moves by
-            :math:`-\frac{\eta\lambda}{n}\operatorname{sgn}(w)`. A Python string, for ``torch.compile`` too.
-        masks: chapter 3's dropout: one 0/1 vector per hidden layer (``len(weights) - 1`` of them, each
-            :math:`(H_l)`, in ``x``'s dtype; :func:`dropout_masks` draws them as the book does), the neurons where it
-            is 0 removed for this mini-batch, forward and backward; ``None`` (default) for none.
-
-    Returns:
-        The mean cost :math:`C_0` of the mini-batch before the update (no L2 term), a 0-d tensor.
-    """
-    cost = get_cost(cost)
-    m = x.shape[0]
-    activations, z = feedforward_to_cost(x, weights, biases, cost, masks)
-    output_minus_y = activations[-1] - y  # aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
-    mean_cost = cost.mean(z, output_minus_y, y)  # C = (1/m) Σ_x C_x
-    deltas = errors(weights, activations, output_minus_y, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
-    if recording.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
-        _notify_layers(weights, [delta / m for delta in deltas], activations, cost)
-    for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
-        if weight_decay:  # a Python number: no branch on a tensor
-            regularize(weight, eta * weight_decay, regularization)  # L2 or L1, from w before this step's update
-        descend(weight, bias, delta, a_prev, eta / m, ones)  # BP3 and BP4, added into bˡ and Wˡ
-    return mean_cost
-
-
-def feedforward_to_cost(
-    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], cost: Cost, masks: Sequence[Tensor] | None = None
-) -> tuple[list[Tensor], Tensor]:
-    r"""Every activation of the network, input first, with the output layer's by the cost
-    (:meth:`~torch_manualbp.costs.Cost.activation`), and that layer's weighted input :math:`z^L`, which the cost's
-    value may need (the cross-entropy's does) and which is computed anyway; ``masks``, one per hidden layer, as for
-    :func:`~torch_manualbp.equations.feedforward` (dropout).
-
-    Shape:
-        - as :func:`~torch_manualbp.equations.feedforward`; :math:`z^L`: :math:`(N, H_L)`.
-    """
-    activations = feedforward(x, weights[:-1], biases[:-1], masks)
-    z = weighted_input(activations[-1], weights[-1], biases[-1])  # zᴸ = aᴸ⁻¹ Wᴸᵀ + bᴸ
-    activations.append(cost.activation(z))  # aᴸ
-    return activations, z
-
-
-def dropout_masks(
-    sizes: Sequence[int], dropout: float, like: Tensor, generator: torch.Generator | None = None
-) -> list[Tensor]:
-    r"""Chapter 3's dropout for one mini-batch: for each hidden layer, a 0/1 vector that removes
-    ``round(dropout * H)`` of its H neurons, chosen at random (the book's "randomly deleting half the hidden
-    neurons" for ``dropout=0.5``); the input and output layers keep every neuron.
-
-    Args:
-        sizes: the network's layer sizes, input first (``Network.sizes``).
-        dropout: the fraction removed, in [0, 1).
-        like: a tensor whose dtype and device the masks take.
-        generator: the random source (a seeded ``torch.Generator`` on ``like``'s device makes the masks
-            reproducible); ``None`` for torch's global one.
-
-    Shape:
-        - Output: ``len(sizes) - 2`` tensors, :math:`(H_l)` for each hidden layer.
-
-    Examples::
-
-        >>> [m.sum().item() for m in dropout_masks([784, 30, 10], 0.5, torch.empty(0))]
-        [15.0]
-    """
-    masks = []
-    for size in sizes[1:-1]:
-        removed = torch.randperm(size, generator=generator, device=like.device)[: round(dropout * size)]
-        masks.append(torch.ones(size, dtype=like.dtype, device=like.device).index_fill_(0, removed, 0.0))
-    return masks
-
-
-def dropout_evaluation_weights(weights: Sequence[Tensor], dropout: float) -> list[Tensor]:
-    r"""The weights to evaluate a network trained with dropout by, as the book does: every weight outgoing from a
-    hidden neuron scaled by the fraction kept, :math:`1 - p` (halved for :math:`p = 1/2`), since the full network
-    has :math:`1/(1 - p)` times as many hidden neurons active as each mini-batch's had. The first layer's weights,
-    from the input neurons, which are never removed, are unchanged.
-
-    Scaling the weights :math:`W^{l+1}` by :math:`1 - p` is the same as multiplying each hidden activation
-    :math:`a^l` by :math:`1 - p`, the mean of its mask: the next layer's :math:`z^{l+1}` is then the mean of its
-    values over the mini-batches' masks. (The "inverted" form, which trains with masks :math:`m/(1 - p)` and
-    evaluates unscaled, is the same network with its outgoing weights stored as :math:`(1 - p) W`.)
-    """
-    return [weights[0], *[(1 - dropout) * weight for weight in weights[1:]]]
-
-
-def _notify_layers(
-    weights: Sequence[Tensor], deltas: Sequence[Tensor], activations: Sequence[Tensor], cost: Cost
-) -> None:
-    r"""Hand every layer's :math:`\partial C/\partial z^l` (``deltas``), :math:`\sigma'(z^l)` and input to the
-    recordings, as each layer's Function does in its own backward; the output layer's :math:`\sigma'(z^L)` is the
-    cost's (:meth:`~torch_manualbp.costs.Cost.activation_prime`)."""
-    primes = [sigmoid_prime(a) for a in activations[1:-1]] + [cost.activation_prime(activations[-1])]
-    for weight, delta, a_in, prime in zip(weights, deltas, activations[:-1], primes):
-        recording.notify(weight, delta, prime, a_in)
 
 
 class NetworkCostFunction(torch.autograd.Function):
@@ -526,7 +416,7 @@ class NetworkCostFunction(torch.autograd.Function):
         output_minus_y = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
         sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, ctx.cost)  # BP1-BP4
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors()
-            _notify_layers(weights, deltas, activations, ctx.cost)
+            notify_layers(weights, deltas, activations, ctx.cost)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
         if ctx.needs_input_grad[1]:

@@ -51,26 +51,26 @@ To run (one epoch of chapter 1 without Lightning)::
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from . import recording
-from .checks import check_dropout, check_learning_rate, check_regularization, l2_weight_decay, targets
+from .checks import check_learning_rate, l2_weight_decay, targets
 from .costs import COSTS, Cost
-from .network import Network, dropout_masks, update_mini_batch
+from .native import NATIVE_COSTS, NATIVE_SOURCE, build_native, cpu_loop_refusal, native_build_name
+from .network import Network
 from .population import Population
+from .step import StepRule, dropout_masks, update_mini_batch
 
 __all__ = [
     "BACKENDS",
     "MiniBatchSGD",
     "NATIVE_COSTS",
+    "NATIVE_SOURCE",
     "build_native",
     "cpu_loop_refusal",
     "check_mini_batch_size",
@@ -80,8 +80,6 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "native", "eager", "compiled")
-NATIVE_COSTS = ("quadratic", "cross_entropy")  # the costs torch.ops.manualbp.sgd_block has BP1 and a value for
-NATIVE_SOURCE = Path(__file__).parent / "csrc" / "sgd_block.cpp"
 
 
 def check_mini_batch_size(mini_batch_size) -> None:
@@ -174,8 +172,6 @@ class MiniBatchSGD:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.regularization = check_regularization(regularization)
-        self.dropout = check_dropout(dropout)
         self.population: Population | None = None  # K > 1 members
         self.members: int | None = None  # K for a population (its costs get a members' axis), None for a network
         self._member_engines: list[MiniBatchSGD] = []  # K > 1: one engine per member, over views of its storage
@@ -206,7 +202,10 @@ class MiniBatchSGD:
             raise TypeError(f"network must be a Network or a Population, got {type(network).__name__}")
         self.network = network  # None for a population of K > 1
         self.mini_batch_size = mini_batch_size
-        self.weight_decay = 0.0 if network is None else l2_weight_decay(lmbda, n)  # λ/n
+        # the step's settings, checked once; a population of K > 1: what its members' rules share (each member's
+        # engine holds its own rule, with its λ; self.lmbda holds them all)
+        cost = (network or self.population).cost_function
+        self.rule = StepRule(cost, 0.0 if network is None else lmbda, n, regularization, dropout)
         self.backend = backend
         self.steps_per_call = steps_per_call
         self.on_compile = on_compile
@@ -220,6 +219,21 @@ class MiniBatchSGD:
         self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
         self._native: bool | None = None  # whether the native step serves this engine; None: not decided yet
         self._refusals_said: set[str] = set()  # why the CPU loop could not take a block, each said once
+
+    @property
+    def weight_decay(self) -> float:
+        r"""The rule's :math:`\lambda/n`."""
+        return self.rule.weight_decay
+
+    @property
+    def regularization(self) -> str:
+        """The rule's ``"l2"`` or ``"l1"``."""
+        return self.rule.regularization
+
+    @property
+    def dropout(self) -> float:
+        """The rule's fraction of hidden neurons removed for each mini-batch."""
+        return self.rule.dropout
 
     def steps_in(self, rows: int) -> int:
         """The number of SGD steps a block of ``rows`` examples makes."""
@@ -263,7 +277,7 @@ class MiniBatchSGD:
             costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size, _first(masks, rows // size))
         elif self.uses_native() and not recording.is_recording() and self._cpu_loop_serves(weights, biases, x, masks):
             rows = len(x)
-            rule = (self.network.cost_name, self.weight_decay, self.regularization, masks or [])
+            rule = (self.rule.cost.name, self.rule.weight_decay, self.rule.regularization, masks or [])
             x, y = x.contiguous(), y.contiguous()
             costs = [torch.ops.manualbp.sgd_block(weights, biases, x, y, float(eta), size, *rule)]
         rest = None if masks is None else [m[rows // size :] for m in masks]
@@ -342,7 +356,7 @@ class MiniBatchSGD:
         if self._native is None:
             self._native = False
             if self.backend in ("native", "auto"):
-                cost = self.network.cost_function  # the package's own object: a subclass may change its equations
+                cost = self.rule.cost  # the package's own object: a subclass may change its equations
                 known = cost.name in NATIVE_COSTS and cost is COSTS[cost.name]
                 failure = build_native() if known else f"it has no {cost!r} cost"
                 self._native = failure is None
@@ -437,13 +451,11 @@ class MiniBatchSGD:
         """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn (step s with row s of each of
         ``masks``, if any); their costs, each shaped (1,)."""
         costs = []
-        cost = self.network.cost_function  # the object: a cost of the user's own has no name to look up
         for s, start in enumerate(range(0, len(x), size)):
             x_m, y_m = x[start : start + size], y[start : start + size]
             ones = self.network.ones(len(x_m), x_m)
             step_masks = None if masks is None else [m[s] for m in masks]
-            rule = (cost, self.weight_decay, self.regularization, step_masks)
-            costs.append(update_mini_batch(weights, biases, x_m, y_m, eta, ones, *rule).reshape(1))
+            costs.append(self.rule.step(weights, biases, x_m, y_m, eta, ones, step_masks).reshape(1))
         return costs
 
     def _compiled_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int, masks) -> list[Tensor]:
@@ -456,7 +468,7 @@ class MiniBatchSGD:
         eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)  # a tensor: a new η must not recompile
         ones = self.network.ones(size, x)
         # the cost object: a cost of the user's own has no name
-        rule = (self.network.cost_function, self.weight_decay, self.regularization)
+        rule = (self.rule.cost, self.rule.weight_decay, self.rule.regularization)  # Python values: Dynamo specialises
         compiled = _compiled_unrolled_steps()
         key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), rule, masks is None)
         start = time.perf_counter()
@@ -472,27 +484,6 @@ class MiniBatchSGD:
             compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule, calls_masks[c]) for c in range(1, len(xs))
         ]
         return costs
-
-
-def cpu_loop_refusal(parameters: Sequence[Tensor], x: Tensor | None = None) -> str | None:
-    """Why the native op's CPU loop cannot step ``parameters`` (weights, biases, dropout masks) on ``x``, in a few
-    words, or None if it can: it takes float32 or float64 CPU tensors of one dtype, the parameters contiguous, with
-    torch's MKL. Everywhere else (CUDA above all) the engine runs the eager step, the same equations as ATen ops."""
-    if not torch.backends.mkl.is_available():
-        return "this torch is built without MKL, whose BLAS the loop calls"
-    dtype = parameters[0].dtype
-    if dtype not in (torch.float32, torch.float64):
-        return f"the parameters are {dtype}; the loop takes float32 or float64"
-    for p in parameters:
-        if p.device.type != "cpu":
-            return f"the parameters are on {p.device.type}; the loop runs on the CPU"
-        if p.dtype != dtype or not p.is_contiguous():
-            return (
-                "a parameter is not contiguous (the loop reads each weight's rows in order) or not of the others' dtype"
-            )
-    if x is not None and (x.device.type != "cpu" or x.dtype != dtype):
-        return f"the data is {x.dtype} on {x.device.type}, the parameters {dtype} on the CPU"
-    return None
 
 
 def _member_view(population: Population, k: int) -> Network:
@@ -561,30 +552,3 @@ def _unrolled_steps(
 def _compiled_unrolled_steps():
     """``torch.compile(_unrolled_steps)``, built once per process so that every engine reuses Dynamo's cache."""
     return torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
-
-
-def native_build_name(source: Path = NATIVE_SOURCE) -> str:
-    """The op's name in torch's extensions cache: ``manualbp_native_`` and a hash of the source's path and text, so
-    that two checkouts (or versions) on one machine each keep their own build instead of rebuilding each other's."""
-    source = Path(source).resolve()
-    digest = hashlib.sha256(str(source).encode() + b"\0" + source.read_bytes()).hexdigest()
-    return f"manualbp_native_{digest[:12]}"
-
-
-@functools.cache
-def build_native() -> str | None:
-    """Build (the first time; later, load from torch's extensions cache) and register ``torch.ops.manualbp.sgd_block``
-    from ``csrc/sgd_block.cpp``, once per process. Returns None if it is ready, else why not, in one line."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # its import warns of a missing CUDA runtime, which a CPU build does not need
-    try:
-        from torch.utils import cpp_extension
-
-        cpp_extension.load(native_build_name(), [str(NATIVE_SOURCE)], extra_cflags=["-O3"], is_python_module=False)
-    except Exception as error:  # no compiler, a failed build or load: the eager step makes the same updates
-        lines = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"[:200]
-    finally:
-        logger.setLevel(level)
-    return None
