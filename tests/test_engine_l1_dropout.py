@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as TF
 from conftest import DATA_DIR
 from test_l1_dropout import book_update, numpy_parameters
+from test_native import assert_each_step_agrees
 
 from torch_manualbp import Network
 from torch_manualbp.mnist import load_mnist
@@ -18,8 +19,6 @@ from torch_manualbp.network import dropout_masks
 from torch_manualbp.sgd import MiniBatchSGD, build_native
 
 TOL = dict(rtol=1e-10, atol=1e-10)
-# the native op's loops round σ's exp unlike ATen's kernel: the tolerance of tests/test_native.py, for the same reason
-F32 = dict(rtol=1e-5, atol=2e-5)
 
 native = pytest.param("native", marks=pytest.mark.skipif(build_native() is not None, reason="native op not built"))
 BACKENDS = ["eager", native]
@@ -82,14 +81,15 @@ def mnist_block() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.skipif(build_native() is not None, reason="native op not built")
 @pytest.mark.parametrize("regularization, dropout", [("l1", 0.0), ("l2", 0.5), ("l1", 0.5)])
-def test_native_equals_the_eager_engine_with_l1_and_dropout_over_300_mnist_steps_float32(
+def test_each_of_300_native_mnist_steps_with_l1_and_dropout_equals_the_eager_step_float32(
     mnist_block, regularization, dropout
 ):
+    # step by step from the same parameters, with the derived tolerance of tests/test_native.py
     torch.manual_seed(0)
     native_net = Network([784, 30, 10], init="normal", cost="cross_entropy")
     eager_net = copy.deepcopy(native_net)
     x, labels = mnist_block
-    engines = [
+    native, eager = (
         MiniBatchSGD(
             net,
             10,
@@ -101,13 +101,9 @@ def test_native_equals_the_eager_engine_with_l1_and_dropout_over_300_mnist_steps
             generator=torch.Generator().manual_seed(4),
         )  # fmt: skip
         for net, backend in ((native_net, "native"), (eager_net, "eager"))
-    ]
-    for block in range(3):  # blocks of 1,000 examples, 100 steps each, as the classifier runs them
-        rows = slice(1000 * block, 1000 * (block + 1))
-        got, want = (sgd.run(x[rows], labels[rows], 0.5) for sgd in engines)
-        torch.testing.assert_close(got, want, **F32)
-    for got, want in zip(native_net.parameters(), eager_net.parameters()):
-        torch.testing.assert_close(got, want, **F32)
+    )
+    assert_each_step_agrees(native, eager, x, labels, 0.5)
+    assert native.uses_native()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
