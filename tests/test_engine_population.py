@@ -120,6 +120,8 @@ def test_a_bad_eta_or_lmbda_for_a_population_is_one_error_before_any_member_step
         MiniBatchSGD(population, 10, [1.0, 2.0], 100)
     with pytest.raises(TypeError, match="network must be a Network or a Population, got list"):
         MiniBatchSGD(members(2), 10)
+    with pytest.raises(TypeError, match="lmbda must be a real number"):
+        MiniBatchSGD(members(1)[0], 10, [1.0], 100)  # one λ per member is a population's, not a network's
     for p, saved in zip(population.parameters(), before):
         assert torch.equal(p, saved)
 
