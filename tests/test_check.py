@@ -90,3 +90,32 @@ def test_endless_loop_is_stopped_by_the_timeout_with_exit_status_2():
     assert result.stderr.strip().splitlines() == [
         "manualbp check: network_loops.py: still running after 2 s (an endless loop?)"
     ]
+
+
+def test_linear_neurons_exercise_passes_a_correct_answer_through_the_command():
+    result = manualbp_check(str(FILES / "linear_correct.py"), "--exercise", "linear")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all right" in result.stdout
+
+
+def test_linear_neurons_exercise_names_the_sigmoid_prime_kept_in_bp1():
+    result = manualbp_check(str(FILES / "linear_sigmoid_prime_kept.py"), "--exercise", "linear")
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith("BP1 wrong at layer l = 4 ") and "the sigmoid's σ'(z) kept" in line
+
+
+def test_sigmoid_network_checked_as_linear_neurons_is_wrong_and_the_reverse_too():
+    # the two problems' truths differ: a correct answer to one is wrong for the other
+    assert check_file(FILES / "network_correct.py", exercise="linear").status == 1
+    assert check_file(FILES / "linear_correct.py").status == 1
+
+
+def test_linear_neurons_exercise_on_a_functions_file_is_unusable_in_one_line():
+    result = check_file(FILES / "functions_correct.py", exercise="linear")
+    assert result.status == 2 and len(result.lines) == 1 and "defines no class Network" in result.lines[0]
+
+
+def test_unknown_exercise_is_refused_by_the_command_in_one_line():
+    result = manualbp_check(str(FILES / "network_correct.py"), "--exercise", "softmax")
+    assert result.returncode == 2 and "invalid choice: 'softmax'" in result.stderr

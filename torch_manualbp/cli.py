@@ -42,7 +42,7 @@ subcommands:
   test        accuracy of a trained network on the test images (needs --ckpt_path)
   predict     the digits a trained network reads in your images (needs --ckpt_path and --data.predict_path)
   gradcheck   check every Function's backward against finite differences (manualbp gradcheck [--seed N])
-  check       check YOUR backprop (a network.py or bp1-bp4): manualbp check FILE [--timeout S] [--seed N]
+  check       check YOUR backprop (a network.py or bp1-bp4): manualbp check FILE [--exercise linear] [--seed N]
 
 the settings that matter most:
   --config FILE               a YAML config; experiments/ holds the book's runs (nielsen_ch1.yaml: chapter 1)
@@ -190,14 +190,19 @@ def _gradcheck(seed: int) -> int:
 
 def _check(args: list[str]) -> int:
     """Check a student's backprop file; print one line per finding (exit 0 right, 1 wrong, 2 file unusable)."""
-    from .check import check_file
+    from .check import EXERCISES, check_file
 
     parser = argparse.ArgumentParser(prog="manualbp check", description=_check.__doc__)
     parser.add_argument("file", help="your network.py (class Network with backprop) or a file defining bp1-bp4")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds your code may run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the checker's weights and inputs")
+    parser.add_argument(
+        "--exercise",
+        choices=EXERCISES,
+        help="the chapter's problem your file solves: linear (your Network.backprop for linear neurons, σ(z) = z)",
+    )
     options = parser.parse_args(args)
-    result = check_file(options.file, timeout=options.timeout, seed=options.seed)
+    result = check_file(options.file, timeout=options.timeout, seed=options.seed, exercise=options.exercise)
     for line in result.lines:
         print(
             f"manualbp check: {line}" if result.status == 2 else line, file=sys.stderr if result.status == 2 else None

@@ -9,6 +9,9 @@ FILE is a Python file in one of two shapes:
 - functions ``bp1(nabla_a, z)``, ``bp2(w_next, delta_next, z)``, ``bp3(delta)``, ``bp4(delta, a_prev)``, each checked
   on its own.
 
+``exercise="linear"`` checks the chapter's problem "backpropagation with linear neurons": the same ``Network`` shape,
+with :math:`\sigma(z) = z` throughout (so :math:`\sigma'(z) = 1`).
+
 The student's code runs in a subprocess (:mod:`torch_manualbp.check.runner`) with a time limit; the true values come
 from plain torch autograd in float64, and the diagnosis runs here. Layers are numbered as in the book, l = 2..L.
 
@@ -29,7 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CheckResult", "check_file", "CASE_SIZES"]
+__all__ = ["CheckResult", "check_file", "CASE_SIZES", "EXERCISES"]
+
+#: What ``exercise`` may name: the chapter's problems the checker knows (None: the file's own shape decides).
+EXERCISES = ("linear",)
 
 #: The networks a ``Network`` file is run on: the square 4x4 weights of the last catch a w in place of wᵀ in BP2.
 CASE_SIZES = ([5, 4, 4, 3], [3, 2], [4, 5, 3])
@@ -81,8 +87,8 @@ def _cases(seed: int) -> dict:
     return cases
 
 
-def _truth(cases: dict, c: int):
-    """z, a (a[0] = x) and δ of case ``c``, δ ≡ ∂C/∂z by torch autograd in float64."""
+def _truth(cases: dict, c: int, linear: bool = False):
+    """z, a (a[0] = x) and δ of case ``c``, δ ≡ ∂C/∂z by torch autograd in float64; ``linear``: σ(z) = z."""
     n = len(cases[f"{c}_sizes"]) - 1
     a = [torch.tensor(cases[f"{c}_x"])]
     zs = []
@@ -91,7 +97,7 @@ def _truth(cases: dict, c: int):
         z = w @ a[-1] + torch.tensor(cases[f"{c}_b{i}"])
         z.retain_grad()
         zs.append(z)
-        a.append(torch.sigmoid(z))
+        a.append(z if linear else torch.sigmoid(z))
     (0.5 * ((a[-1] - torch.tensor(cases[f"{c}_y"])) ** 2).sum()).backward()
     return [z.detach().numpy() for z in zs], [t.detach().numpy() for t in a], [z.grad.numpy() for z in zs]
 
@@ -107,22 +113,28 @@ def _worst(got, want) -> str:
     return f"largest error {diff.max():.3g} at {where} (yours {got[index]:.6g}, true {want[index]:.6g})"
 
 
-def _delta_cause(got, g, z, a) -> str:
-    """The common slip that ``got`` matches, for δ = g ⊙ σ'(z)."""
-    candidates = {
-        "σ'(a) used for σ'(z): σ(z)(1 − σ(z)) evaluated at a = σ(z)": g * _sigmoid_prime(a),
-        "a missing σ'(z) factor": g,
-        "a sign flip (−δ)": -g * _sigmoid_prime(z),
-    }
+def _delta_cause(got, g, z, a, linear: bool = False) -> str:
+    """The common slip that ``got`` matches, for δ = g ⊙ σ'(z) (δ = g for linear neurons)."""
+    if linear:
+        candidates = {
+            "the sigmoid's σ'(z) kept: for σ(z) = z, σ'(z) = 1": g * _sigmoid_prime(z),
+            "a sign flip (−δ)": -g,
+        }
+    else:
+        candidates = {
+            "σ'(a) used for σ'(z): σ(z)(1 − σ(z)) evaluated at a = σ(z)": g * _sigmoid_prime(a),
+            "a missing σ'(z) factor": g,
+            "a sign flip (−δ)": -g * _sigmoid_prime(z),
+        }
     for cause, value in candidates.items():
         if _close(got, value):
             return f"; likely cause: {cause}"
     return ""
 
 
-def _diagnose_network(cases: dict, out: dict) -> list[str]:
+def _diagnose_network(cases: dict, out: dict, linear: bool = False) -> list[str]:
     for c, sizes in enumerate(CASE_SIZES):
-        zs, a, delta = _truth(cases, c)
+        zs, a, delta = _truth(cases, c, linear)
         n = len(sizes) - 1
         for i in reversed(range(n)):  # output layer first
             layer, nb, nw = i + 2, out[f"{c}_nb{i}"], out[f"{c}_nw{i}"]
@@ -147,12 +159,13 @@ def _diagnose_network(cases: dict, out: dict) -> list[str]:
                 g, equation = a[-1] - cases[f"{c}_y"], "BP1"
             else:
                 g, equation = cases[f"{c}_w{i + 1}"].T @ delta[i + 1], "BP2"
-            cause = _delta_cause(nb, g, zs[i], a[i + 1])
+            cause = _delta_cause(nb, g, zs[i], a[i + 1], linear)
             w_next = cases[f"{c}_w{i + 1}"] if equation == "BP2" else None
+            prime = 1.0 if linear else _sigmoid_prime(zs[i])
             if (
                 w_next is not None
                 and w_next.shape[0] == w_next.shape[1]
-                and _close(nb, (cases[f"{c}_w{i + 1}"] @ delta[i + 1]) * _sigmoid_prime(zs[i]))
+                and _close(nb, (cases[f"{c}_w{i + 1}"] @ delta[i + 1]) * prime)
             ):
                 cause = "; likely cause: a missing transpose, w^(l+1) in place of (w^(l+1))ᵀ"
             if not _close(nw, nb @ a[i].T):
@@ -183,14 +196,18 @@ def _diagnose_functions(cases: dict, out: dict) -> list[str]:
     return lines
 
 
-def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0) -> CheckResult:
+def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise: str | None = None) -> CheckResult:
     r"""Run the student's file at ``path`` in a subprocess and diagnose its backprop.
 
     Args:
         path: a Python file defining ``class Network`` (the book's shape) or ``bp1``-``bp4``.
         timeout: seconds the student's code may run.
         seed: seed of the checker's weights, biases and inputs.
+        exercise: one of :data:`EXERCISES`, the chapter's problem the file solves: ``"linear"``, a ``Network`` of
+            linear neurons, :math:`\sigma(z) = z`; ``None`` (default) for the sigmoid network or ``bp1``-``bp4``.
     """
+    if exercise is not None and exercise not in EXERCISES:
+        raise ValueError(f"exercise must be one of {EXERCISES} or None, got {exercise!r}")
     path = Path(path).resolve()
     if not path.is_file():
         return CheckResult(2, [f"{path}: no such file"])
@@ -209,9 +226,15 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0) -> CheckR
             return CheckResult(2, [lines[-1] if lines else f"the student's process exited with {run.returncode}"])
         with np.load(Path(tmp) / "out.npz") as data:
             out = {k: data[k] for k in data.files}
-    diagnose = _diagnose_network if str(out.pop("shape")) == "network" else _diagnose_functions
+    shape = str(out.pop("shape"))
+    if exercise == "linear" and shape != "network":
+        return CheckResult(2, [f"{path} defines no class Network: the linear-neurons exercise checks Network.backprop"])
     try:
-        lines = diagnose(cases, out)
+        lines = (
+            _diagnose_network(cases, out, exercise == "linear")
+            if shape == "network"
+            else _diagnose_functions(cases, out)
+        )
     except _Unusable as err:
         return CheckResult(2, [str(err)])
     return CheckResult(1, lines) if lines else CheckResult(0, ["all right: " + str(path.name)])
