@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import recording
+from .activations import get_activation
 from .checks import check_float_tensor, check_same_kind, targets
 from .equations import (
     a_minus_y,
@@ -75,6 +76,8 @@ __all__ = [
     "targets_like",
     "sigmoid_prime",
     "sigmoid_delta",
+    "FullyConnectedFunction",
+    "fully_connected",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -745,3 +748,78 @@ def _check_layer(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, i
             raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
         check_same_kind("bias", bias, "weight", weight)
     return out_features, in_features
+
+
+class FullyConnectedFunction(torch.autograd.Function):
+    r"""A fully-connected layer of any activation, :math:`a = f(x W^\top + b)`, on a 2-D batch.
+
+    Use :func:`fully_connected`, which checks its arguments and looks the activation up by name; this class expects
+    ``x`` of shape ``(N, in_features)`` and an :class:`~torch_manualbp.activations.Activation`.
+
+    ``z`` and ``a`` are both saved, so that :math:`f'(z)` comes from whichever the activation's ``prime`` takes. The
+    backward is made of differentiable torch ops, so it can itself be differentiated (gradgradcheck passes); there
+    is no forward-mode rule (``jvp``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, activation) -> Tensor:
+        z = weighted_input(x, weight, bias)  # z = x Wᵀ + b, (N, out)
+        return activation(z)  # a = f(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, activation = inputs
+        ctx.save_for_backward(x, weight, weighted_input(x, weight, bias) if activation.prime_from == "z" else output)
+        ctx.activation = activation
+
+    @staticmethod
+    def backward(ctx, grad_a: Tensor):
+        x, weight, z_or_a = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        delta = grad_a * ctx.activation.prime(z_or_a)  # BP1 at the output layer, BP2 below: δ = ∂C/∂a ⊙ f'(z)
+        if ctx.needs_input_grad[0]:
+            grad_x = error_below(delta, weight)  # δˡ Wˡ, handed to the layer below for its BP2, (N, in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight_gradient(delta, x)  # (BP4) ∂C/∂W = δᵀ x, (out, in)
+        if ctx.needs_input_grad[2]:
+            grad_bias = bias_gradient(delta)  # (BP3) ∂C/∂b = Σ_x δ, (out,)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def fully_connected(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation="sigmoid") -> Tensor:
+    r"""Apply :math:`a = f(x W^\top + b)` with the hand-written backward of :class:`FullyConnectedFunction`.
+
+    Args:
+        x: input activations :math:`a^{l-1}`.
+        weight: the layer's weights :math:`W^l`, one row per neuron of this layer.
+        bias: the layer's biases :math:`b^l`, or ``None`` for none.
+        activation: a name in :data:`torch_manualbp.activations.ACTIVATIONS` (``"sigmoid"``, ``"tanh"``,
+            ``"relu"``, ``"linear"``) or an :class:`~torch_manualbp.activations.Activation`.
+
+    Shape:
+        - x: :math:`(*, H_{in})`, any number of leading dimensions, including none.
+        - weight: :math:`(H_{out}, H_{in})`.
+        - bias: :math:`(H_{out})`.
+        - Output: :math:`(*, H_{out})`.
+
+    Raises:
+        TypeError: a tensor is not floating-point, their dtypes differ, or ``activation`` is neither a name nor an
+            ``Activation``.
+        ValueError: a shape does not fit, the tensors are on different devices, or no activation has that name.
+
+    Examples::
+
+        >>> x = torch.rand(4, 784)
+        >>> weight, bias = torch.randn(30, 784, requires_grad=True), torch.randn(30, requires_grad=True)
+        >>> fully_connected(x, weight, bias, activation="relu").shape
+        torch.Size([4, 30])
+    """
+    f = get_activation(activation)
+    out_features, in_features = _check_layer(x, weight, bias)
+    if x.ndim == 2:
+        return FullyConnectedFunction.apply(x, weight, bias, f)  # (N, out)
+    return FullyConnectedFunction.apply(x.reshape(-1, in_features), weight, bias, f).reshape(
+        *x.shape[:-1], out_features
+    )
