@@ -75,3 +75,43 @@ def test_wrong_bias_shape_is_a_value_error_naming_bias():
     x, weight, bias = _layer()
     with pytest.raises(ValueError, match=r"^bias must have shape \(4,\)"):
         fully_connected(x, weight, bias[:2])
+
+
+def test_module_in_sequential_matches_autograd_float64():
+    from torch_manualbp.nn import FullyConnected
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        FullyConnected(7, 5, activation="relu", dtype=torch.float64),
+        FullyConnected(5, 3, activation="tanh", dtype=torch.float64),
+    )
+    x = torch.randn(4, 7, dtype=torch.float64)
+    (first, second) = model
+    ours = model(x)
+    theirs = torch.tanh(torch.relu(x @ first.weight.T + first.bias) @ second.weight.T + second.bias)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+    params = list(model.parameters())
+    torch.testing.assert_close(
+        torch.autograd.grad(ours.sum(), params), torch.autograd.grad(theirs.sum(), params), rtol=0, atol=1e-10
+    )
+
+
+def test_module_unknown_activation_and_bad_size_are_one_line_errors():
+    from torch_manualbp.nn import FullyConnected
+
+    with pytest.raises(ValueError, match=r"^activation must be one of"):
+        FullyConnected(3, 2, activation="swish")
+    with pytest.raises((ValueError, TypeError), match=r"^out_features"):
+        FullyConnected(3, 0)
+
+
+def test_module_init_is_normal_with_std_one_over_sqrt_in_features():
+    from torch_manualbp.nn import FullyConnected
+
+    torch.manual_seed(0)
+    layer = FullyConnected(1000, 400, dtype=torch.float64)
+    # The sample std of n normal draws has a standard error of about std / sqrt(2 n); allow 6 of them.
+    n = layer.weight.numel()
+    assert abs(layer.weight.std().item() * 1000**0.5 - 1.0) < 6 / (2 * n) ** 0.5
+    assert abs(layer.bias.std().item() - 1.0) < 6 / (2 * 400) ** 0.5
+    assert abs(layer.weight.mean().item()) < 6 / 1000**0.5 / n**0.5

@@ -15,8 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from .activations import get_activation
 
-__all__ = ["SigmoidLinear", "QuadraticCost", "CrossEntropyCost", "LogLikelihoodCost", "INITS", "sigmoid_layers"]
+__all__ = [
+    "SigmoidLinear",
+    "FullyConnected",
+    "QuadraticCost",
+    "CrossEntropyCost",
+    "LogLikelihoodCost",
+    "INITS",
+    "sigmoid_layers",
+]
 
 INITS = ("scaled", "normal")
 
@@ -105,6 +114,75 @@ class SigmoidLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, init={self.init!r}"
+        )
+
+
+class FullyConnected(nn.Module):
+    r"""A fully-connected layer of any activation: :math:`a = f(x W^\top + b)`, ``network3.py``'s
+    ``FullyConnectedLayer`` without its dropout.
+
+    The forward pass and the gradients are :class:`~torch_manualbp.functional.FullyConnectedFunction`: its backward
+    computes :math:`\delta = \partial C/\partial a \odot f'(z)` and from it BP3 and BP4, with no autograd inside.
+
+    Args:
+        in_features: size of each input sample, the number of neurons in the layer below.
+        out_features: size of each output sample, the number of neurons in this layer.
+        activation: a name in :data:`torch_manualbp.activations.ACTIVATIONS` or an
+            :class:`~torch_manualbp.activations.Activation`. Default: ``"sigmoid"``.
+        bias: if ``False``, the layer has no bias :math:`b`. Default: ``True``.
+        device, dtype: where and how to allocate the parameters, as for ``nn.Linear``.
+
+    :meth:`reset_parameters` draws weights :math:`\mathcal{N}(0, 1/\text{in\_features})` and biases
+    :math:`\mathcal{N}(0, 1)`, chapter 3's initialisation, as :class:`SigmoidLinear`'s default.
+
+    Shape:
+        - Input: :math:`(*, H_{in})` where :math:`H_{in} = \text{in\_features}`.
+        - Output: :math:`(*, H_{out})` where :math:`H_{out} = \text{out\_features}`.
+
+    Examples::
+
+        >>> layer = FullyConnected(784, 100, activation="relu")
+        >>> layer(torch.rand(10, 784)).shape
+        torch.Size([10, 100])
+    """
+
+    __constants__ = ["in_features", "out_features"]
+    in_features: int
+    out_features: int
+    weight: Tensor
+
+    def __init__(
+        self, in_features: int, out_features: int, activation="sigmoid", bias: bool = True, device=None, dtype=None
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("out_features", out_features)
+        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation = get_activation(activation)
+        self.weight = nn.Parameter(torch.empty((out_features, in_features), **factory_kwargs))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights from N(0, 1/in_features) and the biases from N(0, 1) again."""
+        nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.in_features))
+        if self.bias is not None:
+            nn.init.normal_(self.bias, 0.0, 1.0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.fully_connected(input, self.weight, self.bias, self.activation)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"activation={self.activation.name!r}, bias={self.bias is not None}"
         )
 
 
