@@ -337,7 +337,10 @@ class MNISTDataModule(L.LightningDataModule):
         train, (rank, world_size) = self._split("train"), self._rank_and_world_size()
         epoch, limit = 0, None
         if self.trainer is not None:
-            epoch = self.trainer.current_epoch
+            # The epochs the fit loop has run through, not ``current_epoch``: on resuming from a checkpoint taken at
+            # an epoch's end (best, every_n_epochs) the loop counts that epoch processed but not yet completed, and
+            # Lightning restores no loader state then, so the next pass must start the next epoch by itself.
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed
             length = math.ceil(len(train[0]) / (self.hparams.batch_size * world_size))
             limit = _epoch_limit(length, self.trainer.limit_train_batches)
         return ShuffledBatches(*train, self.hparams.batch_size, self.hparams.seed, epoch, rank, world_size, limit)
