@@ -11,7 +11,7 @@ Sections (see each module):
 1. :mod:`benchmarks.functions`: forward+backward of the sigmoid layer and of ``[784, H, 10]`` + quadratic
    cost, custom Functions vs autograd, plus the bytes each saves for backward.
 2. :mod:`benchmarks.epoch`: one training epoch of the book's configuration through Lightning, a plain
-   PyTorch loop and the book's own numpy algorithm (:mod:`torch_manualbp.reference`).
+   PyTorch loop and the book's own numpy algorithm (:mod:`torch_manualbp.testing.reference`).
 3. :mod:`benchmarks.time_to_95`: wall-clock time to 95% test accuracy through ``manualbp fit``.
 4. :mod:`benchmarks.statistics`: per-example gradient statistics on top of a step.
 5. :mod:`benchmarks.peers`: one epoch of the book's run against its peers (the book, autograd, a bare fused step,

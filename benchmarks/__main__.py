@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from torch_manualbp.timing import machine_info
+    from torch_manualbp.testing.timing import machine_info
 
     from . import cli_epoch, contention, epoch, functions, peers, population, report, statistics, time_to_95
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from torch_manualbp.timing import median
+from torch_manualbp.testing.timing import median
 
 from .epoch import EpochBench
 from .time_to_95 import REPO, _manualbp

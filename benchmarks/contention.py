@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from torch_manualbp.network import update_mini_batch
+from torch_manualbp.testing.timing import alternating, interleaved, median
 from torch_manualbp.threads import torch_default_threads
-from torch_manualbp.timing import alternating, interleaved, median
 
 __all__ = ["run", "thread_crossover", "busy_neighbour", "CROSSOVER_SIZES", "CROSSOVER_BATCHES"]
 

@@ -18,7 +18,7 @@ weights and see the same mini-batches in the same order (the data module's seede
   same batch iterable; the difference to ``lightning`` is Lightning's per-step overhead.
 * ``loop (autograd)``: a plain loop with ``F.linear`` + ``torch.sigmoid`` and the cost in plain ops
   (``reference.autograd_cost``); the difference to ``loop (Functions)`` is the custom Functions' cost in training.
-* ``book (numpy)``: :class:`torch_manualbp.reference.BookNetwork`, example by example in float64
+* ``book (numpy)``: :class:`torch_manualbp.testing.reference.BookNetwork`, example by example in float64
   (CPU only).
 
 Ratios are to ``loop (autograd)``, and the book's time is divided by each contender's (``x book``). The
@@ -46,8 +46,8 @@ from torch_manualbp import Network
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
 from torch_manualbp.lightning.datamodule import ShuffledBatches
 from torch_manualbp.nn import QuadraticCost
-from torch_manualbp.reference import BookNetwork, autograd_cost
-from torch_manualbp.timing import alternating, median, synchronizer
+from torch_manualbp.testing.reference import BookNetwork, autograd_cost
+from torch_manualbp.testing.timing import alternating, median, synchronizer
 
 __all__ = ["run"]
 

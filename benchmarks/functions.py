@@ -34,8 +34,8 @@ from torch import Tensor
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear
 from torch_manualbp.mnist import MNIST_CLASSES, MNIST_INPUTS
-from torch_manualbp.reference import autograd_cost, autograd_output
-from torch_manualbp.timing import interleaved, median, synchronizer
+from torch_manualbp.testing.reference import autograd_cost, autograd_output
+from torch_manualbp.testing.timing import interleaved, median, synchronizer
 
 from .saved_bytes import count_saved_bytes
 

@@ -3,10 +3,10 @@ r"""Section ``peers``: one epoch of the book's run by the package and by what a 
 ``[784, 30, 10]``, η = 3, mini-batches of 10, the book's N(0, 1) initialisation, the first 50,000 MNIST training
 images in one seeded shuffled order (``--quick``: the first 2,000 of that order), float32 except the book's float64.
 Contenders, all from the same initial weights and on the same mini-batches, timed in one interleaved run
-(:func:`torch_manualbp.timing.interleaved`, one epoch a call; each call starts again from the initial weights):
+(:func:`torch_manualbp.testing.timing.interleaved`, one epoch a call; each call starts again from the initial weights):
 
-* ``book (numpy)``: :class:`torch_manualbp.reference.BookNetwork`, the book's algorithm, example by example.
-* ``autograd + torch.optim.SGD``: :func:`torch_manualbp.reference.autograd_cost` (plain ops), ``backward`` and
+* ``book (numpy)``: :class:`torch_manualbp.testing.reference.BookNetwork`, the book's algorithm, example by example.
+* ``autograd + torch.optim.SGD``: :func:`torch_manualbp.testing.reference.autograd_cost` (plain ops), ``backward`` and
   ``torch.optim.SGD`` in a Python loop.
 * ``Network.sgd_step``: the package's public step in a user's loop, over integer labels.
 * ``bare fused step``: the in-place fused step written here as eager torch ops in a Python loop, no package code
@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from torch_manualbp import Network
 from torch_manualbp.mnist import load_mnist
-from torch_manualbp.reference import BookNetwork, autograd_cost
 from torch_manualbp.sgd import MiniBatchSGD, build_native
-from torch_manualbp.timing import interleaved, median
+from torch_manualbp.testing.reference import BookNetwork, autograd_cost
+from torch_manualbp.testing.timing import interleaved, median
 
 __all__ = ["run", "jax_epoch"]
 

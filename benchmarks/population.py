@@ -2,7 +2,7 @@ r"""Section: K networks stepped together (``Population``) against one network at
 
 ``[784, 30, 10]``, float32, mini-batches of 10 (random inputs and labels, the same batch every step), η = 0.001,
 small enough that thousands of timed steps do not drive the sigmoids into saturation. Contenders, timed interleaved
-(:func:`torch_manualbp.timing.interleaved`), one SGD step each:
+(:func:`torch_manualbp.testing.timing.interleaved`), one SGD step each:
 
 * ``Network.sgd_step``: one network, the fused step with its checks and label encoding, as a user's loop calls it.
 * ``update_mini_batch``: the same step without the checks (one-hot targets made once), the bare fused step.
@@ -35,7 +35,7 @@ import torch
 from torch_manualbp import MiniBatchSGD, Network
 from torch_manualbp.network import update_mini_batch
 from torch_manualbp.population import Population
-from torch_manualbp.timing import interleaved, median, synchronizer
+from torch_manualbp.testing.timing import interleaved, median, synchronizer
 
 from .peers import jax_epoch
 

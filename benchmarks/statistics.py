@@ -40,7 +40,7 @@ from torch_manualbp import Network
 from torch_manualbp.checks import targets
 from torch_manualbp.network import update_mini_batch
 from torch_manualbp.observe import gradient_statistics, record_errors
-from torch_manualbp.timing import interleaved, median, synchronizer
+from torch_manualbp.testing.timing import interleaved, median, synchronizer
 
 __all__ = ["run", "markdown", "PeakNewBytes", "BATCH_SIZES"]
 

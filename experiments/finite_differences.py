@@ -4,7 +4,7 @@ Chapter 2's "In what sense is backpropagation a fast algorithm?": estimating eve
 (C(w + ε e_j) − C(w)) / ε costs one extra forward pass per weight, a million passes for a million weights,
 while backpropagation gets all of them from one forward and one backward pass. This script measures both
 on networks of growing size (float64, a mini-batch of 10; the two in alternating order through
-:mod:`torch_manualbp.timing`, medians of 3 samples), checks that they agree to the precision a
+:mod:`torch_manualbp.testing.timing`, medians of 3 samples), checks that they agree to the precision a
 forward difference allows (error of order ε), and plots time against the number of parameters.
 
 To run::
@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from torch_manualbp import Network  # noqa: E402
 from torch_manualbp.functional import quadratic_cost  # noqa: E402
-from torch_manualbp.timing import interleaved, median  # noqa: E402
+from torch_manualbp.testing.timing import interleaved, median  # noqa: E402
 
 SIZES = [[10, 5, 3], [20, 10, 5], [50, 20, 10], [100, 30, 10], [300, 30, 10], [784, 30, 10]]
 EPS = 1e-6  # forward-difference truncation error ~ ε·|C''|/2; float64 rounding ~ 1e-16/ε: both ≲ 1e-6 here

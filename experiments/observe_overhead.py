@@ -2,8 +2,8 @@ r"""What watching δˡ costs: a training step with ``record_errors()`` off, on, 
 
 The Functions' backward asks ``observe.is_recording()`` (is one module-level list empty?) and does
 nothing more when it is not recording. This measures that test alone, and one forward+backward of ``[784, 30, 10]`` on a
-mini-batch of 10 with the recording off and on, in alternating order through :mod:`torch_manualbp.timing` (medians
-of 15 samples of at least 0.2 s each).
+mini-batch of 10 with the recording off and on, in alternating order through
+:mod:`torch_manualbp.testing.timing` (medians of 15 samples of at least 0.2 s each).
 
 To run::
 
@@ -20,7 +20,7 @@ import torch
 from torch_manualbp import Network, observe
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
-from torch_manualbp.timing import interleaved, median
+from torch_manualbp.testing.timing import interleaved, median
 
 
 def main(out: Path = Path("experiments/results")) -> None:

@@ -1,6 +1,6 @@
 """What several test files share: small seeded networks and tensors, short runs of the real CLI, and the paths they
-use (the plain-autograd reference they compare against is :mod:`torch_manualbp.reference`). Test files import these
-helpers with ``from conftest import ...``; no test file imports another.
+use (the plain-autograd reference they compare against is :mod:`torch_manualbp.testing.reference`). Test files
+import these helpers with ``from conftest import ...``; no test file imports another.
 
 ``tests/`` is also where the CLI finds the test-only callbacks (``kill_at_step``, ``kill_mid_checkpoint``): the
 runs started by :func:`run_cli` get it on their ``PYTHONPATH``.

@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.saved_bytes import count_saved_bytes
 from torch_manualbp import Network
-from torch_manualbp.reference import BookNetwork
+from torch_manualbp.testing.reference import BookNetwork
 
 SIZES = [6, 5, 4, 3]
 

@@ -12,7 +12,7 @@ from torch_manualbp.costs import COSTS, Cost, CrossEntropy, Quadratic, get_cost
 from torch_manualbp.functional import cross_entropy_cost
 from torch_manualbp.network import update_mini_batch
 from torch_manualbp.nn import CrossEntropyCost, SigmoidLinear
-from torch_manualbp.reference import autograd_cost
+from torch_manualbp.testing.reference import autograd_cost
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 

@@ -16,7 +16,7 @@ from torch.func import grad, jvp, vmap
 from torch_manualbp import Network
 from torch_manualbp.functional import sigmoid_cross_entropy, sigmoid_linear
 from torch_manualbp.observe import record_errors
-from torch_manualbp.reference import autograd_cost, autograd_output
+from torch_manualbp.testing.reference import autograd_cost, autograd_output
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)  # float32 rounding in another order, as in test_functional.py

@@ -7,7 +7,7 @@ import torch
 from conftest import DATA_DIR
 
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
-from torch_manualbp.reference import autograd_cost
+from torch_manualbp.testing.reference import autograd_cost
 
 
 def test_training_equals_the_books_regularised_cross_entropy_update_over_the_same_batches(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from torch_manualbp import MiniBatchSGD, Network, Population
-from torch_manualbp.reference import autograd_cost
 from torch_manualbp.sgd import build_native
+from torch_manualbp.testing.reference import autograd_cost
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 BACKENDS = ["eager", pytest.param("native", marks=pytest.mark.skipif(build_native() is not None, reason="no op"))]

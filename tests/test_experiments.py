@@ -4,7 +4,7 @@ import torch
 from conftest import import_experiment
 
 from torch_manualbp import Network
-from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
+from torch_manualbp.testing.reference import autograd_output, autograd_quadratic_cost
 
 
 def test_finite_difference_gradient_agrees_with_backprop_to_forward_difference_precision():

@@ -11,7 +11,7 @@ from torch.func import grad, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
 from torch_manualbp.functional import quadratic_cost, sigmoid_linear
-from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
+from torch_manualbp.testing.reference import autograd_output, autograd_quadratic_cost
 
 # float32 tolerance: the two paths differ only in rounding order. A length-K dot product in float32
 # carries a relative error of about sqrt(K)·eps ≈ 28 × 1.2e-7 ≈ 3.4e-6 for K = 784, the widest layer

@@ -11,7 +11,7 @@ from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import SigmoidLinear
 from torch_manualbp.observe import gradient_statistics, record_errors
-from torch_manualbp.reference import BookNetwork
+from torch_manualbp.testing.reference import BookNetwork
 
 RTOL = 1e-10  # relative, float64, as the issue asks
 SIZES = [6, 5, 4, 3]

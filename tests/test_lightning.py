@@ -19,7 +19,7 @@ from conftest import (
 
 from torch_manualbp.cli import main
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
-from torch_manualbp.reference import autograd_output, autograd_quadratic_cost
+from torch_manualbp.testing.reference import autograd_output, autograd_quadratic_cost
 
 KILL_AT_STEP = {"class_path": "kill_at_step.KillAtStep"}  # tests/kill_at_step.py, on the runs' PYTHONPATH
 

@@ -18,8 +18,8 @@ from torch_manualbp import Network
 from torch_manualbp.costs import Quadratic
 from torch_manualbp.mnist import load_mnist
 from torch_manualbp.observe import record_errors
-from torch_manualbp.reference import BookNetwork, autograd_cost
 from torch_manualbp.sgd import NATIVE_SOURCE, MiniBatchSGD, build_native, native_build_name
+from torch_manualbp.testing.reference import BookNetwork, autograd_cost
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 # float32 over a few steps (seven at most below): each step adds at most the per-step difference of

@@ -8,7 +8,7 @@ from conftest import network_and_batch
 from torch_manualbp import Network
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.nn import QuadraticCost, SigmoidLinear
-from torch_manualbp.reference import BookNetwork, autograd_cost, autograd_output, autograd_quadratic_cost
+from torch_manualbp.testing.reference import BookNetwork, autograd_cost, autograd_output, autograd_quadratic_cost
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 

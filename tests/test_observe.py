@@ -6,7 +6,7 @@ from conftest import network_and_batch
 
 from torch_manualbp.functional import quadratic_cost
 from torch_manualbp.observe import record_errors
-from torch_manualbp.reference import BookNetwork
+from torch_manualbp.testing.reference import BookNetwork
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 

@@ -11,7 +11,7 @@ import torch
 from conftest import DATA_DIR, quiet
 
 from torch_manualbp.lightning import ManualBPClassifier, MNISTDataModule
-from torch_manualbp.reference import autograd_cost
+from torch_manualbp.testing.reference import autograd_cost
 
 BATCH, MINI = 100, 10  # Lightning batches of 100, SGD mini-batches of 10
 

@@ -9,8 +9,8 @@ import torch
 from conftest import ROOT
 
 from torch_manualbp import Network
-from torch_manualbp.reference import autograd_cost
 from torch_manualbp.sgd import MiniBatchSGD, mini_batches
+from torch_manualbp.testing.reference import autograd_cost
 
 
 def _network_and_block(rows: int = 23, seed: int = 0) -> tuple[Network, torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 
 from torch_manualbp import Network
 from torch_manualbp.observe import record_errors
-from torch_manualbp.reference import BookNetwork, autograd_output, autograd_quadratic_cost
+from torch_manualbp.testing.reference import BookNetwork, autograd_output, autograd_quadratic_cost
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 

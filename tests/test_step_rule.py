@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from torch_manualbp import Network, StepRule
-from torch_manualbp.reference import autograd_cost
+from torch_manualbp.testing.reference import autograd_cost
 
 
 @pytest.mark.parametrize(

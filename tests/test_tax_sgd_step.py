@@ -10,7 +10,7 @@ from torch import nn
 
 from torch_manualbp import Network
 from torch_manualbp.costs import Quadratic
-from torch_manualbp.reference import BookNetwork
+from torch_manualbp.testing.reference import BookNetwork
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 

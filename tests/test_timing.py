@@ -1,10 +1,10 @@
-"""torch_manualbp.timing, which every benchmark and timed experiment measures through: the order contenders run in,
-how many calls it makes, what it returns. No assertion on how fast anything is."""
+"""torch_manualbp.testing.timing, which every benchmark and timed experiment measures through: the order contenders
+run in, how many calls it makes, what it returns. No assertion on how fast anything is."""
 
 import pytest
 
-from torch_manualbp import timing
-from torch_manualbp.timing import alternating, interleaved, machine_info
+from torch_manualbp.testing import timing
+from torch_manualbp.testing.timing import alternating, interleaved, machine_info
 
 
 def test_alternating_runs_the_names_forwards_then_backwards():

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..nn import sigmoid_layers
 from ..observe import record_errors
-from ..reference import autograd_cost
+from ..testing.reference import autograd_cost
 from .report import pyplot
 
 __all__ = ["LearningSpeedMonitor", "GradientAudit", "TrainingSetMonitor", "regularization_term"]
@@ -152,7 +152,7 @@ class LearningSpeedMonitor(L.Callback):
 class GradientAudit(L.Callback):
     r"""Every ``every_n_steps`` steps, recompute the batch's gradients with plain autograd and compare.
 
-    The reference is :func:`torch_manualbp.reference.autograd_cost`, the network written in plain ops,
+    The reference is :func:`torch_manualbp.testing.reference.autograd_cost`, the network written in plain ops,
     :math:`a = \sigma(\text{linear}(a, W, b))` layer by layer and :math:`C = \frac{1}{2n}\sum_x \lVert y - a \rVert^2`
     (for ``cost="cross_entropy"``, ``binary_cross_entropy_with_logits`` summed over outputs and averaged over
     examples), differentiated by autograd;

@@ -17,7 +17,7 @@ This module imports no other module of the package; of the package, only ``light
 
 To run (a toy check)::
 
-    python -m torch_manualbp.reference
+    python -m torch_manualbp.testing.reference
 """
 
 from __future__ import annotations
