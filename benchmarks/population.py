@@ -8,8 +8,8 @@ small enough that thousands of timed steps do not drive the sigmoids into satura
 * ``update_mini_batch``: the same step without the checks (one-hot targets made once), the bare fused step.
 * ``population K=1``, ``K=10``, ``K=30``: ``Population.sgd_step`` of K members on the mini-batch, checks included.
 * ``population K=10, block``: ``Population.sgd_steps`` over a block of 100 mini-batches (one-hot targets, checked
-  once, the costs computed once after the block), what ``PopulationClassifier`` calls for each Lightning batch;
-  a call's time over its 100 steps.
+  once, the costs computed once after the block), what the engine calls for a population's block where the
+  native op does not serve; a call's time over its 100 steps.
 * ``engine: network``, ``engine: population K=1``, ``engine: population K=10``: :class:`~torch_manualbp.MiniBatchSGD`
   (``backend="auto"``: the native op where it is built) over a block of 100 mini-batches of a Network, of a
   population of one and of ten; the issue-25 goals: K = 10's per network-epoch at most 0.5x the network's through

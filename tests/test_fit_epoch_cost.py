@@ -3,7 +3,7 @@ taken (Lightning weighs each logged value by its rows) and across a resume from 
 
 import torch
 
-from torch_manualbp.lightning.module import EpochCost
+from torch_manualbp.lightning.progress import EpochCost
 
 BATCHES = [(0.5, 100), (0.25, 100), (1.0, 50), (0.125, 30)]
 MEAN = sum(cost * rows for cost, rows in BATCHES) / sum(rows for _, rows in BATCHES)  # in float64, by hand

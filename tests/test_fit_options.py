@@ -206,7 +206,7 @@ def _error_line(capsys) -> str:
         (["--model.dropout", "0.5", "--model.sizes", "[784, 10]"], "has no hidden layer"),
         (["--model.lmbda", "0.1", "--data.train_size", "1000"], "set model.training_set_size: 1000"),
         (["--model.lmbda", "5", "--data.expand", "true"], "set model.training_set_size: 250000"),
-        (["--model.dropout", "0.5", "--population.seeds", "[0, 1]"], "model.dropout=0.5 does not apply to a popul"),
+        (["--model.momentum", "0.9", "--population.seeds", "[0, 1]"], "a population trains on the fused SGD step"),
     ],
 )
 def test_bad_chapter_3_settings_are_one_line_and_exit_status_2(tmp_path, capsys, args, words):

@@ -14,9 +14,10 @@ by its :math:`\eta_k/m` and the updates need no step size of their own.
 
 BP1 and BP2 are :func:`~torch_manualbp.equations.errors`, unchanged: its products broadcast over the members' axis.
 
-:meth:`Population.sgd_steps` takes a block of mini-batches in one call, as ``PopulationClassifier`` does for each
-Lightning batch: the arguments are checked once and the members' costs computed once, after the block. A step
-repeated with the same η, λ and n (a training run) finds them already checked and made into tensors.
+:meth:`Population.sgd_steps` takes a block of mini-batches in one call, as the engine (``MiniBatchSGD``) does for
+a population where the native op does not serve (and there is no L1 or dropout): the arguments are checked once and
+the members' costs computed once, after the block. A step repeated with the same η, λ and n (a training run)
+finds them already checked and made into tensors.
 
 Examples::
 
@@ -36,9 +37,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .checks import check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
+from .checks import check_dropout, check_float_tensor, check_learning_rate, check_same_kind, l2_weight_decay, targets
 from .equations import descend, errors, weighted_input
 from .network import Network
+from .step import dropout_evaluation_weights
 
 __all__ = ["Population"]
 
@@ -136,15 +138,17 @@ class Population(nn.Module):
                 layer.bias.copy_(bias)
         return net
 
-    def feedforward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def feedforward(self, x: Tensor, weights: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
         r"""Every activation of every member, :math:`a^0 = x` (shared), then :math:`a^l = \sigma(z^l)`,
         :math:`(K, N, H_l)`, the output layer's by the cost (:meth:`~torch_manualbp.costs.Cost.activation`), and the
         members' :math:`z^L`, which the cost's value needs; without checks (:meth:`forward` makes them).
 
         The first layer is one product of the shared input and every member's rows, :math:`(N, K H_1)`, whose
         activations are viewed as :math:`(K, N, H_1)`: member k's block of columns. The later layers are batched over
-        members (``baddbmm``)."""
-        weights, biases = self.weights_and_biases()
+        members (``baddbmm``). ``weights``: others to use in the members' weights' place, in their layout (the
+        dropout-scaled weights of :meth:`output_and_cost`)."""
+        own, biases = self.weights_and_biases()
+        weights = own if weights is None else weights
         activations, z = [x], weighted_input(x, weights[0], biases[0])  # z¹ of all members side by side, (N, K·H₁)
         for weight, bias in zip(weights[1:], biases[1:]):
             a = torch.sigmoid(z)  # aˡ = σ(zˡ)
@@ -162,6 +166,24 @@ class Population(nn.Module):
         """Every member's output activations aᴸ for the mini-batch ``x``, (K, N, sizes[-1])."""
         self.check_batch(x)
         return self.feedforward(x)[0][-1]
+
+    def output_and_cost(self, x: Tensor, y: Tensor, dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+        r"""Every member's output :math:`a^L` and mean cost :math:`C_0` of a mini-batch from one feedforward, as
+        :meth:`Network.output_and_cost <torch_manualbp.Network.output_and_cost>` for each member: with ``dropout``,
+        the weights outgoing from hidden neurons scaled by :math:`1 - p`, the parameters unchanged.
+
+        Shape:
+            - x: :math:`(N, \text{sizes}[0])`; y: :math:`(N, \text{sizes}[-1])` floats or :math:`(N)` labels.
+            - Output: :math:`(K, N, \text{sizes}[-1])` and :math:`(K)`.
+        """
+        self.check_batch(x)
+        dropout = check_dropout(dropout)
+        y = targets(y, (x.shape[0], self.sizes[-1]), x)
+        weights = self.weights_and_biases()[0]
+        if dropout:
+            weights = dropout_evaluation_weights(weights, dropout)  # outgoing weights × (1 − p), each member's
+        activations, z = self.feedforward(x, weights)
+        return activations[-1], self.costs(z, activations[-1] - y, y)
 
     @torch.no_grad()
     def sgd_step(self, x: Tensor, y: Tensor, eta, lmbda=0.0, n: int | None = None) -> Tensor:

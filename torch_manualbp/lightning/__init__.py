@@ -9,7 +9,6 @@ from .callbacks import GradientAudit, LearningSpeedMonitor, TrainingSetMonitor
 from .datamodule import MNISTDataModule
 from .module import ManualBPClassifier
 from .noise import GradientNoiseMonitor
-from .population import PopulationClassifier
 from .report import EpochReport, PredictionReport
 from .rules import HalveEtaOnPlateau
 from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
@@ -17,7 +16,6 @@ from .safety import AtomicCheckpointIO, DivergenceError, DivergenceGuard
 __all__ = [
     "MNISTDataModule",
     "ManualBPClassifier",
-    "PopulationClassifier",
     "LearningSpeedMonitor",
     "GradientAudit",
     "TrainingSetMonitor",

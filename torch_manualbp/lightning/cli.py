@@ -36,15 +36,17 @@ On top of plain ``LightningCLI``, :class:`ManualBPCLI`:
 - with ``--trainer.default_root_dir D``, puts the logger's and the ``ModelCheckpoint`` callbacks' relative folders
   (the configs' ``runs``) under D instead of the working directory; ``--trainer.fast_dev_run`` writes no checkpoint
   (Lightning's own ``save_last`` would) and ends with one line instead of the summary;
-- trains a population (:class:`~torch_manualbp.lightning.PopulationClassifier`) instead of one network when the
-  config or the command line gives any ``population.*`` setting: ``population.seeds`` (one member per seed, member
-  k starting from the weights ``--seed_everything seeds[k]`` gives the single network; default: ``seed_everything``
-  for every member), ``population.eta`` and ``population.lmbda`` (one value per member, in place of ``model.eta``
-  and ``model.lmbda``); K is the longest list, the others one value or K. The other ``model.*`` settings apply to
-  every member; ``model.momentum``, ``weight_decay``, ``lr_schedule``, ``compile``, ``--optimizer`` and
-  ``--lr_scheduler`` are refused beside a population. ``validate``, ``test`` and ``predict`` take the same config
-  (its ``population:`` section builds the module the checkpoint fits); ``predict`` answers with the ensemble, the
-  members' averaged output activations, or with member k alone given ``--population.member k``.
+- trains a population (a :class:`~torch_manualbp.lightning.ManualBPClassifier` of K members) instead of one
+  network when the config or the command line gives any ``population.*`` setting: ``population.seeds`` (one member
+  per seed, member k starting from the weights ``--seed_everything seeds[k]`` gives the single network; default:
+  ``seed_everything`` for every member), ``population.eta`` and ``population.lmbda`` (one value per member, in place
+  of ``model.eta`` and ``model.lmbda``); K is the longest list, the others one value or K. Every other ``model.*``
+  setting applies to every member (L1, dropout, ``compile``, the backend); what would need autograd
+  (``model.momentum``, ``weight_decay``, ``--optimizer``, DDP, mixed precision) or one η for all (``lr_schedule``,
+  ``--lr_scheduler``) is refused in one line, by the rule the classifier applies
+  (:func:`~torch_manualbp.lightning.paths.training_path`). ``validate``, ``test`` and ``predict`` take the same
+  config (its ``population:`` section builds the module the checkpoint fits); ``predict`` answers with the ensemble,
+  the members' averaged output activations, or with member k alone given ``--population.member k``.
 
 The configs in ``experiments/`` need no change for either.
 """
@@ -71,8 +73,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
 from .datamodule import MNISTDataModule, check_train_size, training_images
-from .module import ManualBPClassifier, check_hyperparameters
-from .population import PopulationClassifier, population_settings
+from .hparams import check_hyperparameters, population_settings
+from .module import ManualBPClassifier
+from .paths import training_path
 from .report import EpochReport, PredictionReport, shown_path
 from .safety import AtomicCheckpointIO, DivergenceGuard
 
@@ -301,20 +304,16 @@ class ManualBPCLI(LightningCLI):
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
         population = _population(config)
-        if population:  # the classifier's settings, K times over (see _check_population for what cannot apply)
-            model = config["model"]
+        if population:  # the classifier's settings, for K members (see _check_population for what cannot apply)
+            model = dict(config["model"])
             seeds = population.get("seeds")
-            self.model = PopulationClassifier(
-                sizes=model["sizes"],
+            model.update(
                 seeds=config["seed_everything"] if seeds is None else seeds,
                 eta=population.get("eta") or model["eta"],
                 lmbda=model["lmbda"] if population.get("lmbda") is None else population["lmbda"],
-                init=model["init"],
-                mini_batch_size=model["mini_batch_size"],
-                cost=model["cost"],
-                training_set_size=model["training_set_size"],
                 member=population.get("member"),
             )
+            self.model = ManualBPClassifier(**model)
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = self._get(self.config_init, "trainer", default={})
@@ -356,8 +355,8 @@ class ManualBPCLI(LightningCLI):
         super()._run_subcommand(subcommand)
 
 
-#: ``population.*``: a config (or command line) with any of them trains a PopulationClassifier, the other model
-#: settings applying to every member.
+#: ``population.*``: a config (or command line) with any of them trains a population, the other model settings
+#: applying to every member.
 _POPULATION_ARGUMENTS = (
     (
         "seeds",
@@ -381,25 +380,10 @@ def _population(config) -> dict:
     return {key: value for key, value in dict(population).items() if value is not None}
 
 
-#: Model settings a population has no use for, with the value that means "off".
-_NOT_FOR_POPULATIONS = {
-    "momentum": 0.0,
-    "weight_decay": 0.0,
-    "lr_schedule": "constant",
-    "compile": False,
-    "regularization": "l2",
-    "dropout": 0.0,
-}
-
-
 def _check_population(config, optimizers: list[str]) -> None:
-    """:class:`ConfigError` for ``population.*`` settings that cannot work, or settings a population ignores."""
-    if optimizers:
-        raise ConfigError(f"--{optimizers[0]}: a population trains by the book's SGD alone; leave it out")
+    """:class:`ConfigError` for ``population.*`` settings that cannot work, or settings a population cannot apply
+    (by :func:`~torch_manualbp.lightning.paths.training_path`, the classifier's own rule)."""
     model = config.get("model") or {}
-    for name, off in _NOT_FOR_POPULATIONS.items():
-        if model.get(name, off) != off:
-            raise ConfigError(f"model.{name}={model[name]!r} does not apply to a population; leave it out")
     population = _population(config)
     seeds = population.get("seeds", config.get("seed_everything"))
     try:
@@ -408,6 +392,19 @@ def _check_population(config, optimizers: list[str]) -> None:
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"population.{err}") from None
+    given = {"optimizer", "lr_scheduler"} & {key.split(".")[0] for key in optimizers}
+    schedulers = [f"--{key}" for key in optimizers if key.split(".")[0] != "optimizer"]
+    trainer = config.get("trainer") or {}
+    try:
+        training_path(
+            {**model, "lmbda": population.get("lmbda", model.get("lmbda", 0.0))},
+            members=len(seeds),
+            own_optimizer="optimizer" not in given,
+            schedulers=schedulers or None,
+            precision=str(trainer.get("precision") or "32-true"),
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     member = population.get("member")
     if member is not None and not 0 <= member < len(seeds):
         raise ConfigError(f"population.member must be a member's index in 0..{len(seeds) - 1}, got {member}")

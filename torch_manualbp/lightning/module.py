@@ -1,6 +1,7 @@
-r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``.
+r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``, or a ``Population`` of them.
 
-The network, its gradients and, on the fast path, the update itself are the core's. Two paths:
+The network, its gradients and, on the fast path, the update itself are the core's. Two paths
+(:func:`~torch_manualbp.lightning.paths.training_path` chooses, and refuses what cannot work, in one place):
 
 - **fused** (the book's SGD, with its L2 or L1 ``lmbda`` and its ``dropout`` if set): the core's training engine,
   :class:`~torch_manualbp.sgd.MiniBatchSGD`: each mini-batch one ``update_mini_batch`` (feedforward, BP1-BP4 and the
@@ -17,6 +18,10 @@ The network, its gradients and, on the fast path, the update itself are the core
   :class:`~torch_manualbp.lightning.callbacks.GradientAudit`). It applies the book's L2 (as the optimizer's
   ``weight_decay`` on the weights), not L1 or dropout: a run that would need them there is refused.
 
+A **population** (``seeds``, or ``eta`` / ``lmbda`` given as one value per member) is K networks of these settings
+trained together on the same mini-batches by the same engine, each member with its own seed, η and λ; it has the
+fused path alone (what would need autograd is refused in one line), and is evaluated per member and as an ensemble.
+
 Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
 (``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
 Lightning's fixed cost per batch (hooks, logging, loop bookkeeping) is then paid once per block.
@@ -24,14 +29,13 @@ Lightning's fixed cost per batch (hooks, logging, loop bookkeeping) is then paid
 To run::
 
     manualbp fit --config experiments/nielsen_ch1.yaml
+    manualbp fit --config experiments/nielsen_ch1_seeds.yaml   # three seeds as one population
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
-import math
 import warnings
 from collections.abc import Iterator
 from typing import Literal
@@ -43,80 +47,31 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checks import check_dropout, check_learning_rate, check_regularization, l2_weight_decay
+from ..checks import l2_weight_decay
 from ..network import Network, dropout_evaluation_weights, feedforward_to_cost
-from ..sgd import MiniBatchSGD, check_mini_batch_size, differences_from_plain_sgd, mini_batches
+from ..population import Population
+from ..sgd import MiniBatchSGD, mini_batches
 from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
+from .hparams import check_hyperparameters, population_settings
+from .paths import _describe, check_scheduler, training_path
+from .progress import EpochCost, count_updates
 
-__all__ = ["ManualBPClassifier", "EpochCost", "check_hyperparameters", "count_updates"]
-
-#: The largest float32: ``torch.optim.SGD`` cannot apply a larger learning rate to float32 weights (RuntimeError).
-FLOAT32_MAX = torch.finfo(torch.float32).max
+__all__ = ["ManualBPClassifier"]
 
 # Under manual optimisation Lightning warns that a checkpoint taken every N steps holds the weights after that
 # batch's updates. That is the state an exact resume needs (with the batch position saved beside it; see
 # test_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run), so the warning would only mislead.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
-
-
-def check_hyperparameters(**settings) -> None:
-    """Raise a ``ValueError`` (or ``TypeError``) whose message starts with the setting's name, for the first of
-    ``ManualBPClassifier``'s ``settings`` (given by name, any subset) that cannot work. The classifier checks all of
-    them; ``manualbp`` checks a config's before building anything, and prints the message after ``model.``."""
-    for name, rule in _RULES.items():
-        if name in settings:
-            rule(settings[name])
-    if "lmbda" in settings:  # raises on a bad lmbda or training_set_size
-        l2_weight_decay(settings["lmbda"], settings.get("training_set_size", NUM_TRAIN))
-    if settings.get("lmbda") and settings.get("weight_decay"):
-        raise ValueError(
-            "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
-        )
-    if settings.get("dropout") and "sizes" in settings and len(settings["sizes"]) < 3:
-        raise ValueError(f"dropout removes hidden neurons, and sizes={settings['sizes']} has no hidden layer")
-
-
-def _check_eta(eta) -> None:
-    if check_learning_rate(eta) > FLOAT32_MAX:
-        raise ValueError(f"eta must be a positive learning rate no larger than {FLOAT32_MAX:.4g}, got {float(eta)}")
-
-
-def _check_momentum(momentum) -> None:
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-
-
-def _check_weight_decay(weight_decay) -> None:
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
-
-
-def _check_lr_schedule(lr_schedule) -> None:
-    if lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-
-
-def _check_compile(compile) -> None:
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be True or False, got {compile!r}")
-
-
-#: One rule per setting, each written once (see check_hyperparameters); lmbda's needs training_set_size too.
-_RULES = {
-    "eta": _check_eta,
-    "momentum": _check_momentum,
-    "weight_decay": _check_weight_decay,
-    "lr_schedule": _check_lr_schedule,
-    "mini_batch_size": check_mini_batch_size,
-    "compile": _check_compile,
-    "regularization": check_regularization,
-    "dropout": check_dropout,
-}
+# a population steps its parameters itself (the engine), with no optimizer to configure
+warnings.filterwarnings(
+    "ignore", message=r"`LightningModule\.configure_optimizers` returned `None`", category=UserWarning
+)
 
 
 class ManualBPClassifier(L.LightningModule):
-    r"""Mini-batch SGD on the quadratic or the cross-entropy cost, for a ``Network`` of sigmoid layers.
+    r"""Mini-batch SGD on the quadratic or the cross-entropy cost, for a ``Network`` of sigmoid layers, or for a
+    population of K of them trained together.
 
     Plain SGD with learning rate :math:`\eta` on the mean cost is the book's update rule,
     :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` for a mini-batch of m examples.
@@ -124,7 +79,8 @@ class ManualBPClassifier(L.LightningModule):
     Args:
         sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
         eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5. An optimizer
-            given instead (``--optimizer``) brings its own ``lr``, which is used, and said at the start.
+            given instead (``--optimizer``) brings its own ``lr``, which is used, and said at the start. A list: one
+            per member of a population.
         init: ``"normal"`` (the book's N(0, 1), chapters 1-2) or ``"scaled"`` (N(0, 1/n_in) weights,
             chapter 3); see :class:`~torch_manualbp.nn.SigmoidLinear`.
         momentum: SGD momentum; 0 (off) is the book's plain SGD.
@@ -142,7 +98,8 @@ class ManualBPClassifier(L.LightningModule):
             layer); see :class:`~torch_manualbp.Network`.
         lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
             biases, decay as :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`, which is
-            ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off.
+            ``torch.optim.SGD``'s ``weight_decay`` :math:`= \lambda/n` on the weights alone. 0 (default): off. A
+            list: one per member of a population.
         training_set_size: the :math:`n` in :math:`\lambda/n`, the number of training examples; 50,000 for the
             book's MNIST split (:class:`~torch_manualbp.lightning.MNISTDataModule`).
         compile: run the fused steps through ``torch.compile`` (``backend="compiled"`` of
@@ -156,69 +113,128 @@ class ManualBPClassifier(L.LightningModule):
             resumed mid-epoch draws the masks the uninterrupted one draws; on the fused path only. Evaluation,
             ``forward`` and ``predict`` use the whole network with the weights outgoing from hidden neurons scaled by
             :math:`1 - p` (:func:`~torch_manualbp.network.dropout_evaluation_weights`). 0 (default): off.
+        seeds: train a population, member k starting from the weights ``torch.manual_seed(seeds[k])`` then
+            ``Network(sizes, cost=cost, init=init)`` draws (as ``manualbp fit --seed_everything seeds[k]`` does for
+            one network; the global generator is left as it was). One seed for all members, or ``None`` with ``eta``
+            or ``lmbda`` a list: every member starts from the one network the global generator draws now.
+        member: what ``forward`` and ``predict`` of a population answer with: ``None`` (default) ``forward`` every
+            member's output, :math:`(K, N, 10)`, ``predict`` the ensemble's (the members' averaged outputs); k:
+            member k's alone.
 
-    Settings that cannot work together are refused with a ``ValueError`` naming them before the first update: the
-    classifier's own ``momentum``, ``weight_decay``, ``lmbda`` or ``lr_schedule`` beside an optimizer or scheduler
-    given instead of its own, ``compile=True`` on a run that goes through autograd, and a per-step scheduler with
-    ``compile=True``; L1 (with a nonzero ``lmbda``) or dropout on a run, or a step a callback observes, that goes
-    through autograd.
+    A population is K networks, K the length of the longest of ``seeds``, ``eta`` and ``lmbda`` (the others 1 or K
+    long). It logs per member ``train/cost/member{k}``, ``{stage}/cost/member{k}``, ``{stage}/accuracy/member{k}``
+    and ``{stage}/correct/member{k}``, and ``train/cost``, ``{stage}/cost`` (the members' mean), ``{stage}/accuracy``
+    and ``{stage}/correct`` of the ensemble (stage ``val`` or ``test``).
+
+    Settings that cannot work together are refused with a ``ValueError`` naming them before the first update
+    (:func:`~torch_manualbp.lightning.paths.training_path`): the classifier's own ``momentum``, ``weight_decay``,
+    ``lmbda`` or ``lr_schedule`` beside an optimizer or scheduler given instead of its own, ``compile=True`` on a run
+    that goes through autograd, a per-step scheduler with ``compile=True``; L1 (with a nonzero ``lmbda``) or dropout
+    on a run, or a step a callback observes, that goes through autograd; for a population anything that would need
+    autograd, a schedule, an optimizer.
 
     Attributes:
+        network: the :class:`~torch_manualbp.Network` (a population has ``population``, a
+            :class:`~torch_manualbp.Population`, instead).
         sgd: the training engine of the fused path, :class:`~torch_manualbp.sgd.MiniBatchSGD`.
         steps_per_call: mini-batches per compiled call (``sgd.steps_per_call``).
+        seeds, etas, lmbdas: a population's members' seeds, η and λ (``None`` for a network).
+
+    Examples::
+
+        >>> model = ManualBPClassifier([784, 30, 10], seeds=[0, 1, 2], eta=3.0)
+        >>> model(torch.rand(5, 784)).shape  # every member's output activations
+        torch.Size([3, 5, 10])
     """
 
     def __init__(
         self,
         sizes: list[int] = [784, 30, 10],  # noqa: B006 -- LightningCLI shows and saves it; never mutated
-        eta: float = 3.0,
+        eta: float | list[float] = 3.0,
         init: Literal["normal", "scaled"] = "normal",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         mini_batch_size: int | None = 10,
         cost: Literal["quadratic", "cross_entropy", "log_likelihood"] = "quadratic",
-        lmbda: float = 0.0,
+        lmbda: float | list[float] = 0.0,
         training_set_size: int = NUM_TRAIN,
         compile: bool = False,
         regularization: Literal["l2", "l1"] = "l2",
         dropout: float = 0.0,
+        seeds: int | list[int] | None = None,
+        member: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         check_hyperparameters(**self.hparams)  # every argument by its rule, before anything is built
         self.automatic_optimization = False  # see the module docstring: several SGD steps per batch
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
-        self.network = Network(sizes, cost=cost, init=init)
-        backend = "compiled" if compile else "auto"
-        self.sgd = MiniBatchSGD(
-            self.network,
-            mini_batch_size,
-            lmbda,
-            training_set_size,
-            backend,
-            on_compile=_say,
-            regularization=regularization,
-            dropout=dropout,  # its masks' generator is the engine's, seeded from the global RNG here
-        )
+        self.seeds = self.etas = self.lmbdas = None
+        self.members: int | None = None  # K for a population
+        if seeds is not None or isinstance(eta, (list, tuple)) or isinstance(lmbda, (list, tuple)):
+            self.seeds, self.etas, self.lmbdas = population_settings(seeds, eta, lmbda)
+            self.members = len(self.seeds)
+            if member is not None and not (isinstance(member, int) and 0 <= member < self.members):
+                raise ValueError(
+                    f"member must be a member's index in 0..{self.members - 1} or None (the ensemble), got {member!r}"
+                )
+            shared = Network(sizes, cost=cost, init=init) if None in self.seeds else None
+            self.population = Population([shared or _member_network(sizes, cost, init, s) for s in self.seeds])
+        elif member is not None:
+            raise ValueError(
+                "member picks a member of a population; this is one network (no seeds, one eta, one lmbda)"
+            )
+        else:
+            self.network = Network(sizes, cost=cost, init=init)
+        self.sgd = self._engine()
         self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
+        self._batch_costs: tuple[int, Tensor] | None = None  # a population's batch: first step, (steps, K) costs
         self._epoch_cost = EpochCost()
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
         self._saved_generator_state: Tensor | None = None  # the dropout masks' generator, from a checkpoint
-        self._evaluated: dict[str, tuple[Tensor, int]] = {}  # stage -> ((Σ C₀·n, correct), images) this evaluation
+        self._evaluated: dict[str, tuple[Tensor, int]] = {}  # stage -> (sums, images) this evaluation
         classes = sizes[-1]
         self.val_accuracy = MulticlassAccuracy(classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(classes, average="micro")
 
+    def _engine(self) -> MiniBatchSGD:
+        """The fused path's engine over the network, or the population (whose members it steps through views of
+        its storage: made again if the population has moved to another device)."""
+        hp = self.hparams
+        model = self.population if self.members else self.network
+        self._engine_storage = model.weights_and_biases()[0][0].data_ptr()
+        return MiniBatchSGD(
+            model,
+            hp.mini_batch_size,
+            self.lmbdas or hp.lmbda,
+            hp.training_set_size,
+            "compiled" if hp.compile else "auto",
+            on_compile=_say,
+            regularization=hp.regularization,
+            dropout=hp.dropout,  # its masks' generator is the engine's, seeded from the global RNG here
+        )
+
     def forward(self, x: Tensor) -> Tensor:
-        """The output activations :math:`a^L`; with ``dropout``, by the book's rule: the whole network, the weights
-        outgoing from hidden neurons scaled by :math:`1 - p`."""
-        if not self.hparams.dropout:
+        """The output activations :math:`a^L`, (N, 10), or a population's, (K, N, 10) (member ``member``'s alone,
+        (N, 10), if set); with ``dropout``, by the book's rule: the whole network, the weights outgoing from hidden
+        neurons scaled by :math:`1 - p`."""
+        p = self.hparams.dropout
+        if self.members:
+            self.population.check_batch(x)
+            weights = self.population.weights_and_biases()[0]
+            a = self.population.feedforward(x, dropout_evaluation_weights(weights, p) if p else None)[0][-1]
+            return a if self.hparams.member is None else a[self.hparams.member]
+        if not p:
             return self.network(x)
         weights, biases = self.network.weights_and_biases()
-        weights = dropout_evaluation_weights(weights, self.hparams.dropout)  # outgoing weights × (1 − p)
+        weights = dropout_evaluation_weights(weights, p)  # outgoing weights × (1 − p)
         return feedforward_to_cost(x, weights, biases, self.network.cost_function)[0][-1]
+
+    def describe(self, k: int) -> str:
+        """``member 1 (seed 1, η 3, λ 0)``: what sets a population's member k apart."""
+        return f"member {k} (seed {self.seeds[k]}, η {self.etas[k]:g}, λ {self.lmbdas[k]:g})"
 
     @property
     def fused(self) -> bool:
@@ -231,36 +247,62 @@ class ManualBPClassifier(L.LightningModule):
 
     def take_step_costs(self) -> list[tuple[int, Tensor]]:
         """Every training step's cost since the last call, ``(first global step, costs)`` in order, from the fused path
-        and from autograd alike: the record :class:`~torch_manualbp.lightning.safety.DivergenceGuard` reads."""
+        and from autograd alike (a population's: the sum over members, non-finite as soon as one member's is): the
+        record :class:`~torch_manualbp.lightning.safety.DivergenceGuard` reads."""
         taken, self._step_costs = self._step_costs, []
         return taken
 
     def rewind(self, step: int) -> bool:
         """Undo the fused updates of this batch from global step ``step`` on, for a divergence report (see
-        :meth:`~torch_manualbp.sgd.MiniBatchSGD.rewind`); False if ``step`` was not fused in the current batch."""
-        return self.sgd.rewind(step)
+        :meth:`~torch_manualbp.sgd.MiniBatchSGD.rewind`); False if ``step`` was not fused in the current batch. A
+        population's are not undone: it says which members' cost at ``step`` is not finite (False)."""
+        if not self.members:
+            return self.sgd.rewind(step)
+        first, costs = self._batch_costs or (0, torch.empty(0))
+        if first <= step < first + len(costs):  # the guard checks every batch on the CPU: the step is in this one
+            bad = (~torch.isfinite(costs[step - first])).nonzero().flatten().tolist()
+            named = "; ".join(f"{self.describe(k)}: {costs[step - first, k].item()}" for k in bad)
+            rank_zero_info(f"manualbp: the training cost at step {step} is not finite for {named}")
+        return False
 
     def on_train_start(self) -> None:
-        optimizer = self.optimizers().optimizer
-        reasons = self._autograd_reasons(optimizer)
+        optimizer = None if self.members else self.optimizers().optimizer
         self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
-        self._refuse_what_cannot_work(optimizer, reasons)
+        scheduler = self._scheduler()
+        reasons = training_path(  # the one place that chooses the path and refuses what cannot work
+            self.hparams,
+            members=self.members,
+            optimizer=optimizer,
+            own_optimizer=self._own_optimizer(),
+            schedulers=[f"lr_scheduler {type(scheduler.scheduler).__name__}"] if scheduler else None,
+            world_size=self.trainer.world_size,
+            precision=str(self.trainer.precision),
+            observers=[type(callback).__name__ for callback in self._observers],
+        )
+        check_scheduler(self.trainer.lr_scheduler_configs, self.hparams.compile)
         self._fused = not reasons
+        if self.members and self._engine_storage != self.population.weight_1.data_ptr():  # moved to another device
+            state, self.sgd = self.sgd.generator_state(), self._engine()
+            self.sgd.set_generator_state(state)
         if self._saved_generator_state is not None:  # a resumed run: its masks go on from where the checkpoint's were
             self.sgd.set_generator_state(self._saved_generator_state)
             self._saved_generator_state = None
-        lr = optimizer.defaults["lr"]
-        lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
         if self.device.type == "cpu":
-            rank_zero_info(apply_thread_rule(self.hparams.sizes, self._mini_batch_size_at_start()))
+            size = self._mini_batch_size_at_start()
+            rank_zero_info(apply_thread_rule(self.hparams.sizes, size, members=self.members or 1))
+        lr = optimizer.defaults["lr"] if optimizer is not None else self.hparams.eta
+        lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
         if self._fused:
             how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
             if self.sgd.uses_native():  # builds the native op the first time, or says once why it cannot
                 how = "native: a Lightning batch of steps per call of torch.ops.manualbp.sgd_block"
             watched = [type(callback).__name__ for callback in self._observers]
+            whom = f" of {self.members} members" if self.members else ""
             rank_zero_info(
-                f"manualbp: training with the fused SGD step (MiniBatchSGD: BP1-BP4 and the update without autograd"
-                f", {how})" + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "") + lr
+                f"manualbp: training with the fused SGD step{whom} (MiniBatchSGD: BP1-BP4 and the update without"
+                f" autograd, {how})"
+                + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "")
+                + lr
             )
         else:
             name = "torch.optim.SGD" if type(optimizer) is torch.optim.SGD else _describe(optimizer)
@@ -280,70 +322,6 @@ class ManualBPClassifier(L.LightningModule):
                 f" of each batch has {batch_size % size} examples, not {size}"
             )
         return size or batch_size or 1
-
-    def _refuse_what_cannot_work(self, optimizer, reasons: list[str]) -> None:
-        """Raise a ``ValueError`` naming the setting that this run would otherwise silently ignore."""
-        hp, scheduler = self.hparams, self._scheduler()
-        if reasons and hp.compile:
-            raise ValueError(
-                f"compile=True compiles the fused SGD step, which this run cannot use: {'; '.join(reasons)}"
-            )
-        fused_only = self._fused_only_settings()
-        if fused_only and (reasons or self._observers):
-            why = "; ".join(reasons) or "the steps " + ", ".join(type(c).__name__ for c in self._observers) + " observe"
-            raise ValueError(
-                f"model.{fused_only} is applied by the fused SGD step only, and this run goes through autograd"
-                f" ({why}): leave it out, or what makes the run go through autograd"
-            )
-        if not self._own_optimizer():
-            for name in ("momentum", "weight_decay", "lmbda"):
-                if hp[name]:
-                    raise ValueError(
-                        f"model.{name}={hp[name]:g} is not applied by the optimizer given instead of the classifier's"
-                        f" ({_describe(optimizer)}): set it on that optimizer, or leave out the optimizer"
-                    )
-            if hp.lr_schedule != "constant":
-                raise ValueError(
-                    f"model.lr_schedule={hp.lr_schedule!r} is not applied beside an optimizer given instead"
-                )
-        if scheduler is None:
-            return
-        if len(self.trainer.lr_scheduler_configs) > 1 or scheduler.interval not in ("epoch", "step"):
-            raise ValueError("lr_scheduler: one scheduler, stepped every 'epoch' or every 'step' (SGD update)")
-        if isinstance(scheduler.scheduler, ReduceLROnPlateau) and not (
-            scheduler.interval == "epoch" and getattr(scheduler.scheduler, "monitor", None)
-        ):
-            raise ValueError(
-                "lr_scheduler: ReduceLROnPlateau needs a monitor (--lr_scheduler.monitor) and interval 'epoch'"
-            )
-        if scheduler.interval == "step" and hp.compile:
-            raise ValueError("compile=True runs several updates per call, a scheduler with interval 'step' one: choose")
-
-    def _fused_only_settings(self) -> str:
-        """The settings only the fused step applies, as ``name=value`` (L1 with a nonzero ``lmbda``, dropout); ""
-        if none is set."""
-        hp = self.hparams
-        given = [f"regularization={hp.regularization!r}"] if hp.regularization == "l1" and hp.lmbda else []
-        given += [f"dropout={hp.dropout:g}"] if hp.dropout else []
-        return " and model.".join(given)
-
-    def _autograd_reasons(self, optimizer) -> list[str]:
-        """Why the fused step (plain SGD, one process, the parameters' dtype) cannot train this run; [] if it can."""
-        hp, reasons = self.hparams, []
-        if not self._own_optimizer():
-            reasons += differences_from_plain_sgd(optimizer)
-        if hp.momentum:
-            reasons.append(f"momentum={hp.momentum:g} (the fused step is plain SGD)")
-        if hp.weight_decay:
-            reasons.append(
-                f"weight_decay={hp.weight_decay:g} (torch's, on every parameter; the fused step has the book's lmbda)"
-            )
-        if self.trainer.world_size > 1:
-            reasons.append(f"{self.trainer.world_size} processes (DDP averages gradients through autograd's hooks)")
-        precision = str(self.trainer.precision)
-        if "mixed" in precision:
-            reasons.append(f"precision={precision} (autocast)")
-        return reasons
 
     def _own_optimizer(self) -> bool:
         """Whether the optimizer is this class's (LightningCLI's ``--optimizer`` replaces ``configure_optimizers``)."""
@@ -369,9 +347,9 @@ class ManualBPClassifier(L.LightningModule):
             self.last_mini_batch = (x_run[(j - i - 1) * size :], y_run[(j - i - 1) * size :])
             costs.append(self._fused_steps(x_run, y_run) if fused else self._autograd_step(x_run, y_run))
             self._step_scheduler("step")
-        cost = torch.cat(costs).mean()
+        cost = torch.cat(costs).mean(0)  # a population's: each member's, (K,)
         self._epoch_cost.add(cost, len(x))  # a tensor: no host sync at every step; logged at the epoch's last batch
-        return cost
+        return cost.mean()
 
     def _runs(self, first_step: int, count: int) -> Iterator[tuple[int, int, bool]]:
         """The batch's ``count`` mini-batches as runs ``(start, stop, fused)`` in order: fused steps in as few runs as
@@ -392,8 +370,10 @@ class ManualBPClassifier(L.LightningModule):
     def _fused_steps(self, x: Tensor, y: Tensor) -> Tensor:
         """Fused SGD steps on the mini-batches of ``x``, by the engine; counted as Lightning counts optimizer steps."""
         first_step = self.trainer.global_step
-        costs = self.sgd.run(x, y, self.optimizers().optimizer.param_groups[0]["lr"], first_step)
-        self._step_costs.append((first_step, costs))
+        eta = self.etas if self.members else self.optimizers().optimizer.param_groups[0]["lr"]
+        costs = self.sgd.run(x, y, eta, first_step)  # (steps,), a population's (steps, K)
+        self._batch_costs = (first_step, costs)
+        self._step_costs.append((first_step, costs.sum(1) if self.members else costs))
         count_updates(self.trainer, len(costs))
         return costs
 
@@ -434,7 +414,10 @@ class ManualBPClassifier(L.LightningModule):
             # resume included, unless a stop that did not stop logged some), logged once rather than at every batch
             # (Lightning's bookkeeping for a self.log costs more than its batch's data); callbacks read it at the end
             mean, rows = self._epoch_cost.take_unlogged()
-            self.log("train/cost", mean, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
+            log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
+            for k in range(self.members or 0):
+                log(f"train/cost/member{k}", mean[k])
+            log("train/cost", mean.mean() if self.members else mean)
 
     def on_train_epoch_end(self) -> None:
         self._step_scheduler("epoch")
@@ -482,22 +465,37 @@ class ManualBPClassifier(L.LightningModule):
 
     def _evaluate(self, batch, stage: str) -> None:
         """Add a batch's cost, correct answers and images to its stage's sums: a few tensor operations, no
-        ``self.log`` (whose bookkeeping costs more than the arithmetic of a batch of 1,000): logged at the end."""
+        ``self.log`` (whose bookkeeping costs more than the arithmetic of a batch of 1,000): logged at the end. A
+        population's sums: each member's cost and correct answers, then the ensemble's correct answers."""
         x, y, labels = batch
-        a, cost = self.network.output_and_cost(x, y, self.hparams.dropout)  # aᴸ, C₀ (no λ term): one feedforward
+        model = self.population if self.members else self.network
+        a, cost = model.output_and_cost(x, y, self.hparams.dropout)  # aᴸ, C₀ (no λ term): one feedforward
+        if self.members:  # the ensemble answers with the members' averaged output activations
+            correct = (a.argmax(-1) == labels).sum(-1).to(cost.dtype)  # (K,)
+            a = a.mean(0)
         self._accuracy(stage).update(a, labels)  # the book's answer is the output neuron with the highest activation
-        correct = (a.argmax(-1) == labels).sum()  # the book's "9129 / 10000", an exact count (EpochReport prints it)
-        sums = torch.stack((cost * len(x), correct.to(cost.dtype)))  # (Σ C₀·n, correct)
+        answered = (a.argmax(-1) == labels).sum().to(cost.dtype)  # the book's "9129 / 10000", an exact count
+        parts = (
+            (cost * len(x), correct, answered.reshape(1))
+            if self.members
+            else ((cost * len(x)).reshape(1), answered.reshape(1))
+        )
+        sums = torch.cat(parts)  # (Σ C₀·n, correct), a population's (K costs, K corrects, the ensemble's)
         total, images = self._evaluated.get(stage, (0.0, 0))
         self._evaluated[stage] = (sums + total, images + len(x))
 
     def _log_evaluation(self) -> None:
         """Log each stage's mean cost, accuracy and counts over the batches (and, under DDP, the processes) seen."""
+        k = self.members or 0
         for stage, (sums, images) in self._evaluated.items():
             log = functools.partial(self.log, batch_size=images, sync_dist=True, add_dataloader_idx=False)
-            log(f"{stage}/cost", sums[0] / images)  # weighted by images over processes: Σ C₀·n / Σ n
+            for j in range(k):
+                log(f"{stage}/cost/member{j}", sums[j] / images)
+                log(f"{stage}/accuracy/member{j}", sums[k + j] / images)
+                log(f"{stage}/correct/member{j}", sums[k + j], reduce_fx="sum")
+            log(f"{stage}/cost", sums[:k].mean() / images if k else sums[0] / images)  # Σ C₀·n / Σ n
             log(f"{stage}/accuracy", self._accuracy(stage))  # torchmetrics' own count, beside ours
-            log(f"{stage}/correct", sums[1], reduce_fx="sum")
+            log(f"{stage}/correct", sums[-1], reduce_fx="sum")
             log(f"{stage}/images", float(images), reduce_fx="sum")
 
     def _accuracy(self, stage: str) -> MulticlassAccuracy:
@@ -505,12 +503,17 @@ class ManualBPClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
-        ``MNISTDataModule.predict_dataloader``; ``PredictionReport`` prints them."""
-        return self(batch[0])
+        ``MNISTDataModule.predict_dataloader``, which ``PredictionReport`` prints: a population's ensemble (the
+        members' averaged outputs), or member ``member``'s."""
+        a = self(batch[0])
+        return a.mean(0) if self.members and self.hparams.member is None else a
 
     def configure_optimizers(self):
-        # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it.
+        # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it; a
+        # population's members have their own η, and no optimizer.
         hp = self.hparams
+        if self.members:
+            return None
         parameters = self.parameters()
         if hp.lmbda and hp.regularization == "l2":  # the book's L2: weight_decay = λ/n on the weights, not biases
             weights, biases = self.network.weights_and_biases()
@@ -525,61 +528,12 @@ class ManualBPClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-def count_updates(trainer, updates: int) -> None:
-    """Count ``updates`` SGD steps taken without an optimizer as Lightning counts ``LightningOptimizer.step()``, so
-    that ``trainer.global_step`` (and the checkpoints' names) is the number of updates."""
-    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-    for tracker in (progress.total, progress.current):  # increment_ready() and increment_completed(), `updates` times
-        tracker.ready += updates
-        tracker.completed += updates
-
-
-class EpochCost:
-    """The training cost summed over the epoch so far (rows-weighted, as ``self.log`` averages it), kept in checkpoints
-    so that a run resumed mid-epoch logs the mean over the whole epoch, not over the part after the resume."""
-
-    def __init__(self) -> None:
-        self.epoch, self.total, self.rows, self.resumed = -1, 0.0, 0, False
-        self.logged: tuple[Tensor | float, int] = (0.0, 0)  # (total, rows) when take_unlogged() last took them
-
-    def start(self, epoch: int) -> None:
-        if epoch != self.epoch:  # a new epoch, not the one a checkpoint left half done
-            self.epoch, self.total, self.rows, self.resumed = epoch, 0.0, 0, False
-            self.logged = (0.0, 0)
-
-    def add(self, cost: Tensor, rows: int) -> tuple[Tensor, int]:
-        """Add a batch's mean ``cost`` over ``rows`` examples; return what to log for it and its weight: the batch's
-        own, or on the first batch after a resume the mean over the part of the epoch before it too."""
-        before, before_rows, resumed = self.total, self.rows, self.resumed
-        self.total, self.rows, self.resumed = cost.detach() * rows + before, before_rows + rows, False
-        if not resumed:
-            return cost, rows
-        return (cost * rows + before) / (rows + before_rows), rows + before_rows
-
-    def take_unlogged(self) -> tuple[Tensor | float, int]:
-        """The mean cost of the rows added since the last call in this epoch (at the first call after a resume, the
-        part of the epoch before it too) and their number, which ``self.log`` then weighs it by; marks them logged."""
-        total, rows = self.total - self.logged[0], self.rows - self.logged[1]
-        self.logged = (self.total, self.rows)
-        return total / max(rows, 1), rows
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "total": float(self.total), "rows": self.rows}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.total, self.rows = state.get("epoch", -1), state.get("total", 0.0), state.get("rows", 0)
-        self.resumed = self.rows > 0
-        self.logged = (0.0, 0)  # nothing of this epoch is logged in this process yet
+def _member_network(sizes: list[int], cost: str, init: str, seed: int) -> Network:
+    """The network ``manualbp fit --seed_everything seed`` starts from, drawn without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Network(sizes, cost=cost, init=init)
 
 
 def _say(message: str) -> None:
     rank_zero_info(f"manualbp: {message}")
-
-
-def _describe(optimizer: torch.optim.Optimizer) -> str:
-    """``Adam(lr=0.001)``: the optimizer's class, its learning rate and the settings it was given that differ from
-    the class's defaults."""
-    defaults = {k: p.default for k, p in inspect.signature(type(optimizer)).parameters.items()}
-    given = {k: v for k, v in optimizer.defaults.items() if k == "lr" or k in defaults and v != defaults[k]}
-    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in given.items())
-    return f"{type(optimizer).__name__}({settings})"
