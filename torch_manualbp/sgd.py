@@ -124,7 +124,8 @@ class MiniBatchSGD:
         mini_batch_size: the examples per SGD step; ``None``: each block is one mini-batch.
         lmbda, n: the book's regularisation parameter :math:`\lambda` over a training set of ``n`` examples
             (chapter 3: 5.0 and 50,000); 0 (default): off. For a population, one λ or K of them (a list).
-        backend: ``"eager"``, ``"compiled"``, ``"native"`` or ``"auto"`` (see the module docstring).
+        backend: ``"auto"`` (default: the fastest that applies, the native op where it serves, else the eager
+            step), ``"eager"``, ``"compiled"`` or ``"native"`` (see the module docstring).
         steps_per_call: mini-batches per compiled call (10, measured: ``python -m benchmarks``); more save
             per-call overhead and cost compile time.
         on_compile: called with a one-line message when a compiled call for new shapes has been built and run,
@@ -160,7 +161,7 @@ class MiniBatchSGD:
         mini_batch_size: int | None = None,
         lmbda: float | Sequence[float] = 0.0,
         n: int | None = None,
-        backend: Literal["auto", "native", "eager", "compiled"] = "eager",
+        backend: Literal["auto", "native", "eager", "compiled"] = "auto",
         steps_per_call: int = 10,
         on_compile: Callable[[str], None] | None = None,
         regularization: Literal["l2", "l1"] = "l2",
