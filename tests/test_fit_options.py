@@ -1,5 +1,6 @@
 """The data module's and the classifier's chapter-3 options: a training set cut to its first images (the book's
-``training_data[:1000]``), the artificially expanded training data, L1 regularisation and dropout, checked against
+``training_data[:1000]``), the artificially expanded training data, L1 regularisation and dropout, a population's
+members with them (η and λ per member; what a population cannot apply refused in one line), checked against
 an independent parse of the MNIST files, numpy shifts, plain ``Network.sgd_step`` loops over the same mini-batches,
 the book's evaluation rule written out in torch, and the real command.
 """
@@ -184,6 +185,81 @@ def test_dropout_networks_are_evaluated_with_the_outgoing_weights_of_hidden_neur
     assert not torch.equal(model.network(x).argmax(1), want.argmax(1))  # the unscaled network answers otherwise
 
 
+# --- a population's options: each member as a plain loop from its seed ------------------------------------------
+
+F64 = dict(rtol=1e-10, atol=1e-10)
+
+
+def _seeded_network(sizes, seed: int, **kwargs) -> Network:
+    """The network ``torch.manual_seed(seed)`` then ``Network(sizes)`` draws, in float64: a member's start."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Network(sizes, init="normal", **kwargs).double()  # the classifier's default init
+
+
+def _assert_member_equals(model: ManualBPClassifier, k: int, network: Network) -> None:
+    weights, biases = model.population.member_parameters(k)
+    for got, want in zip(
+        weights + biases, [layer.weight for layer in network.layers] + [l.bias for l in network.layers]
+    ):
+        torch.testing.assert_close(got, want, **F64)
+
+
+@quiet
+@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
+def test_a_population_with_l1_trains_each_member_as_a_plain_l1_loop_from_its_seed_with_its_eta_and_lmbda(cost):
+    seeds, etas, lmbdas = [3, 5], [0.5, 2.0], [5.0, 1.0]
+    model = ManualBPClassifier(
+        [784, 30, 10], eta=etas, lmbda=lmbdas, seeds=seeds, cost=cost, regularization="l1", training_set_size=1000
+    )
+    kept = _fit(model, 40, train_size=1000)
+    for k, seed in enumerate(seeds):
+        network = _seeded_network([784, 30, 10], seed, cost=cost)
+        _sgd_loop(network, kept.batches, 10, eta=etas[k], lmbda=lmbdas[k], n=1000, regularization="l1")
+        _assert_member_equals(model, k, network)
+
+
+@quiet
+def test_a_population_with_dropout_trains_each_member_with_its_own_masks_as_a_plain_dropout_loop():
+    torch.manual_seed(0)
+    seeds, etas = [0, 1, 2], [0.5, 1.0, 3.0]
+    model = ManualBPClassifier([784, 30, 20, 10], eta=etas, seeds=seeds, cost="cross_entropy", dropout=0.5)
+    states = model.sgd.generator_state()  # (K, state): each member's masks' stream, from where its training starts
+    kept = _fit(model, 30)
+    for k, seed in enumerate(seeds):
+        network = _seeded_network([784, 30, 20, 10], seed, cost="cross_entropy")
+        generator = torch.Generator()
+        generator.set_state(states[k].clone())
+        _sgd_loop(network, kept.batches, 10, eta=etas[k], dropout=0.5, generator=generator)
+        _assert_member_equals(model, k, network)
+    first, second = (model.population.member_parameters(k)[0][0] for k in (0, 1))
+    plain = _seeded_network([784, 30, 20, 10], 0, cost="cross_entropy")
+    _sgd_loop(plain, kept.batches, 10, eta=etas[0])
+    assert not torch.allclose(plain.layers[0].weight, first)  # the masks did change member 0's steps
+
+
+def test_a_populations_forward_is_every_members_output_and_member_k_is_that_members_alone():
+    model = ManualBPClassifier([784, 30, 10], seeds=[0, 1, 2], dropout=0.5)
+    x = torch.rand(5, 784)
+    a = model(x)
+    assert a.shape == (3, 5, 10)
+    for k, seed in enumerate((0, 1, 2)):
+        network = _seeded_network([784, 30, 10], seed).float()
+        with torch.no_grad():
+            hidden = torch.sigmoid(x @ network.layers[0].weight.T + network.layers[0].bias)
+            want = torch.sigmoid(hidden @ (0.5 * network.layers[1].weight).T + network.layers[1].bias)
+        torch.testing.assert_close(a[k], want)  # the book's evaluation: outgoing hidden weights × (1 − p)
+    alone = ManualBPClassifier([784, 30, 10], seeds=[0, 1, 2], dropout=0.5, member=1)
+    torch.testing.assert_close(alone(x), a[1])
+
+
+def test_member_on_a_single_network_or_out_of_range_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="^member picks a member of a population"):
+        ManualBPClassifier([784, 30, 10], member=0)
+    with pytest.raises(ValueError, match=r"^member must be a member's index in 0\.\.1"):
+        ManualBPClassifier([784, 30, 10], seeds=[0, 1], member=2)
+
+
 # --- through the command --------------------------------------------------------------------------------------------
 
 SHORT = {"trainer": {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}}
@@ -240,3 +316,24 @@ def test_a_dropout_run_through_the_command_trains_and_reports_the_scaled_network
     assert "training with the fused SGD step" in result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("Epoch 0"))
     assert "/ 1000" in line, line  # limit_val_batches 1: the first 1,000 validation images
+
+
+SPEED = "torch_manualbp.lightning.LearningSpeedMonitor"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model.momentum", "0.9"], "a population trains on the fused SGD step only, and this run needs autograd"),
+        (["--model.weight_decay", "0.1"], "a population trains on the fused SGD step only"),
+        (["--optimizer", "Adam"], "optimizer: a population trains by the book's SGD alone"),
+        (["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"], "--lr_scheduler: a population's members"),
+        (["--model.lr_schedule", "cosine"], "model.lr_schedule='cosine': a population's members keep their own η"),
+        (["--trainer.precision", "bf16-mixed"], "needs autograd: precision=bf16-mixed (autocast)"),
+        (["--trainer.callbacks+", SPEED], "LearningSpeedMonitor observe single steps through autograd"),
+    ],
+)
+def test_what_a_population_cannot_apply_is_one_line_and_exit_status_2(tmp_path, capsys, args, words):
+    config = write_config(tmp_path, population={"seeds": [0, 1]}, **SHORT)
+    assert main(["fit", "--config", str(config), *args]) == 2
+    assert words in _error_line(capsys)

@@ -73,9 +73,10 @@ def test_population_fit_prints_every_member_and_the_ensemble_each_epoch_and_a_su
     assert ensemble.stdout != member.stdout  # one member's activations are not the members' average
 
 
-def test_population_killed_mid_epoch_resumes_bit_identically(tmp_path):
+def test_population_killed_mid_epoch_resumes_bit_identically_with_its_members_dropout_masks_and_l1(tmp_path):
     fast = {
-        "population": {"seeds": [0, 1], "eta": [3.0, 0.5]},
+        "population": {"seeds": [0, 1], "eta": [3.0, 0.5], "lmbda": [1.0, 2.0]},
+        "model": {"sizes": [784, 30, 10], "dropout": 0.5, "regularization": "l1"},
         "data": {"batch_size": 100, "monitor_test": False},
         "trainer": {"max_epochs": 2, "limit_train_batches": 20, "limit_val_batches": 1},
     }

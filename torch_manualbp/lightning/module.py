@@ -45,7 +45,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics.classification import MulticlassAccuracy
 
 from ..checks import l2_weight_decay
 from ..network import Network, dropout_evaluation_weights, feedforward_to_cost
@@ -53,6 +52,7 @@ from ..population import Population
 from ..sgd import MiniBatchSGD, mini_batches
 from ..threads import apply_thread_rule
 from .datamodule import NUM_TRAIN
+from .evaluation import Evaluation
 from .hparams import check_hyperparameters, population_settings
 from .paths import _describe, check_scheduler, training_path
 from .progress import EpochCost, count_updates
@@ -194,10 +194,7 @@ class ManualBPClassifier(L.LightningModule):
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
         self._saved_generator_state: Tensor | None = None  # the dropout masks' generator, from a checkpoint
-        self._evaluated: dict[str, tuple[Tensor, int]] = {}  # stage -> (sums, images) this evaluation
-        classes = sizes[-1]
-        self.val_accuracy = MulticlassAccuracy(classes, average="micro")
-        self.test_accuracy = MulticlassAccuracy(classes, average="micro")
+        self.evaluation = Evaluation(sizes[-1], self.members)  # the book's counts, costs and accuracies
 
     def _engine(self) -> MiniBatchSGD:
         """The fused path's engine over the network, or the population (whose members it steps through views of
@@ -446,60 +443,20 @@ class ManualBPClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def _evaluate(self, batch, stage: str) -> None:
+        self.evaluation.add(self.population if self.members else self.network, batch, stage, self.hparams.dropout)
+
     def on_validation_epoch_start(self) -> None:
-        self._start_evaluation()
+        self.evaluation.start()
 
     def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
+        self.evaluation.start()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_evaluation()
+        self.evaluation.log(self.log)
 
     def on_test_epoch_end(self) -> None:
-        self._log_evaluation()
-
-    def _start_evaluation(self) -> None:
-        self._evaluated = {}
-        self.val_accuracy.reset()
-        self.test_accuracy.reset()
-
-    def _evaluate(self, batch, stage: str) -> None:
-        """Add a batch's cost, correct answers and images to its stage's sums: a few tensor operations, no
-        ``self.log`` (whose bookkeeping costs more than the arithmetic of a batch of 1,000): logged at the end. A
-        population's sums: each member's cost and correct answers, then the ensemble's correct answers."""
-        x, y, labels = batch
-        model = self.population if self.members else self.network
-        a, cost = model.output_and_cost(x, y, self.hparams.dropout)  # aᴸ, C₀ (no λ term): one feedforward
-        if self.members:  # the ensemble answers with the members' averaged output activations
-            correct = (a.argmax(-1) == labels).sum(-1).to(cost.dtype)  # (K,)
-            a = a.mean(0)
-        self._accuracy(stage).update(a, labels)  # the book's answer is the output neuron with the highest activation
-        answered = (a.argmax(-1) == labels).sum().to(cost.dtype)  # the book's "9129 / 10000", an exact count
-        parts = (
-            (cost * len(x), correct, answered.reshape(1))
-            if self.members
-            else ((cost * len(x)).reshape(1), answered.reshape(1))
-        )
-        sums = torch.cat(parts)  # (Σ C₀·n, correct), a population's (K costs, K corrects, the ensemble's)
-        total, images = self._evaluated.get(stage, (0.0, 0))
-        self._evaluated[stage] = (sums + total, images + len(x))
-
-    def _log_evaluation(self) -> None:
-        """Log each stage's mean cost, accuracy and counts over the batches (and, under DDP, the processes) seen."""
-        k = self.members or 0
-        for stage, (sums, images) in self._evaluated.items():
-            log = functools.partial(self.log, batch_size=images, sync_dist=True, add_dataloader_idx=False)
-            for j in range(k):
-                log(f"{stage}/cost/member{j}", sums[j] / images)
-                log(f"{stage}/accuracy/member{j}", sums[k + j] / images)
-                log(f"{stage}/correct/member{j}", sums[k + j], reduce_fx="sum")
-            log(f"{stage}/cost", sums[:k].mean() / images if k else sums[0] / images)  # Σ C₀·n / Σ n
-            log(f"{stage}/accuracy", self._accuracy(stage))  # torchmetrics' own count, beside ours
-            log(f"{stage}/correct", sums[-1], reduce_fx="sum")
-            log(f"{stage}/images", float(images), reduce_fx="sum")
-
-    def _accuracy(self, stage: str) -> MulticlassAccuracy:
-        return self.val_accuracy if stage == "val" else self.test_accuracy
+        self.evaluation.log(self.log)
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
