@@ -5,6 +5,7 @@ with gzip and numpy, and the book's per-example algorithm in numpy (its column v
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import re
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import DATA_DIR
 
-from torch_manualbp.book import mnist_loader, network
+from torch_manualbp.book import mnist_loader, network, network2
 
 # --- the data, read here from the IDX bytes ---------------------------------------------------------------------------
 
@@ -288,8 +289,9 @@ def test_one_epoch_of_the_books_chapter1_session_prints_a_count_in_the_books_ran
     ],
 )
 def test_network_bad_sizes_are_one_line_naming_sizes(sizes, error):
-    with pytest.raises(error, match=r"^sizes must [^\n]*$"):
-        network.Network(sizes)
+    for module in (network, network2):
+        with pytest.raises(error, match=r"^sizes must [^\n]*$"):
+            module.Network(sizes)
 
 
 def test_network_data_of_the_wrong_shape_is_one_line_naming_the_argument():
@@ -313,3 +315,161 @@ def test_network_data_of_the_wrong_shape_is_one_line_naming_the_argument():
         message = str(caught.value)
         assert message.startswith(name) and "\n" not in message, message
     assert_lists_close(net.weights, weights, atol=0)  # nothing stepped
+
+
+# --- network2 ---------------------------------------------------------------------------------------------------------
+
+
+def test_network2_default_and_large_initializers_are_the_books_draws():
+    np.random.seed(5)
+    net = network2.Network([6, 5, 3])
+    np.random.seed(5)
+    biases = [np.random.randn(5, 1), np.random.randn(3, 1)]
+    weights = [np.random.randn(5, 6) / np.sqrt(6), np.random.randn(3, 5) / np.sqrt(5)]
+    assert net.cost is network2.CrossEntropyCost
+    assert_lists_close(net.biases, biases, atol=0)
+    assert_lists_close(net.weights, weights, atol=0)
+    np.random.seed(5)
+    net.large_weight_initializer()
+    np.random.seed(5)
+    biases = [np.random.randn(5, 1), np.random.randn(3, 1)]
+    assert_lists_close(net.biases, biases, atol=0)
+    assert_lists_close(net.weights, [np.random.randn(5, 6), np.random.randn(3, 5)], atol=0)
+
+
+def test_network2_cost_classes_are_the_books_fn_and_delta():
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(4, 1)), np.eye(4)[[2]].T
+    a = sigmoid(z)
+    assert network2.QuadraticCost.fn(a, y) == pytest.approx(0.5 * np.linalg.norm(a - y) ** 2, rel=1e-15)
+    np.testing.assert_allclose(network2.QuadraticCost.delta(z, a, y), (a - y) * a * (1 - a), rtol=1e-15)
+    expected = -np.sum(y * np.log(a) + (1 - y) * np.log(1 - a))
+    assert network2.CrossEntropyCost.fn(a, y) == pytest.approx(expected, rel=1e-15)
+    np.testing.assert_array_equal(network2.CrossEntropyCost.delta(z, a, y), a - y)
+    assert network2.CrossEntropyCost.fn(np.array([[1.0]]), np.array([[1.0]])) == 0.0  # the book's nan_to_num
+
+
+@pytest.mark.parametrize("cost", ["CrossEntropyCost", "QuadraticCost"])
+def test_network2_backprop_of_one_example_matches_the_books_per_example_numpy(cost):
+    np.random.seed(0)
+    net = network2.Network([6, 5, 4, 3], cost=getattr(network2, cost))
+    for x, y in small_pairs(3, net.sizes, seed=1):
+        nabla_b, nabla_w = net.backprop(x, y)
+        expected_b, expected_w = book_backprop(net.weights, net.biases, x, y, cost == "CrossEntropyCost")
+        assert_lists_close(nabla_b, expected_b, atol=1e-10)
+        assert_lists_close(nabla_w, expected_w, atol=1e-10)
+
+
+def test_network2_update_mini_batch_is_the_books_l2_step():
+    np.random.seed(0)
+    net = network2.Network([6, 5, 3])
+    mini_batch = small_pairs(7, net.sizes, seed=3)
+    weights, biases = book_update(net.weights, net.biases, mini_batch, 0.5, 5.0, 100, cross_entropy=True)
+    net.update_mini_batch(mini_batch, 0.5, 5.0, 100)
+    assert_lists_close(net.weights, weights, atol=1e-10)
+    assert_lists_close(net.biases, biases, atol=1e-10)
+
+
+@pytest.mark.parametrize("cost", ["CrossEntropyCost", "QuadraticCost"])
+def test_network2_sgd_updates_and_its_four_monitors_match_the_books_per_example_numpy(wrapped, capsys, cost):
+    cross_entropy = cost == "CrossEntropyCost"
+    training_data, evaluation_data = list(wrapped[0][:205]), wrapped[1][:100]
+    lmbda, eta, epochs = 5.0, 0.5, 2
+    np.random.seed(0)
+    net = network2.Network([784, 30, 10], cost=getattr(network2, cost))
+    weights, biases = net.weights, net.biases
+    book_data = list(training_data)
+    random.seed(6)
+    monitors = net.SGD(
+        training_data,
+        epochs,
+        10,
+        eta,
+        lmbda=lmbda,
+        evaluation_data=evaluation_data,
+        monitor_evaluation_cost=True,
+        monitor_evaluation_accuracy=True,
+        monitor_training_cost=True,
+        monitor_training_accuracy=True,
+    )
+    random.seed(6)
+    expected = [], [], [], []
+    for _ in range(epochs):
+        weights, biases = book_epoch(weights, biases, book_data, 10, eta, lmbda, cross_entropy)
+        expected[0].append(book_total_cost(weights, biases, evaluation_data, lmbda, False, cross_entropy))
+        expected[1].append(book_correct(weights, biases, evaluation_data))
+        expected[2].append(book_total_cost(weights, biases, book_data, lmbda, True, cross_entropy))
+        expected[3].append(book_correct(weights, biases, book_data, one_hot=True))
+    assert_lists_close(net.weights, weights, atol=1e-10)
+    assert_lists_close(net.biases, biases, atol=1e-10)
+    evaluation_cost, evaluation_accuracy, training_cost, training_accuracy = monitors
+    np.testing.assert_allclose(evaluation_cost, expected[0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(training_cost, expected[2], rtol=0, atol=1e-9)
+    assert (evaluation_accuracy, training_accuracy) == (expected[1], expected[3])
+    printed = capsys.readouterr().out.split("\n\n")[:epochs]  # one paragraph an epoch, as the book prints them
+    for j, paragraph in enumerate(printed):
+        assert paragraph.strip("\n").splitlines() == [
+            f"Epoch {j} training complete",
+            f"Cost on training data: {training_cost[j]}",
+            f"Accuracy on training data: {training_accuracy[j]} / 205",
+            f"Cost on evaluation data: {evaluation_cost[j]}",
+            f"Accuracy on evaluation data: {evaluation_accuracy[j]} / 100",
+        ]
+
+
+def test_network2_total_cost_adds_the_books_lambda_term_over_len_data(wrapped):
+    np.random.seed(3)
+    net = network2.Network([784, 30, 10])
+    training_data, validation_data = wrapped[0][:2100], wrapped[1][:300]  # more than one chunk of rows
+    for data, convert in ((training_data, False), (validation_data, True)):
+        found = net.total_cost(data, 5.0, convert=convert)
+        expected = book_total_cost(net.weights, net.biases, data, 5.0, not convert, cross_entropy=True)
+        assert found == pytest.approx(expected, rel=0, abs=1e-9)
+        l2_term = 0.5 * (5.0 / len(data)) * sum(np.sum(w**2) for w in net.weights)
+        assert found - net.total_cost(data, 0.0, convert=convert) == pytest.approx(l2_term, rel=1e-12)
+
+
+def test_network2_early_stopping_stops_after_n_epochs_without_a_better_accuracy():
+    np.random.seed(0)
+    net = network2.Network([6, 5, 3])
+    evaluation_data = small_pairs(30, net.sizes, seed=8, labels=True)
+    assert book_correct(net.weights, net.biases, evaluation_data) > 0  # the first epoch is the best so far
+    # a step too small to change any count: the accuracy of every epoch is the first's, so the book stops after 1 + n
+    result = net.SGD(
+        small_pairs(8, net.sizes, seed=9),
+        10,
+        4,
+        1e-12,
+        evaluation_data=evaluation_data,
+        monitor_evaluation_accuracy=True,
+        early_stopping_n=2,
+    )
+    assert len(result[1]) == 3
+
+
+def test_network2_save_then_load_gives_the_same_network_in_the_books_json(tmp_path):
+    np.random.seed(0)
+    net = network2.Network([6, 5, 3], cost=network2.QuadraticCost)
+    path = tmp_path / "net.json"
+    net.save(path)
+    data = json.loads(path.read_text())
+    assert sorted(data) == ["biases", "cost", "sizes", "weights"] and data["cost"] == "QuadraticCost"
+    assert data["weights"] == [w.tolist() for w in net.weights] and data["sizes"] == [6, 5, 3]
+    loaded = network2.load(path)
+    assert (loaded.sizes, loaded.cost) == (net.sizes, network2.QuadraticCost)
+    assert_lists_close(loaded.weights, net.weights, atol=0)
+    assert_lists_close(loaded.biases, net.biases, atol=0)
+    x = small_pairs(1, net.sizes, seed=0)[0][0]
+    np.testing.assert_array_equal(loaded.feedforward(x), net.feedforward(x))
+
+
+def test_network2_bad_cost_and_monitor_without_data_are_one_line_naming_them():
+    with pytest.raises(TypeError, match=r"^cost must [^\n]*$"):
+        network2.Network([6, 5, 3], cost="cross_entropy")
+    net = network2.Network([6, 5, 3])
+    with pytest.raises(ValueError, match=r"^evaluation_data must [^\n]*$"):
+        net.SGD(small_pairs(4, net.sizes, seed=0), 1, 2, 0.5, monitor_evaluation_accuracy=True)
+    with pytest.raises(ValueError, match=r"^lmbda must [^\n]*$"):
+        net.SGD(small_pairs(4, net.sizes, seed=0), 1, 2, 0.5, lmbda=-1.0)
+    with pytest.raises(ValueError, match=r"^data must [^\n]*$"):
+        net.accuracy(small_pairs(4, net.sizes, seed=0))  # one-hot columns need convert=True

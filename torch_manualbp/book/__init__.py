@@ -14,6 +14,6 @@ and chapter 3's ``network2.Network([784, 30, 10], cost=network2.CrossEntropyCost
 maps each of the book's names to the package's API.
 """
 
-from . import mnist_loader, network
+from . import mnist_loader, network, network2
 
-__all__ = ["mnist_loader", "network"]
+__all__ = ["mnist_loader", "network", "network2"]
