@@ -11,7 +11,7 @@ Backends, the same updates each (``backend=``):
 
 - ``"eager"``: one Python call of ``update_mini_batch`` per mini-batch.
 - ``"compiled"``: ``steps_per_call`` mini-batches unrolled into one ``torch.compile``-d call (full graph, static
-  shapes); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
+  shapes; :class:`~torch_manualbp.compiled.CompiledSteps`); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
 - ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block`` (``torch_manualbp/csrc/sgd_block.cpp``),
   a C++ loop over the mini-batches of the same steps. On the CPU (float32 or float64, a torch built with MKL, as its
   x86 wheels are) the loop makes no ATen call, whose fixed cost (dispatch, allocation) is more than the arithmetic at
@@ -50,8 +50,6 @@ To run (one epoch of chapter 1 without Lightning)::
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
@@ -60,11 +58,12 @@ from torch import Tensor, nn
 
 from . import recording
 from .checks import check_learning_rate, l2_weight_decay, targets
-from .costs import COSTS, Cost
+from .compiled import CompiledSteps
+from .costs import COSTS
 from .native import NATIVE_COSTS, NATIVE_SOURCE, build_native, cpu_loop_refusal, native_build_name
 from .network import Network
 from .population import Population
-from .step import StepRule, dropout_masks, update_mini_batch
+from .step import StepRule, dropout_masks
 
 __all__ = [
     "BACKENDS",
@@ -217,7 +216,7 @@ class MiniBatchSGD:
         own_seed = self.dropout and generator is None and network is not None  # K > 1: the members draw theirs
         self._seed = int(torch.randint(2**62, ()).item()) if own_seed else None
         self._blocks: list[_Block] = []  # since forget(), for rewind()
-        self._compiled_shapes: set[tuple] = set()  # the shapes this engine's compiled calls have been built for
+        self._compiled = CompiledSteps(steps_per_call, on_compile)  # the compiled backend's calls
         self._native: bool | None = None  # whether the native step serves this engine; None: not decided yet
         self._refusals_said: set[str] = set()  # why the CPU loop could not take a block, each said once
 
@@ -275,7 +274,10 @@ class MiniBatchSGD:
         costs = []
         if self.backend == "compiled" and not recording.is_recording():
             rows = len(x) // (size * self.steps_per_call) * size * self.steps_per_call
-            costs = self._compiled_steps(weights, biases, x[:rows], y[:rows], eta, size, _first(masks, rows // size))
+            ones = network.ones(size, x)
+            costs = self._compiled(
+                weights, biases, x[:rows], y[:rows], eta, size, _first(masks, rows // size), self.rule, ones
+            )
         elif self.uses_native() and not recording.is_recording() and self._cpu_loop_serves(weights, biases, x, masks):
             rows = len(x)
             rule = (self.rule.cost.name, self.rule.weight_decay, self.rule.regularization, masks or [])
@@ -459,33 +461,6 @@ class MiniBatchSGD:
             costs.append(self.rule.step(weights, biases, x_m, y_m, eta, ones, step_masks).reshape(1))
         return costs
 
-    def _compiled_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int, masks) -> list[Tensor]:
-        """The same steps, ``steps_per_call`` at a time in one compiled call; ``x`` holds a whole number of calls."""
-        if not len(x):
-            return []
-        xs = x.reshape(-1, self.steps_per_call, size, x.shape[-1])  # (calls, steps, size, in)
-        ys = y.reshape(-1, self.steps_per_call, size, y.shape[-1])
-        calls_masks = [None] * len(xs) if not masks else list(zip(*[m.unflatten(0, (len(xs), -1)) for m in masks]))
-        eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)  # a tensor: a new η must not recompile
-        ones = self.network.ones(size, x)
-        # the cost object: a cost of the user's own has no name
-        rule = (self.rule.cost, self.rule.weight_decay, self.rule.regularization)  # Python values: Dynamo specialises
-        compiled = _compiled_unrolled_steps()
-        key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), rule, masks is None)
-        start = time.perf_counter()
-        costs = [compiled(weights, biases, xs[0], ys[0], eta_t, ones, *rule, calls_masks[0])]
-        if key not in self._compiled_shapes:
-            self._compiled_shapes.add(key)
-            if self.on_compile is not None:
-                self.on_compile(
-                    f"compiled {self.steps_per_call} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
-                    "(Inductor caches it on disk: later runs of these shapes start faster)"
-                )
-        costs += [
-            compiled(weights, biases, xs[c], ys[c], eta_t, ones, *rule, calls_masks[c]) for c in range(1, len(xs))
-        ]
-        return costs
-
 
 def _member_view(population: Population, k: int) -> Network:
     """A :class:`Network` whose parameters are views of member k's part of the population's storage (its rows of the
@@ -522,34 +497,3 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
         return False
     current = torch.cuda.current_device() if a.type == "cuda" else None
     return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
-
-
-def _unrolled_steps(
-    weights,
-    biases,
-    xs: Tensor,
-    ys: Tensor,
-    eta: Tensor,
-    ones: Tensor,
-    cost: Cost,
-    decay: float,
-    regularization: str,
-    masks: Sequence[Tensor] | None,
-):
-    """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order (step u with row u of each of ``masks``, if
-    any): the body that ``torch.compile`` unrolls."""
-    rule = (cost, decay, regularization)
-    return torch.stack(
-        [
-            update_mini_batch(
-                weights, biases, xs[u], ys[u], eta, ones, *rule, None if masks is None else [m[u] for m in masks]
-            )
-            for u in range(len(xs))
-        ]
-    )
-
-
-@functools.cache
-def _compiled_unrolled_steps():
-    """``torch.compile(_unrolled_steps)``, built once per process so that every engine reuses Dynamo's cache."""
-    return torch.compile(_unrolled_steps, fullgraph=True, dynamic=False)
