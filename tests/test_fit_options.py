@@ -319,6 +319,8 @@ def test_a_dropout_run_through_the_command_trains_and_reports_the_scaled_network
 
 
 SPEED = "torch_manualbp.lightning.LearningSpeedMonitor"
+HALVE = "torch_manualbp.lightning.HalveEtaOnPlateau"
+MONITOR = "torch_manualbp.lightning.TrainingSetMonitor"
 
 
 @pytest.mark.parametrize(
@@ -331,6 +333,8 @@ SPEED = "torch_manualbp.lightning.LearningSpeedMonitor"
         (["--model.lr_schedule", "cosine"], "model.lr_schedule='cosine': a population's members keep their own η"),
         (["--trainer.precision", "bf16-mixed"], "needs autograd: precision=bf16-mixed (autocast)"),
         (["--trainer.callbacks+", SPEED], "LearningSpeedMonitor observe single steps through autograd"),
+        (["--trainer.callbacks+", HALVE], "HalveEtaOnPlateau work on one network"),
+        (["--trainer.callbacks+", MONITOR], "TrainingSetMonitor work on one network"),
     ],
 )
 def test_what_a_population_cannot_apply_is_one_line_and_exit_status_2(tmp_path, capsys, args, words):

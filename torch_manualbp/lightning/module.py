@@ -51,13 +51,20 @@ from ..network import Network, dropout_evaluation_weights, feedforward_to_cost
 from ..population import Population
 from ..sgd import MiniBatchSGD, mini_batches
 from ..threads import apply_thread_rule
+from .callbacks import TrainingSetMonitor
 from .datamodule import NUM_TRAIN
 from .evaluation import Evaluation
 from .hparams import check_hyperparameters, population_settings
-from .paths import _describe, check_scheduler, training_path
+from .noise import GradientNoiseMonitor
+from .paths import _describe, check_population_callbacks, check_scheduler, training_path
 from .progress import EpochCost, count_updates
+from .rules import HalveEtaOnPlateau
 
 __all__ = ["ManualBPClassifier"]
+
+#: Callbacks that work on one network (its optimizer's η, its own evaluation, its gradients): refused beside a
+#: population, which has one η per member and no optimizer.
+_ONE_NETWORKS_CALLBACKS = (HalveEtaOnPlateau, TrainingSetMonitor, GradientNoiseMonitor)
 
 # Under manual optimisation Lightning warns that a checkpoint taken every N steps holds the weights after that
 # batch's updates. That is the state an exact resume needs (with the batch position saved beside it; see
@@ -262,9 +269,23 @@ class ManualBPClassifier(L.LightningModule):
             rank_zero_info(f"manualbp: the training cost at step {step} is not finite for {named}")
         return False
 
+    def on_fit_start(self) -> None:
+        if self.members:  # before the callbacks' own on_train_start, which would reach for one network's optimizer
+            check_population_callbacks(self.members, *self._callbacks())
+
+    def _callbacks(self) -> tuple[list[str], list[str]]:
+        """The names of the callbacks that observe single steps through autograd, and of those that work on one
+        network."""
+        callbacks = self.trainer.callbacks
+        return (
+            [type(callback).__name__ for callback in callbacks if hasattr(callback, "observes_step")],
+            [type(callback).__name__ for callback in callbacks if isinstance(callback, _ONE_NETWORKS_CALLBACKS)],
+        )
+
     def on_train_start(self) -> None:
         optimizer = None if self.members else self.optimizers().optimizer
         self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
+        observers, network_only = self._callbacks()
         scheduler = self._scheduler()
         reasons = training_path(  # the one place that chooses the path and refuses what cannot work
             self.hparams,
@@ -274,7 +295,8 @@ class ManualBPClassifier(L.LightningModule):
             schedulers=[f"lr_scheduler {type(scheduler.scheduler).__name__}"] if scheduler else None,
             world_size=self.trainer.world_size,
             precision=str(self.trainer.precision),
-            observers=[type(callback).__name__ for callback in self._observers],
+            observers=observers,
+            network_only=network_only,
         )
         check_scheduler(self.trainer.lr_scheduler_configs, self.hparams.compile)
         self._fused = not reasons

@@ -17,6 +17,7 @@ L1, dropout            yes                                       no (refused)
 processes (DDP)        one                                       any
 precision              the parameters' dtype                     autocast (``*-mixed``)
 observed steps         no (those steps go through autograd)      yes (the backward hooks)
+network callbacks      yes; a population: no (refused)           yes
 compile                yes                                       no (refused)
 a population           yes (η, λ per member)                     no (refused)
 =====================  ========================================  =============================================
@@ -31,7 +32,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..sgd import differences_from_plain_sgd
 
-__all__ = ["check_scheduler", "training_path"]
+__all__ = ["check_population_callbacks", "check_scheduler", "training_path"]
 
 
 def training_path(
@@ -44,6 +45,7 @@ def training_path(
     world_size: int = 1,
     precision: str = "32-true",
     observers: list[str] | None = None,
+    network_only: list[str] | None = None,
 ) -> list[str]:
     r"""Why the fused step cannot train this run ([] if it can: then it does), or a ``ValueError`` naming the setting
     that would otherwise be silently ignored.
@@ -58,6 +60,8 @@ def training_path(
         world_size: the processes (DDP).
         precision: the trainer's precision; ``"*-mixed"`` is autocast.
         observers: the callbacks whose steps go through autograd (``observes_step``).
+        network_only: the callbacks that work on one network (its optimizer's η, its own evaluation or gradients):
+            ``HalveEtaOnPlateau``, ``TrainingSetMonitor``, ``GradientNoiseMonitor``; refused beside a population.
     """
     get = hp.get if isinstance(hp, dict) else lambda name, default=None: getattr(hp, name, default)
     reasons = [] if own_optimizer or optimizer is None else differences_from_plain_sgd(optimizer)
@@ -72,7 +76,7 @@ def training_path(
     if "mixed" in str(precision):
         reasons.append(f"precision={precision} (autocast)")
     if members is not None:
-        _refuse_for_population(get, members, reasons, own_optimizer, schedulers, observers)
+        _refuse_for_population(get, members, reasons, own_optimizer, schedulers, observers, network_only)
     if reasons and get("compile", False):
         raise ValueError(f"compile=True compiles the fused SGD step, which this run cannot use: {'; '.join(reasons)}")
     fused_only = _fused_only_settings(get)
@@ -97,7 +101,7 @@ def training_path(
     return reasons
 
 
-def _refuse_for_population(get, members: int, reasons, own_optimizer, schedulers, observers) -> None:
+def _refuse_for_population(get, members: int, reasons, own_optimizer, schedulers, observers, network_only) -> None:
     """A population has the fused path alone, with one η per member: what would need autograd, or one η, is refused."""
     if not own_optimizer:
         raise ValueError("optimizer: a population trains by the book's SGD alone, one η per member; leave it out")
@@ -106,10 +110,22 @@ def _refuse_for_population(get, members: int, reasons, own_optimizer, schedulers
     if schedulers or get("lr_schedule", "constant") != "constant":
         named = schedulers[0] if schedulers else f"model.lr_schedule={get('lr_schedule')!r}"
         raise ValueError(f"{named}: a population's members keep their own η; no schedule drives them; leave it out")
+    check_population_callbacks(members, observers, network_only)
+
+
+def check_population_callbacks(members: int, observers: list[str] | None, network_only: list[str] | None) -> None:
+    """A ``ValueError`` for callbacks a population of ``members`` cannot serve: those that observe single steps
+    through autograd, and those that work on one network (its optimizer's η, its evaluation, its gradients). The
+    classifier asks at the start of ``fit``, before any callback's own ``on_train_start`` reaches for them."""
     if observers:
         raise ValueError(
             f"trainer.callbacks: {', '.join(observers)} observe single steps through autograd, which a population of"
             f" {members} has not; leave them out"
+        )
+    if network_only:
+        raise ValueError(
+            f"trainer.callbacks: {', '.join(network_only)} work on one network (its optimizer's η, its evaluation or"
+            f" its gradients), and this is a population of {members}; leave them out"
         )
 
 
