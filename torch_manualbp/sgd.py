@@ -314,9 +314,11 @@ class MiniBatchSGD:
         return torch.stack([engine.run(x, y, eta_k, first_step) for engine, eta_k in zip(engines, etas)], dim=1)
 
     def _stacked(self) -> bool:
-        """Whether a population of K > 1 steps by :meth:`Population.sgd_steps` rather than its members' engines."""
+        """Whether a population of K > 1 steps by :meth:`Population.sgd_steps` (eager, batched over members) rather
+        than by its members' engines (native, compiled, L1 or dropout)."""
         first = self._member_engines[0]
-        return not first.uses_native() and first.regularization == "l2" and not first.dropout
+        eager = first.backend != "compiled" and not first.uses_native()
+        return eager and first.regularization == "l2" and not first.dropout
 
     def generator_state(self) -> Tensor | None:
         """The state of the generator the dropout masks are drawn from (``torch.Generator.get_state``), for a
