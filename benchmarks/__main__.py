@@ -14,7 +14,8 @@ Sections: ``functions`` (custom Functions vs autograd), ``epoch`` (one training 
 on top of a step), ``peers`` (one epoch of the book's run: the book, autograd, ``sgd_step``, a bare fused step
 and JAX), ``contention`` (one thread against several per network size, and eager and compiled steps beside a
 busy process), ``population`` (K networks stepped together by ``Population.sgd_step`` beside one
-``Network.sgd_step`` and the bare step). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA
+``Network.sgd_step`` and the bare step), ``book`` (one epoch of the book's session, ``torch_manualbp.book.network.SGD``,
+beside the book's own per-example numpy). ``functions``, ``epoch``, ``time95`` and ``statistics`` also run on CUDA
 when a GPU is present (``--no-cuda`` to skip).
 """
 
@@ -26,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-SECTIONS = ("functions", "epoch", "cli", "time95", "statistics", "peers", "contention", "population")
+SECTIONS = ("functions", "epoch", "cli", "time95", "statistics", "peers", "contention", "population", "book")
 QUICK = {"repeats": 5, "min_sample_s": 0.002, "epoch_examples": 2000, "epoch_repeats": 2, "peer_repeats": 3}
 FULL = {"repeats": 21, "min_sample_s": 0.02, "epoch_examples": 50_000, "epoch_repeats": 3, "peer_repeats": 5}
 
@@ -61,7 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from torch_manualbp.testing.timing import machine_info
 
-    from . import cli_epoch, contention, epoch, functions, peers, population, report, statistics, time_to_95
+    from . import (
+        book_session,
+        cli_epoch,
+        contention,
+        epoch,
+        functions,
+        peers,
+        population,
+        report,
+        statistics,
+        time_to_95,
+    )
 
     size = dict(QUICK if args.quick else FULL)
     size["repeats"] = args.repeats or size["repeats"]
@@ -110,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if "population" in args.only:
         print("[population] cpu", flush=True)
         sections["population"] = population.run("cpu", size["repeats"], size["min_sample_s"])
+    if "book" in args.only:
+        print(f"[book] cpu, {size['epoch_examples']:,} examples", flush=True)
+        sections["book"] = book_session.run(args.data_dir, size["epoch_examples"], size["peer_repeats"])
     print()
     print(report.write(args.out, meta, sections))
     print(f"written: {args.out / 'benchmark.md'}, {args.out / 'benchmark.json'}, {args.out / 'benchmark.png'}")
