@@ -472,3 +472,18 @@ def test_network2_bad_cost_and_monitor_without_data_are_one_line_naming_them():
         net.SGD(small_pairs(4, net.sizes, seed=0), 1, 2, 0.5, lmbda=-1.0)
     with pytest.raises(ValueError, match=r"^data must [^\n]*$"):
         net.accuracy(small_pairs(4, net.sizes, seed=0))  # one-hot columns need convert=True
+
+
+def test_network2_load_of_an_unknown_cost_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps({"sizes": [2, 1], "weights": [[[0.0, 0.0]]], "biases": [[[0.0]]], "cost": "Softmax"}))
+    with pytest.raises(ValueError, match=r"^[^\n]*net\.json: cost must [^\n]*'Softmax'$"):
+        network2.load(path)
+
+
+def test_the_books_zip_objects_are_taken_as_lists():
+    np.random.seed(0)
+    net = network.Network([6, 5, 3])
+    labelled = small_pairs(9, net.sizes, seed=4, labels=True)
+    x, labels = [x for x, _ in labelled], [label for _, label in labelled]
+    assert net.evaluate(zip(x, labels)) == book_correct(net.weights, net.biases, labelled)

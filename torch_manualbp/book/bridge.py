@@ -92,7 +92,7 @@ def check_pairs(data, name: str, n_in: int, n_out: int, labels: bool) -> list:
     if not data:
         raise ValueError(f"{name} must be a non-empty list of (x, y) pairs, got none")
     for pair in data:
-        if not isinstance(pair, tuple) or len(pair) != 2:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"{name} must be a list of (x, y) pairs, got an item that is {_found(pair)}")
         x, y = pair
         if not _is_column(x, n_in):
