@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .book_session import markdown as book_table  # noqa: E402
 from .population import markdown as population_table  # noqa: E402
 from .statistics import markdown as statistics_table  # noqa: E402
 
@@ -222,7 +223,10 @@ def markdown(meta: dict, sections: dict) -> str:
             "## 8. Many networks, one step: `Population.sgd_step`, [784, 30, 10], mini-batch 10",
             population_table(sections["population"]),
         ]
-    parts += ["## 9. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
+    if "book" in sections:
+        title = "## 9. The book's session: one epoch of torch_manualbp.book.network.SGD"
+        parts += [title, book_table(sections["book"])]
+    parts += ["## 10. CUDA", sections.get("cuda_note", "Included in the tables above (device column).")]
     return "\n\n".join(parts) + "\n"
 
 
