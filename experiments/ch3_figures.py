@@ -32,7 +32,7 @@ BOOK = {"ch3_overfitting": 82.27, "ch3_overfitting_l2": 87.1}
 PANELS = (
     ("train/full_cost", "cost on the training data", "cost", 1),
     ("test/accuracy", "accuracy on the test data", "% correct", 100),
-    ("test/cost", "cost on the test data", "cost", 1),
+    ("test/cost0", "cost on the test data", "cost", 1),  # C₀ (runs before test/cost0 was logged: test/cost)
     ("train/accuracy", "accuracy on the training data", "% correct", 100),
 )
 
@@ -75,7 +75,7 @@ def draw(histories: dict[str, dict[str, dict[int, float]]], path: Path, steps: d
     by_steps = any(count != 1 for count in steps.values())
     for ax, (key, title, ylabel, scale) in zip(axes.flat, PANELS):
         for name, history in histories.items():
-            values = history.get(key, {})
+            values = history.get(key) or (history.get("test/cost", {}) if key == "test/cost0" else {})
             x = [(epoch + 1) * steps[name] if by_steps else epoch for epoch in values]
             ax.plot(x, [scale * v for v in values.values()], lw=1, label=name)
             if key == "test/accuracy" and name in BOOK:

@@ -89,7 +89,8 @@ def train(settings: dict, run_dirs: dict[int, Path], epochs: int, data_seed: int
     data = MNISTDataModule(data_dir=data_settings.get("data_dir", "data/mnist"), batch_size=block, seed=data_seed)
     data.setup("fit")
     batches = data.train_dataloader()  # the shuffled order, epoch after epoch
-    columns = ["epoch", "step", "train/cost", "val/cost", "val/accuracy", "test/cost", "test/accuracy"]
+    # C₀ without the λ term, named as manualbp names it (its val/cost adds network2.py's λ term)
+    columns = ["epoch", "step", "train/cost", "val/cost0", "val/accuracy", "test/cost0", "test/accuracy"]
     start = time.perf_counter()
     with ExitStack() as files:
         writers = []
@@ -105,7 +106,7 @@ def train(settings: dict, run_dirs: dict[int, Path], epochs: int, data_seed: int
             rows = [{"epoch": epoch, "step": step, "train/cost": cost} for cost in costs.mean(0).tolist()]
             for split in ("val", "test"):
                 for row, cost, accuracy in zip(rows, *evaluate(population, *data.splits[split])):
-                    row[f"{split}/cost"], row[f"{split}/accuracy"] = cost, accuracy
+                    row[f"{split}/cost0"], row[f"{split}/accuracy"] = cost, accuracy
             for (f, writer), row in zip(writers, rows):
                 writer.writerow(row)
                 f.flush()

@@ -73,3 +73,37 @@ def test_the_books_lmbda_decays_the_weights_by_lmbda_over_n_and_leaves_the_biase
     weights_group, biases_group = model.configure_optimizers().param_groups
     assert weights_group["weight_decay"] == 5.0 / 50_000 and biases_group["weight_decay"] == 0.0
     assert [p.ndim for p in weights_group["params"]] == [2, 2] and [p.ndim for p in biases_group["params"]] == [1, 1]
+
+
+@pytest.mark.parametrize("regularization", ["l2", "l1"])
+def test_the_evaluation_cost_is_network2s_total_cost_with_its_lambda_term_over_the_images_evaluated(
+    tmp_path, regularization
+):
+    # network2.py's total_cost(data, lmbda): C₀ over the data + 0.5 (λ / len(data)) Σ‖w‖², the weights only; chapter
+    # 3's L1 cost: + (λ / n) Σ|w|. val/cost0 keeps C₀ alone.
+    data = MNISTDataModule(data_dir=str(DATA_DIR), batch_size=100)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=5, limit_val_batches=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    lmbdas = [5.0, 0.5]
+    model = ManualBPClassifier(
+        [784, 30, 10], eta=0.5, cost="cross_entropy", lmbda=lmbdas, seeds=[0, 1], regularization=regularization
+    )
+    trainer.fit(model, data)
+    x, y, _ = (t[:2000] for t in data.splits["val"])  # the two validation batches of 1,000
+    metrics = trainer.callback_metrics
+    costs = []
+    for k, lmbda in enumerate(lmbdas):
+        net = model.population.network(k)  # member k's parameters, copied
+        weights = [layer.weight for layer in net.layers]
+        with torch.no_grad():
+            c0 = autograd_cost(net.parameters(), x, y, "cross_entropy")
+            size = sum(
+                (w.abs().sum() for w in weights) if regularization == "l1" else (0.5 * (w**2).sum() for w in weights)
+            )
+            want = c0 + lmbda * size / len(x)
+        torch.testing.assert_close(metrics[f"val/cost0/member{k}"], c0, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(metrics[f"val/cost/member{k}"], want, rtol=1e-5, atol=1e-5)
+        costs.append(want)
+    torch.testing.assert_close(metrics["val/cost"], torch.stack(costs).mean(), rtol=1e-5, atol=1e-5)

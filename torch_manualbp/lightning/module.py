@@ -475,10 +475,28 @@ class ManualBPClassifier(L.LightningModule):
         self.evaluation.start()
 
     def on_validation_epoch_end(self) -> None:
-        self.evaluation.log(self.log)
+        self.evaluation.log(self.log, self._penalty(), self._sum_over_processes)
 
     def on_test_epoch_end(self) -> None:
-        self.evaluation.log(self.log)
+        self.evaluation.log(self.log, self._penalty(), self._sum_over_processes)
+
+    def _penalty(self) -> Tensor | None:
+        r"""The regularisation term of the cost times N: :math:`\frac{\lambda}{2} \sum w^2` (L2) or
+        :math:`\lambda \sum |w|` (L1) over the weights, not the biases, one per member for a population; ``None``
+        without λ."""
+        lmbdas = self.lmbdas or [self.hparams.lmbda]
+        if not any(lmbdas):
+            return None
+        l1 = self.hparams.regularization == "l1"
+        members = [self.population.member_parameters(k)[0] for k in range(self.members)] if self.members else None
+        terms = []
+        for lmbda, weights in zip(lmbdas, members or [self.network.weights_and_biases()[0]]):
+            size = sum((w.abs().sum() if l1 else 0.5 * (w * w).sum()) for w in weights)
+            terms.append(lmbda * size.detach())
+        return torch.stack(terms)
+
+    def _sum_over_processes(self, value: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op="sum")
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
