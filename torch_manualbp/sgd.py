@@ -11,7 +11,8 @@ Backends, the same updates each (``backend=``):
 
 - ``"eager"``: one Python call of ``update_mini_batch`` per mini-batch.
 - ``"compiled"``: ``steps_per_call`` mini-batches unrolled into one ``torch.compile``-d call (full graph, static
-  shapes; :class:`~torch_manualbp.compiled.CompiledSteps`); a block's remainder, and any step inside :func:`torch_manualbp.observe.record_errors`, runs eagerly.
+  shapes; :class:`~torch_manualbp.compiled.CompiledSteps`); a block's remainder, and any step inside
+  :func:`torch_manualbp.observe.record_errors`, runs eagerly.
 - ``"native"``: the whole block in one call of ``torch.ops.manualbp.sgd_block`` (``torch_manualbp/csrc/sgd_block.cpp``),
   a C++ loop over the mini-batches of the same steps. On the CPU (float32 or float64, a torch built with MKL, as its
   x86 wheels are) the loop makes no ATen call, whose fixed cost (dispatch, allocation) is more than the arithmetic at
