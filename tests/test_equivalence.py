@@ -1,5 +1,5 @@
 """One harness for the engine's claim: every backend × cost × regularisation × dropout × (a network, a population)
-makes the book's per-example update, in float64.
+× hidden activation makes the book's per-example update, in float64.
 
 The reference is the book's algorithm written here in numpy, one example at a time as column vectors: feedforward
 (removed hidden neurons output 0), BP1 for the cost, BP2 layer by layer (a removed neuron's δ is 0), BP3 and BP4
@@ -34,8 +34,18 @@ def sigmoid_prime(z):
     return sigmoid(z) * (1.0 - sigmoid(z))
 
 
-def book_block(weights, biases, x, y, eta, lmbda, cost, regularization, masks):
+#: the hidden layers' f and f', written here: (f, f')
+HIDDEN = {
+    "sigmoid": (sigmoid, sigmoid_prime),
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(z.dtype)),
+    "linear": (lambda z: z, np.ones_like),
+}
+
+
+def book_block(weights, biases, x, y, eta, lmbda, cost, regularization, masks, activation="sigmoid"):
     """The book's SGD over the block's mini-batches, example by example; returns each step's cost C₀ before it."""
+    f, f_prime = HIDDEN[activation]
     costs = []
     for step, start in enumerate(range(0, len(x), MINI_BATCH)):
         batch = list(zip(x[start : start + MINI_BATCH], y[start : start + MINI_BATCH]))
@@ -47,9 +57,9 @@ def book_block(weights, biases, x, y, eta, lmbda, cost, regularization, masks):
             for l, (w, b) in enumerate(zip(weights, biases)):
                 z = w @ activations[-1] + b.reshape(-1, 1)
                 zs.append(z)
-                if l < len(weights) - 1:  # a hidden layer: σ, its removed neurons output 0
+                if l < len(weights) - 1:  # a hidden layer: f, its removed neurons output 0
                     mask = 1.0 if masks is None else masks[l][step].reshape(-1, 1)
-                    activations.append(sigmoid(z) * mask)
+                    activations.append(f(z) * mask)
                 elif cost == "log_likelihood":  # the softmax output layer
                     e = np.exp(z - z.max())
                     activations.append(e / e.sum())
@@ -63,12 +73,13 @@ def book_block(weights, biases, x, y, eta, lmbda, cost, regularization, masks):
                 total += float(-(y_col * np.log(a) + (1 - y_col) * np.log(1 - a)).sum())
                 delta = a - y_col  # (BP1) σ' cancels
             else:
-                total += float(-np.log(a[y_col.argmax()]).sum())
+                zL = zs[-1]  # −ln a_y = ln Σ_k e^{z_k} − z_y, without ln 0 when a_y underflows
+                total += float(zL.max() + np.log(np.exp(zL - zL.max()).sum()) - zL[y_col.argmax()].sum())
                 delta = a - y_col  # (BP1) for softmax and the log-likelihood
             deltas = [delta]
             for l in range(len(weights) - 2, -1, -1):  # (BP2), down the hidden layers
                 mask = 1.0 if masks is None else masks[l][step].reshape(-1, 1)
-                deltas.insert(0, (weights[l + 1].T @ deltas[0]) * sigmoid_prime(zs[l]) * mask)
+                deltas.insert(0, (weights[l + 1].T @ deltas[0]) * f_prime(zs[l]) * mask)
             for l, delta in enumerate(deltas):
                 nabla_b[l] += delta.ravel()  # (BP3)
                 nabla_w[l] += delta @ activations[l].T  # (BP4)
@@ -100,20 +111,40 @@ def as_numpy(network: Network):
 
 SETTINGS = list(
     itertools.product(
-        ["eager", "native"], ["quadratic", "cross_entropy", "log_likelihood"], ["none", "l2", "l1"], [0.0, 0.5], [1, 3]
+        ["eager", "native"],
+        ["quadratic", "cross_entropy", "log_likelihood"],
+        ["none", "l2", "l1"],
+        [0.0, 0.5],
+        [1, 3],
+        ["sigmoid"],
+    )
+)
+# the other activations (on "native" the engine says the loop has sigmoid neurons only, and steps eagerly)
+SETTINGS += list(
+    itertools.product(
+        ["eager", "native"],
+        ["quadratic", "log_likelihood"],
+        ["none", "l1"],
+        [0.0, 0.5],
+        [1, 3],
+        ["tanh", "relu", "linear"],
     )
 )
 SETTINGS += [
-    ("compiled", "quadratic", "none", 0.0, 1),
-    ("compiled", "cross_entropy", "l1", 0.5, 3),
-    ("compiled", "log_likelihood", "l2", 0.0, 3),
+    ("compiled", "quadratic", "none", 0.0, 1, "sigmoid"),
+    ("compiled", "cross_entropy", "l1", 0.5, 3, "sigmoid"),
+    ("compiled", "log_likelihood", "l2", 0.0, 3, "sigmoid"),
+    ("compiled", "cross_entropy", "l2", 0.5, 1, "relu"),
 ]
 
 
-@pytest.mark.parametrize("backend, cost, regularization, dropout, members", SETTINGS)
-def test_the_engine_makes_the_books_per_example_updates_float64(backend, cost, regularization, dropout, members):
+@pytest.mark.parametrize("backend, cost, regularization, dropout, members, activation", SETTINGS)
+def test_the_engine_makes_the_books_per_example_updates_float64(
+    backend, cost, regularization, dropout, members, activation
+):
     torch.manual_seed(len(SETTINGS))
-    networks = [Network(SIZES, cost=cost, init="normal", dtype=torch.float64) for _ in range(members)]
+    kind = {"cost": cost, "init": "normal", "dtype": torch.float64, "activation": activation}
+    networks = [Network(SIZES, **kind) for _ in range(members)]
     start = [as_numpy(network) for network in networks]
     x = torch.rand(ROWS, SIZES[0], dtype=torch.float64)
     labels = torch.randint(0, SIZES[-1], (ROWS,))
@@ -132,7 +163,7 @@ def test_the_engine_makes_the_books_per_example_updates_float64(backend, cost, r
     for k in range(members):
         weights, biases = start[k]
         masks = None if states is None else book_masks(states[k], dropout)
-        want = book_block(weights, biases, x.numpy(), y, ETAS[k], lmbdas[k], cost, reg, masks)
+        want = book_block(weights, biases, x.numpy(), y, ETAS[k], lmbdas[k], cost, reg, masks, activation)
         np.testing.assert_allclose(costs[:, k].numpy(), want, rtol=1e-10, atol=1e-12)
         got_w, got_b = population_member(model, k) if members > 1 else as_numpy(model)
         for got, expected in zip(got_w + got_b, weights + biases):

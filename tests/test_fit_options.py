@@ -185,6 +185,21 @@ def test_dropout_networks_are_evaluated_with_the_outgoing_weights_of_hidden_neur
     assert not torch.equal(model.network(x).argmax(1), want.argmax(1))  # the unscaled network answers otherwise
 
 
+@quiet
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_a_classifier_of_another_activation_makes_a_plain_sgd_step_loops_updates_float64(activation):
+    # Network.sgd_step with each activation equals autograd + SGD (tests/test_network_activations.py)
+    torch.manual_seed(0)
+    model = ManualBPClassifier([784, 30, 10], eta=0.5, cost="cross_entropy", init="scaled", activation=activation)
+    reference = copy.deepcopy(model.network).double()
+    kept = _fit(model, 30)
+    _sgd_loop(reference, kept.batches, 10, eta=0.5)
+    for got, want in zip(model.network.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    population = ManualBPClassifier([784, 30, 10], eta=[0.5, 1.0], seeds=[0, 1], activation=activation)
+    assert population.population.activation.name == activation
+
+
 # --- a population's options: each member as a plain loop from its seed ------------------------------------------
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -341,3 +356,10 @@ def test_what_a_population_cannot_apply_is_one_line_and_exit_status_2(tmp_path, 
     config = write_config(tmp_path, population={"seeds": [0, 1]}, **SHORT)
     assert main(["fit", "--config", str(config), *args]) == 2
     assert words in _error_line(capsys)
+
+
+def test_a_step_observer_beside_another_activation_is_one_line_and_exit_status_2(tmp_path, capsys):
+    config = write_config(tmp_path, **SHORT)
+    args = ["--model.activation", "relu", "--trainer.callbacks+", SPEED]
+    assert main(["fit", "--config", str(config), *args]) == 2
+    assert "LearningSpeedMonitor watch sigmoid layers, and model.activation is 'relu'" in _error_line(capsys)

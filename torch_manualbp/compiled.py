@@ -44,7 +44,8 @@ class CompiledSteps:
         calls_masks = [None] * len(xs) if not masks else list(zip(*[m.unflatten(0, (len(xs), -1)) for m in masks]))
         eta_t = torch.tensor(eta, dtype=x.dtype, device=x.device)  # a tensor: a new η must not recompile
         # the cost object: a cost of the user's own has no name
-        settings = (rule.cost, rule.weight_decay, rule.regularization)  # Python values: Dynamo specialises on them
+        # Python values and objects: Dynamo specialises on them
+        settings = (rule.cost, rule.weight_decay, rule.regularization, rule.hidden)
         compiled = _compiled_unrolled_steps()
         key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), settings)
         key += (masks is None,)
@@ -73,19 +74,17 @@ def _unrolled_steps(
     cost: Cost,
     decay: float,
     regularization: str,
+    activation,
     masks: Sequence[Tensor] | None,
 ):
     """``update_mini_batch`` on ``xs[0]``, ``xs[1]``, ... in order (step u with row u of each of ``masks``, if
     any): the body that ``torch.compile`` unrolls."""
     rule = (cost, decay, regularization)
-    return torch.stack(
-        [
-            update_mini_batch(
-                weights, biases, xs[u], ys[u], eta, ones, *rule, None if masks is None else [m[u] for m in masks]
-            )
-            for u in range(len(xs))
-        ]
-    )
+    steps = []
+    for u in range(len(xs)):
+        step_masks = None if masks is None else [m[u] for m in masks]
+        steps.append(update_mini_batch(weights, biases, xs[u], ys[u], eta, ones, *rule, step_masks, activation))
+    return torch.stack(steps)
 
 
 @functools.cache

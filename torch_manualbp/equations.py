@@ -31,8 +31,10 @@ Who uses what:
   :func:`reduce_costs`, or the mean quadratic cost at once, :func:`quadratic_mean`; every backward's
   :math:`a^L - y` scaled by :func:`example_share`.
 
-:math:`\sigma'(z) = a(1 - a)` is always taken from the activation :math:`a = \sigma(z)`, so no hidden layer's :math:`z`
-is kept; the output layer's :math:`z^L` is kept where a cost's value needs it (the cross-entropy's does), by
+:math:`\sigma'(z) = a(1 - a)` is taken from the activation :math:`a = \sigma(z)`, so a sigmoid network keeps no hidden
+layer's :math:`z`; for another hidden activation (tanh, ReLU, linear: :mod:`torch_manualbp.activations`)
+:func:`feedforward` hands each layer's :math:`f'(z^l)` to BP2 (``primes``) instead. The output layer's :math:`z^L` is
+kept where a cost's value needs it (the cross-entropy's does), by
 ``network.feedforward_to_cost`` in the whole-network paths, or recomputed (:func:`weighted_input`) by the one-node
 ``SigmoidCrossEntropyFunction``.
 """
@@ -130,14 +132,25 @@ def example_share(grad_cost: Tensor, a: Tensor, reduction: str) -> Tensor:
 
 
 def feedforward(
-    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], masks: Sequence[Tensor] | None = None
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    masks: Sequence[Tensor] | None = None,
+    activation=None,
+    primes: list[Tensor] | None = None,
 ) -> list[Tensor]:
-    r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`.
+    r"""Every activation of the network, input first: :math:`a^0 = x`, :math:`a^l = \sigma(a^{l-1} W^{l\top} + b^l)`,
+    or :math:`f(z^l)` for another ``activation``.
 
     With ``masks`` (chapter 3's dropout, one 0/1 vector per layer computed here) each layer's removed neurons output
     0, :math:`a^l = \sigma(z^l) \odot m^l`. Since :math:`\sigma'(z) = a(1 - a)` is taken from the activation, a
     removed neuron's :math:`\sigma'(z^l)` then reads 0 as well, so BP2 gives it :math:`\delta^l = 0`: the backward
     (:func:`errors`) applies the same mask with no change.
+
+    Args:
+        activation: the layers' :class:`~torch_manualbp.activations.Activation`; ``None``: the sigmoid.
+        primes: for an ``activation``, a list to which each layer's :math:`f'(z^l) \odot m^l` is appended, which
+            BP2 (:func:`errors`) then reads: another activation's :math:`f'` is not always :math:`a`'s to read.
 
     Shape:
         - x: :math:`(N, H_0)`; ``weights[l]``: :math:`(H_{l+1}, H_l)`; ``biases[l]``, ``masks[l]``: :math:`(H_{l+1})`.
@@ -145,8 +158,12 @@ def feedforward(
     """
     activations = [x]
     for i, (weight, bias) in enumerate(zip(weights, biases)):
-        a = torch.sigmoid(weighted_input(activations[-1], weight, bias))  # aˡ = σ(zˡ)
-        activations.append(a if masks is None else a * masks[i])  # dropout: aˡ = σ(zˡ) ⊙ mˡ
+        z = weighted_input(activations[-1], weight, bias)  # zˡ = aˡ⁻¹ Wˡᵀ + bˡ
+        a = torch.sigmoid(z) if activation is None else activation(z)  # aˡ = σ(zˡ), or f(zˡ)
+        if primes is not None:
+            prime = activation.derivative(z, a)  # f'(zˡ)
+            primes.append(prime if masks is None else prime * masks[i])  # a removed neuron's f' is 0
+        activations.append(a if masks is None else a * masks[i])  # dropout: aˡ = f(zˡ) ⊙ mˡ
     return activations
 
 
@@ -195,7 +212,13 @@ def weight_gradient(delta: Tensor, a_prev: Tensor) -> Tensor:
     return delta.T @ a_prev  # (BP4)
 
 
-def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], output_minus_y: Tensor, cost) -> list[Tensor]:
+def errors(
+    weights: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    output_minus_y: Tensor,
+    cost,
+    primes: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
     r"""The error :math:`\delta^l` of every layer, input side first, by BP1 and then BP2 down the layers.
 
     Args:
@@ -204,28 +227,38 @@ def errors(weights: Sequence[Tensor], activations: Sequence[Tensor], output_minu
         output_minus_y: :math:`a^L - y`, one row per example, each scaled by its example's share of the cost being
             differentiated (1/n for the mean over n examples); for the quadratic cost it is :math:`\nabla_a C`.
         cost: the network's :class:`~torch_manualbp.costs.Cost`, whose ``delta`` is BP1.
+        primes: the hidden layers' :math:`f'(z^l)`, from :func:`feedforward`'s ``primes``, for an activation other
+            than the sigmoid; ``None``: :math:`\sigma'(z^l) = a^l(1 - a^l)`.
     """
     # Layer i (0-based) maps activations[i] to activations[i + 1]; the book's l is i + 1.
     deltas = [output_minus_y] * len(weights)
     deltas[-1] = cost.delta(output_minus_y, activations[-1])  # (BP1), as the cost states it
     for i in reversed(range(len(weights) - 1)):
-        deltas[i] = sigmoid_delta(error_below(deltas[i + 1], weights[i + 1]), activations[i + 1])  # (BP2)
+        below = error_below(deltas[i + 1], weights[i + 1])  # δˡ⁺¹ Wˡ⁺¹
+        if primes is None:
+            deltas[i] = sigmoid_delta(below, activations[i + 1])  # (BP2) δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ σ'(zˡ)
+        else:
+            deltas[i] = below * primes[i]  # (BP2) δˡ = (δˡ⁺¹ Wˡ⁺¹) ⊙ f'(zˡ)
     return deltas
 
 
 def backpropagate(
-    weights: Sequence[Tensor], activations: Sequence[Tensor], output_minus_y: Tensor, cost
+    weights: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    output_minus_y: Tensor,
+    cost,
+    primes: Sequence[Tensor] | None = None,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     r"""BP1-BP4 over all layers: the errors :func:`errors`, then each layer's gradients from them.
 
-    ``output_minus_y`` and ``cost`` are as for :func:`errors`.
+    ``output_minus_y``, ``cost`` and ``primes`` are as for :func:`errors`.
 
     Returns:
         ``(sum_w, sum_b, deltas)``: per layer :math:`\delta^{l\top} a^{l-1}` and :math:`\sum_x \delta^{x,l}`,
         which are :math:`\partial C/\partial W^l` and :math:`\partial C/\partial b^l` when the rows of
         ``output_minus_y`` are scaled by the examples' shares of :math:`C`, and the errors :math:`\delta^l` themselves.
     """
-    deltas = errors(weights, activations, output_minus_y, cost)
+    deltas = errors(weights, activations, output_minus_y, cost, primes)
     sum_w = [weight_gradient(delta, a) for delta, a in zip(deltas, activations[:-1])]
     sum_b = [bias_gradient(delta) for delta in deltas]
     return sum_w, sum_b, deltas

@@ -16,6 +16,7 @@ object of :mod:`torch_manualbp.costs`, which each path asks for its value and it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import recording
+from .activations import Activation, get_activation
 from .checks import (
     check_dropout,
     check_float_tensor,
@@ -39,12 +41,13 @@ from .equations import (
     feedforward,
 )
 from .functional import dropout as dropout_layer
-from .nn import SigmoidLinear
+from .nn import FullyConnected, SigmoidLinear
 from .step import (  # the step's functions are the network's too, as they were before step.py held them
     StepRule,
     dropout_evaluation_weights,
     dropout_masks,
     feedforward_to_cost,
+    hidden_activation,
     notify_layers,
     update_mini_batch,
 )
@@ -107,6 +110,11 @@ class Network(nn.Module):
             :class:`~torch_manualbp.nn.SigmoidLinear`. The rule for this default: the core (``Network``,
             ``SigmoidLinear``) draws ``"scaled"``, chapter 3's initialisation, the better start for a new network;
             the Lightning classifier's defaults reproduce the book's chapter-1 run, so it draws ``"normal"``.
+        activation: the hidden layers' activation, ``"sigmoid"`` (default, the book's), ``"tanh"``, ``"relu"``,
+            ``"linear"`` or an :class:`~torch_manualbp.activations.Activation`; BP2 multiplies by its
+            :math:`f'(z^l)`. The output layer is the cost's (sigmoid, or softmax for the log-likelihood). Hidden
+            layers of another activation are :class:`~torch_manualbp.nn.FullyConnected`, drawn as ``init`` says
+            (the same numbers a sigmoid network of the same seed draws).
         device, dtype: where and how to allocate the parameters.
 
     Shape:
@@ -115,6 +123,7 @@ class Network(nn.Module):
 
     Attributes:
         cost_function: the :class:`~torch_manualbp.costs.Cost` object (``cost`` itself is the method :meth:`cost`).
+        activation: the hidden layers' :class:`~torch_manualbp.activations.Activation`.
         cost_name: its name, ``"quadratic"``, ``"cross_entropy"`` or ``"log_likelihood"``.
 
     Examples::
@@ -129,16 +138,27 @@ class Network(nn.Module):
     """
 
     def __init__(
-        self, sizes: Sequence[int], cost: str | Cost = "quadratic", init: str = "scaled", device=None, dtype=None
+        self,
+        sizes: Sequence[int],
+        cost: str | Cost = "quadratic",
+        init: str = "scaled",
+        device=None,
+        dtype=None,
+        activation: str | Activation = "sigmoid",
     ) -> None:
         super().__init__()
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
             raise ValueError(f"sizes must be a list of at least two layer sizes, e.g. [784, 30, 10], got {sizes!r}")
         self.cost_function = get_cost(cost)
+        self.activation = get_activation(activation)
+        self._hidden = hidden_activation(self.activation)  # None for the sigmoid: BP2 reads σ' from a
         self.sizes = list(sizes)
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
         self.layers = nn.ModuleList(
             SigmoidLinear(n_in, n_out, init=init, device=device, dtype=dtype)
-            for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
+            if self._hidden is None or l == len(pairs) - 1
+            else _hidden_layer(n_in, n_out, self._hidden, init, device, dtype)
+            for l, (n_in, n_out) in enumerate(pairs)
         )
         self._ones: Tensor | None = None  # see ones()
         self._rule: tuple | None = None  # the last sgd_step's settings and their StepRule; see _step_rule
@@ -178,11 +198,12 @@ class Network(nn.Module):
         self.check_batch(x)
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        activations, z = feedforward_to_cost(x, weights, biases, self.cost_function)
+        primes = None if self._hidden is None else []  # f'(zˡ) of the hidden layers, for BP2
+        activations, z = feedforward_to_cost(x, weights, biases, self.cost_function, None, self._hidden, primes)
         n = x.shape[0]
         output_minus_y = a_minus_y(activations[-1], y)  # unscaled: the rows of δ are the book's per-example δ^{x,l}
         cost = self.cost_function.mean(z, output_minus_y, y)  # C = (1/n) Σ_x C_x
-        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, self.cost_function)
+        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, self.cost_function, primes)
         nabla_w = [s / n for s in sum_w]  # ∂C/∂Wˡ = (1/n) Σ_x δ^{x,l} (a^{x,l−1})ᵀ
         nabla_b = [s / n for s in sum_b]  # ∂C/∂bˡ = (1/n) Σ_x δ^{x,l}
         return Gradients(nabla_w, nabla_b, deltas, cost)
@@ -207,7 +228,7 @@ class Network(nn.Module):
         weights, biases = self.weights_and_biases()
         if dropout:
             weights = dropout_evaluation_weights(weights, dropout)  # outgoing weights × (1 − p)
-        activations, z = feedforward_to_cost(x, weights, biases, self.cost_function)
+        activations, z = feedforward_to_cost(x, weights, biases, self.cost_function, None, self._hidden)
         output = activations[-1]
         return output, self.cost_function.mean(z, a_minus_y(output, y), y)  # aᴸ and C = (1/n) Σ_x C_x
 
@@ -234,7 +255,8 @@ class Network(nn.Module):
             )
         y = targets(y, (x.shape[0], self.sizes[-1]), x)
         weights, biases = self.weights_and_biases()
-        return NetworkCostFunction.apply(x, y, self.cost_function, *[p for pair in zip(weights, biases) for p in pair])
+        parameters = [p for pair in zip(weights, biases) for p in pair]
+        return NetworkCostFunction.apply(x, y, self.cost_function, self._hidden, *parameters)
 
     def layered_cost(self, x: Tensor, y: Tensor, masks: Sequence[Tensor] | None = None) -> Tensor:
         r"""The mean cost of a mini-batch through the per-layer Functions, one autograd node per layer.
@@ -342,12 +364,13 @@ class Network(nn.Module):
     def step_rule(self, lmbda: float = 0.0, n: int | None = None, regularization: str = "l2", dropout: float = 0.0):
         """The :class:`~torch_manualbp.step.StepRule` of :meth:`sgd_step` with these settings and this network's
         cost."""
-        return StepRule(self.cost_function, lmbda, n, regularization, dropout)
+        return StepRule(self.cost_function, lmbda, n, regularization, dropout, self.activation)
 
     def _step_rule(self, lmbda, n, regularization, dropout) -> StepRule:
         """:meth:`step_rule`, kept while a run repeats the same settings (compared exactly, types included), so
         that a training loop's steps do not each make and check it again."""
         key = (type(lmbda), lmbda, type(n), n, regularization, type(dropout), dropout, self.cost_function)
+        key += (self.activation,)
         if self._rule is None or self._rule[0] != key:
             self._rule = (key, self.step_rule(lmbda, n, regularization, dropout))
         return self._rule[1]
@@ -381,25 +404,28 @@ class Network(nn.Module):
         check_same_kind("x", x, "the network's weights", weight)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, cost={self.cost_name!r}"
+        activation = "" if self._hidden is None else f", activation={self.activation.name!r}"
+        return f"sizes={self.sizes}, cost={self.cost_name!r}{activation}"
 
 
 class NetworkCostFunction(torch.autograd.Function):
     r"""A whole ``Network`` and its mean cost as one autograd node (see :meth:`Network.cost`).
 
-    ``forward(x, y, cost, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward_to_cost` and returns the mean ``cost`` (a
-    :class:`~torch_manualbp.costs.Cost`); ``backward`` runs :func:`backpropagate` once.
+    ``forward(x, y, cost, activation, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward_to_cost` and returns the mean
+    ``cost`` (a :class:`~torch_manualbp.costs.Cost`; ``activation``: the hidden layers', ``None`` for the sigmoid);
+    ``backward`` runs :func:`backpropagate` once.
     It saves the activations it needs, as autograd would, and no other intermediate. Its backward is not
     itself differentiable, and says so; the per-layer Functions' are.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, cost: Cost, *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, cost: Cost, activation: Activation | None, *params: Tensor) -> Tensor:
         weights, biases = params[0::2], params[1::2]
-        activations, z = feedforward_to_cost(x, weights, biases, cost)
+        primes = None if activation is None else []  # f'(zˡ) of the hidden layers, for BP2
+        activations, z = feedforward_to_cost(x, weights, biases, cost, None, activation, primes)
         mean_cost = cost.mean(z, a_minus_y(activations[-1], y), y)  # C = (1/n) Σ_x C_x
-        ctx.save_for_backward(y, z, *weights, *activations)  # zᴸ: only for ∂C/∂y, which may need it
-        ctx.depth, ctx.cost = len(weights), cost
+        ctx.save_for_backward(y, z, *weights, *activations, *(primes or []))  # zᴸ: only for ∂C/∂y, which may need it
+        ctx.depth, ctx.cost, ctx.primes = len(weights), cost, primes is not None
         return mean_cost
 
     @staticmethod
@@ -410,15 +436,28 @@ class NetworkCostFunction(torch.autograd.Function):
                 "for higher derivatives use network.layered_cost(x, y)"
             )
         y, z, *saved = ctx.saved_tensors
-        weights, activations = saved[: ctx.depth], saved[ctx.depth :]
+        depth = ctx.depth
+        weights, activations = saved[:depth], saved[depth : 2 * depth + 1]
+        primes = saved[2 * depth + 1 :] if ctx.primes else None
         output = activations[-1]
         share = example_share(grad_cost, output, "mean")  # 1/n: each example's share of the mean
         output_minus_y = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
-        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, ctx.cost)  # BP1-BP4
+        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, ctx.cost, primes)  # BP1-BP4
         if recording.is_recording():  # inside torch_manualbp.observe.record_errors()
-            notify_layers(weights, deltas, activations, ctx.cost)
+            notify_layers(weights, deltas, activations, ctx.cost, primes)
         grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
         grad_y = None
         if ctx.needs_input_grad[1]:
             grad_y = ctx.cost.y_gradient(z, output, y) * share  # ∂C/∂y = (1/n) ∂C_x/∂y
-        return (grad_x, grad_y, None, *[g for pair in zip(sum_w, sum_b) for g in pair])
+        return (grad_x, grad_y, None, None, *[g for pair in zip(sum_w, sum_b) for g in pair])
+
+
+def _hidden_layer(n_in: int, n_out: int, activation: Activation, init: str, device, dtype) -> FullyConnected:
+    """A hidden layer of ``activation``, its parameters drawn by ``init`` as :class:`SigmoidLinear` draws them (the
+    weights, then the biases), so that a network of another activation starts from the sigmoid network's numbers."""
+    layer = FullyConnected(n_in, n_out, activation=activation, device="meta", dtype=dtype)
+    layer = layer.to_empty(device=torch.get_default_device() if device is None else device)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 1.0 / math.sqrt(n_in) if init == "scaled" else 1.0)
+        layer.bias.normal_(0.0, 1.0)
+    return layer

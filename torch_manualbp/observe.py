@@ -79,8 +79,9 @@ class ErrorRecord:
         raise KeyError("no backward through a layer with this weight was recorded")
 
     def for_network(self, network: torch.nn.Module) -> list[LayerErrors]:
-        """The latest entry of each ``SigmoidLinear`` in ``network``, input side first."""
-        return [self.for_weight(layer.weight) for layer in sigmoid_layers(network)]
+        """The latest entry of each ``SigmoidLinear`` in ``network`` (of a ``Network``, each of its layers, whatever
+        its activation), input side first."""
+        return [self.for_weight(layer.weight) for layer in _recorded_layers(network)]
 
     def gradient_statistics(self, network: torch.nn.Module, reduction: str = "mean") -> GradientStatistics:
         r"""The statistics of :func:`gradient_statistics`, from the latest recorded backward through ``network``.
@@ -115,7 +116,7 @@ class ErrorRecord:
         n = entries[0].delta.shape[0]
         _check_two_examples("the recorded mini-batch", n)
         deltas, inputs, sum_w, sum_b = [], [], [], []
-        for layer, entry in zip(sigmoid_layers(network), entries):
+        for layer, entry in zip(_recorded_layers(network), entries):
             # in at least float32: under autocast δ is bf16/fp16 while the input may be float32
             dtype = torch.promote_types(torch.promote_types(entry.delta.dtype, entry.input.dtype), torch.float32)
             delta = entry.delta.to(dtype) * (n if reduction == "mean" else 1)  # (N, H_l), the book's δ^{x,l}
@@ -326,9 +327,11 @@ def gradient_statistics(network: torch.nn.Module, x: Tensor, y: Tensor) -> Gradi
     _check_two_examples("x", len(x))
     weights = [layer.weight for layer in network.layers]  # under no_grad: no graph is built
     y = targets(y, (x.shape[0], network.sizes[-1]), x)
-    activations, _ = feedforward_to_cost(x, weights, [layer.bias for layer in network.layers], network.cost_function)
+    biases, cost = [layer.bias for layer in network.layers], network.cost_function
+    primes = None if network._hidden is None else []  # f'(zˡ) of the hidden layers, for BP2
+    activations, _ = feedforward_to_cost(x, weights, biases, cost, None, network._hidden, primes)
     output_minus_y = activations[-1] - y  # aᴸ − y: BP1 turns it into each example's δ^{x,L}
-    sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, network.cost_function)
+    sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, cost, primes)
     return _statistics(deltas, activations[:-1], sum_w, sum_b)
 
 
@@ -395,3 +398,9 @@ def _noise_scale(mean_of_sq_norms: Tensor, sq_norm_of_mean: Tensor, n: int) -> t
 def _check_two_examples(name: str, n: int) -> None:
     if n < 2:
         raise ValueError(f"{name} must hold at least 2 examples: one example's gradient has no variance, got {n}")
+
+
+def _recorded_layers(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers whose backward hands the recordings their errors: a ``Network``'s every layer (its whole-network
+    backward and its step notify each, whatever the hidden activation), else the module's ``SigmoidLinear``s."""
+    return list(network.layers) if isinstance(network, Network) else sigmoid_layers(network)

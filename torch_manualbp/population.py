@@ -81,6 +81,8 @@ class Population(nn.Module):
         first = _check_members(networks)
         self.sizes = list(first.sizes)
         self.cost_function = first.cost_function
+        self.activation = first.activation  # the hidden layers', every member's
+        self._hidden = first._hidden  # None for the sigmoid
         k, sizes = len(networks), self.sizes
         like = first.layers[0].weight
         kind = {"dtype": like.dtype, "device": like.device}
@@ -130,7 +132,8 @@ class Population(nn.Module):
             raise ValueError(f"k must be a member's index in 0..{len(self) - 1}, got {k}")
         like = self.weight_1
         # on the meta device first: no random initialisation drawn (the global generator is left alone), no copy wasted
-        net = Network(self.sizes, cost=self.cost_function, device="meta", dtype=like.dtype).to_empty(device=like.device)
+        net = Network(self.sizes, cost=self.cost_function, device="meta", dtype=like.dtype, activation=self.activation)
+        net = net.to_empty(device=like.device)
         with torch.no_grad():
             weights, biases = self.member_parameters(k)
             for layer, weight, bias in zip(net.layers, weights, biases):
@@ -138,7 +141,9 @@ class Population(nn.Module):
                 layer.bias.copy_(bias)
         return net
 
-    def feedforward(self, x: Tensor, weights: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
+    def feedforward(
+        self, x: Tensor, weights: list[Tensor] | None = None, primes: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], Tensor]:
         r"""Every activation of every member, :math:`a^0 = x` (shared), then :math:`a^l = \sigma(z^l)`,
         :math:`(K, N, H_l)`, the output layer's by the cost (:meth:`~torch_manualbp.costs.Cost.activation`), and the
         members' :math:`z^L`, which the cost's value needs; without checks (:meth:`forward` makes them).
@@ -146,12 +151,17 @@ class Population(nn.Module):
         The first layer is one product of the shared input and every member's rows, :math:`(N, K H_1)`, whose
         activations are viewed as :math:`(K, N, H_1)`: member k's block of columns. The later layers are batched over
         members (``baddbmm``). ``weights``: others to use in the members' weights' place, in their layout (the
-        dropout-scaled weights of :meth:`output_and_cost`)."""
+        dropout-scaled weights of :meth:`output_and_cost`); ``primes``: for an activation other than the sigmoid, a
+        list to which each hidden layer's :math:`f'(z^l)`, :math:`(K, N, H_l)`, is appended, for BP2."""
         own, biases = self.weights_and_biases()
         weights = own if weights is None else weights
         activations, z = [x], weighted_input(x, weights[0], biases[0])  # z¹ of all members side by side, (N, K·H₁)
+        hidden = self._hidden
         for weight, bias in zip(weights[1:], biases[1:]):
-            a = torch.sigmoid(z)  # aˡ = σ(zˡ)
+            a = torch.sigmoid(z) if hidden is None else hidden(z)  # aˡ = σ(zˡ), or f(zˡ)
+            if primes is not None:
+                prime = hidden.derivative(z, a)  # f'(zˡ)
+                primes.append(self._by_member(prime) if len(activations) == 1 else prime)
             activations.append(self._by_member(a) if len(activations) == 1 else a)
             z = torch.baddbmm(bias.unsqueeze(1), activations[-1], weight.mT)  # zˡ⁺¹ = aˡ Wˡ⁺¹ᵀ + bˡ⁺¹, per member
         z = self._by_member(z) if len(weights) == 1 else z  # (K, N, sizes[-1])
@@ -257,12 +267,13 @@ class Population(nn.Module):
         ``step`` is each member's :math:`\eta_k/m`, :math:`(K, 1, 1)`; ``decays`` the weights' factors
         :math:`1 - \eta_k\lambda_k/n` or ``None``; ``ones`` m ones (:class:`_StepTensors`). Returns the members'
         :math:`z^L` and :math:`a^L - y`, from which :meth:`costs` computes the costs before the update."""
-        activations, z = self.feedforward(x)
+        primes = None if self._hidden is None else []  # f'(zˡ) of the hidden layers, for BP2
+        activations, z = self.feedforward(x, None, primes)
         weights, biases = self.weights_and_biases()
         error = activations[-1] - y  # aᴸ − y, (K, N, sizes[-1])
         # (ηₖ/m)(aᴸ − y): BP1 and BP2 are linear in it, so each member's δˡ below comes scaled by its step
         # BP1, then BP2 with every Wˡ⁺¹ before its update; errors() reads weights[1:] only, batched over members
-        deltas = errors(weights, activations, error * step, self.cost_function)
+        deltas = errors(weights, activations, error * step, self.cost_function, primes)
         if decays is not None:  # L2: w → (1 − ηₖλₖ/n) w, from the weight before this step's update
             for weight, decay in zip(weights, decays):
                 weight.mul_(decay)
@@ -313,15 +324,18 @@ class Population(nn.Module):
         check_same_kind("x", x, "the population's weights", self.weight_1)
 
     def get_extra_state(self) -> dict:
-        """What a state dict needs beside the tensors: the sizes and the cost, checked on loading."""
-        return {"sizes": self.sizes, "cost": self.cost_name}
+        """What a state dict needs beside the tensors: the sizes and the cost (and an activation other than the
+        sigmoid), checked on loading."""
+        state = {"sizes": self.sizes, "cost": self.cost_name}
+        return state if self._hidden is None else {**state, "activation": self.activation.name}
 
     def set_extra_state(self, state: dict) -> None:
         if state != self.get_extra_state():
             raise ValueError(f"the state dict is of a population with {state}; this one: {self.get_extra_state()}")
 
     def extra_repr(self) -> str:
-        return f"members={len(self)}, sizes={self.sizes}, cost={self.cost_name!r}"
+        activation = "" if self._hidden is None else f", activation={self.activation.name!r}"
+        return f"members={len(self)}, sizes={self.sizes}, cost={self.cost_name!r}{activation}"
 
 
 def _check_members(networks) -> Network:
@@ -345,6 +359,11 @@ def _check_members(networks) -> Network:
             raise ValueError(
                 f"networks must all have the same cost: networks[0] has {first.cost_name!r}, "
                 f"networks[{i}] has {network.cost_name!r}"
+            )
+        if type(network.activation) is not type(first.activation):
+            raise ValueError(
+                f"networks must all have the same activation: networks[0] has {first.activation!r}, "
+                f"networks[{i}] has {network.activation!r}"
             )
         check_same_kind(f"networks[{i}]'s weights", network.layers[0].weight, "networks[0]'s weights", weight)
     return first

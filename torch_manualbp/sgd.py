@@ -206,7 +206,8 @@ class MiniBatchSGD:
         # the step's settings, checked once; a population of K > 1: what its members' rules share (each member's
         # engine holds its own rule, with its λ; self.lmbda holds them all)
         cost = (network or self.population).cost_function
-        self.rule = StepRule(cost, 0.0 if network is None else lmbda, n, regularization, dropout)
+        activation = (network or self.population).activation
+        self.rule = StepRule(cost, 0.0 if network is None else lmbda, n, regularization, dropout, activation)
         self.backend = backend
         self.steps_per_call = steps_per_call
         self.on_compile = on_compile
@@ -365,6 +366,8 @@ class MiniBatchSGD:
                 cost = self.rule.cost  # the package's own object: a subclass may change its equations
                 known = cost.name in NATIVE_COSTS and cost is COSTS[cost.name]
                 failure = build_native() if known else f"it has no {cost!r} cost"
+                if self.rule.hidden is not None:  # the loop's BP2 is the sigmoid's, a(1 − a)
+                    failure = f"its loop has sigmoid neurons only, not {self.rule.activation.name}"
                 self._native = failure is None
                 if failure is not None and self.on_compile is not None:
                     self.on_compile(f"the native SGD step cannot be used ({failure}): training with the eager one")
@@ -472,7 +475,13 @@ def _member_view(population: Population, k: int) -> Network:
     weights, biases = population.member_parameters(k)
     like = weights[0]
     # on the meta device: no initialisation drawn (the global generator is left alone); every parameter replaced below
-    net = Network(population.sizes, cost=population.cost_function, device="meta", dtype=like.dtype)
+    net = Network(
+        population.sizes,
+        cost=population.cost_function,
+        device="meta",
+        dtype=like.dtype,
+        activation=population.activation,
+    )
     for layer, weight, bias in zip(net.layers, weights, biases):
         layer.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)  # shares the storage
         layer.bias = nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)

@@ -20,11 +20,28 @@ import torch
 from torch import Tensor
 
 from . import recording
+from .activations import Activation, Sigmoid, get_activation
 from .checks import check_dropout, check_regularization, l2_weight_decay
 from .costs import Cost, get_cost
 from .equations import descend, errors, feedforward, regularize, sigmoid_prime, weighted_input
 
-__all__ = ["StepRule", "update_mini_batch", "feedforward_to_cost", "dropout_masks", "dropout_evaluation_weights"]
+__all__ = [
+    "StepRule",
+    "update_mini_batch",
+    "feedforward_to_cost",
+    "dropout_masks",
+    "dropout_evaluation_weights",
+    "hidden_activation",
+]
+
+
+def hidden_activation(activation: str | Activation | None) -> Activation | None:
+    r"""The hidden layers' activation as the equations take it: ``None`` for the sigmoid (BP2 then reads
+    :math:`\sigma'(z) = a(1 - a)` from the activations, ATen's fused kernel), else the :class:`Activation`."""
+    if activation is None:
+        return None
+    activation = get_activation(activation)
+    return None if type(activation) is Sigmoid else activation
 
 
 @dataclass(frozen=True)
@@ -41,9 +58,12 @@ class StepRule:
             :math:`w \to w - (\eta\lambda/n) \operatorname{sgn}(w)`, each before the step's gradient; the biases
             are not regularised.
         dropout: the fraction of each hidden layer's neurons removed for a mini-batch, in [0, 1); 0 (default): none.
+        activation: the hidden layers' :class:`~torch_manualbp.activations.Activation` or its name (``"sigmoid"``,
+            the default, ``"tanh"``, ``"relu"``, ``"linear"``): which f' BP2 multiplies by.
 
     Attributes:
         weight_decay: :math:`\lambda/n` (0.0 without regularisation), as the step applies it.
+        hidden: the activation as the equations take it (``None`` for the sigmoid; :func:`hidden_activation`).
 
     Raises:
         TypeError, ValueError: a bad setting, named, as :meth:`Network.sgd_step <torch_manualbp.Network.sgd_step>`
@@ -61,11 +81,15 @@ class StepRule:
     n: int | None = None
     regularization: str = "l2"
     dropout: float = 0.0
+    activation: Activation | str = "sigmoid"
     weight_decay: float = field(init=False, repr=False, compare=False)
+    hidden: Activation | None = field(init=False, repr=False, compare=False)  # hidden_activation(activation)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the checked values are written once, here
         set_(self, "cost", get_cost(self.cost))
+        set_(self, "activation", get_activation(self.activation))
+        set_(self, "hidden", hidden_activation(self.activation))
         set_(self, "weight_decay", l2_weight_decay(self.lmbda, self.n))
         set_(self, "regularization", check_regularization(self.regularization))
         set_(self, "dropout", check_dropout(self.dropout))
@@ -83,7 +107,7 @@ class StepRule:
         """:func:`update_mini_batch` by this rule (``masks``: this step's dropout masks, drawn by
         :func:`dropout_masks`, when the rule has dropout); the mini-batch's cost before the update."""
         rule = (self.cost, self.weight_decay, self.regularization)
-        return update_mini_batch(weights, biases, x, y, eta, ones, *rule, masks)
+        return update_mini_batch(weights, biases, x, y, eta, ones, *rule, masks, self.hidden)
 
 
 def update_mini_batch(
@@ -97,6 +121,7 @@ def update_mini_batch(
     weight_decay: float = 0.0,
     regularization: str = "l2",
     masks: Sequence[Tensor] | None = None,
+    activation: Activation | None = None,
 ) -> Tensor:
     r"""The book's ``update_mini_batch`` in matrix form: one SGD step on ``weights`` and ``biases``, in place.
 
@@ -119,18 +144,21 @@ def update_mini_batch(
         masks: chapter 3's dropout: one 0/1 vector per hidden layer (``len(weights) - 1`` of them, each
             :math:`(H_l)`, in ``x``'s dtype; :func:`dropout_masks` draws them as the book does), the neurons where it
             is 0 removed for this mini-batch, forward and backward; ``None`` (default) for none.
+        activation: the hidden layers' activation (:func:`hidden_activation`); ``None``: the sigmoid.
 
     Returns:
         The mean cost :math:`C_0` of the mini-batch before the update (no L2 term), a 0-d tensor.
     """
     cost = get_cost(cost)
     m = x.shape[0]
-    activations, z = feedforward_to_cost(x, weights, biases, cost, masks)
+    primes = None if activation is None else []  # f'(zˡ) of each hidden layer, for BP2
+    activations, z = feedforward_to_cost(x, weights, biases, cost, masks, activation, primes)
     output_minus_y = activations[-1] - y  # aᴸ − y: each row of δ below is the book's per-example δ^{x,l}
     mean_cost = cost.mean(z, output_minus_y, y)  # C = (1/m) Σ_x C_x
-    deltas = errors(weights, activations, output_minus_y, cost)  # BP1, then BP2 with every Wˡ⁺¹ before its update
+    # BP1, then BP2 with every Wˡ⁺¹ before its update
+    deltas = errors(weights, activations, output_minus_y, cost, primes)
     if recording.is_recording():  # record_errors(): ∂C/∂zˡ of the mean cost is δ^{x,l}/m, as the Functions hand it
-        notify_layers(weights, [delta / m for delta in deltas], activations, cost)
+        notify_layers(weights, [delta / m for delta in deltas], activations, cost, primes)
     for weight, bias, delta, a_prev in zip(weights, biases, deltas, activations[:-1]):
         if weight_decay:  # a Python number: no branch on a tensor
             regularize(weight, eta * weight_decay, regularization)  # L2 or L1, from w before this step's update
@@ -139,17 +167,23 @@ def update_mini_batch(
 
 
 def feedforward_to_cost(
-    x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], cost: Cost, masks: Sequence[Tensor] | None = None
+    x: Tensor,
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    cost: Cost,
+    masks: Sequence[Tensor] | None = None,
+    activation: Activation | None = None,
+    primes: list[Tensor] | None = None,
 ) -> tuple[list[Tensor], Tensor]:
     r"""Every activation of the network, input first, with the output layer's by the cost
     (:meth:`~torch_manualbp.costs.Cost.activation`), and that layer's weighted input :math:`z^L`, which the cost's
-    value may need (the cross-entropy's does) and which is computed anyway; ``masks``, one per hidden layer, as for
-    :func:`~torch_manualbp.equations.feedforward` (dropout).
+    value may need (the cross-entropy's does) and which is computed anyway; ``masks`` (dropout), ``activation`` (the
+    hidden layers') and ``primes`` as for :func:`~torch_manualbp.equations.feedforward`.
 
     Shape:
         - as :func:`~torch_manualbp.equations.feedforward`; :math:`z^L`: :math:`(N, H_L)`.
     """
-    activations = feedforward(x, weights[:-1], biases[:-1], masks)
+    activations = feedforward(x, weights[:-1], biases[:-1], masks, activation, primes)
     z = weighted_input(activations[-1], weights[-1], biases[-1])  # zᴸ = aᴸ⁻¹ Wᴸᵀ + bᴸ
     activations.append(cost.activation(z))  # aᴸ
     return activations, z
@@ -199,11 +233,17 @@ def dropout_evaluation_weights(weights: Sequence[Tensor], dropout: float) -> lis
 
 
 def notify_layers(
-    weights: Sequence[Tensor], deltas: Sequence[Tensor], activations: Sequence[Tensor], cost: Cost
+    weights: Sequence[Tensor],
+    deltas: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    cost: Cost,
+    hidden_primes: Sequence[Tensor] | None = None,
 ) -> None:
-    r"""Hand every layer's :math:`\partial C/\partial z^l` (``deltas``), :math:`\sigma'(z^l)` and input to the
-    recordings, as each layer's Function does in its own backward; the output layer's :math:`\sigma'(z^L)` is the
-    cost's (:meth:`~torch_manualbp.costs.Cost.activation_prime`)."""
-    primes = [sigmoid_prime(a) for a in activations[1:-1]] + [cost.activation_prime(activations[-1])]
+    r"""Hand every layer's :math:`\partial C/\partial z^l` (``deltas``), :math:`\sigma'(z^l)` (or the activation's
+    :math:`f'(z^l)`, ``hidden_primes``) and input to the recordings, as each layer's Function does in its own
+    backward; the output layer's :math:`\sigma'(z^L)` is the cost's
+    (:meth:`~torch_manualbp.costs.Cost.activation_prime`)."""
+    hidden = hidden_primes if hidden_primes is not None else [sigmoid_prime(a) for a in activations[1:-1]]
+    primes = [*hidden, cost.activation_prime(activations[-1])]
     for weight, delta, a_in, prime in zip(weights, deltas, activations[:-1], primes):
         recording.notify(weight, delta, prime, a_in)

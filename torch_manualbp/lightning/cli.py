@@ -508,7 +508,7 @@ def check_settings(config, subcommand: str | None = None) -> None:
 
 #: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for
 #: MNIST, and the rest when the classifier is built.
-_MODEL_SETTINGS = ("sizes", "eta", "momentum", "weight_decay", "regularization", "dropout")
+_MODEL_SETTINGS = ("sizes", "eta", "momentum", "weight_decay", "regularization", "dropout", "activation")
 
 
 def _check_model(model) -> None:

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..activations import get_activation
 from ..checks import check_dropout, check_learning_rate, check_regularization, l2_weight_decay
 from ..sgd import check_mini_batch_size
 from .datamodule import NUM_TRAIN
@@ -108,4 +109,5 @@ _RULES = {
     "compile": _check_compile,
     "regularization": check_regularization,
     "dropout": check_dropout,
+    "activation": get_activation,
 }

@@ -115,6 +115,9 @@ class ManualBPClassifier(L.LightningModule):
         regularization: ``"l2"`` (default) or ``"l1"``: the rule ``lmbda`` regularises the weights by. L1 is chapter
             3's :math:`w \to w - \frac{\eta\lambda}{n} \operatorname{sgn}(w) - \eta\, \partial C_0/\partial w`, on the
             fused path only.
+        activation: the hidden layers' activation, ``"sigmoid"`` (the book's), ``"tanh"``, ``"relu"`` or
+            ``"linear"`` (see :class:`~torch_manualbp.Network`); the native op's loop has sigmoid neurons only, so
+            another activation trains with the eager step (said once at the start).
         dropout: the fraction :math:`p` of each hidden layer's neurons removed for each mini-batch (the book's 0.5),
             forward and backward, from a generator seeded by the global seed and kept in checkpoints, so that a run
             resumed mid-epoch draws the masks the uninterrupted one draws; on the fused path only. Evaluation,
@@ -171,6 +174,7 @@ class ManualBPClassifier(L.LightningModule):
         dropout: float = 0.0,
         seeds: int | list[int] | None = None,
         member: int | None = None,
+        activation: Literal["sigmoid", "tanh", "relu", "linear"] = "sigmoid",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -186,14 +190,15 @@ class ManualBPClassifier(L.LightningModule):
                 raise ValueError(
                     f"member must be a member's index in 0..{self.members - 1} or None (the ensemble), got {member!r}"
                 )
-            shared = Network(sizes, cost=cost, init=init) if None in self.seeds else None
-            self.population = Population([shared or _member_network(sizes, cost, init, s) for s in self.seeds])
+            kind = {"cost": cost, "init": init, "activation": activation}
+            shared = Network(sizes, **kind) if None in self.seeds else None
+            self.population = Population([shared or _member_network(sizes, kind, s) for s in self.seeds])
         elif member is not None:
             raise ValueError(
                 "member picks a member of a population; this is one network (no seeds, one eta, one lmbda)"
             )
         else:
-            self.network = Network(sizes, cost=cost, init=init)
+            self.network = Network(sizes, cost=cost, init=init, activation=activation)
         self.sgd = self._engine()
         self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
         self._batch_costs: tuple[int, Tensor] | None = None  # a population's batch: first step, (steps, K) costs
@@ -234,7 +239,8 @@ class ManualBPClassifier(L.LightningModule):
             return self.network(x)
         weights, biases = self.network.weights_and_biases()
         weights = dropout_evaluation_weights(weights, p)  # outgoing weights × (1 − p)
-        return feedforward_to_cost(x, weights, biases, self.network.cost_function)[0][-1]
+        hidden = self.network._hidden
+        return feedforward_to_cost(x, weights, biases, self.network.cost_function, None, hidden)[0][-1]
 
     def describe(self, k: int) -> str:
         """``member 1 (seed 1, η 3, λ 0)``: what sets a population's member k apart."""
@@ -298,6 +304,11 @@ class ManualBPClassifier(L.LightningModule):
             observers=observers,
             network_only=network_only,
         )
+        if self.hparams.activation != "sigmoid" and observers:  # they read SigmoidLinear layers' δ and σ'(z)
+            raise ValueError(
+                f"trainer.callbacks: {', '.join(observers)} watch sigmoid layers, and model.activation is"
+                f" {self.hparams.activation!r}; leave them out"
+            )
         check_scheduler(self.trainer.lr_scheduler_configs, self.hparams.compile)
         self._fused = not reasons
         if self.members and self._engine_storage != self.population.weight_1.data_ptr():  # moved to another device
@@ -525,11 +536,12 @@ class ManualBPClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-def _member_network(sizes: list[int], cost: str, init: str, seed: int) -> Network:
-    """The network ``manualbp fit --seed_everything seed`` starts from, drawn without touching the global RNG."""
+def _member_network(sizes: list[int], kind: dict, seed: int) -> Network:
+    """The network ``manualbp fit --seed_everything seed`` starts from (``kind``: its cost, init and activation),
+    drawn without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Network(sizes, cost=cost, init=init)
+        return Network(sizes, **kind)
 
 
 def _say(message: str) -> None:
