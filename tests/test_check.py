@@ -119,3 +119,40 @@ def test_linear_neurons_exercise_on_a_functions_file_is_unusable_in_one_line():
 def test_unknown_exercise_is_refused_by_the_command_in_one_line():
     result = manualbp_check(str(FILES / "network_correct.py"), "--exercise", "softmax")
     assert result.returncode == 2 and "invalid choice: 'softmax'" in result.stderr
+
+
+def test_sigma_prime_matrix_exercise_passes_a_correct_answer_through_the_command():
+    result = manualbp_check(str(FILES / "sigma_prime_matrix_correct.py"), "--exercise", "sigma-prime-matrix")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all right" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name, first_line_starts, cause",
+    [
+        ("sigma_prime_matrix_of_a.py", "sigma_prime_matrix wrong", "σ'(a) used for σ'(z)"),
+        ("sigma_prime_matrix_not_diagonal.py", "sigma_prime_matrix wrong", "the outer product σ'(z) σ'(z)ᵀ"),
+        ("sigma_prime_matrix_row_vector.py", "BP1 (matrix form) wrong", "the product in the wrong order"),
+    ],
+)
+def test_sigma_prime_matrix_exercise_names_the_planted_mistake_through_the_command(name, first_line_starts, cause):
+    result = manualbp_check(str(FILES / name), "--exercise", "sigma-prime-matrix")
+    assert result.returncode == 1, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(first_line_starts) and cause in first
+
+
+def test_sigma_prime_matrix_exercise_traces_bp1_and_bp2_back_to_a_wrong_matrix():
+    lines = check_file(FILES / "sigma_prime_matrix_not_diagonal.py", exercise="sigma-prime-matrix").lines
+    assert [line.split(" wrong")[0] for line in lines] == [
+        "sigma_prime_matrix",
+        "BP1 (matrix form)",
+        "BP2 (matrix form)",
+    ]
+    assert all("it follows from your sigma_prime_matrix" in line for line in lines[1:])
+
+
+def test_sigma_prime_matrix_exercise_on_a_file_without_the_matrix_is_unusable_in_one_line():
+    result = manualbp_check(str(FILES / "functions_correct.py"), "--exercise", "sigma-prime-matrix")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("does not define sigma_prime_matrix (the sigma-prime-matrix exercise)")

@@ -42,7 +42,7 @@ subcommands:
   test        accuracy of a trained network on the test images (needs --ckpt_path)
   predict     the digits a trained network reads in your images (needs --ckpt_path and --data.predict_path)
   gradcheck   check every Function's backward against finite differences (manualbp gradcheck [--seed N])
-  check       check YOUR backprop (a network.py or bp1-bp4): manualbp check FILE [--exercise linear] [--seed N]
+  check       check YOUR backprop (a network.py or bp1-bp4): manualbp check FILE [--exercise NAME] [--seed N]
 
 the settings that matter most:
   --config FILE               a YAML config; experiments/ holds the book's runs (nielsen_ch1.yaml: chapter 1)
@@ -199,7 +199,8 @@ def _check(args: list[str]) -> int:
     parser.add_argument(
         "--exercise",
         choices=EXERCISES,
-        help="the chapter's problem your file solves: linear (your Network.backprop for linear neurons, σ(z) = z)",
+        help="the chapter's problem your file solves: linear (your Network.backprop for linear neurons, σ(z) = z);"
+        " sigma-prime-matrix (your sigma_prime_matrix(z), bp1 and bp2 in the Σ'(z) matrix form)",
     )
     options = parser.parse_args(args)
     result = check_file(options.file, timeout=options.timeout, seed=options.seed, exercise=options.exercise)

@@ -10,7 +10,10 @@ FILE is a Python file in one of two shapes:
   on its own.
 
 ``exercise="linear"`` checks the chapter's problem "backpropagation with linear neurons": the same ``Network`` shape,
-with :math:`\sigma(z) = z` throughout (so :math:`\sigma'(z) = 1`).
+with :math:`\sigma(z) = z` throughout (so :math:`\sigma'(z) = 1`). ``exercise="sigma-prime-matrix"`` checks BP1 and
+BP2 in the chapter's matrix form: functions ``sigma_prime_matrix(z)`` (:math:`\Sigma'(z)`, the diagonal matrix of
+:math:`\sigma'(z)`), ``bp1(nabla_a, z)`` :math:`= \Sigma'(z^L) \nabla_a C` and ``bp2(w_next, delta_next, z)``
+:math:`= \Sigma'(z^l) (w^{l+1})^T \delta^{l+1}`.
 
 The student's code runs in a subprocess (:mod:`torch_manualbp.check.runner`) with a time limit; the true values come
 from plain torch autograd in float64, and the diagnosis runs here. Layers are numbered as in the book, l = 2..L.
@@ -35,7 +38,7 @@ import torch
 __all__ = ["CheckResult", "check_file", "CASE_SIZES", "EXERCISES"]
 
 #: What ``exercise`` may name: the chapter's problems the checker knows (None: the file's own shape decides).
-EXERCISES = ("linear",)
+EXERCISES = ("linear", "sigma-prime-matrix")
 
 #: The networks a ``Network`` file is run on: the square 4x4 weights of the last catch a w in place of wᵀ in BP2.
 CASE_SIZES = ([5, 4, 4, 3], [3, 2], [4, 5, 3])
@@ -196,6 +199,56 @@ def _diagnose_functions(cases: dict, out: dict) -> list[str]:
     return lines
 
 
+def _sigma_prime_matrix_truth(z):
+    """Σ'(z), the Jacobian ∂σ(z)/∂z of the elementwise sigmoid by torch autograd (float64): diagonal."""
+    jacobian = torch.autograd.functional.jacobian(torch.sigmoid, torch.tensor(z[:, 0]))
+    return jacobian.numpy()
+
+
+def _matrix_cause(got, want, z, a) -> str:
+    """The slip that the student's Σ'(z) shows: not diagonal, or σ'(a) on its diagonal."""
+    off_diagonal = got - np.diag(np.diag(got))
+    if np.abs(off_diagonal).max() > RTOL * np.abs(want).max():
+        sp = _sigmoid_prime(z)
+        cause = "; likely cause: the outer product σ'(z) σ'(z)ᵀ" if _close(got, sp @ sp.T) else ""
+        return f"; it is not diagonal: Σ'(z) = diag(σ'(z)), zero off the diagonal{cause}"
+    if _close(got, np.diagflat(_sigmoid_prime(a))):
+        return "; likely cause: σ'(a) used for σ'(z): σ(z)(1 − σ(z)) evaluated at a = σ(z)"
+    return ""
+
+
+def _diagnose_sigma_prime_matrix(cases: dict, out: dict) -> list[str]:
+    z, nabla_a, w_next, delta_next = cases["z"], cases["nabla_a"], cases["w_next"], cases["delta_next"]
+    a, matrix = _sigmoid(z), _sigma_prime_matrix_truth(cases["z"])
+    truths = {
+        "sigma_prime_matrix": (matrix, "Σ'(z) = diag(σ'(z))"),
+        "bp1": (matrix @ nabla_a, "δᴸ = Σ'(zᴸ) ∇_a C"),
+        "bp2": (matrix @ w_next.T @ delta_next, "δˡ = Σ'(zˡ) (wˡ⁺¹)ᵀ δˡ⁺¹"),
+    }
+    lines = []
+    for name, (want, what) in truths.items():
+        got = out[name]
+        label = name if name == "sigma_prime_matrix" else f"{name.upper()} (matrix form)"
+        if got.shape == want.shape[::-1] and want.shape[1] == 1:
+            lines.append(
+                f"{label} wrong ({what}): a row vector {got.shape} where δ is a column {want.shape}; likely cause:"
+                " the product in the wrong order, a row times Σ'(z) in place of Σ'(z) times a column"
+            )
+        elif got.shape != want.shape:
+            raise _Unusable(f"{name} returned shape {got.shape}, expected {want.shape} ({what})")
+        elif not _close(got, want):
+            if name == "sigma_prime_matrix":
+                cause = _matrix_cause(got, want, z, a)
+            else:
+                g = nabla_a if name == "bp1" else w_next.T @ delta_next
+                cause = _delta_cause(got, g, z, a)
+                if not cause and out["sigma_prime_matrix"].shape == matrix.shape:
+                    if _close(got, out["sigma_prime_matrix"] @ g):
+                        cause = "; it follows from your sigma_prime_matrix: right once that is"
+            lines.append(f"{label} wrong ({what}): {_worst(got, want)}{cause}")
+    return lines
+
+
 def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise: str | None = None) -> CheckResult:
     r"""Run the student's file at ``path`` in a subprocess and diagnose its backprop.
 
@@ -204,7 +257,8 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
         timeout: seconds the student's code may run.
         seed: seed of the checker's weights, biases and inputs.
         exercise: one of :data:`EXERCISES`, the chapter's problem the file solves: ``"linear"``, a ``Network`` of
-            linear neurons, :math:`\sigma(z) = z`; ``None`` (default) for the sigmoid network or ``bp1``-``bp4``.
+            linear neurons, :math:`\sigma(z) = z`; ``"sigma-prime-matrix"``, ``sigma_prime_matrix``, ``bp1`` and ``bp2``
+            in the matrix form :math:`\Sigma'(z)`; ``None`` (default) for the sigmoid network or ``bp1``-``bp4``.
     """
     if exercise is not None and exercise not in EXERCISES:
         raise ValueError(f"exercise must be one of {EXERCISES} or None, got {exercise!r}")
@@ -216,7 +270,7 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
         np.savez(Path(tmp) / "cases.npz", **cases)
         # the runner by its path, not -m: -m would import the package, and torch with it, for every check
         command = [sys.executable, str(Path(__file__).with_name("runner.py")), str(path), f"{tmp}/cases.npz"]
-        command.append(f"{tmp}/out.npz")
+        command += [f"{tmp}/out.npz", exercise or ""]
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -229,12 +283,13 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
     shape = str(out.pop("shape"))
     if exercise == "linear" and shape != "network":
         return CheckResult(2, [f"{path} defines no class Network: the linear-neurons exercise checks Network.backprop"])
+    diagnose = {
+        "network": lambda: _diagnose_network(cases, out, exercise == "linear"),
+        "functions": lambda: _diagnose_functions(cases, out),
+        "sigma-prime-matrix": lambda: _diagnose_sigma_prime_matrix(cases, out),
+    }[shape]
     try:
-        lines = (
-            _diagnose_network(cases, out, exercise == "linear")
-            if shape == "network"
-            else _diagnose_functions(cases, out)
-        )
+        lines = diagnose()
     except _Unusable as err:
         return CheckResult(2, [str(err)])
     return CheckResult(1, lines) if lines else CheckResult(0, ["all right: " + str(path.name)])

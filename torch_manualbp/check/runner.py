@@ -2,7 +2,7 @@ r"""Runs a student's file in its own process, for :func:`torch_manualbp.check.ch
 
 To run (the checker does this)::
 
-    python torch_manualbp/check/runner.py STUDENT.py CASES.npz OUT.npz
+    python torch_manualbp/check/runner.py STUDENT.py CASES.npz OUT.npz [EXERCISE]
 
 It imports numpy only. The student's results go to ``OUT.npz``; a failure is one line on stderr and exit status 2,
 naming the student's own line when their code raised.
@@ -17,6 +17,9 @@ import traceback
 import numpy as np
 
 BP_FUNCTIONS = ("bp1", "bp2", "bp3", "bp4")
+
+#: The names each exercise in functions form needs (an exercise not named here checks ``class Network``).
+EXERCISE_FUNCTIONS = {"sigma-prime-matrix": ("sigma_prime_matrix", "bp1", "bp2")}
 
 
 def _student_line(err: BaseException, path: str) -> str:
@@ -48,7 +51,15 @@ def _run_functions(module, cases) -> dict:
     }
 
 
-def main(path: str, cases_path: str, out_path: str) -> int:
+def _run_sigma_prime_matrix(module, cases) -> dict:
+    return {
+        "sigma_prime_matrix": module.sigma_prime_matrix(cases["z"].copy()),
+        "bp1": module.bp1(cases["nabla_a"].copy(), cases["z"].copy()),
+        "bp2": module.bp2(cases["w_next"].copy(), cases["delta_next"].copy(), cases["z"].copy()),
+    }
+
+
+def main(path: str, cases_path: str, out_path: str, exercise: str = "") -> int:
     cases = np.load(cases_path)
     try:
         spec = importlib.util.spec_from_file_location("student", path)
@@ -60,13 +71,21 @@ def main(path: str, cases_path: str, out_path: str) -> int:
     except BaseException as err:  # noqa: BLE001 - whatever the student's module does on import
         print(f"{path} fails on import: {_student_line(err, path)}", file=sys.stderr)
         return 2
-    missing = [n for n in BP_FUNCTIONS if not callable(getattr(module, n, None))]
-    shape = "network" if hasattr(module, "Network") else "functions"
-    if shape == "functions" and missing:
-        print(f"{path} defines neither class Network nor {', '.join(missing)}", file=sys.stderr)
-        return 2
+    if exercise in EXERCISE_FUNCTIONS:
+        missing = [n for n in EXERCISE_FUNCTIONS[exercise] if not callable(getattr(module, n, None))]
+        if missing:
+            print(f"{path} does not define {', '.join(missing)} (the {exercise} exercise)", file=sys.stderr)
+            return 2
+        shape, run = exercise, _run_sigma_prime_matrix
+    else:
+        missing = [n for n in BP_FUNCTIONS if not callable(getattr(module, n, None))]
+        shape = "network" if hasattr(module, "Network") else "functions"
+        if shape == "functions" and missing:
+            print(f"{path} defines neither class Network nor {', '.join(missing)}", file=sys.stderr)
+            return 2
+        run = _run_network if shape == "network" else _run_functions
     try:
-        out = _run_network(module, cases) if shape == "network" else _run_functions(module, cases)
+        out = run(module, cases)
         out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
     except BaseException as err:  # noqa: BLE001 - reported with the student's line number
         hint = " (shapes do not fit: a missing transpose?)" if "shape" in str(err) or "align" in str(err) else ""
@@ -77,4 +96,4 @@ def main(path: str, cases_path: str, out_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))
