@@ -1,10 +1,12 @@
 """`manualbp check`: a student's backprop file is passed when right, and each planted mistake is named (equation,
 layer, cause). The truth the checker uses is torch autograd; the files here are written independently of it."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torch_manualbp.check import check_file
@@ -156,3 +158,44 @@ def test_sigma_prime_matrix_exercise_on_a_file_without_the_matrix_is_unusable_in
     result = manualbp_check(str(FILES / "functions_correct.py"), "--exercise", "sigma-prime-matrix")
     assert result.returncode == 2
     assert result.stderr.strip().endswith("does not define sigma_prime_matrix (the sigma-prime-matrix exercise)")
+
+
+def test_modified_neuron_exercise_passes_a_correct_answer_through_the_command():
+    # MODIFIED_NEURON = (2, 1) is hidden in [5, 4, 4, 3] and [4, 5, 3] and an output neuron in [3, 2]
+    result = manualbp_check(str(FILES / "modified_neuron_correct.py"), "--exercise", "modified-neuron")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all right" in result.stdout
+
+
+def test_modified_neuron_exercise_names_sigma_prime_kept_at_the_neuron_through_the_command():
+    result = manualbp_check(str(FILES / "modified_neuron_sigma_prime_kept.py"), "--exercise", "modified-neuron")
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith("BP2 wrong at layer l = 2 of Network([5, 4, 4, 3])")
+    assert "σ'(z) used at the modified neuron, where f'(z) belongs" in line
+
+
+def test_modified_neuron_exercise_says_when_f_prime_is_not_the_derivative_of_f():
+    result = manualbp_check(str(FILES / "modified_neuron_f_prime_wrong.py"), "--exercise", "modified-neuron")
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith("f_prime wrong: it is not the derivative of your f")
+    z, yours, slope = map(float, re.search(r"at z = (\S+), f_prime\(z\) = (\S+) but .* is (\S+);", line).groups())
+    # the file's f is tanh and its f_prime 1 − tanh(z); the numbers are printed to 6 significant digits
+    assert yours == pytest.approx(1 - np.tanh(z), rel=1e-5)
+    assert slope == pytest.approx(1 - np.tanh(z) ** 2, rel=1e-5)
+
+
+def test_modified_neuron_in_none_of_the_networks_is_unusable_in_one_line(tmp_path):
+    student = tmp_path / "network.py"
+    source = (FILES / "modified_neuron_correct.py").read_text()
+    student.write_text(source.replace("MODIFIED_NEURON = (2, 1)", "MODIFIED_NEURON = (9, 0)"))
+    result = check_file(student, exercise="modified-neuron")
+    assert result.status == 2 and len(result.lines) == 1
+    assert "MODIFIED_NEURON = (9, 0) is in none of the checker's networks" in result.lines[0]
+
+
+def test_modified_neuron_exercise_on_a_plain_network_file_is_unusable_in_one_line():
+    result = manualbp_check(str(FILES / "network_correct.py"), "--exercise", "modified-neuron")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("does not define f, f_prime, MODIFIED_NEURON (the modified-neuron exercise)")

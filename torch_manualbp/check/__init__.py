@@ -13,7 +13,9 @@ FILE is a Python file in one of two shapes:
 with :math:`\sigma(z) = z` throughout (so :math:`\sigma'(z) = 1`). ``exercise="sigma-prime-matrix"`` checks BP1 and
 BP2 in the chapter's matrix form: functions ``sigma_prime_matrix(z)`` (:math:`\Sigma'(z)`, the diagonal matrix of
 :math:`\sigma'(z)`), ``bp1(nabla_a, z)`` :math:`= \Sigma'(z^L) \nabla_a C` and ``bp2(w_next, delta_next, z)``
-:math:`= \Sigma'(z^l) (w^{l+1})^T \delta^{l+1}`.
+:math:`= \Sigma'(z^l) (w^{l+1})^T \delta^{l+1}`. ``exercise="modified-neuron"`` checks the single modified neuron:
+a ``Network`` whose neuron ``MODIFIED_NEURON = (l, j)`` has ``f`` in place of σ, with ``f`` and ``f_prime`` in the file;
+``f_prime`` is checked against a central difference of ``f`` first, then ``backprop`` against autograd through ``f``.
 
 The student's code runs in a subprocess (:mod:`torch_manualbp.check.runner`) with a time limit; the true values come
 from plain torch autograd in float64, and the diagnosis runs here. Layers are numbered as in the book, l = 2..L.
@@ -38,7 +40,7 @@ import torch
 __all__ = ["CheckResult", "check_file", "CASE_SIZES", "EXERCISES"]
 
 #: What ``exercise`` may name: the chapter's problems the checker knows (None: the file's own shape decides).
-EXERCISES = ("linear", "sigma-prime-matrix")
+EXERCISES = ("linear", "sigma-prime-matrix", "modified-neuron")
 
 #: The networks a ``Network`` file is run on: the square 4x4 weights of the last catch a w in place of wᵀ in BP2.
 CASE_SIZES = ([5, 4, 4, 3], [3, 2], [4, 5, 3])
@@ -90,8 +92,28 @@ def _cases(seed: int) -> dict:
     return cases
 
 
-def _truth(cases: dict, c: int, linear: bool = False):
-    """z, a (a[0] = x) and δ of case ``c``, δ ≡ ∂C/∂z by torch autograd in float64; ``linear``: σ(z) = z."""
+@dataclass
+class _ModifiedNeuron:
+    """The neuron of the modified-neuron exercise: row ``row`` of layer ``layer`` (the book's l) has f for σ; per
+    case, f(z) there (the student's f) and its slope f'(z) by a central difference of the student's f."""
+
+    layer: int
+    row: int
+    value: dict
+    slope: dict
+
+    def prime(self, c: int, i: int, z):
+        """σ'(z) of layer index ``i`` with f'(z) at the modified neuron."""
+        prime = _sigmoid_prime(z)
+        if i == self.layer - 2:
+            prime[self.row] = self.slope[c]
+        return prime
+
+
+def _truth(cases: dict, c: int, linear: bool = False, modified: _ModifiedNeuron | None = None):
+    """z, a (a[0] = x) and δ of case ``c``, δ ≡ ∂C/∂z by torch autograd in float64; ``linear``: σ(z) = z;
+    ``modified``: f at one neuron, entered as its value plus its slope times z's deviation, so that autograd carries
+    the slope found from the student's f, not their f_prime."""
     n = len(cases[f"{c}_sizes"]) - 1
     a = [torch.tensor(cases[f"{c}_x"])]
     zs = []
@@ -100,7 +122,13 @@ def _truth(cases: dict, c: int, linear: bool = False):
         z = w @ a[-1] + torch.tensor(cases[f"{c}_b{i}"])
         z.retain_grad()
         zs.append(z)
-        a.append(z if linear else torch.sigmoid(z))
+        if modified is not None and i == modified.layer - 2:
+            row = torch.zeros_like(z)
+            row[modified.row] = 1.0
+            f_z = modified.value[c] + modified.slope[c] * (z - z.detach())
+            a.append(torch.sigmoid(z) * (1.0 - row) + f_z * row)
+        else:
+            a.append(z if linear else torch.sigmoid(z))
     (0.5 * ((a[-1] - torch.tensor(cases[f"{c}_y"])) ** 2).sum()).backward()
     return [z.detach().numpy() for z in zs], [t.detach().numpy() for t in a], [z.grad.numpy() for z in zs]
 
@@ -116,9 +144,15 @@ def _worst(got, want) -> str:
     return f"largest error {diff.max():.3g} at {where} (yours {got[index]:.6g}, true {want[index]:.6g})"
 
 
-def _delta_cause(got, g, z, a, linear: bool = False) -> str:
-    """The common slip that ``got`` matches, for δ = g ⊙ σ'(z) (δ = g for linear neurons)."""
-    if linear:
+def _delta_cause(got, g, z, a, linear: bool = False, modified_prime=None) -> str:
+    """The common slip that ``got`` matches, for δ = g ⊙ σ'(z) (δ = g for linear neurons; ``modified_prime``: σ'(z)
+    with f'(z) at the modified neuron, for its layer)."""
+    if modified_prime is not None:
+        candidates = {
+            "σ'(z) used at the modified neuron, where f'(z) belongs": g * _sigmoid_prime(z),
+            "a sign flip (−δ)": -g * modified_prime,
+        }
+    elif linear:
         candidates = {
             "the sigmoid's σ'(z) kept: for σ(z) = z, σ'(z) = 1": g * _sigmoid_prime(z),
             "a sign flip (−δ)": -g,
@@ -135,9 +169,11 @@ def _delta_cause(got, g, z, a, linear: bool = False) -> str:
     return ""
 
 
-def _diagnose_network(cases: dict, out: dict, linear: bool = False) -> list[str]:
+def _diagnose_network(cases: dict, out: dict, linear: bool = False, modified: _ModifiedNeuron | None = None):
     for c, sizes in enumerate(CASE_SIZES):
-        zs, a, delta = _truth(cases, c, linear)
+        if modified is not None and c not in modified.value:
+            continue  # the modified neuron is not in this network
+        zs, a, delta = _truth(cases, c, linear, modified)
         n = len(sizes) - 1
         for i in reversed(range(n)):  # output layer first
             layer, nb, nw = i + 2, out[f"{c}_nb{i}"], out[f"{c}_nw{i}"]
@@ -162,9 +198,11 @@ def _diagnose_network(cases: dict, out: dict, linear: bool = False) -> list[str]
                 g, equation = a[-1] - cases[f"{c}_y"], "BP1"
             else:
                 g, equation = cases[f"{c}_w{i + 1}"].T @ delta[i + 1], "BP2"
-            cause = _delta_cause(nb, g, zs[i], a[i + 1], linear)
+            modified_here = modified is not None and i == modified.layer - 2
+            modified_prime = modified.prime(c, i, zs[i]) if modified_here else None
+            cause = _delta_cause(nb, g, zs[i], a[i + 1], linear, modified_prime)
             w_next = cases[f"{c}_w{i + 1}"] if equation == "BP2" else None
-            prime = 1.0 if linear else _sigmoid_prime(zs[i])
+            prime = 1.0 if linear else (modified.prime(c, i, zs[i]) if modified else _sigmoid_prime(zs[i]))
             if (
                 w_next is not None
                 and w_next.shape[0] == w_next.shape[1]
@@ -249,6 +287,24 @@ def _diagnose_sigma_prime_matrix(cases: dict, out: dict) -> list[str]:
     return lines
 
 
+def _diagnose_modified_neuron(cases: dict, out: dict) -> list[str]:
+    """f_prime against the slope of the student's own f first; then their backprop against autograd through f."""
+    layer, row = (int(n) for n in out.pop("neuron"))
+    fits = sorted(int(k.split("_")[0]) for k in out if k.endswith("_f_at"))
+    value, slope = {}, {}
+    for c in fits:
+        (z, h), (f_z, f_plus, f_minus) = out[f"{c}_f_at"], out[f"{c}_f"]
+        value[c], slope[c] = f_z, (f_plus - f_minus) / (2 * h)
+        f_prime = float(out[f"{c}_f_prime"])
+        # the difference's own error is about 1e-10 of f's scale (ε^(2/3)); a wrong f_prime is off by far more
+        if abs(f_prime - slope[c]) > RTOL * max(abs(slope[c]), abs(f_z) / max(1.0, abs(z)), 1e-12):
+            return [
+                f"f_prime wrong: it is not the derivative of your f; at z = {z:.6g}, f_prime(z) = {f_prime:.6g} but"
+                f" the slope of f (a central difference) is {slope[c]:.6g}; fix f_prime before backprop"
+            ]
+    return _diagnose_network(cases, out, modified=_ModifiedNeuron(layer, row, value, slope))
+
+
 def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise: str | None = None) -> CheckResult:
     r"""Run the student's file at ``path`` in a subprocess and diagnose its backprop.
 
@@ -258,7 +314,9 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
         seed: seed of the checker's weights, biases and inputs.
         exercise: one of :data:`EXERCISES`, the chapter's problem the file solves: ``"linear"``, a ``Network`` of
             linear neurons, :math:`\sigma(z) = z`; ``"sigma-prime-matrix"``, ``sigma_prime_matrix``, ``bp1`` and ``bp2``
-            in the matrix form :math:`\Sigma'(z)`; ``None`` (default) for the sigmoid network or ``bp1``-``bp4``.
+            in the matrix form :math:`\Sigma'(z)`; ``"modified-neuron"``, a ``Network`` with f in place of σ at the
+            neuron ``MODIFIED_NEURON = (l, j)``, the file's ``f`` and ``f_prime`` beside it; ``None`` (default) for
+            the sigmoid network or ``bp1``-``bp4``.
     """
     if exercise is not None and exercise not in EXERCISES:
         raise ValueError(f"exercise must be one of {EXERCISES} or None, got {exercise!r}")
@@ -287,6 +345,7 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
         "network": lambda: _diagnose_network(cases, out, exercise == "linear"),
         "functions": lambda: _diagnose_functions(cases, out),
         "sigma-prime-matrix": lambda: _diagnose_sigma_prime_matrix(cases, out),
+        "modified-neuron": lambda: _diagnose_modified_neuron(cases, out),
     }[shape]
     try:
         lines = diagnose()

@@ -21,6 +21,14 @@ BP_FUNCTIONS = ("bp1", "bp2", "bp3", "bp4")
 #: The names each exercise in functions form needs (an exercise not named here checks ``class Network``).
 EXERCISE_FUNCTIONS = {"sigma-prime-matrix": ("sigma_prime_matrix", "bp1", "bp2")}
 
+#: What the modified-neuron exercise's file defines: ``MODIFIED_NEURON = (l, j)``, row j of layer l (the book's
+#: l = 2..L) has f in place of σ.
+MODIFIED_NAMES = ("Network", "f", "f_prime", "MODIFIED_NEURON")
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
 
 def _student_line(err: BaseException, path: str) -> str:
     """``line N: Type: message`` at the deepest frame of the student's file."""
@@ -29,9 +37,9 @@ def _student_line(err: BaseException, path: str) -> str:
     return f"{where}: {type(err).__name__}: {err}"
 
 
-def _run_network(module, cases) -> dict:
+def _run_network(module, cases, case_ids=None) -> dict:
     out = {}
-    for c in range(int(cases["n_cases"])):
+    for c in range(int(cases["n_cases"])) if case_ids is None else case_ids:
         sizes = [int(s) for s in cases[f"{c}_sizes"]]
         net = module.Network(sizes)
         net.weights = [cases[f"{c}_w{i}"].copy() for i in range(len(sizes) - 1)]
@@ -59,6 +67,36 @@ def _run_sigma_prime_matrix(module, cases) -> dict:
     }
 
 
+def _scalar(value) -> float:
+    return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+
+
+def _run_modified_neuron(module, cases) -> dict:
+    """The student's backprop on the networks that have the modified neuron, and their f and f_prime at its z."""
+    layer, row = (int(n) for n in module.MODIFIED_NEURON)
+    out = {"neuron": np.array([layer, row])}
+    fits = []
+    for c in range(int(cases["n_cases"])):
+        sizes = [int(s) for s in cases[f"{c}_sizes"]]
+        if not (2 <= layer <= len(sizes) and 0 <= row < sizes[layer - 1]):
+            continue
+        fits.append(c)
+        a = cases[f"{c}_x"]
+        for i in range(layer - 1):  # every neuron before layer l is a sigmoid
+            z = cases[f"{c}_w{i}"] @ a + cases[f"{c}_b{i}"]
+            a = _sigmoid(z)
+        z_row = float(z[row, 0])
+        # a central difference's error is about h² |f‴| / 6 + ε |f| / h, smallest near h = ε^(1/3) (times z's scale)
+        h = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, abs(z_row))
+        out[f"{c}_f_at"] = np.array([z_row, h])
+        out[f"{c}_f"] = np.array([_scalar(module.f(np.array([[t]]))) for t in (z_row, z_row + h, z_row - h)])
+        out[f"{c}_f_prime"] = np.array(_scalar(module.f_prime(np.array([[z_row]]))))
+    if not fits:
+        raise ValueError(f"MODIFIED_NEURON = {module.MODIFIED_NEURON} is in none of the checker's networks")
+    out.update(_run_network(module, cases, fits))
+    return out
+
+
 def main(path: str, cases_path: str, out_path: str, exercise: str = "") -> int:
     cases = np.load(cases_path)
     try:
@@ -77,6 +115,12 @@ def main(path: str, cases_path: str, out_path: str, exercise: str = "") -> int:
             print(f"{path} does not define {', '.join(missing)} (the {exercise} exercise)", file=sys.stderr)
             return 2
         shape, run = exercise, _run_sigma_prime_matrix
+    elif exercise == "modified-neuron":
+        missing = [n for n in MODIFIED_NAMES if not hasattr(module, n)]
+        if missing:
+            print(f"{path} does not define {', '.join(missing)} (the modified-neuron exercise)", file=sys.stderr)
+            return 2
+        shape, run = exercise, _run_modified_neuron
     else:
         missing = [n for n in BP_FUNCTIONS if not callable(getattr(module, n, None))]
         shape = "network" if hasattr(module, "Network") else "functions"
