@@ -199,3 +199,54 @@ def test_modified_neuron_exercise_on_a_plain_network_file_is_unusable_in_one_lin
     result = manualbp_check(str(FILES / "network_correct.py"), "--exercise", "modified-neuron")
     assert result.returncode == 2
     assert result.stderr.strip().endswith("does not define f, f_prime, MODIFIED_NEURON (the modified-neuron exercise)")
+
+
+TIMING_LINE = re.compile(
+    r"timing, Network\(\[784, 30, 10\]\) on a mini-batch of m = 10: per-example backprop (\S+) ms,"
+    r" backprop_matrix (\S+) ms, (\S+)x \(median of 7 interleaved samples\)"
+)
+
+
+def test_matrix_mini_batch_exercise_passes_a_correct_answer_and_prints_both_times_and_their_ratio():
+    result = manualbp_check(str(FILES / "matrix_mini_batch_correct.py"), "--exercise", "matrix-mini-batch")
+    assert result.returncode == 0, result.stdout + result.stderr
+    right, timing = result.stdout.strip().splitlines()
+    assert right == "all right: matrix_mini_batch_correct.py"
+    per_example, matrix, ratio = map(float, TIMING_LINE.fullmatch(timing).groups())
+    assert per_example > 0 and matrix > 0 and ratio > 0  # timings are printed, never judged
+
+
+@pytest.mark.parametrize(
+    "name, cause",
+    [
+        ("matrix_mini_batch_not_summed.py", "nabla_b has shape (3, 6), expected (3, 1); likely cause: δ not summed"),
+        ("matrix_mini_batch_mean.py", "nabla_b is not the per-example sum; largest error"),
+    ],
+)
+def test_matrix_mini_batch_exercise_names_the_planted_mistake_at_the_output_layer(name, cause):
+    result = manualbp_check(str(FILES / name), "--exercise", "matrix-mini-batch")
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("backprop_matrix wrong at layer l = 4 of Network([5, 4, 4, 3]), m = 6: ")
+    assert cause in lines[0] and TIMING_LINE.fullmatch(lines[-1])
+
+
+def test_matrix_mini_batch_exercise_names_a_mean_for_the_sum():
+    (first, *_) = check_file(FILES / "matrix_mini_batch_mean.py", exercise="matrix-mini-batch").lines
+    assert "likely cause: divided by m" in first
+
+
+def test_matrix_mini_batch_exercise_checks_the_per_example_backprop_too(tmp_path):
+    student = tmp_path / "network.py"
+    source = (FILES / "matrix_mini_batch_correct.py").read_text()
+    planted = source.replace("nabla_b[-1] = delta\n", "nabla_b[-1] = -delta\n", 1)  # backprop's BP3, not the matrix's
+    assert planted != source
+    student.write_text(planted)
+    lines = check_file(student, exercise="matrix-mini-batch").lines
+    assert lines[0].startswith("BP3 wrong at layer l = 4 ") and TIMING_LINE.fullmatch(lines[-1])
+
+
+def test_matrix_mini_batch_exercise_on_a_file_without_backprop_matrix_is_unusable_in_one_line():
+    result = manualbp_check(str(FILES / "network_correct.py"), "--exercise", "matrix-mini-batch")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("has no Network.backprop_matrix (the matrix-mini-batch exercise)")

@@ -201,7 +201,8 @@ def _check(args: list[str]) -> int:
         choices=EXERCISES,
         help="the chapter's problem your file solves: linear (your Network.backprop for linear neurons, σ(z) = z);"
         " sigma-prime-matrix (your sigma_prime_matrix(z), bp1 and bp2 in the Σ'(z) matrix form);"
-        " modified-neuron (your Network with f, f_prime at MODIFIED_NEURON = (l, j))",
+        " modified-neuron (your Network with f, f_prime at MODIFIED_NEURON = (l, j));"
+        " matrix-mini-batch (your Network.backprop_matrix(X, Y), checked and timed against your backprop)",
     )
     options = parser.parse_args(args)
     result = check_file(options.file, timeout=options.timeout, seed=options.seed, exercise=options.exercise)

@@ -16,6 +16,9 @@ BP2 in the chapter's matrix form: functions ``sigma_prime_matrix(z)`` (:math:`\S
 :math:`= \Sigma'(z^l) (w^{l+1})^T \delta^{l+1}`. ``exercise="modified-neuron"`` checks the single modified neuron:
 a ``Network`` whose neuron ``MODIFIED_NEURON = (l, j)`` has ``f`` in place of σ, with ``f`` and ``f_prime`` in the file;
 ``f_prime`` is checked against a central difference of ``f`` first, then ``backprop`` against autograd through ``f``.
+``exercise="matrix-mini-batch"`` checks the fully matrix-based backprop over a mini-batch: ``Network.backprop_matrix(X,
+Y)`` with X of shape (n_in, m), one example a column, returning the sums over the m examples that ``update_mini_batch``
+adds up; it is checked against the per-example sums, and timed against the student's own ``backprop``.
 
 The student's code runs in a subprocess (:mod:`torch_manualbp.check.runner`) with a time limit; the true values come
 from plain torch autograd in float64, and the diagnosis runs here. Layers are numbered as in the book, l = 2..L.
@@ -40,7 +43,10 @@ import torch
 __all__ = ["CheckResult", "check_file", "CASE_SIZES", "EXERCISES"]
 
 #: What ``exercise`` may name: the chapter's problems the checker knows (None: the file's own shape decides).
-EXERCISES = ("linear", "sigma-prime-matrix", "modified-neuron")
+EXERCISES = ("linear", "sigma-prime-matrix", "modified-neuron", "matrix-mini-batch")
+
+#: Columns of each case's mini-batch X in the matrix-mini-batch exercise; the timing uses the book's m = 10.
+BATCH_SIZE = 6
 
 #: The networks a ``Network`` file is run on: the square 4x4 weights of the last catch a w in place of wᵀ in BP2.
 CASE_SIZES = ([5, 4, 4, 3], [3, 2], [4, 5, 3])
@@ -287,6 +293,70 @@ def _diagnose_sigma_prime_matrix(cases: dict, out: dict) -> list[str]:
     return lines
 
 
+def _batch_cases(seed: int) -> dict:
+    """Each case's mini-batch (X, Y columns) and Network([784, 30, 10]) with one of the book's mini-batches to time."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the other exercises' cases stay as they are
+    cases = {}
+    for c, sizes in enumerate(CASE_SIZES):
+        cases[f"{c}_X"], cases[f"{c}_Y"] = rng.random((sizes[0], BATCH_SIZE)), rng.random((sizes[-1], BATCH_SIZE))
+    for i, (n_in, n_out) in enumerate([(784, 30), (30, 10)]):
+        cases[f"timing_w{i}"], cases[f"timing_b{i}"] = (
+            rng.standard_normal((n_out, n_in)),
+            rng.standard_normal((n_out, 1)),
+        )
+    cases["timing_X"], cases["timing_Y"] = rng.random((784, 10)), np.eye(10)[:, rng.integers(0, 10, 10)]
+    return cases
+
+
+def _per_example_sums_truth(cases: dict, c: int):
+    """Σ over the columns of X of each example's (∂C/∂b, ∂C/∂w) by autograd: the leaves' .grad add up the backwards."""
+    sizes = CASE_SIZES[c]
+    ws = [torch.tensor(cases[f"{c}_w{i}"], requires_grad=True) for i in range(len(sizes) - 1)]
+    bs = [torch.tensor(cases[f"{c}_b{i}"], requires_grad=True) for i in range(len(sizes) - 1)]
+    for k in range(BATCH_SIZE):
+        a = torch.tensor(cases[f"{c}_X"][:, [k]])
+        for w, b in zip(ws, bs):
+            a = torch.sigmoid(w @ a + b)
+        (0.5 * ((a - torch.tensor(cases[f"{c}_Y"][:, [k]])) ** 2).sum()).backward()
+    return [b.grad.numpy() for b in bs], [w.grad.numpy() for w in ws]
+
+
+def _diagnose_matrix_mini_batch(cases: dict, out: dict) -> list[str]:
+    """The per-example backprop as usual, then backprop_matrix's sums, output layer first; then the timing line."""
+    per_example, matrix = out.pop("seconds")
+    lines = _diagnose_network(cases, out)
+    for c, sizes in enumerate(CASE_SIZES):
+        if lines:
+            break
+        true_nb, true_nw = _per_example_sums_truth(cases, c)
+        for i in reversed(range(len(sizes) - 1)):
+            where = f"layer l = {i + 2} of Network({sizes}), m = {BATCH_SIZE}"
+            for name, got, want in (
+                ("nabla_b", out[f"{c}_mnb{i}"], true_nb[i]),
+                ("nabla_w", out[f"{c}_mnw{i}"], true_nw[i]),
+            ):
+                if got.shape == (want.shape[0], BATCH_SIZE) and want.shape[1] == 1:
+                    lines.append(
+                        f"backprop_matrix wrong at {where}: {name} has shape {got.shape}, expected {want.shape};"
+                        " likely cause: δ not summed over the mini-batch's columns (delta.sum(axis=1, keepdims=True))"
+                    )
+                elif got.shape != want.shape:
+                    raise _Unusable(f"backprop_matrix at {where}: {name} has shape {got.shape}, expected {want.shape}")
+                elif not _close(got, want):
+                    cause = ""
+                    if _close(got, want / BATCH_SIZE):
+                        cause = "; likely cause: divided by m (update_mini_batch divides by len(mini_batch) itself)"
+                    error = _worst(got, want)
+                    lines.append(f"backprop_matrix wrong at {where}: {name} is not the per-example sum; {error}{cause}")
+            if lines:
+                break
+    lines.append(
+        f"timing, Network([784, 30, 10]) on a mini-batch of m = 10: per-example backprop {per_example * 1e3:.3g} ms,"
+        f" backprop_matrix {matrix * 1e3:.3g} ms, {per_example / matrix:.3g}x (median of 7 interleaved samples)"
+    )
+    return lines
+
+
 def _diagnose_modified_neuron(cases: dict, out: dict) -> list[str]:
     """f_prime against the slope of the student's own f first; then their backprop against autograd through f."""
     layer, row = (int(n) for n in out.pop("neuron"))
@@ -316,7 +386,8 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
             linear neurons, :math:`\sigma(z) = z`; ``"sigma-prime-matrix"``, ``sigma_prime_matrix``, ``bp1`` and ``bp2``
             in the matrix form :math:`\Sigma'(z)`; ``"modified-neuron"``, a ``Network`` with f in place of σ at the
             neuron ``MODIFIED_NEURON = (l, j)``, the file's ``f`` and ``f_prime`` beside it; ``None`` (default) for
-            the sigmoid network or ``bp1``-``bp4``.
+            the sigmoid network or ``bp1``-``bp4``; ``"matrix-mini-batch"``, ``Network.backprop_matrix(X, Y)`` over a
+            mini-batch, checked and timed against ``Network.backprop``.
     """
     if exercise is not None and exercise not in EXERCISES:
         raise ValueError(f"exercise must be one of {EXERCISES} or None, got {exercise!r}")
@@ -324,6 +395,8 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
     if not path.is_file():
         return CheckResult(2, [f"{path}: no such file"])
     cases = _cases(seed)
+    if exercise == "matrix-mini-batch":
+        cases.update(_batch_cases(seed))
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "cases.npz", **cases)
         # the runner by its path, not -m: -m would import the package, and torch with it, for every check
@@ -346,9 +419,11 @@ def check_file(path: str | Path, timeout: float = 30.0, seed: int = 0, exercise:
         "functions": lambda: _diagnose_functions(cases, out),
         "sigma-prime-matrix": lambda: _diagnose_sigma_prime_matrix(cases, out),
         "modified-neuron": lambda: _diagnose_modified_neuron(cases, out),
+        "matrix-mini-batch": lambda: _diagnose_matrix_mini_batch(cases, out),
     }[shape]
     try:
         lines = diagnose()
     except _Unusable as err:
         return CheckResult(2, [str(err)])
-    return CheckResult(1, lines) if lines else CheckResult(0, ["all right: " + str(path.name)])
+    timing = [lines.pop()] if exercise == "matrix-mini-batch" else []
+    return CheckResult(1, lines + timing) if lines else CheckResult(0, ["all right: " + str(path.name), *timing])

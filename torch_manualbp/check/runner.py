@@ -4,7 +4,8 @@ To run (the checker does this)::
 
     python torch_manualbp/check/runner.py STUDENT.py CASES.npz OUT.npz [EXERCISE]
 
-It imports numpy only. The student's results go to ``OUT.npz``; a failure is one line on stderr and exit status 2,
+It imports numpy only, and for the matrix-mini-batch exercise :mod:`torch_manualbp.testing.timing` to time the
+student's two backprops. The student's results go to ``OUT.npz``; a failure is one line on stderr and exit status 2,
 naming the student's own line when their code raised.
 """
 
@@ -97,6 +98,41 @@ def _run_modified_neuron(module, cases) -> dict:
     return out
 
 
+def _per_example_sums(net, X, Y):
+    """The book's update_mini_batch sums: backprop of each column of ``X``, ``Y``, added up."""
+    nabla_b = [np.zeros(b.shape) for b in net.biases]
+    nabla_w = [np.zeros(w.shape) for w in net.weights]
+    for k in range(X.shape[1]):
+        delta_nabla_b, delta_nabla_w = net.backprop(X[:, [k]], Y[:, [k]])
+        nabla_b = [nb + dnb for nb, dnb in zip(nabla_b, delta_nabla_b)]
+        nabla_w = [nw + dnw for nw, dnw in zip(nabla_w, delta_nabla_w)]
+    return nabla_b, nabla_w
+
+
+def _run_matrix_mini_batch(module, cases) -> dict:
+    """The student's per-example backprop (checked as usual), backprop_matrix on each case's mini-batch X, and the two
+    timed against each other on Network([784, 30, 10]) and one of the book's mini-batches (m = 10)."""
+    from torch_manualbp.testing.timing import interleaved, median
+
+    out = _run_network(module, cases)
+    for c in range(int(cases["n_cases"])):
+        sizes = [int(s) for s in cases[f"{c}_sizes"]]
+        net = module.Network(sizes)
+        net.weights = [cases[f"{c}_w{i}"].copy() for i in range(len(sizes) - 1)]
+        net.biases = [cases[f"{c}_b{i}"].copy() for i in range(len(sizes) - 1)]
+        nabla_b, nabla_w = net.backprop_matrix(cases[f"{c}_X"].copy(), cases[f"{c}_Y"].copy())
+        for i in range(len(sizes) - 1):
+            out[f"{c}_mnb{i}"], out[f"{c}_mnw{i}"] = np.asarray(nabla_b[i]), np.asarray(nabla_w[i])
+    net = module.Network([784, 30, 10])
+    net.weights = [cases["timing_w0"].copy(), cases["timing_w1"].copy()]
+    net.biases = [cases["timing_b0"].copy(), cases["timing_b1"].copy()]
+    X, Y = cases["timing_X"], cases["timing_Y"]
+    contenders = {"per_example": lambda: _per_example_sums(net, X, Y), "matrix": lambda: net.backprop_matrix(X, Y)}
+    samples, _ = interleaved(contenders, repeats=7, min_sample_s=0.02)
+    out["seconds"] = np.array([median(samples["per_example"]), median(samples["matrix"])])
+    return out
+
+
 def main(path: str, cases_path: str, out_path: str, exercise: str = "") -> int:
     cases = np.load(cases_path)
     try:
@@ -115,6 +151,18 @@ def main(path: str, cases_path: str, out_path: str, exercise: str = "") -> int:
             print(f"{path} does not define {', '.join(missing)} (the {exercise} exercise)", file=sys.stderr)
             return 2
         shape, run = exercise, _run_sigma_prime_matrix
+    elif exercise == "matrix-mini-batch":
+        missing = [
+            n
+            for n in ("backprop", "backprop_matrix")
+            if not callable(getattr(getattr(module, "Network", None), n, None))
+        ]
+        if missing:
+            print(
+                f"{path} has no Network.{', Network.'.join(missing)} (the matrix-mini-batch exercise)", file=sys.stderr
+            )
+            return 2
+        shape, run = exercise, _run_matrix_mini_batch
     elif exercise == "modified-neuron":
         missing = [n for n in MODIFIED_NAMES if not hasattr(module, n)]
         if missing:
