@@ -5,6 +5,7 @@ import sys
 
 import torch
 
+from torch_manualbp.activations import ACTIVATIONS
 from torch_manualbp.costs import COSTS
 from torch_manualbp.gradcheck import Case, format_table, run_checks
 
@@ -40,11 +41,14 @@ def test_gradcheck_command_passes_every_case_of_every_function():
         "log_likelihood_cost",
         "softmax_log_likelihood",
         "dropout",
+        "fully_connected",
         "NetworkCostFunction",
     }
     assert {row.split("|")[1].strip() for row in rows} == every_function
     assert {row.split("|")[3].strip() for row in rows} == {"gradcheck", "gradgradcheck"}
     assert "FAIL" not in result.stdout
+    for name in ACTIVATIONS:  # fully_connected's gradcheck and gradgradcheck, for every activation
+        assert sum(row.startswith("| fully_connected |") and f", {name} |" in row for row in rows) == 2
     assert result.stdout.strip().endswith(f"{len(rows)} passed, 0 failed")
 
 
@@ -63,4 +67,4 @@ def test_network_cost_function_rows_say_what_it_does_not_support():
     network_rows = [line for line in result.stdout.splitlines() if line.startswith("| NetworkCostFunction")]
     assert any("gradgradcheck" in row and "not supported" in row for row in network_rows)
     passed = sum(row.rstrip(" |").endswith("PASS") and "| gradcheck |" in row for row in network_rows)
-    assert passed == len(COSTS)  # every cost
+    assert passed == len(COSTS) + len(ACTIVATIONS) - 1  # every cost, then each activation but the sigmoid

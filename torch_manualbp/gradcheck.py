@@ -2,7 +2,7 @@ r"""``manualbp gradcheck``: check every hand-written backward against finite dif
 
 For every Function the package exports (``SigmoidLinearFunction``, ``QuadraticCostFunction``,
 ``CrossEntropyCostFunction``, ``SigmoidCrossEntropyFunction``, ``SoftmaxLogLikelihoodFunction``,
-``LogLikelihoodCostFunction``, ``DropoutFunction``, ``NetworkCostFunction``) and a few shapes (a batch of
+``LogLikelihoodCostFunction``, ``DropoutFunction``, ``FullyConnectedFunction`` (each activation), ``NetworkCostFunction``) and a few shapes (a batch of
 one, a non-contiguous input, no bias, each reduction, labels and float targets, each cost) this runs
 :func:`torch.autograd.gradcheck`, which compares the backward and the jvp with finite differences in float64, and
 :func:`torch.autograd.gradgradcheck`, which does the same for the backward of the backward. ``NetworkCostFunction``
@@ -23,10 +23,12 @@ from functools import partial
 
 import torch
 
+from .activations import ACTIVATIONS
 from .costs import COSTS
 from .functional import (
     cross_entropy_cost,
     dropout,
+    fully_connected,
     log_likelihood_cost,
     quadratic_cost,
     sigmoid_cross_entropy,
@@ -128,16 +130,26 @@ def default_cases(seed: int = 0) -> list[Case]:
         cases.append(
             Case("softmax_log_likelihood", f"x (5, 3), weight (4, 3), bias, float y, {reduction}", sll, (x, w, b, y))
         )
+    for activation in ACTIVATIONS:
+        x, w, b = _leaf(5, 3, generator=g), _leaf(4, 3, generator=g), _leaf(4, generator=g)
+        fc = partial(fully_connected, activation=activation)
+        cases.append(
+            Case("fully_connected", f"x (5, 3), weight (4, 3), bias, {activation}", fc, (x, w, b), NO_JVP)
+        )
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     cases.append(Case("dropout", "a (4, 6), mask (6,)", dropout, (_leaf(4, 6, generator=g), mask)))
-    for name, cost in COSTS.items():
+    # every cost behind sigmoid hidden neurons, then each other hidden activation behind the cross-entropy cost
+    network_cases = [(name, cost, None) for name, cost in COSTS.items()]
+    network_cases += [("cross_entropy", COSTS["cross_entropy"], f) for f in ACTIVATIONS.values() if f.name != "sigmoid"]
+    for name, cost, activation in network_cases:
         x, y = _leaf(6, 5, generator=g), torch.rand(6, 3, dtype=torch.float64, generator=g).requires_grad_()
         params = (_leaf(4, 5, generator=g), _leaf(4, generator=g), _leaf(3, 4, generator=g), _leaf(3, generator=g))
+        hidden = "" if activation is None else f", {activation.name} hidden"
         cases.append(
             Case(
                 "NetworkCostFunction",
-                f"[5, 4, 3], x (6, 5), float y, {name}",
-                partial(_network_cost, cost=cost),
+                f"[5, 4, 3], x (6, 5), float y, {name}{hidden}",
+                partial(_network_cost, cost=cost, activation=activation),
                 (x, y, *params),
                 NETWORK_COST_UNSUPPORTED,
             )
@@ -145,9 +157,11 @@ def default_cases(seed: int = 0) -> list[Case]:
     return cases
 
 
-def _network_cost(x, y, *params, cost):
-    return NetworkCostFunction.apply(x, y, cost, *params)
+def _network_cost(x, y, *params, cost, activation=None):
+    return NetworkCostFunction.apply(x, y, cost, activation, *params)
 
+
+NO_JVP = (("forward-mode AD", "no jvp: FullyConnectedFunction has a backward only"),)
 
 NETWORK_COST_UNSUPPORTED = (
     ("forward-mode AD", "no jvp; use Network.layered_cost"),
