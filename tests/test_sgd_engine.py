@@ -97,3 +97,20 @@ def test_the_engine_imports_no_lightning():
     code = "import sys, torch_manualbp.sgd; print(any(m.split('.')[0] == 'lightning' for m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_compiled_backend_builds_more_settings_in_one_process_than_dynamos_recompile_limit():
+    # With the limit at 1, the second setting (another λ) would be the first recompile past it: fullgraph=True raises.
+    x, y = _network_and_block(rows=8)[1:]
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for lmbda in (0.0, 3.0):
+            net = _network_and_block(rows=8)[0]
+            params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+            want = _plain_sgd(params, x, y, eta=0.5, size=2, decay=lmbda / 100)
+            costs = MiniBatchSGD(net, mini_batch_size=2, lmbda=lmbda, n=100, backend="compiled", steps_per_call=2).run(
+                x, y, eta=0.5
+            )
+            torch.testing.assert_close(costs, want, rtol=1e-10, atol=1e-10)
+            for got, p in zip(net.parameters(), params):
+                torch.testing.assert_close(got, p.detach(), rtol=1e-10, atol=1e-10)
+        assert torch._dynamo.config.recompile_limit == 1  # the user's setting, outside the engine's calls

@@ -50,18 +50,34 @@ class CompiledSteps:
         key = (tuple(xs.shape[1:]), tuple(tuple(w.shape) for w in weights), x.dtype, str(x.device), settings)
         key += (masks is None,)
         start = time.perf_counter()
-        costs = [compiled(weights, biases, xs[0], ys[0], eta_t, ones, *settings, calls_masks[0])]
-        if key not in self._shapes:
-            self._shapes.add(key)
-            if self.on_compile is not None:
-                self.on_compile(
-                    f"compiled {self.steps_per_call} fused SGD steps per call in {time.perf_counter() - start:.1f} s "
-                    "(Inductor caches it on disk: later runs of these shapes start faster)"
-                )
-        costs += [
-            compiled(weights, biases, xs[c], ys[c], eta_t, ones, *settings, calls_masks[c]) for c in range(1, len(xs))
-        ]
+        with _room_for_every_setting():
+            costs = [compiled(weights, biases, xs[0], ys[0], eta_t, ones, *settings, calls_masks[0])]
+            if key not in self._shapes:
+                self._shapes.add(key)
+                if self.on_compile is not None:
+                    self.on_compile(
+                        f"compiled {self.steps_per_call} fused SGD steps per call in "
+                        f"{time.perf_counter() - start:.1f} s "
+                        "(Inductor caches it on disk: later runs of these shapes start faster)"
+                    )
+            costs += [
+                compiled(weights, biases, xs[c], ys[c], eta_t, ones, *settings, calls_masks[c])
+                for c in range(1, len(xs))
+            ]
         return costs
+
+
+#: How many versions of the compiled steps (one per shapes and settings, see the key above) one process may build.
+RECOMPILE_LIMIT = 64
+
+
+def _room_for_every_setting():
+    """Dynamo's per-function recompile limit (8 by default) raised to :data:`RECOMPILE_LIMIT` for the engine's own
+    calls only: every network shape, cost, λ, regularisation, activation and dtype builds its own version of the one
+    compiled function, and with ``fullgraph=True`` the ninth in a process would raise rather than run. The user's
+    setting stays as it is outside these calls, and a larger one is kept."""
+    limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch._dynamo.config.patch(recompile_limit=limit)
 
 
 def _unrolled_steps(

@@ -2,8 +2,9 @@ r"""``manualbp gradcheck``: check every hand-written backward against finite dif
 
 For every Function the package exports (``SigmoidLinearFunction``, ``QuadraticCostFunction``,
 ``CrossEntropyCostFunction``, ``SigmoidCrossEntropyFunction``, ``SoftmaxLogLikelihoodFunction``,
-``LogLikelihoodCostFunction``, ``DropoutFunction``, ``FullyConnectedFunction`` (each activation), ``NetworkCostFunction``) and a few shapes (a batch of
-one, a non-contiguous input, no bias, each reduction, labels and float targets, each cost) this runs
+``LogLikelihoodCostFunction``, ``DropoutFunction``, ``FullyConnectedFunction``, ``NetworkCostFunction``) and a
+few shapes (a batch of one, a non-contiguous input, no bias, each reduction, labels and float targets, each cost, each
+activation) this runs
 :func:`torch.autograd.gradcheck`, which compares the backward and the jvp with finite differences in float64, and
 :func:`torch.autograd.gradgradcheck`, which does the same for the backward of the backward. ``NetworkCostFunction``
 has neither a jvp nor a differentiable backward, on purpose (``Network.layered_cost`` has both): its table rows say
@@ -133,9 +134,7 @@ def default_cases(seed: int = 0) -> list[Case]:
     for activation in ACTIVATIONS:
         x, w, b = _leaf(5, 3, generator=g), _leaf(4, 3, generator=g), _leaf(4, generator=g)
         fc = partial(fully_connected, activation=activation)
-        cases.append(
-            Case("fully_connected", f"x (5, 3), weight (4, 3), bias, {activation}", fc, (x, w, b), NO_JVP)
-        )
+        cases.append(Case("fully_connected", f"x (5, 3), weight (4, 3), bias, {activation}", fc, (x, w, b), NO_JVP))
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     cases.append(Case("dropout", "a (4, 6), mask (6,)", dropout, (_leaf(4, 6, generator=g), mask)))
     # every cost behind sigmoid hidden neurons, then each other hidden activation behind the cross-entropy cost
