@@ -41,6 +41,7 @@ from torch import Tensor
 from . import recording
 from .activations import get_activation
 from .checks import check_float_tensor, check_same_kind, targets
+from .conv import ConvPoolFunction, conv_pool
 from .equations import (
     a_minus_y,
     bias_gradient,
@@ -78,6 +79,8 @@ __all__ = [
     "sigmoid_delta",
     "FullyConnectedFunction",
     "fully_connected",
+    "ConvPoolFunction",
+    "conv_pool",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")

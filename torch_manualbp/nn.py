@@ -20,6 +20,7 @@ from .activations import get_activation
 __all__ = [
     "SigmoidLinear",
     "FullyConnected",
+    "ConvPool2d",
     "QuadraticCost",
     "CrossEntropyCost",
     "LogLikelihoodCost",
@@ -186,6 +187,100 @@ class FullyConnected(nn.Module):
         )
 
 
+class ConvPool2d(nn.Module):
+    r"""A convolutional layer with max-pooling, ``network3.py``'s ``ConvPoolLayer``:
+    :math:`a = f(\operatorname{maxpool}_p(x \star w) + b)`, stride 1, no padding, non-overlapping :math:`p \times p`
+    pools.
+
+    The forward pass and the gradients are :class:`~torch_manualbp.conv.ConvPoolFunction`: its backward computes
+    :math:`\delta = \partial C/\partial a \odot f'(z)`, routes it through the max-pool to each pool's winner, and from
+    it BP2 (the full correlation with the flipped filters), BP3 and BP4, with no autograd inside.
+
+    Args:
+        in_channels: the number of input feature maps.
+        out_channels: the number of feature maps this layer computes, one :math:`k \times k` filter (per input map)
+            and one bias each.
+        kernel_size: the side :math:`k` of the square local receptive field.
+        pool_size: the side :math:`p` of each max-pool block; ``1`` pools nothing. Default: 2.
+        activation: a name in :data:`torch_manualbp.activations.ACTIVATIONS` or an
+            :class:`~torch_manualbp.activations.Activation`. Default: ``"sigmoid"``.
+        bias: if ``False``, the layer has no bias :math:`b`. Default: ``True``.
+        device, dtype: where and how to allocate the parameters, as for ``nn.Conv2d``.
+
+    :meth:`reset_parameters` draws as ``network3.py`` does: weights :math:`\mathcal{N}(0, 1/n_{out})` with
+    :math:`n_{out} = \text{out\_channels} \cdot k^2 / p^2`, biases :math:`\mathcal{N}(0, 1)`.
+
+    Shape:
+        - Input: :math:`(N, C_{in}, H, W)` where :math:`C_{in} = \text{in\_channels}`.
+        - Output: :math:`(N, C_{out}, \lfloor (H - k + 1)/p \rfloor, \lfloor (W - k + 1)/p \rfloor)` where
+          :math:`C_{out} = \text{out\_channels}`.
+
+    Attributes:
+        weight: the learnable shared weights of shape :math:`(C_{out}, C_{in}, k, k)`.
+        bias: the learnable shared biases of shape :math:`(C_{out})`.
+
+    Examples::
+
+        >>> layer = ConvPool2d(1, 20, 5, pool_size=2)
+        >>> layer(torch.rand(10, 1, 28, 28)).shape
+        torch.Size([10, 20, 12, 12])
+    """
+
+    __constants__ = ["in_channels", "out_channels", "kernel_size", "pool_size"]
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    pool_size: int
+    weight: Tensor
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        pool_size: int = 2,
+        activation="sigmoid",
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        _check_positive_int("in_channels", in_channels, "feature maps")
+        _check_positive_int("out_channels", out_channels, "feature maps")
+        _check_positive_int("kernel_size", kernel_size, "pixels")
+        _check_positive_int("pool_size", pool_size, "pixels")
+        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.pool_size = pool_size
+        self.activation = get_activation(activation)
+        self.weight = nn.Parameter(torch.empty((out_channels, in_channels, kernel_size, kernel_size), **factory_kwargs))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights from N(0, 1/n_out), n_out = out_channels k² / p², and the biases from N(0, 1) again."""
+        n_out = self.out_channels * self.kernel_size**2 / self.pool_size**2  # the fan-out network3.py scales by
+        nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(n_out))
+        if self.bias is not None:
+            nn.init.normal_(self.bias, 0.0, 1.0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.conv_pool(input, self.weight, self.bias, self.pool_size, self.activation)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, pool_size={self.pool_size}, "
+            f"activation={self.activation.name!r}, bias={self.bias is not None}"
+        )
+
+
 class _ReducedCost(nn.Module):
     """What the cost modules share, as ``torch.nn``'s losses share ``_Loss``: the ``reduction`` over examples, checked
     once here; each subclass's ``forward`` calls its functional form with it."""
@@ -297,8 +392,8 @@ def sigmoid_layers(module: nn.Module) -> list[SigmoidLinear]:
     return [m for m in module.modules() if isinstance(m, SigmoidLinear)]
 
 
-def _check_positive_int(name: str, value) -> None:
+def _check_positive_int(name: str, value, of: str = "neurons") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be a positive number of neurons, got {value}")
+        raise ValueError(f"{name} must be a positive number of {of}, got {value}")
