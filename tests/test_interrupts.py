@@ -124,3 +124,39 @@ def _assert_the_resumed_run_reports_and_ends_as_the_straight_one(tmp_path, strai
 def test_the_resumed_epochs_training_cost_equals_the_uninterrupted_runs(interrupted_and_resumed, straight):
     _, _, resumed, _ = interrupted_and_resumed("SIGTERM")
     assert _epoch_lines(resumed.stdout)[0][0] == _epoch_lines(straight[1].stdout)[1][0]
+
+
+def test_an_interrupted_second_run_into_the_same_folder_keeps_the_first_runs_last_checkpoint(tmp_path):
+    one_epoch = {"trainer": {**FAST["trainer"], "max_epochs": 1}}
+    first = write_config(tmp_path, "first", checkpoint_every=CHECKPOINT_EVERY, **one_epoch)
+    assert manualbp("fit", "--config", first).returncode == 0
+    folder = tmp_path / "first" / "last"
+    first_bytes = (folder / "last.ckpt").read_bytes()
+    second = write_config(tmp_path, "second", checkpoint_every=CHECKPOINT_EVERY, **one_epoch)
+    killer = {"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 300, "signal_name": "SIGINT"}}
+
+    def into_the_first_runs_folder_with_the_killer(settings):
+        settings["trainer"]["callbacks"][1]["init_args"]["dirpath"] = str(folder)
+        settings["trainer"]["callbacks"].append(killer)
+
+    edit_config(second, into_the_first_runs_folder_with_the_killer)
+    interrupted = manualbp("fit", "--config", second)  # stopped at step 300, before its first periodic save (700)
+    match = RESUME_LINE.match(interrupted.stderr.splitlines()[-1])
+    assert match and match[3] == str(folder / "last-v1.ckpt"), interrupted.stderr[-2000:]
+    assert (folder / "last.ckpt").read_bytes() == first_bytes
+    edit_config(second, lambda settings: settings["trainer"]["callbacks"].pop())
+    ambiguous = manualbp("fit", "--config", second, "--ckpt_path", "last")
+    assert ambiguous.returncode == 2
+    assert ambiguous.stderr.strip().splitlines()[-1] == (
+        f"manualbp: error: ckpt_path last: 2 last checkpoints ({folder / 'last-v1.ckpt'}, {folder / 'last.ckpt'});"
+        " pass --ckpt_path <one of them>"
+    )
+    resumed = manualbp(*shlex.split(match[4])[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(path.name for path in folder.iterdir()) == ["last-v1.ckpt", "last.ckpt"]  # it went on in its own
+    steps = [
+        torch.load(folder / name, map_location="cpu", weights_only=True)["global_step"]
+        for name in ("last.ckpt", "last-v1.ckpt")
+    ]
+    assert steps[0] == steps[1] > 300  # the same run's saves as the first's, past the interrupt
+    assert (folder / "last.ckpt").read_bytes() == first_bytes

@@ -145,9 +145,10 @@ class RunInterrupted(Exception):
 class StopOnSignal(L.Callback):
     r"""On SIGINT (Ctrl-C) or SIGTERM during training, finish the batch, write the checkpoint and stop.
 
-    The checkpoint is ``last.ckpt`` in the folder of the first ``ModelCheckpoint`` that keeps one
-    (``save_last``), else in the first one's folder, written at the end of the batch as a ``ModelCheckpoint`` due at
-    that step would be, so the resumed run goes on exactly as the uninterrupted one. Then
+    The checkpoint is this run's last checkpoint (``last.ckpt``, or ``last-vN.ckpt`` where another run's
+    ``last.ckpt`` is already there: never over another run's file) in the folder of the first ``ModelCheckpoint``
+    that keeps one (``save_last``), else in the first one's folder, written at the end of the batch as a
+    ``ModelCheckpoint`` due at that step would be, so the resumed run goes on exactly as the uninterrupted one. Then
     :class:`RunInterrupted` stops ``fit``. A second signal before then stops at once (Python's ``KeyboardInterrupt``).
     Under DDP a signal to any process stops all of them at the same step. Outside training the signals keep their
     handlers.
@@ -192,14 +193,23 @@ class StopOnSignal(L.Callback):
 
 
 def _interrupt_checkpoint_path(trainer) -> str:
-    """``last.ckpt`` where ``--ckpt_path last`` looks: the folder of a ``ModelCheckpoint`` with ``save_last``, else
-    of the first ``ModelCheckpoint``, else the trainer's checkpoint folder."""
+    """This run's own last checkpoint, where ``--ckpt_path last`` looks: the file its ``ModelCheckpoint`` with
+    ``save_last`` has been writing (``last.ckpt``, or ``last-v1.ckpt`` when another run's ``last.ckpt`` was there
+    first), else the first free ``last[-vN].ckpt`` in that callback's folder (else the first ``ModelCheckpoint``'s,
+    else the trainer's checkpoint folder): never another run's file."""
     callbacks = [callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)]
     keeper = next((callback for callback in callbacks if callback.save_last and callback.dirpath), None)
     keeper = keeper or next((callback for callback in callbacks if callback.dirpath), None)
     if keeper is None:
-        return str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
-    return str(Path(keeper.dirpath) / f"{keeper.CHECKPOINT_NAME_LAST}{keeper.FILE_EXTENSION}")
+        keeper = ModelCheckpoint(dirpath=Path(trainer.default_root_dir) / "checkpoints")
+    if keeper.last_model_path:  # this run's (a resumed run's too: the callback's state holds it)
+        return keeper.last_model_path
+    path, version = keeper.format_checkpoint_name({}, keeper.CHECKPOINT_NAME_LAST), keeper.STARTING_VERSION
+    while Path(path).exists():  # another run's: the next version, as Lightning names its own last checkpoints
+        path, version = keeper.format_checkpoint_name({}, keeper.CHECKPOINT_NAME_LAST, ver=version), version + 1
+    if keeper.save_last:  # in the checkpoint's callback state, as Lightning records it before it saves: the resumed
+        keeper.last_model_path = path  # run goes on writing this file, not a new version beside it
+    return path
 
 
 def plain_text(text: str) -> str:
