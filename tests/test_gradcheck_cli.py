@@ -42,6 +42,7 @@ def test_gradcheck_command_passes_every_case_of_every_function():
         "softmax_log_likelihood",
         "dropout",
         "fully_connected",
+        "conv_pool",
         "NetworkCostFunction",
     }
     assert {row.split("|")[1].strip() for row in rows} == every_function
@@ -49,6 +50,9 @@ def test_gradcheck_command_passes_every_case_of_every_function():
     assert "FAIL" not in result.stdout
     for name in ACTIVATIONS:  # fully_connected's gradcheck and gradgradcheck, for every activation
         assert sum(row.startswith("| fully_connected |") and f", {name} |" in row for row in rows) == 2
+    for name in ACTIVATIONS:  # conv_pool's too, with a bias and a 2 x 2 pool
+        assert sum(row.startswith("| conv_pool |") and f"bias, pool 2, {name} |" in row for row in rows) == 2
+    assert sum(row.startswith("| conv_pool |") and "no bias, pool 1" in row for row in rows) == 2
     assert result.stdout.strip().endswith(f"{len(rows)} passed, 0 failed")
 
 

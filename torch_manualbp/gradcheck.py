@@ -2,13 +2,12 @@ r"""``manualbp gradcheck``: check every hand-written backward against finite dif
 
 For every Function the package exports (``SigmoidLinearFunction``, ``QuadraticCostFunction``,
 ``CrossEntropyCostFunction``, ``SigmoidCrossEntropyFunction``, ``SoftmaxLogLikelihoodFunction``,
-``LogLikelihoodCostFunction``, ``DropoutFunction``, ``FullyConnectedFunction``, ``NetworkCostFunction``) and a
-few shapes (a batch of one, a non-contiguous input, no bias, each reduction, labels and float targets, each cost, each
-activation) this runs
-:func:`torch.autograd.gradcheck`, which compares the backward and the jvp with finite differences in float64, and
-:func:`torch.autograd.gradgradcheck`, which does the same for the backward of the backward. ``NetworkCostFunction``
-has neither a jvp nor a differentiable backward, on purpose (``Network.layered_cost`` has both): its table rows say
-"not supported" for what it does not do.
+``LogLikelihoodCostFunction``, ``DropoutFunction``, ``FullyConnectedFunction``, ``ConvPoolFunction``,
+``NetworkCostFunction``) and a few shapes (a batch of one, a non-contiguous input, no bias, each reduction, labels and
+float targets, each cost, each activation, a pool of 1) this runs :func:`torch.autograd.gradcheck`, which compares
+the backward and the jvp with finite differences in float64, and :func:`torch.autograd.gradgradcheck`, which does the
+same for the backward of the backward. ``NetworkCostFunction`` has neither a jvp nor a differentiable backward, on
+purpose (``Network.layered_cost`` has both): its table rows say "not supported" for what it does not do.
 
 To run::
 
@@ -27,6 +26,7 @@ import torch
 from .activations import ACTIVATIONS
 from .costs import COSTS
 from .functional import (
+    conv_pool,
     cross_entropy_cost,
     dropout,
     fully_connected,
@@ -135,6 +135,16 @@ def default_cases(seed: int = 0) -> list[Case]:
         x, w, b = _leaf(5, 3, generator=g), _leaf(4, 3, generator=g), _leaf(4, generator=g)
         fc = partial(fully_connected, activation=activation)
         cases.append(Case("fully_connected", f"x (5, 3), weight (4, 3), bias, {activation}", fc, (x, w, b), NO_JVP))
+    for activation in ACTIVATIONS:  # 7 x 6 maps, 3 x 3 filters: a 5 x 4 convolution, pooled 2 x 2 (a row dropped)
+        x, w, b = _leaf(2, 2, 7, 6, generator=g), _leaf(3, 2, 3, 3, generator=g), _leaf(3, generator=g)
+        cp = partial(conv_pool, activation=activation)
+        description = f"x (2, 2, 7, 6), weight (3, 2, 3, 3), bias, pool 2, {activation}"
+        cases.append(Case("conv_pool", description, cp, (x, w, b), CONV_POOL_NO_JVP))
+    x, w = _leaf(1, 1, 6, 5, generator=g), _leaf(2, 1, 3, 3, generator=g)
+    cp = partial(conv_pool, pool_size=1, activation="tanh")
+    cases.append(
+        Case("conv_pool", "x (1, 1, 6, 5), weight (2, 1, 3, 3), no bias, pool 1, tanh", cp, (x, w), CONV_POOL_NO_JVP)
+    )
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     cases.append(Case("dropout", "a (4, 6), mask (6,)", dropout, (_leaf(4, 6, generator=g), mask)))
     # every cost behind sigmoid hidden neurons, then each other hidden activation behind the cross-entropy cost
@@ -161,6 +171,7 @@ def _network_cost(x, y, *params, cost, activation=None):
 
 
 NO_JVP = (("forward-mode AD", "no jvp: FullyConnectedFunction has a backward only"),)
+CONV_POOL_NO_JVP = (("forward-mode AD", "no jvp: ConvPoolFunction has a backward only"),)
 
 NETWORK_COST_UNSUPPORTED = (
     ("forward-mode AD", "no jvp; use Network.layered_cost"),
