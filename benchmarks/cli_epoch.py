@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from torch_manualbp.lightning.cli import read_config
 from torch_manualbp.testing.timing import median
 
 from .epoch import EpochBench
@@ -45,7 +46,7 @@ LONG = 6  # epochs of the longer run: one epoch = (t(LONG) − t(1)) / (LONG −
 
 def _config(out: Path, name: str) -> Path:
     """The shipped config, written into ``out`` with its logs and checkpoints there instead of under ``runs/``."""
-    config = yaml.safe_load(CONFIG.read_text())
+    config = read_config(CONFIG)
     trainer = config["trainer"]
     trainer["logger"]["init_args"].update(save_dir=str(out / "cli_runs"), name=name)
     for callback in trainer["callbacks"]:

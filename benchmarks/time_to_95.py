@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from torch_manualbp.lightning.cli import read_config
+
 __all__ = ["run", "CONFIG"]
 
 CONFIG = Path(__file__).with_name("fast_95.yaml")
@@ -45,7 +47,7 @@ def _relative(path: Path) -> str:
 def effective_config(out: Path, device: str, quick: bool) -> dict:
     """fast_95.yaml with the device, the output paths (relative to the repository) and, for a smoke run, a lower
     target."""
-    config = yaml.safe_load(CONFIG.read_text())
+    config = read_config(CONFIG)
     trainer = config["trainer"]
     trainer["accelerator"] = device
     trainer["default_root_dir"] = _relative(out / f"time95_{device}")  # where LightningCLI saves config.yaml

@@ -29,11 +29,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-import yaml
 from report import plot, read_history, results_table
 
 from torch_manualbp import Network
 from torch_manualbp.lightning import MNISTDataModule
+from torch_manualbp.lightning.cli import read_config
 from torch_manualbp.population import Population
 
 BLOCK = 1_000  # examples per Population.sgd_steps call
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/chapter3"))
     args = parser.parse_args()
     name = args.config.stem
-    settings = yaml.safe_load(args.config.read_text())
+    settings = read_config(args.config)
     epochs = args.epochs or settings["trainer"]["max_epochs"]
     run_dirs = {seed: args.runs / name / f"seed_{seed}" for seed in args.seeds}
     together = train(settings, run_dirs, epochs, args.data_seed)

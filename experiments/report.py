@@ -32,6 +32,8 @@ from pathlib import Path
 import matplotlib
 import yaml
 
+from torch_manualbp.lightning.cli import read_config
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -60,7 +62,7 @@ def main() -> None:
     table = results_table(name, histories, seconds, args.book)
     command = " ".join(["python", "experiments/report.py", *sys.argv[1:]])
     (args.out / f"{name}.md").write_text(f"Command: `{command}`\n\n{table}\n")
-    cost = yaml.safe_load(args.config.read_text()).get("model", {}).get("cost", "quadratic")
+    cost = read_config(args.config).get("model", {}).get("cost", "quadratic")
     plot(name, histories, args.out / f"{name}.png", cost)
     print(table)
 
@@ -88,7 +90,7 @@ def train_seeds(config: Path, name: str, seeds: list[int], jobs: int, runs: Path
 def train_population(config: Path, name: str, seeds: list[int], runs: Path, extra: list[str]):
     """Train the seeds as one population (one ``manualbp fit``); return each seed's seconds (the whole run's) and
     history, read from the members' metrics (``val/accuracy/member{k}`` ...)."""
-    settings = yaml.safe_load(config.read_text())
+    settings = read_config(config)
     settings["population"] = {"seeds": list(seeds)}
     path = write_run_config(settings, runs, name, "population")
     # one thread unless the user chose: with other processes busy beside it, the default two threads made an epoch of
@@ -110,7 +112,7 @@ def train_population(config: Path, name: str, seeds: list[int], runs: Path, extr
 
 def write_seed_config(config: Path, name: str, seed: int, runs: Path) -> Path:
     """The config with this seed (initialisation and shuffling) and its own log and checkpoint folder."""
-    settings = yaml.safe_load(config.read_text())
+    settings = read_config(config)
     settings["seed_everything"] = seed
     settings.setdefault("data", {})["seed"] = seed
     return write_run_config(settings, runs, name, f"seed_{seed}")

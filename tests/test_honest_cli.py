@@ -178,3 +178,26 @@ def test_a_scheduler_beside_the_classifiers_own_lr_schedule_is_one_line(tmp_path
     config = write_config(tmp_path, model={"lr_schedule": "cosine"})
     assert main(["fit", "--config", str(config), "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"]) == 2
     assert "--lr_scheduler and model.lr_schedule both set the learning rate's schedule" in _one_error_line(capsys)
+
+
+def test_a_shipped_config_trains_from_another_working_directory_its_data_dir_beside_the_config(tmp_path):
+    # data_dir: ../data/mnist in experiments/nielsen_ch1.yaml is the repository's MNIST; the outputs (runs/...) go to
+    # the working directory, as any command's relative outputs do
+    config = ROOT / "experiments" / "nielsen_ch1.yaml"
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    result = manualbp("fit", "--config", config, *short, "--data.monitor_test", "false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs" / "nielsen_ch1" / "version_0" / "metrics.csv").is_file()
+    assert (tmp_path / "runs" / "nielsen_ch1" / "last.ckpt").is_file()
+
+
+def test_a_relative_data_dir_on_the_command_line_is_relative_to_the_working_directory(tmp_path):
+    config = ROOT / "experiments" / "nielsen_ch1.yaml"
+    result = manualbp("fit", "--config", config, "--data.data_dir", "data/mnist", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"manualbp: error: data.data_dir '{tmp_path / 'data' / 'mnist'}' is not a directory")
+    )
+    assert not (tmp_path / "runs").exists()  # refused before anything is written

@@ -65,6 +65,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace, lazy_instance
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -83,6 +84,7 @@ __all__ = [
     "ConfigError",
     "ManualBPCLI",
     "RunInterrupted",
+    "read_config",
     "StopOnSignal",
     "run",
     "check_settings",
@@ -304,6 +306,7 @@ class ManualBPCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        _data_dir_beside_its_config(config, self._command_line)
         check_settings(config, subcommand)
         if _population(config):
             parser = self._parser(subcommand)
@@ -444,6 +447,38 @@ def _paths_under_root_dir(config) -> None:
     for entry in _as_list(trainer.get("callbacks")):
         if isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith("ModelCheckpoint"):
             under_root(entry.get("init_args"), "dirpath")
+
+
+def read_config(path: str | Path) -> dict:
+    """The settings of the YAML config at ``path`` as ``--config path`` takes them: a relative ``data.data_dir``
+    is relative to the file's folder (the shipped configs' ``../data/mnist`` is the repository's MNIST from any
+    working directory), and made absolute here. For scripts that load a config, change it and write it elsewhere."""
+    path = Path(path)
+    settings = yaml.safe_load(path.read_text())
+    data = settings.get("data") if isinstance(settings, dict) else None
+    if isinstance(data, dict) and data.get("data_dir") is not None and not Path(str(data["data_dir"])).is_absolute():
+        data["data_dir"] = str((path.parent / str(data["data_dir"])).resolve())
+    return settings
+
+
+def _data_dir_beside_its_config(config, args) -> None:
+    """``data.data_dir`` as :func:`read_config` reads it from the last ``--config`` file that sets it; one given on
+    the command line, or the default, stays relative to the working directory. Changes ``config`` in place."""
+    data = config.get("data")
+    whole_section = isinstance(args, list) and any(re.match(r"--data(=|$)", str(arg)) for arg in args)
+    if data is None or whole_section or _named_on_command_line("--data.data_dir", args):
+        return
+    data_dir = None
+    for path in config.get("config") or []:  # in the command line's order: the last file that sets it wins
+        try:
+            settings = read_config(getattr(path, "absolute", None) or str(path))
+        except (OSError, yaml.YAMLError):  # jsonargparse has read it already; nothing to add here
+            continue
+        written = settings.get("data") if isinstance(settings, dict) else None
+        if isinstance(written, dict) and written.get("data_dir") is not None:
+            data_dir = written["data_dir"]
+    if data_dir is not None:
+        data["data_dir"] = data_dir
 
 
 def _named_on_command_line(option: str, args) -> bool:
