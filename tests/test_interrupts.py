@@ -14,7 +14,7 @@ import signal
 
 import pytest
 import torch
-from conftest import edit_config, final_weights, manualbp, write_config
+from conftest import edit_config, final_weights, manualbp, metrics, write_config
 
 INTERRUPT_AT = 1500  # the middle of epoch 1: an epoch is 10 Lightning batches of 100 mini-batches of 10 images
 CHECKPOINT_EVERY = 700  # last.ckpt at steps 700, 1400, 2100, 2800: a SIGKILL at 1500 loses 100 steps
@@ -160,3 +160,41 @@ def test_an_interrupted_second_run_into_the_same_folder_keeps_the_first_runs_las
     ]
     assert steps[0] == steps[1] > 300  # the same run's saves as the first's, past the interrupt
     assert (folder / "last.ckpt").read_bytes() == first_bytes
+
+
+def _rows(tmp_path, name: str) -> list[dict[str, str]]:
+    return [row for row in metrics(tmp_path, name)]
+
+
+def _assert_same_rows(got: list[dict[str, str]], want: list[dict[str, str]]) -> None:
+    assert [(row["epoch"], row["step"], sorted(k for k, v in row.items() if v)) for row in got] == [
+        (row["epoch"], row["step"], sorted(k for k, v in row.items() if v)) for row in want
+    ]
+    for got_row, want_row in zip(got, want):  # the resumed epoch's training cost: summed in two processes
+        for key, value in want_row.items():
+            if value:
+                assert float(got_row[key]) == pytest.approx(float(value), rel=1e-6), key
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_a_resumed_run_into_its_own_log_folder_keeps_the_metrics_of_the_steps_before_its_checkpoint(
+    interrupted_and_resumed, straight, signal_name
+):
+    # Lightning's CSVLogger deletes metrics.csv when a run starts in an existing version folder (these configs fix
+    # version 0): the resumed run's file holds the epochs logged before the checkpoint too, as the straight run's
+    tmp_path, *_ = interrupted_and_resumed(signal_name)
+    _assert_same_rows(_rows(tmp_path, "killed"), _rows(straight[0], "straight"))
+
+
+def test_resuming_from_an_end_of_epoch_checkpoint_logs_what_the_straight_run_logs(tmp_path, straight):
+    config = write_config(tmp_path, "from_best", checkpoint_every=CHECKPOINT_EVERY, **FAST)
+    edit_config(config, lambda s: s["trainer"].update(max_epochs=2))
+    assert manualbp("fit", "--config", config).returncode == 0
+    best = next((tmp_path / "runs" / "from_best" / "version_0" / "checkpoints").glob("best-epoch=*.ckpt"))
+    edit_config(config, lambda s: s["trainer"].update(max_epochs=3))
+    resumed = manualbp("fit", "--config", config, "--ckpt_path", best)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epoch = int(best.stem.split("=")[1])
+    want_lines = _epoch_lines(straight[1].stdout)[epoch + 1 :]
+    assert [line for line, _ in _epoch_lines(resumed.stdout)] == [line for line, _ in want_lines]
+    _assert_same_rows(_rows(tmp_path, "from_best"), _rows(straight[0], "straight"))

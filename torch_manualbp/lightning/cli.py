@@ -54,6 +54,7 @@ The configs in ``experiments/`` need no change for either.
 from __future__ import annotations
 
 import copy
+import csv
 import pickle
 import re
 import signal
@@ -192,6 +193,41 @@ class StopOnSignal(L.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+class EarlierMetrics(L.Callback):
+    r"""A run resumed into its own ``CSVLogger`` folder (a config that fixes ``version``) keeps the rows that the
+    checkpoint's steps logged: Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it starts, and the resumed run
+    logs again only what comes after the checkpoint. Read before the trainer starts (:meth:`read`), written back at
+    ``on_fit_start``, after the logger has started and before it writes anything."""
+
+    def __init__(self, path: Path, rows: list[dict[str, str]], header: list[str]) -> None:
+        self.path, self.rows, self.header = path, rows, header
+
+    @classmethod
+    def read(cls, trainer, ckpt_path: str) -> EarlierMetrics | None:
+        """The rows of ``trainer``'s ``metrics.csv`` up to the step of the checkpoint at ``ckpt_path``, or ``None``
+        when there is nothing to keep (another logger, a new version folder)."""
+        logger = trainer.logger
+        if not isinstance(logger, CSVLogger) or trainer.global_rank != 0 or not Path(ckpt_path).is_file():
+            return None
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            return None
+        step = torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"]
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if row.get("step") and int(float(row["step"])) <= step]
+            return cls(path, rows, list(reader.fieldnames or []))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        writer = trainer.logger.experiment
+        with open(self.path, "w", newline="") as f:
+            table = csv.DictWriter(f, fieldnames=self.header)
+            table.writeheader()
+            table.writerows(self.rows)
+        # the header's columns, so that the logger appends under them (and rewrites the file whole for a new one)
+        writer.metrics_keys = list(self.header)
 
 
 def _interrupt_checkpoint_path(trainer) -> str:
@@ -365,6 +401,10 @@ class ManualBPCLI(LightningCLI):
             path = _last_checkpoint(self.trainer, subcommand)
             _check_ckpt_path(path)  # whole, and loadable with weights_only=True, like a file named on the command line
             self.config_init[subcommand]["ckpt_path"] = path
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        earlier = EarlierMetrics.read(self.trainer, ckpt_path) if subcommand == "fit" and ckpt_path else None
+        if earlier is not None:
+            self.trainer.callbacks.append(earlier)
         super()._run_subcommand(subcommand)
 
 
