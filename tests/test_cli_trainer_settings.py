@@ -6,10 +6,13 @@ Every run is the real command in a subprocess, from a fresh working directory, w
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 
+import pytest
 import torch
-from conftest import DATA_DIR, NIELSEN, manualbp, write_config
+from conftest import DATA_DIR, NIELSEN, edit_config, manualbp, write_config
 
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
 
@@ -67,3 +70,51 @@ def test_ckpt_path_last_among_two_runs_last_checkpoints_is_one_line_naming_both(
     assert line.startswith("manualbp: error: ckpt_path last: 2 last checkpoints"), line
     assert str(folder / "last.ckpt") in line and str(folder / "last-v1.ckpt") in line and "--ckpt_path" in line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, value, advice",
+    [
+        ("accumulate_grad_batches", "2", "set --model.mini_batch_size instead"),
+        ("gradient_clip_val", "1.0", "does not clip gradients"),
+    ],
+)
+def test_settings_a_self_stepping_module_cannot_honour_are_one_line_saying_what_to_do(tmp_path, setting, value, advice):
+    result = _fit(tmp_path, *SHORT, f"--trainer.{setting}", value)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"manualbp: error: trainer.{setting} {value} is not supported") and advice in line, line
+    assert "automatic optimization" not in result.stderr  # Lightning's advice, which a manualbp user cannot follow
+    assert _files(tmp_path) == []
+
+
+def test_without_save_last_the_summary_names_no_last_checkpoint_and_the_newest_file_to_resume_from(tmp_path):
+    config = write_config(tmp_path, "no_last", checkpoint_every=100)
+
+    def keep_no_last(settings):
+        settings["trainer"]["callbacks"][1]["init_args"]["save_last"] = False
+        settings["trainer"]["callbacks"][1]["init_args"]["save_top_k"] = 1
+
+    edit_config(config, keep_no_last)
+    result = manualbp("fit", "--config", config, *SHORT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Last checkpoint:"))
+    newest = re.fullmatch(
+        r"Last checkpoint: none written \(no ModelCheckpoint has save_last\); the newest is (\S+):"
+        r" resume with --ckpt_path <that file>",
+        line,
+    )
+    assert newest and Path(newest[1]).is_file(), line
+    resumed = manualbp("fit", "--config", config, *SHORT, "--trainer.max_epochs", "2", "--ckpt_path", newest[1])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="TensorBoard is installed here")
+def test_a_tensorboard_logger_without_tensorboard_is_one_line_naming_the_extra(tmp_path):
+    result = _fit(tmp_path, *SHORT, "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("manualbp: error: trainer.logger: TensorBoardLogger needs TensorBoard") and (
+        "pip install -e '.[tensorboard]'" in lines[-1]
+    ), lines[-1]
+    assert len(lines[-1]) < 250

@@ -122,7 +122,12 @@ def _train(argv: list[str] | None) -> int:
         if os.environ.get("MANUALBP_DEBUG", "") not in ("", "0"):
             raise
         message = _one_line(err)
-        if isinstance(err, ArgumentError):
+        if "Neither `tensorboard` nor `tensorboardX` is available" in message:  # jsonargparse's dump of the union
+            message = (
+                "trainer.logger: TensorBoardLogger needs TensorBoard, which is not installed: pip install -e"
+                " '.[tensorboard]' (or leave trainer.logger out: the default CSVLogger writes metrics.csv)"
+            )
+        elif isinstance(err, ArgumentError):
             args = sys.argv[1:] if argv is None else argv
             command = f"manualbp {args[0]}" if args and args[0] in _SUBCOMMANDS else "manualbp"
             message += f" ({command} --help lists every option)"

@@ -570,6 +570,8 @@ def check_settings(config, subcommand: str | None = None) -> None:
     all for ``validate``, ``test`` and ``predict``, which evaluate a trained network; ``best`` only inside ``fit``).
     """
     model, data = config.get("model"), config.get("data")
+    if config.get("trainer") is not None:
+        _check_trainer(config["trainer"])
     if model is not None:
         _check_model(model)
     if data is not None:
@@ -589,6 +591,22 @@ def check_settings(config, subcommand: str | None = None) -> None:
                 " 'Best checkpoint', or --ckpt_path last"
             )
     _check_ckpt_path(ckpt_path)
+
+
+def _check_trainer(trainer) -> None:
+    """The Trainer settings Lightning refuses for a module that steps itself (``manual optimization``), refused
+    here in words a ``manualbp`` user can act on."""
+    accumulate = trainer.get("accumulate_grad_batches")
+    if accumulate not in (None, 1):
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches {accumulate} is not supported: every update is one of the book's SGD"
+            " steps on model.mini_batch_size examples; for larger steps set --model.mini_batch_size instead"
+        )
+    if trainer.get("gradient_clip_val") not in (None, 0, 0.0):
+        raise ConfigError(
+            f"trainer.gradient_clip_val {trainer['gradient_clip_val']} is not supported: the book's SGD step does"
+            " not clip gradients (the divergence guard stops a run whose weights stop being finite); leave it out"
+        )
 
 
 #: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for

@@ -202,7 +202,13 @@ class EpochReport(L.Callback):
             lines.append(f"Last epoch {self.history[-1].epoch}: {_accuracies(self.history[-1])}")
         paths = checkpoint_paths(trainer)
         lines.append(f"Best checkpoint: {shown_path(paths['best']) if paths['best'] else 'none written'}")
-        lines.append(f"Last checkpoint: {shown_path(paths['last']) if paths['last'] else 'none written'}")
+        if not paths["last"] or Path(paths["last"]).name.startswith(ModelCheckpoint.CHECKPOINT_NAME_LAST):
+            lines.append(f"Last checkpoint: {shown_path(paths['last']) if paths['last'] else 'none written'}")
+        else:  # a ModelCheckpoint without save_last wrote it, and --ckpt_path last finds last*.ckpt files only
+            lines.append(
+                f"Last checkpoint: none written (no ModelCheckpoint has save_last); the newest is "
+                f"{shown_path(paths['last'])}: resume with --ckpt_path <that file>"
+            )
         lines.append(f"Metrics: {_metrics_location(trainer)}")
         lines.append(f"Curves: {shown_path(chart)}")
         return "\n".join(lines)
