@@ -6,6 +6,7 @@ Every run is the real command in a subprocess, from a fresh working directory, w
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import re
 from pathlib import Path
@@ -118,3 +119,50 @@ def test_a_tensorboard_logger_without_tensorboard_is_one_line_naming_the_extra(t
         "pip install -e '.[tensorboard]'" in lines[-1]
     ), lines[-1]
     assert len(lines[-1]) < 250
+
+
+@pytest.mark.parametrize(
+    "setting, value, choices", [("max_steps", 1550, "1500 or 1600"), ("val_check_interval", 50, "100")]
+)
+def test_step_counts_that_fall_inside_a_lightning_batch_are_one_line_with_the_whole_batches_either_side(
+    tmp_path, setting, value, choices
+):
+    result = _fit(tmp_path, f"--trainer.{setting}", str(value))
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"manualbp: error: trainer.{setting} {value} counts SGD updates") and line.endswith(
+        f"use {choices}"
+    ), line
+    assert _files(tmp_path) == []
+
+
+def test_max_steps_stops_after_that_many_sgd_updates(tmp_path):
+    result = _fit(tmp_path, "--trainer.max_steps", "300", "--trainer.limit_val_batches", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "`max_steps=300` reached" in result.stdout + result.stderr
+    rows = [row for row in csv.DictReader(open(tmp_path / "runs" / "nielsen_ch1" / "version_0" / "metrics.csv"))]
+    assert [row["step"] for row in rows if row.get("train/cost")] == ["300"]
+
+
+def test_val_check_interval_counts_sgd_updates_and_prints_each_mid_epoch_evaluation(tmp_path):
+    result = _fit(
+        tmp_path,
+        *SHORT[:2],
+        "--trainer.limit_train_batches",
+        "10",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.val_check_interval",
+        "300",
+        "--data.monitor_test",
+        "false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [row for row in csv.DictReader(open(tmp_path / "runs" / "nielsen_ch1" / "version_0" / "metrics.csv"))]
+    validated = [(row["step"], round(float(row["val/correct"]))) for row in rows if row.get("val/correct")]
+    assert [step for step, _ in validated] == ["300", "600", "900"]  # updates, not Lightning batches (100 each)
+    printed = re.findall(r"^Step (\d+) \(epoch 0\): Validation: (\d+) / 2000 ", result.stdout, re.MULTILINE)
+    assert [(step, int(correct)) for step, correct in printed] == validated
+    epoch_line = next(line for line in result.stdout.splitlines() if line.startswith("Epoch 0:"))
+    assert epoch_line.startswith(f"Epoch 0: {validated[-1][1]} / 2000 validation images")
+    assert epoch_line.endswith("(the evaluation of step 900)")

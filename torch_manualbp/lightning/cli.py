@@ -387,6 +387,10 @@ class ManualBPCLI(LightningCLI):
             # at the end of training (save_last), into the config's folder
             callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
             kwargs["enable_checkpointing"] = False
+        interval = kwargs.get("val_check_interval", trainer.get("val_check_interval"))
+        if isinstance(interval, int) and not isinstance(interval, bool):  # SGD updates (see _check_step_counts)
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            kwargs["val_check_interval"] = interval // updates_per_batch(config)  # Lightning counts batches
         plugins = _as_list(kwargs.pop("plugins", trainer.get("plugins")))
         strategy = kwargs.get("strategy", trainer.get("strategy", "auto"))
         strategy_name = (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
@@ -572,6 +576,7 @@ def check_settings(config, subcommand: str | None = None) -> None:
     model, data = config.get("model"), config.get("data")
     if config.get("trainer") is not None:
         _check_trainer(config["trainer"])
+        _check_step_counts(config)
     if model is not None:
         _check_model(model)
     if data is not None:
@@ -607,6 +612,32 @@ def _check_trainer(trainer) -> None:
             f"trainer.gradient_clip_val {trainer['gradient_clip_val']} is not supported: the book's SGD step does"
             " not clip gradients (the divergence guard stops a run whose weights stop being finite); leave it out"
         )
+
+
+def updates_per_batch(config) -> int:
+    """The SGD updates one Lightning batch makes: ``data.batch_size`` images in mini-batches of
+    ``model.mini_batch_size`` (the last one smaller where it does not divide), or 1 without a mini-batch size."""
+    size = (config.get("model") or {}).get("mini_batch_size")
+    batch = (config.get("data") or {}).get("batch_size")
+    return -(-batch // size) if size and batch else 1
+
+
+def _check_step_counts(config) -> None:
+    """``trainer.max_steps`` and an int ``trainer.val_check_interval`` count SGD updates (as ``global_step`` and the
+    checkpoints' names do); training stops and validates only between Lightning batches, so they must be whole
+    batches of updates."""
+    trainer, per_batch = config["trainer"], updates_per_batch(config)
+    where = (
+        f"each Lightning batch makes {per_batch} SGD updates (data.batch_size / model.mini_batch_size) and training"
+        " stops and validates only between batches"
+    )
+    for key in ("max_steps", "val_check_interval"):
+        value = trainer.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % per_batch == 0:
+            continue
+        lower, upper = value // per_batch * per_batch, (value // per_batch + 1) * per_batch
+        choices = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"trainer.{key} {value} counts SGD updates, and {where}: use {choices}")
 
 
 #: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for

@@ -114,6 +114,8 @@ class EpochReport(L.Callback):
         # the run, and how many processes the run has taken
         self._resumed_epoch_seconds = self._resumed_fit_seconds = 0.0
         self._processes = 1
+        self._batch_idx = -1  # the last training batch of this epoch that ended
+        self._evaluated_step = 0  # the global step of the last evaluation
 
     # --- fit ----------------------------------------------------------------------------------------------------
 
@@ -131,12 +133,20 @@ class EpochReport(L.Callback):
         self._in_epoch = True
         self._evaluated = {}
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         self._evaluated = self._collect(trainer)
+        self._evaluated_step = trainer.global_step
         if trainer.state.fn == "validate" and trainer.is_global_zero:  # manualbp validate: its result is this line
             print(_evaluation_line(self._evaluated, trainer.callback_metrics), flush=True)
+        mid_epoch = trainer.state.fn == "fit" and self._batch_idx + 1 < trainer.num_training_batches
+        if mid_epoch and trainer.is_global_zero and self._evaluated:  # val_check_interval: a line for each
+            line = _evaluation_line(self._evaluated, trainer.callback_metrics)
+            print(f"Step {trainer.global_step} (epoch {trainer.current_epoch}): {line}", flush=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = self._epoch_row(trainer)
@@ -144,7 +154,10 @@ class EpochReport(L.Callback):
         self._in_epoch = False
         self._resumed_epoch_seconds = 0.0
         if trainer.is_global_zero:
-            print(_epoch_line(row), flush=True)
+            line = _epoch_line(row)
+            if self._evaluated and self._evaluated_step != trainer.global_step:  # the epoch's last evaluation
+                line += f" (the evaluation of step {self._evaluated_step})"
+            print(line, flush=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: under DDP it is a broadcast
