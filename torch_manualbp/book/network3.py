@@ -1,0 +1,460 @@
+r"""The book's ``network3.py``, chapter 6's convolutional networks, with its names and signatures, over the package's
+hand-written layers: torch on the CPU (or wherever the layers are put), float32 as Theano's ``floatX`` was.
+
+The book's Theano code no longer installs. Here the layers are the package's modules, :class:`ConvPoolLayer` a
+:class:`~torch_manualbp.nn.ConvPool2d`, :class:`FullyConnectedLayer` and :class:`SoftmaxLayer` each a
+:class:`~torch_manualbp.nn.FullyConnected`, drawn as ``network3.py`` draws them, and their gradients come from the
+package's backwards (``ConvPoolFunction``, ``FullyConnectedFunction``, ``DropoutFunction`` and
+``SoftmaxLogLikelihoodFunction``: BP1-BP4 written out). Autograd only chains those Functions. Where Theano
+differentiated ``cost`` symbolically, :meth:`Network.SGD` asks autograd for the log-likelihood's gradients and adds
+the L2 term's, :math:`\lambda w / \text{num\_training\_batches}`, by hand.
+
+Chapter 6's session runs as printed::
+
+    >>> from torch_manualbp.book import network3
+    >>> from torch_manualbp.book.network3 import Network, ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
+    >>> training_data, validation_data, test_data = network3.load_data_shared()
+    >>> mini_batch_size = 10
+    >>> net = Network([FullyConnectedLayer(n_in=784, n_out=100), SoftmaxLayer(n_in=100, n_out=10)], mini_batch_size)
+    >>> net.SGD(training_data, 60, mini_batch_size, 0.1, validation_data, test_data)
+    Training mini-batch number 0
+    Training mini-batch number 1000
+    ...
+
+As in ``network3.py``: the mini-batches are taken in the data's order, never shuffled; validation and test accuracies
+are over whole mini-batches only (the last ``size(data) % mini_batch_size`` images are left out, none for MNIST's
+10,000 and a mini-batch of 10); the dropout of a layer removes entries of its *input*, a fresh mask for every example
+and every step, and at inference the layer's weights are scaled by :math:`1 - p` instead. The one change: the data is
+read from the repository's IDX files, not from ``mnist.pkl.gz``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from numbers import Integral, Real
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from torch_manualbp.activations import ACTIVATIONS, get_activation
+from torch_manualbp.functional import DropoutFunction, fully_connected, softmax_log_likelihood
+from torch_manualbp.mnist import MNIST_INPUTS, load_mnist
+from torch_manualbp.nn import ConvPool2d, FullyConnected
+
+from .mnist_loader import DATA_DIR, TRAINING
+
+__all__ = [
+    "ConvPoolLayer",
+    "FullyConnectedLayer",
+    "Network",
+    "ReLU",
+    "SoftmaxLayer",
+    "dropout_layer",
+    "linear",
+    "load_data_shared",
+    "sigmoid",
+    "size",
+    "tanh",
+]
+
+# network3's activation functions, by its names: each maps z to f(z), and carries the f'(z) the backwards use
+sigmoid, tanh, ReLU, linear = (ACTIVATIONS[name] for name in ("sigmoid", "tanh", "relu", "linear"))
+
+#: Rows a validation or test forward takes at once, a whole number of mini-batches: the accuracy is the same as one
+#: mini-batch at a time (every mini-batch has the same size), in a tenth of the calls.
+EVAL_ROWS = 1000
+
+
+def load_data_shared(filename: str | os.PathLike | None = None) -> list[tuple[Tensor, Tensor]]:
+    r"""``[training_data, validation_data, test_data]``, each a pair ``(x, y)`` of tensors, as ``network3.py``'s
+    shared variables: the first 50,000 MNIST training images, the last 10,000, and the 10,000 test images.
+
+    Args:
+        filename: the folder of the four MNIST IDX files (the book's is the path of ``mnist.pkl.gz``); ``None``: the
+            repository's ``data/mnist``.
+
+    Shape:
+        - x: :math:`(n, 784)` float32, pixel / 255; y: :math:`(n)` int64 labels.
+
+    Raises:
+        FileNotFoundError: a file is missing (one line naming it and the folder searched).
+        ValueError: a file is truncated or corrupted.
+    """
+    folder = DATA_DIR if filename is None else Path(filename)
+    try:
+        mnist = load_mnist(folder)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} Or pass load_data_shared(filename=...) the folder that holds them.") from None
+
+    def shared(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return images.reshape(-1, MNIST_INPUTS).float() / 255, labels  # float32 as Theano's floatX, (n, 784)
+
+    images, labels = mnist["train_images"], mnist["train_labels"]
+    return [
+        shared(images[:TRAINING], labels[:TRAINING]),
+        shared(images[TRAINING:], labels[TRAINING:]),
+        shared(mnist["test_images"], mnist["test_labels"]),
+    ]
+
+
+def size(data: tuple[Tensor, Tensor]) -> int:
+    """The number of examples in ``data``, a pair ``(x, y)`` as :func:`load_data_shared` returns."""
+    return data[0].shape[0]
+
+
+def dropout_layer(layer: Tensor, p_dropout: float) -> Tensor:
+    r"""``layer`` with each entry kept with probability :math:`1 - p` and set to 0 otherwise, a new mask drawn from
+    torch's global generator (``torch.bernoulli``) for each call, one entry per example and neuron as
+    ``network3.py``'s; the backward is :class:`~torch_manualbp.functional.DropoutFunction`'s, the same mask applied
+    to :math:`\partial C/\partial a`. Kept entries are not rescaled: the layers scale their weights by :math:`1 - p`
+    at inference instead."""
+    mask = torch.bernoulli(torch.full_like(layer, 1 - p_dropout))  # (N, n_in), 1 kept, 0 removed
+    return DropoutFunction.apply(layer, mask)
+
+
+class ConvPoolLayer(ConvPool2d):
+    r"""``network3.py``'s convolutional layer with max-pooling, a :class:`~torch_manualbp.nn.ConvPool2d`:
+    :math:`a = f(\operatorname{maxpool}(x \star w) + b)`, stride 1, no padding, no dropout.
+
+    Args:
+        filter_shape: ``(n_filters, n_in_maps, h, w)``: the feature maps computed, the input feature maps, and the
+            local receptive field, square (``h == w``) here.
+        image_shape: ``(mini_batch_size, n_in_maps, H, W)``, the input one mini-batch at a time.
+        poolsize: the max-pool block ``(p, p)``, square here; rows and columns that do not fill a block are dropped
+            (``ignore_border=True``). Default: ``(2, 2)``.
+        activation_fn: :data:`sigmoid` (default), :data:`tanh`, :data:`ReLU` or :data:`linear`.
+        device, dtype: where and how to allocate the parameters. Default: torch's, the CPU and float32.
+
+    The weights are drawn from :math:`\mathcal{N}(0, 1/n_{out})`, :math:`n_{out} = n_{filters} h w / p^2`, the biases
+    from :math:`\mathcal{N}(0, 1)`, as ``network3.py`` draws them (``ConvPool2d.reset_parameters``), from torch's
+    global generator.
+
+    Shape:
+        - Input: anything of :math:`n_{in\_maps} H W` entries per example, reshaped to
+          :math:`(N, n_{in\_maps}, H, W)` as ``network3.py`` reshapes it.
+        - Output: :math:`(N, n_{filters}, \lfloor (H - h + 1)/p \rfloor, \lfloor (W - w + 1)/p \rfloor)`.
+    """
+
+    def __init__(self, filter_shape, image_shape, poolsize=(2, 2), activation_fn=sigmoid, device=None, dtype=None):
+        _check_shape("filter_shape", filter_shape, "(n_filters, n_in_maps, h, w)")
+        _check_shape("image_shape", image_shape, "(mini_batch_size, n_in_maps, H, W)")
+        n_filters, n_in_maps, h, w = filter_shape
+        if n_in_maps != image_shape[1]:
+            raise ValueError(
+                f"filter_shape[1] (input feature maps) must equal image_shape[1], got {n_in_maps} and {image_shape[1]}"
+            )
+        if h != w:
+            raise ValueError(f"filter_shape must have a square field h == w (the package's layer), got {filter_shape}")
+        if h > image_shape[2] or w > image_shape[3]:
+            raise ValueError(f"filter_shape's field {h} x {w} must fit in image_shape's {image_shape[2:]} image")
+        if not (
+            isinstance(poolsize, (tuple, list))
+            and len(poolsize) == 2
+            and poolsize[0] == poolsize[1]
+            and _is_positive_int(poolsize[0])
+        ):
+            raise ValueError(f"poolsize must be a square (p, p) of positive ints, got {poolsize!r}")
+        conv_shape = (image_shape[2] - h + 1, image_shape[3] - w + 1)
+        if poolsize[0] > min(conv_shape):
+            raise ValueError(f"poolsize {tuple(poolsize)} must fit in the convolution's output {conv_shape}")
+        super().__init__(n_in_maps, n_filters, h, poolsize[0], _activation(activation_fn), device=device, dtype=dtype)
+        self.filter_shape, self.image_shape, self.poolsize = tuple(filter_shape), tuple(image_shape), tuple(poolsize)
+        self.output_shape = (n_filters, conv_shape[0] // poolsize[0], conv_shape[1] // poolsize[0])
+        self.n_in, self.n_out = math.prod(image_shape[1:]), math.prod(self.output_shape)
+
+    def forward(self, inpt: Tensor) -> Tensor:
+        """``network3.py``'s ``output``: the layer's activations for ``inpt``, at training and inference alike."""
+        return super().forward(inpt.reshape(-1, *self.image_shape[1:]))  # (N, n_filters, H_pool, W_pool)
+
+    def output_dropout(self, inpt_dropout: Tensor) -> Tensor:
+        """The training pass: the same as :meth:`forward`, there being no dropout in the convolutional layers."""
+        return self(inpt_dropout)
+
+
+class FullyConnectedLayer(FullyConnected):
+    r"""``network3.py``'s fully-connected layer, a :class:`~torch_manualbp.nn.FullyConnected` with dropout:
+    :math:`a = f(x W^\top + b)`.
+
+    Args:
+        n_in: the number of inputs, the neurons (or feature-map entries) of the layer below.
+        n_out: the number of neurons in this layer.
+        activation_fn: :data:`sigmoid` (default), :data:`tanh`, :data:`ReLU` or :data:`linear`.
+        p_dropout: the probability that an entry of the layer's input is removed for a training step (each example
+            its own mask, :func:`dropout_layer`); at inference the weights are scaled by :math:`1 - p` instead, so
+            that each neuron's weighted input is, on average, what training saw. Default: 0.0, no dropout.
+        device, dtype: where and how to allocate the parameters. Default: torch's, the CPU and float32.
+
+    The weights are drawn from :math:`\mathcal{N}(0, 1/n_{out})` (``network3.py`` scales by the layer's own size,
+    where ``FullyConnected`` scales by ``n_in``), the biases from :math:`\mathcal{N}(0, 1)`.
+
+    Shape:
+        - Input: :math:`(N, *)` with :math:`n_{in}` entries per example, flattened as ``network3.py`` reshapes it.
+        - Output: :math:`(N, n_{out})`.
+    """
+
+    def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0, device=None, dtype=None):
+        _check_sizes(n_in, n_out)
+        _check_p_dropout(p_dropout)
+        super().__init__(n_in, n_out, _activation(activation_fn), device=device, dtype=dtype)
+        self.n_in, self.n_out, self.p_dropout = n_in, n_out, float(p_dropout)
+
+    def reset_parameters(self) -> None:
+        """Draw the weights from N(0, 1/n_out) and the biases from N(0, 1) again, as ``network3.py``."""
+        nn.init.normal_(self.weight, 0.0, 1.0 / math.sqrt(self.out_features))
+        nn.init.normal_(self.bias, 0.0, 1.0)
+
+    def forward(self, inpt: Tensor) -> Tensor:
+        r"""``network3.py``'s ``output``, the inference pass: :math:`f((1 - p) x W^\top + b)`."""
+        x = inpt.reshape(-1, self.n_in)  # (N, n_in)
+        return fully_connected(x, (1 - self.p_dropout) * self.weight, self.bias, self.activation)
+
+    def output_dropout(self, inpt_dropout: Tensor) -> Tensor:
+        r"""``network3.py``'s ``output_dropout``, the training pass: :math:`f(\operatorname{dropout}(x) W^\top + b)`."""
+        x = _dropped(inpt_dropout.reshape(-1, self.n_in), self.p_dropout)  # (N, n_in)
+        return fully_connected(x, self.weight, self.bias, self.activation)
+
+
+class SoftmaxLayer(FullyConnected):
+    r"""``network3.py``'s softmax output layer, a linear :class:`~torch_manualbp.nn.FullyConnected` whose outputs
+    :math:`z = x W^\top + b` go through the softmax, :math:`a_j = e^{z_j} / \sum_k e^{z_k}`, with the log-likelihood
+    cost :math:`C = -\frac1m \sum_x \ln a_{y(x)}` (:meth:`cost`).
+
+    Args:
+        n_in: the number of inputs, the neurons of the layer below.
+        n_out: the number of output neurons, one per class.
+        p_dropout: as :class:`FullyConnectedLayer`'s: dropout of the layer's input at training, the weights scaled by
+            :math:`1 - p` at inference. Default: 0.0.
+        device, dtype: where and how to allocate the parameters. Default: torch's, the CPU and float32.
+
+    The weights and biases start at zero, as ``network3.py``'s (the layers below break the symmetry).
+
+    Shape:
+        - Input: :math:`(N, *)` with :math:`n_{in}` entries per example.
+        - Output: :math:`(N, n_{out})`, the softmax, each row summing to 1.
+    """
+
+    def __init__(self, n_in, n_out, p_dropout=0.0, device=None, dtype=None):
+        _check_sizes(n_in, n_out)
+        _check_p_dropout(p_dropout)
+        super().__init__(n_in, n_out, linear, device=device, dtype=dtype)
+        self.n_in, self.n_out, self.p_dropout = n_in, n_out, float(p_dropout)
+
+    def reset_parameters(self) -> None:
+        """Set the weights and biases to zero again, as ``network3.py``."""
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, inpt: Tensor) -> Tensor:
+        r"""``network3.py``'s ``output``, the inference pass: :math:`\operatorname{softmax}((1 - p) x W^\top + b)`."""
+        x = inpt.reshape(-1, self.n_in)  # (N, n_in)
+        return fully_connected(x, (1 - self.p_dropout) * self.weight, self.bias, linear).softmax(1)  # (N, n_out)
+
+    def cost(self, inpt_dropout: Tensor, y: Tensor) -> Tensor:
+        r"""The log-likelihood of the training pass, :math:`-\frac1m \sum_x \ln a_{y(x)}` of
+        :math:`a = \operatorname{softmax}(\operatorname{dropout}(x) W^\top + b)`, through the package's
+        :func:`~torch_manualbp.functional.softmax_log_likelihood` (its backward starts at BP1,
+        :math:`\delta^L = a^L - y`)."""
+        x = _dropped(inpt_dropout.reshape(-1, self.n_in), self.p_dropout)  # (m, n_in)
+        return softmax_log_likelihood(x, self.weight, self.bias, y)
+
+
+class Network(nn.Module):
+    r"""``network3.py``'s network: its ``layers`` in order, trained by :meth:`SGD` one mini-batch of
+    ``mini_batch_size`` at a time.
+
+    Args:
+        layers: :class:`ConvPoolLayer` and :class:`FullyConnectedLayer` objects, input side first, then one
+            :class:`SoftmaxLayer`; each layer's ``n_in`` must be the entries per example of the layer below's output
+            (784 for the first, MNIST's pixels), and a :class:`ConvPoolLayer`'s ``image_shape[0]`` must be
+            ``mini_batch_size``.
+        mini_batch_size: the examples per SGD step.
+
+    Attributes set by :meth:`SGD`, what it printed: ``validation_accuracies`` (one per epoch, fractions),
+    ``best_validation_accuracy``, ``best_iteration`` and ``test_accuracy`` (the test accuracy at the best epoch).
+    """
+
+    def __init__(self, layers, mini_batch_size) -> None:
+        super().__init__()
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, Integral) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+        _check_layers(layers, mini_batch_size)
+        self.layers = nn.ModuleList(layers)
+        self.mini_batch_size = int(mini_batch_size)
+        self.params = [param for layer in self.layers for param in (layer.weight, layer.bias)]
+
+    def SGD(self, training_data, epochs, mini_batch_size, eta, validation_data, test_data, lmbda=0.0) -> None:
+        r"""Train by mini-batch stochastic gradient descent, printing ``network3.py``'s lines.
+
+        Each epoch takes the ``size(training_data) // mini_batch_size`` whole mini-batches in order (no shuffle; a
+        last partial mini-batch is left out), each step :math:`p \to p - \eta\, \partial C/\partial p` with
+
+        .. math::
+            C = -\frac1m \sum_x \ln a^L_{y(x)}
+                + \frac{0.5\, \lambda}{\text{num\_training\_batches}} \sum_{\text{layers}} \lVert w \rVert^2
+
+        exactly as ``network3.py`` writes it (the λ term over the number of mini-batches, not over n as in
+        network2; the biases are not regularised). After each epoch it prints the validation accuracy over the
+        whole mini-batches of ``validation_data`` and, when that is the best so far (ties included), the test
+        accuracy over those of ``test_data``.
+
+        Args:
+            training_data, validation_data, test_data: pairs ``(x, y)`` as :func:`load_data_shared` returns, at
+                least one mini-batch each; ``x`` is moved to the layers' device and dtype.
+            epochs: the number of passes over the training data, at least 1.
+            mini_batch_size: must be the network's own (``network3.py`` builds its graph for that one).
+            eta: the learning rate η.
+            lmbda: the L2 regularisation parameter λ. Default: 0.0.
+        """
+        if mini_batch_size != self.mini_batch_size:
+            raise ValueError(f"mini_batch_size must be the network's {self.mini_batch_size}, got {mini_batch_size!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        _check_rate("eta", eta, positive=True)
+        _check_rate("lmbda", lmbda, positive=False)
+        training_x, training_y = self._placed("training_data", training_data)
+        validation_x, validation_y = self._placed("validation_data", validation_data)
+        test_x, test_y = self._placed("test_data", test_data)
+        m = self.mini_batch_size
+        num_training_batches = size(training_data) // m
+        num_validation_batches = size(validation_data) // m
+        num_test_batches = size(test_data) // m
+
+        self.validation_accuracies = []
+        best_validation_accuracy = 0.0
+        for epoch in range(epochs):
+            for minibatch_index in range(num_training_batches):
+                iteration = num_training_batches * epoch + minibatch_index
+                if iteration % 1000 == 0:
+                    print(f"Training mini-batch number {iteration}")
+                rows = slice(minibatch_index * m, (minibatch_index + 1) * m)
+                self.train_mb(training_x[rows], training_y[rows], eta, lmbda / num_training_batches)
+                if (iteration + 1) % num_training_batches == 0:
+                    validation_accuracy = self.accuracy(validation_x, validation_y, num_validation_batches)
+                    self.validation_accuracies.append(validation_accuracy)
+                    print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
+                    if validation_accuracy >= best_validation_accuracy:
+                        print("This is the best validation accuracy to date.")
+                        best_validation_accuracy = validation_accuracy
+                        best_iteration = iteration
+                        test_accuracy = self.accuracy(test_x, test_y, num_test_batches)
+                        print(f"The corresponding test accuracy is {test_accuracy:.2%}")
+        print("Finished training network.")
+        print(f"Best validation accuracy of {best_validation_accuracy:.2%} obtained at iteration {best_iteration}")
+        print(f"Corresponding test accuracy of {test_accuracy:.2%}")
+        self.best_validation_accuracy, self.best_iteration = best_validation_accuracy, best_iteration
+        self.test_accuracy = test_accuracy
+
+    def train_mb(self, x: Tensor, y: Tensor, eta: float, l2_share: float) -> Tensor:
+        r"""One SGD step on the mini-batch ``(x, y)``, ``network3.py``'s ``train_mb``; returns the log-likelihood
+        part of its cost, before the step.
+
+        The training pass chains each layer's ``output_dropout`` into the softmax's :meth:`SoftmaxLayer.cost`;
+        autograd runs their hand-written backwards. The L2 term's gradient is added by hand, ``l2_share`` being
+        :math:`\lambda / \text{num\_training\_batches}`.
+        """
+        inpt_dropout = x
+        for layer in self.layers[:-1]:
+            inpt_dropout = layer.output_dropout(inpt_dropout)
+        cost = self.layers[-1].cost(inpt_dropout, y)
+        grads = torch.autograd.grad(cost, self.params)  # BP1-BP4 of each layer's Function
+        with torch.no_grad():
+            for layer, nabla_w, nabla_b in zip(self.layers, grads[0::2], grads[1::2]):
+                # ∂/∂w of 0.5 λ Σ‖w‖² / num_training_batches = λ w / num_training_batches
+                layer.weight.sub_(eta * (nabla_w + l2_share * layer.weight))
+                layer.bias.sub_(eta * nabla_b)
+        return cost.detach()
+
+    @torch.no_grad()
+    def accuracy(self, x: Tensor, y: Tensor, num_batches: int) -> float:
+        """The fraction of the first ``num_batches`` whole mini-batches of ``(x, y)`` whose most active output
+        (the first, in a tie) is the label: the mean of ``network3.py``'s per-mini-batch accuracies, all of one size."""
+        rows = num_batches * self.mini_batch_size
+        chunk = max(1, EVAL_ROWS // self.mini_batch_size) * self.mini_batch_size
+        correct = 0
+        for start in range(0, rows, chunk):
+            inpt = x[start : min(start + chunk, rows)]
+            for layer in self.layers:
+                inpt = layer(inpt)
+            correct += int((inpt.argmax(1) == y[start : start + len(inpt)]).sum())  # y_out = argmax of the softmax
+        return correct / rows
+
+    def _placed(self, name: str, data) -> tuple[Tensor, Tensor]:
+        """``data`` checked as a pair ``(x, y)`` of at least one mini-batch that fits the first layer, with ``x`` on
+        the layers' device and in their dtype and ``y`` on their device."""
+        weight = self.layers[0].weight
+        if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)):
+            raise TypeError(f"{name} must be a pair (x, y) of tensors, as load_data_shared returns")
+        x, y = data
+        n_in = self.layers[0].n_in
+        if x.ndim != 2 or x.shape[1] != n_in or not x.is_floating_point():
+            raise ValueError(f"{name} must hold x as floats of shape (n, {n_in}), got {x.dtype} {tuple(x.shape)}")
+        if y.shape != x.shape[:1] or y.dtype != torch.int64:
+            raise ValueError(f"{name} must hold y as int64 labels of shape ({len(x)},), got {y.dtype} {tuple(y.shape)}")
+        if len(x) < self.mini_batch_size:
+            raise ValueError(f"{name} must hold at least one mini-batch of {self.mini_batch_size}, got {len(x)}")
+        return x.to(weight.device, weight.dtype), y.to(weight.device)
+
+
+def _dropped(x: Tensor, p_dropout: float) -> Tensor:
+    """``x`` through :func:`dropout_layer`, or ``x`` itself when nothing is dropped (network3 multiplies by a mask of
+    ones then: the same numbers)."""
+    return dropout_layer(x, p_dropout) if p_dropout > 0 else x
+
+
+def _activation(activation_fn):
+    """The package's activation for ``activation_fn``, or a one-line error naming the argument."""
+    try:
+        return get_activation(activation_fn)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"activation_fn must be one of network3's sigmoid, tanh, ReLU, linear, got {activation_fn!r}"
+        ) from None
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_shape(name: str, shape, meaning: str) -> None:
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 4 and all(_is_positive_int(s) for s in shape)):
+        raise ValueError(f"{name} must be a tuple of four positive ints {meaning}, got {shape!r}")
+
+
+def _check_sizes(n_in, n_out) -> None:
+    for name, value in (("n_in", n_in), ("n_out", n_out)):
+        if not _is_positive_int(value):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_p_dropout(p_dropout) -> None:
+    if isinstance(p_dropout, bool) or not isinstance(p_dropout, Real) or not 0 <= p_dropout < 1:
+        raise ValueError(f"p_dropout must be a probability in [0, 1), got {p_dropout!r}")
+
+
+def _check_rate(name: str, value, positive: bool) -> None:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def _check_layers(layers, mini_batch_size: int) -> None:
+    """A one-line error naming ``layers`` unless they chain: hidden layers, then one softmax layer, each taking what
+    the one below gives, on one device and in one dtype."""
+    hidden = (ConvPoolLayer, FullyConnectedLayer)
+    if not isinstance(layers, (list, tuple)) or not layers or not isinstance(layers[-1], SoftmaxLayer):
+        raise TypeError("layers must be a list of ConvPoolLayer/FullyConnectedLayer objects ending in a SoftmaxLayer")
+    for j, layer in enumerate(layers[:-1]):
+        if not isinstance(layer, hidden):
+            raise TypeError(f"layers[{j}] must be a ConvPoolLayer or FullyConnectedLayer, got {type(layer).__name__}")
+    for j, layer in enumerate(layers):
+        if isinstance(layer, ConvPoolLayer) and layer.image_shape[0] != mini_batch_size:
+            raise ValueError(
+                f"layers[{j}].image_shape[0] must be mini_batch_size {mini_batch_size}, got {layer.image_shape[0]}"
+            )
+        if j and layer.n_in != layers[j - 1].n_out:
+            raise ValueError(f"layers[{j}] takes {layer.n_in} inputs but layers[{j - 1}] gives {layers[j - 1].n_out}")
+        kind = (layer.weight.device, layer.weight.dtype)
+        if kind != (layers[0].weight.device, layers[0].weight.dtype):
+            raise ValueError(f"layers[{j}] is on {kind[0]} in {kind[1]}, unlike layers[0]: make them all alike")
