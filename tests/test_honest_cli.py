@@ -201,3 +201,16 @@ def test_a_relative_data_dir_on_the_command_line_is_relative_to_the_working_dire
         .startswith(f"manualbp: error: data.data_dir '{tmp_path / 'data' / 'mnist'}' is not a directory")
     )
     assert not (tmp_path / "runs").exists()  # refused before anything is written
+
+
+def test_predict_on_image_files_needs_no_mnist_folder(session, tmp_path):
+    # the session's last checkpoint, read from a working directory with no data/ and a data_dir that does not exist
+    checkpoint = next((session[0] / "config" / "last").glob("last*.ckpt"))
+    with_data = session[1]["predict"].stdout
+    result = manualbp(
+        "predict", "--config", session[0] / "config.yaml", "--ckpt_path", checkpoint, "--data.predict_path", DIGITS,
+        "--data.data_dir", tmp_path / "no_mnist_here", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = [line for line in result.stdout.splitlines() if ": predicted " in line]
+    assert answers and answers == [line for line in with_data.splitlines() if ": predicted " in line]

@@ -580,7 +580,7 @@ def check_settings(config, subcommand: str | None = None) -> None:
     if model is not None:
         _check_model(model)
     if data is not None:
-        _check_data(data)
+        _check_data(data, subcommand)
     if model is not None and data is not None:
         _check_training_set_size(model, data, _population(config).get("lmbda"))
     ckpt_path = config.get("ckpt_path")
@@ -663,7 +663,7 @@ def _check_model(model) -> None:
         raise ConfigError(f"model.{err}") from None
 
 
-def _check_data(data) -> None:
+def _check_data(data, subcommand: str | None = None) -> None:
     for key in ("batch_size", "eval_batch_size"):
         value = data.get(key)
         if value is not None and value < 1:
@@ -679,7 +679,7 @@ def _check_data(data) -> None:
             " of images or an IDX images file"
         )
     data_dir = data.get("data_dir")
-    if data_dir is None or data.get("download"):
+    if data_dir is None or data.get("download") or subcommand == "predict":  # predict reads predict_path only
         return
     where = Path(data_dir).resolve()
     if not where.is_dir():

@@ -303,8 +303,11 @@ class MNISTDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         r"""Download the files with torchvision if they are missing and ``download=True``; else check they exist.
 
-        Lightning runs this on one process per node, before :meth:`setup`, so a download happens once.
+        Lightning runs this on one process per node, before :meth:`setup`, so a download happens once. ``predict``
+        reads only ``predict_path``: it needs no MNIST files.
         """
+        if self.trainer is not None and self.trainer.state.fn == "predict":
+            return
         try:
             find_mnist_files(self.hparams.data_dir)
         except FileNotFoundError:
@@ -316,8 +319,9 @@ class MNISTDataModule(L.LightningDataModule):
             find_mnist_files(self.hparams.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        r"""Load, verify and split the data (once, whatever the stage: all of it takes about half a second)."""
-        if self.splits:
+        r"""Load, verify and split the data (once, whatever the stage: all of it takes about half a second); for
+        ``stage="predict"`` nothing: the images come from ``predict_path``."""
+        if self.splits or stage == "predict":
             return
         mnist = load_mnist(self.hparams.data_dir)
         images, labels = mnist["train_images"], mnist["train_labels"]
