@@ -7,6 +7,8 @@ of 10, one intra-op thread. One step is: the gradients set to ``None``, forward,
 
 - ``ours``: ``torch_manualbp.nn.ConvPool2d`` + ``nn.Flatten`` + ``FullyConnected(2880, 100)`` +
   ``FullyConnected(100, 10, activation="linear")`` + ``LogLikelihoodCost`` (every backward hand-written);
+- ``fused``: the same layers stepped by :func:`torch_manualbp.sequential.sgd_step`: the same equations with no
+  autograd graph and no optimizer;
 - ``autograd``: ``nn.Conv2d`` + ``F.max_pool2d`` + ``torch.sigmoid`` + ``nn.Linear`` + ``torch.sigmoid`` +
   ``nn.Linear`` + ``F.cross_entropy``, with the same parameters.
 
@@ -21,12 +23,14 @@ To run::
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from torch_manualbp.nn import ConvPool2d, FullyConnected, LogLikelihoodCost
+from torch_manualbp.sequential import sgd_step
 from torch_manualbp.testing.timing import interleaved, machine_info, median
 
 MINI_BATCH_SIZE, ETA = 10, 0.1  # chapter 6's mini-batch size and learning rate
@@ -89,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ours, plain = networks()
     x, y = torch.rand(MINI_BATCH_SIZE, 1, 28, 28), torch.randint(0, 10, (MINI_BATCH_SIZE,))
     print(f"largest gradient difference, ours - autograd (float32): {check_gradients(ours, plain, x, y):.2e}")
+    fused = copy.deepcopy(ours)
     contenders = {
+        "fused": lambda: sgd_step(fused, x, y, ETA),
         "ours": step_function(ours, LogLikelihoodCost(), x, y),
         "autograd": step_function(plain, F.cross_entropy, x, y),
     }
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name:>8}: median {median(times) * 1e3:.3f} ms per step ({args.repeats} samples of {calls[name]} steps)"
         )
-    print(f"ratio ours / autograd: {median(samples['ours']) / median(samples['autograd']):.3f}")
+    for name in ("fused", "ours"):
+        print(f"ratio {name} / autograd: {median(samples[name]) / median(samples['autograd']):.3f}")
 
 
 if __name__ == "__main__":
