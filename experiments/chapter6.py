@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("experiments/results/ch6"))
     args = parser.parse_args(argv)
     rung = RUNGS[args.rung]
-    epochs = args.epochs or rung.epochs
+    epochs = rung.epochs if args.epochs is None else args.epochs
 
     training_data, validation_data, test_data = network3.load_data_shared()
     if args.train_size:

@@ -216,6 +216,8 @@ def fc_net(**sgd):
         (fc_net(epochs=0), "epochs"),
         (fc_net(eta=-1.0), "eta"),
         (fc_net(lmbda=float("nan")), "lmbda"),
+        (fc_net(eta="0.1"), "eta"),
+        (lambda: FullyConnectedLayer(10, 10, p_dropout="0.5"), "p_dropout"),
         (fc_net(training_data=torch.rand(8, 64)), "training_data"),
         (fc_net(validation_data=(torch.rand(8, 63), torch.zeros(8, dtype=torch.int64))), "validation_data"),
         (fc_net(test_data=(torch.rand(3, 64), torch.zeros(3, dtype=torch.int64))), "test_data"),

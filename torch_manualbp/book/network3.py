@@ -195,7 +195,8 @@ class FullyConnectedLayer(FullyConnected):
     """
 
     def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0, device=None, dtype=None):
-        _check_sizes(n_in, n_out)
+        _check_count("n_in", n_in)
+        _check_count("n_out", n_out)
         _check_p_dropout(p_dropout)
         super().__init__(n_in, n_out, _activation(activation_fn), device=device, dtype=dtype)
         self.n_in, self.n_out, self.p_dropout = n_in, n_out, float(p_dropout)
@@ -236,7 +237,8 @@ class SoftmaxLayer(FullyConnected):
     """
 
     def __init__(self, n_in, n_out, p_dropout=0.0, device=None, dtype=None):
-        _check_sizes(n_in, n_out)
+        _check_count("n_in", n_in)
+        _check_count("n_out", n_out)
         _check_p_dropout(p_dropout)
         super().__init__(n_in, n_out, linear, device=device, dtype=dtype)
         self.n_in, self.n_out, self.p_dropout = n_in, n_out, float(p_dropout)
@@ -277,8 +279,7 @@ class Network(nn.Module):
 
     def __init__(self, layers, mini_batch_size) -> None:
         super().__init__()
-        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, Integral) or mini_batch_size < 1:
-            raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+        _check_count("mini_batch_size", mini_batch_size)
         _check_layers(layers, mini_batch_size)
         self.layers = nn.ModuleList(layers)
         self.mini_batch_size = int(mini_batch_size)
@@ -309,8 +310,7 @@ class Network(nn.Module):
         """
         if mini_batch_size != self.mini_batch_size:
             raise ValueError(f"mini_batch_size must be the network's {self.mini_batch_size}, got {mini_batch_size!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        _check_count("epochs", epochs)
         _check_rate("eta", eta, positive=True)
         _check_rate("lmbda", lmbda, positive=False)
         training_x, training_y = self._placed("training_data", training_data)
@@ -422,20 +422,27 @@ def _check_shape(name: str, shape, meaning: str) -> None:
         raise ValueError(f"{name} must be a tuple of four positive ints {meaning}, got {shape!r}")
 
 
-def _check_sizes(n_in, n_out) -> None:
-    for name, value in (("n_in", n_in), ("n_out", n_out)):
-        if not _is_positive_int(value):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def _check_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
 def _check_p_dropout(p_dropout) -> None:
-    if isinstance(p_dropout, bool) or not isinstance(p_dropout, Real) or not 0 <= p_dropout < 1:
+    _check_number("p_dropout", p_dropout)
+    if not 0 <= p_dropout < 1:
         raise ValueError(f"p_dropout must be a probability in [0, 1), got {p_dropout!r}")
 
 
 def _check_rate(name: str, value, positive: bool) -> None:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
+    _check_number(name, value)
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
