@@ -1,7 +1,8 @@
-"""A ``manualbp fit`` resumed from a checkpoint taken at the end of an epoch (``best-epoch=K.ckpt``, which
-ModelCheckpoint writes after that epoch's validation) prints every later epoch line, and writes every later
-metrics.csv row, exactly as the run that was never stopped (issue 26, finding 1: the resumed run trained epoch K+1
-on another epoch's shuffle).
+"""A ``manualbp fit`` resumed from any kind of checkpoint prints every later epoch line, and writes every later
+metrics.csv row, exactly as the run that was never stopped: one taken at the end of an epoch (``best-epoch=K.ckpt``,
+which ModelCheckpoint writes after that epoch's validation; issue 26, finding 1: the resumed run trained epoch K+1 on
+another epoch's shuffle), a periodic ``last.ckpt`` from the middle of an epoch, and the one SIGTERM writes; for the
+quadratic cost, cross-entropy with L2, dropout and a population.
 
 The reference is an uninterrupted run of the same config in its own process; every run is the real command.
 """
@@ -12,7 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import manualbp, metrics, write_config
+import torch
+from conftest import edit_config, manualbp, metrics, write_config
 
 SETTINGS = {
     "quadratic": {"sizes": [784, 30, 10], "eta": 3.0, "init": "normal", "mini_batch_size": 10},
@@ -24,7 +26,11 @@ SETTINGS = {
         "cost": "cross_entropy",
         "lmbda": 5.0,
     },
+    "dropout": {"sizes": [784, 30, 10], "eta": 0.5, "init": "scaled", "cost": "cross_entropy", "dropout": 0.5},
+    "population": {"sizes": [784, 30, 10], "eta": 3.0, "init": "normal", "seeds": [0, 1]},
 }
+#: Each epoch is 300 SGD updates (limit_train_batches 3 of 100); last.ckpt every 250: at 500, in the middle of epoch 1
+EVERY = 250
 
 
 def sections(model: dict, epochs: int) -> dict:
@@ -41,9 +47,12 @@ def epoch_lines(stdout: str) -> dict[int, str]:
     return lines
 
 
-def fit(tmp_path: Path, name: str, model: dict, epochs: int, *args: str) -> str:
-    result = manualbp("fit", "--config", write_config(tmp_path, name, **sections(model, epochs)), *args)
-    assert result.returncode == 0, result.stderr[-3000:]
+def fit(tmp_path: Path, name: str, model: dict, epochs: int, *args: str, killer: dict | None = None) -> str:
+    config = write_config(tmp_path, name, checkpoint_every=EVERY, **sections(model, epochs))
+    if killer:
+        edit_config(config, lambda settings: settings["trainer"]["callbacks"].append(killer))
+    result = manualbp("fit", "--config", config, *args)
+    assert result.returncode == (128 + 15 if killer else 0), result.stderr[-3000:]
     return result.stdout
 
 
@@ -51,14 +60,59 @@ def rows_after(rows: list[dict], epoch: int) -> list[dict]:
     return [row for row in rows if row.get("epoch") and int(row["epoch"]) > epoch]
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """``setting -> (folder, epoch lines)`` of the uninterrupted 4-epoch run, each run once."""
+    done = {}
+
+    def run(setting: str):
+        if setting not in done:
+            folder = tmp_path_factory.mktemp(f"straight_{setting}")
+            done[setting] = (folder, epoch_lines(fit(folder, "straight", SETTINGS[setting], 4)))
+        return done[setting]
+
+    return run
+
+
+def _first_run_and_its_checkpoint(tmp_path: Path, model: dict, kind: str) -> tuple[Path, int]:
+    """A first run stopped as ``kind`` says, the checkpoint to resume from, and the last epoch it holds complete."""
+    if kind == "best":
+        fit(tmp_path, "first", model, 2)
+        (best,) = (tmp_path / "runs" / "first").rglob("best-epoch=*.ckpt")
+        return best, int(re.search(r"best-epoch=(\d+)", best.name).group(1))
+    if kind == "periodic":  # 2 epochs, 600 updates: the last periodic save is at 500, in the middle of epoch 1
+        fit(tmp_path, "first", model, 2)
+        step = 500
+    else:
+        killer = {"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 400, "signal_name": "SIGTERM"}}
+        fit(tmp_path, "first", model, 4, killer=killer)  # written at the interrupt, at update 400 of epoch 1
+        step = 400
+    checkpoint = tmp_path / "first" / "last" / "last.ckpt"
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == step
+    return checkpoint, 0
+
+
+def assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    """The same rows, columns and integers; the floats to 1e-6 relative (a resumed epoch's training cost is summed
+    partly before the checkpoint and partly after it)."""
+    assert [sorted(k for k, v in row.items() if v) for row in got] == [
+        sorted(k for k, v in row.items() if v) for row in want
+    ]
+    for got_row, want_row in zip(got, want):
+        for key, value in want_row.items():
+            if value:
+                assert float(got_row[key]) == pytest.approx(float(value), rel=1e-6), key
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_a_run_resumed_from_its_best_epoch_checkpoint_prints_the_uninterrupted_runs_later_epochs(tmp_path, setting):
+@pytest.mark.parametrize("kind", ["best", "periodic", "interrupt"])
+def test_a_run_resumed_from_any_checkpoint_prints_and_logs_the_uninterrupted_runs_later_epochs(
+    tmp_path, straight, kind, setting
+):
     model = SETTINGS[setting]
-    straight = epoch_lines(fit(tmp_path, "straight", model, 4))
-    fit(tmp_path, "first", model, 2)
-    (best,) = (tmp_path / "runs" / "first").rglob("best-epoch=*.ckpt")
-    saved_epoch = int(re.search(r"best-epoch=(\d+)", best.name).group(1))
-    resumed = epoch_lines(fit(tmp_path, "resumed", model, 4, "--ckpt_path", best))
-    assert resumed == {e: line for e, line in straight.items() if e > saved_epoch}
-    later = rows_after(metrics(tmp_path, "straight"), saved_epoch)
-    assert rows_after(metrics(tmp_path, "resumed"), saved_epoch) == later
+    straight_folder, straight_lines = straight(setting)
+    checkpoint, saved_epoch = _first_run_and_its_checkpoint(tmp_path, model, kind)
+    resumed = epoch_lines(fit(tmp_path, "resumed", model, 4, "--ckpt_path", checkpoint))
+    assert resumed == {e: line for e, line in straight_lines.items() if e > saved_epoch}
+    later = rows_after(metrics(straight_folder, "straight"), saved_epoch)
+    assert_same_rows(rows_after(metrics(tmp_path, "resumed"), saved_epoch), later)
