@@ -42,6 +42,7 @@ from torch_manualbp.activations import ACTIVATIONS, get_activation
 from torch_manualbp.functional import DropoutFunction, fully_connected, softmax_log_likelihood
 from torch_manualbp.mnist import MNIST_INPUTS, load_mnist
 from torch_manualbp.nn import ConvPool2d, FullyConnected
+from torch_manualbp.sequential import sgd_step
 
 from .mnist_loader import DATA_DIR, TRAINING
 
@@ -284,6 +285,12 @@ class Network(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.mini_batch_size = int(mini_batch_size)
         self.params = [param for layer in self.layers for param in (layer.weight, layer.bias)]
+        # the layers as torch_manualbp.sequential.sgd_step takes them: a flatten after the last conv-pool layer
+        convs = sum(isinstance(layer, ConvPoolLayer) for layer in layers)
+        self._stack = None  # conv-pool layers above a fully connected one: autograd's path only
+        if all(isinstance(layer, ConvPoolLayer) for layer in layers[:convs]):
+            self._stack = [*layers[:convs], *([nn.Flatten()] if convs else []), *layers[convs:]]
+        self._input_shape = tuple(layers[0].image_shape[1:]) if convs else (layers[0].n_in,)
 
     def SGD(self, training_data, epochs, mini_batch_size, eta, validation_data, test_data, lmbda=0.0) -> None:
         r"""Train by mini-batch stochastic gradient descent, printing ``network3.py``'s lines.
@@ -350,10 +357,15 @@ class Network(nn.Module):
         r"""One SGD step on the mini-batch ``(x, y)``, ``network3.py``'s ``train_mb``; returns the log-likelihood
         part of its cost, before the step.
 
-        The training pass chains each layer's ``output_dropout`` into the softmax's :meth:`SoftmaxLayer.cost`;
-        autograd runs their hand-written backwards. The L2 term's gradient is added by hand, ``l2_share`` being
+        Without dropout the step is :func:`torch_manualbp.sequential.sgd_step`'s: the layers' equations with no
+        autograd graph (the same update, faster). With dropout the training pass chains each layer's
+        ``output_dropout`` into the softmax's :meth:`SoftmaxLayer.cost` and autograd runs their hand-written
+        backwards. The L2 term's gradient is added by hand either way, ``l2_share`` being
         :math:`\lambda / \text{num\_training\_batches}`.
         """
+        if self._stack is not None and not any(getattr(layer, "p_dropout", 0.0) for layer in self.layers):
+            # no dropout: the same update by the layers' equations with no autograd (torch_manualbp.sequential)
+            return sgd_step(self._stack, x.reshape(-1, *self._input_shape), y, eta, lmbda=l2_share, n=1)
         inpt_dropout = x
         for layer in self.layers[:-1]:
             inpt_dropout = layer.output_dropout(inpt_dropout)
