@@ -41,6 +41,17 @@ def check_same_kind(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
         raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
 
 
+def check_bias(bias: Tensor | None, size: int, weight: Tensor) -> None:
+    """Raise unless ``bias`` is ``None`` or a floating-point vector of ``size`` entries, one per output of
+    ``weight``, on its device and of its dtype."""
+    if bias is None:
+        return
+    check_float_tensor("bias", bias)
+    if bias.shape != (size,):
+        raise ValueError(f"bias must have shape ({size},) to match weight, got {tuple(bias.shape)}")
+    check_same_kind("bias", bias, "weight", weight)
+
+
 def targets(y: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """The desired outputs as floats of ``shape`` on ``like``'s device, in ``like``'s dtype: a float ``y`` checked
     and returned as it is, integer class labels one-hot encoded (the book's representation of a digit)."""

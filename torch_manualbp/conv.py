@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import get_activation
-from .checks import check_float_tensor, check_same_kind
+from .checks import check_bias, check_float_tensor, check_same_kind
 
 __all__ = [
     "ConvPoolFunction",
@@ -210,11 +210,7 @@ def _check_conv_pool(x: Tensor, weight: Tensor, bias: Tensor | None, pool_size: 
     if x.shape[2] < k or x.shape[3] < k:
         raise ValueError(f"x's height and width must be at least the kernel size {k}, got {tuple(x.shape[2:])}")
     check_same_kind("x", x, "weight", weight)
-    if bias is not None:
-        check_float_tensor("bias", bias)
-        if bias.shape != (c_out,):
-            raise ValueError(f"bias must have shape ({c_out},) to match weight, got {tuple(bias.shape)}")
-        check_same_kind("bias", bias, "weight", weight)
+    check_bias(bias, c_out, weight)
     if isinstance(pool_size, bool) or not isinstance(pool_size, int):
         raise TypeError(f"pool_size must be an int, got {type(pool_size).__name__}")
     conv_size = (x.shape[2] - k + 1, x.shape[3] - k + 1)

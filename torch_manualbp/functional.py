@@ -40,7 +40,7 @@ from torch import Tensor
 
 from . import recording
 from .activations import get_activation
-from .checks import check_float_tensor, check_same_kind, targets
+from .checks import check_bias, check_float_tensor, check_same_kind, targets
 from .conv import ConvPoolFunction, conv_pool
 from .equations import (
     a_minus_y,
@@ -745,11 +745,7 @@ def _check_layer(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, i
             f"{tuple(weight.shape)}, got shape {tuple(x.shape)}"
         )
     check_same_kind("x", x, "weight", weight)
-    if bias is not None:
-        check_float_tensor("bias", bias)
-        if bias.shape != (out_features,):
-            raise ValueError(f"bias must have shape ({out_features},) to match weight, got {tuple(bias.shape)}")
-        check_same_kind("bias", bias, "weight", weight)
+    check_bias(bias, out_features, weight)
     return out_features, in_features
 
 
