@@ -214,3 +214,16 @@ def test_predict_on_image_files_needs_no_mnist_folder(session, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     answers = [line for line in result.stdout.splitlines() if ": predicted " in line]
     assert answers and answers == [line for line in with_data.splitlines() if ": predicted " in line]
+
+
+def test_read_config_takes_a_relative_data_dir_beside_the_file_and_keeps_absolute_and_home_paths(tmp_path):
+    from torch_manualbp.lightning.cli import read_config
+
+    config = tmp_path / "configs" / "run.yaml"
+    config.parent.mkdir()
+    for written, want in (("../mnist", tmp_path / "mnist"), ("/data/mnist", Path("/data/mnist"))):
+        config.write_text(f"model:\n  eta: 0.5\ndata:\n  data_dir: {written}\n  batch_size: 10\n")
+        assert read_config(config) == {"model": {"eta": 0.5}, "data": {"data_dir": str(want), "batch_size": 10}}
+    config.write_text("data:\n  data_dir: ~/mnist\n")
+    assert read_config(config)["data"]["data_dir"] == str(Path.home() / "mnist")
+    assert read_config(ROOT / "experiments" / "nielsen_ch1.yaml")["data"]["data_dir"] == str(ROOT / "data" / "mnist")

@@ -500,8 +500,9 @@ def read_config(path: str | Path) -> dict:
     path = Path(path)
     settings = yaml.safe_load(path.read_text())
     data = settings.get("data") if isinstance(settings, dict) else None
-    if isinstance(data, dict) and data.get("data_dir") is not None and not Path(str(data["data_dir"])).is_absolute():
-        data["data_dir"] = str((path.parent / str(data["data_dir"])).resolve())
+    if isinstance(data, dict) and data.get("data_dir") is not None:
+        data_dir = Path(str(data["data_dir"])).expanduser()  # ~/mnist is the user's, not beside the file
+        data["data_dir"] = str(data_dir if data_dir.is_absolute() else (path.parent / data_dir).resolve())
     return settings
 
 
