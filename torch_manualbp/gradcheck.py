@@ -134,16 +134,30 @@ def default_cases(seed: int = 0) -> list[Case]:
     for activation in ACTIVATIONS:
         x, w, b = _leaf(5, 3, generator=g), _leaf(4, 3, generator=g), _leaf(4, generator=g)
         fc = partial(fully_connected, activation=activation)
-        cases.append(Case("fully_connected", f"x (5, 3), weight (4, 3), bias, {activation}", fc, (x, w, b), NO_JVP))
+        cases.append(
+            Case(
+                "fully_connected",
+                f"x (5, 3), weight (4, 3), bias, {activation}",
+                fc,
+                (x, w, b),
+                _no_jvp("FullyConnectedFunction"),
+            )
+        )
     for activation in ACTIVATIONS:  # 7 x 6 maps, 3 x 3 filters: a 5 x 4 convolution, pooled 2 x 2 (a row dropped)
         x, w, b = _leaf(2, 2, 7, 6, generator=g), _leaf(3, 2, 3, 3, generator=g), _leaf(3, generator=g)
         cp = partial(conv_pool, activation=activation)
         description = f"x (2, 2, 7, 6), weight (3, 2, 3, 3), bias, pool 2, {activation}"
-        cases.append(Case("conv_pool", description, cp, (x, w, b), CONV_POOL_NO_JVP))
+        cases.append(Case("conv_pool", description, cp, (x, w, b), _no_jvp("ConvPoolFunction")))
     x, w = _leaf(1, 1, 6, 5, generator=g), _leaf(2, 1, 3, 3, generator=g)
     cp = partial(conv_pool, pool_size=1, activation="tanh")
     cases.append(
-        Case("conv_pool", "x (1, 1, 6, 5), weight (2, 1, 3, 3), no bias, pool 1, tanh", cp, (x, w), CONV_POOL_NO_JVP)
+        Case(
+            "conv_pool",
+            "x (1, 1, 6, 5), weight (2, 1, 3, 3), no bias, pool 1, tanh",
+            cp,
+            (x, w),
+            _no_jvp("ConvPoolFunction"),
+        )
     )
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     cases.append(Case("dropout", "a (4, 6), mask (6,)", dropout, (_leaf(4, 6, generator=g), mask)))
@@ -170,8 +184,10 @@ def _network_cost(x, y, *params, cost, activation=None):
     return NetworkCostFunction.apply(x, y, cost, activation, *params)
 
 
-NO_JVP = (("forward-mode AD", "no jvp: FullyConnectedFunction has a backward only"),)
-CONV_POOL_NO_JVP = (("forward-mode AD", "no jvp: ConvPoolFunction has a backward only"),)
+def _no_jvp(function: str) -> tuple[tuple[str, str], ...]:
+    """The ``unsupported`` of a Function with a backward and no forward-mode rule."""
+    return (("forward-mode AD", f"no jvp: {function} has a backward only"),)
+
 
 NETWORK_COST_UNSUPPORTED = (
     ("forward-mode AD", "no jvp; use Network.layered_cost"),

@@ -89,8 +89,7 @@ class SigmoidLinear(nn.Module):
         _check_positive_int("out_features", out_features)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
-            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        _check_float_dtype(dtype)
         self.in_features = in_features
         self.out_features = out_features
         self.init = init
@@ -159,8 +158,7 @@ class FullyConnected(nn.Module):
         super().__init__()
         _check_positive_int("in_features", in_features)
         _check_positive_int("out_features", out_features)
-        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
-            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        _check_float_dtype(dtype)
         self.in_features = in_features
         self.out_features = out_features
         self.activation = get_activation(activation)
@@ -250,8 +248,7 @@ class ConvPool2d(nn.Module):
         _check_positive_int("out_channels", out_channels, "feature maps")
         _check_positive_int("kernel_size", kernel_size, "pixels")
         _check_positive_int("pool_size", pool_size, "pixels")
-        if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
-            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        _check_float_dtype(dtype)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -390,6 +387,11 @@ class LogLikelihoodCost(_ReducedCost):
 def sigmoid_layers(module: nn.Module) -> list[SigmoidLinear]:
     """Every ``SigmoidLinear`` inside ``module``, in registration order (input side first in a ``Network``)."""
     return [m for m in module.modules() if isinstance(m, SigmoidLinear)]
+
+
+def _check_float_dtype(dtype) -> None:
+    if dtype is not None and not torch.empty((), dtype=dtype).is_floating_point():
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
 
 
 def _check_positive_int(name: str, value, of: str = "neurons") -> None:

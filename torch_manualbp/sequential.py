@@ -28,7 +28,7 @@ from .conv import (
     feedforward_conv_pool,
     route_through_pool,
 )
-from .costs import COSTS, Cost
+from .costs import Cost, get_cost
 from .equations import a_minus_y, bias_gradient, error_below, weight_gradient, weighted_input
 from .nn import ConvPool2d, FullyConnected
 
@@ -73,9 +73,7 @@ def sgd_step(
         - Output: a scalar.
     """
     layers = _check_layers(layers, x)
-    cost = COSTS[cost] if isinstance(cost, str) and cost in COSTS else cost
-    if not isinstance(cost, Cost):
-        raise ValueError(f"cost must be one of {sorted(COSTS)} or a Cost, got {cost!r}")
+    cost = get_cost(cost)
     eta = check_learning_rate(eta)
     decay = l2_weight_decay(lmbda, n)
     with torch.no_grad():

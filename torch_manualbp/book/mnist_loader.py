@@ -32,6 +32,15 @@ DATA_DIR = Path(torch_manualbp.__file__).resolve().parents[1] / "data" / "mnist"
 TRAINING = 50_000
 
 
+def read_mnist(data_dir: str | os.PathLike | None, call: str) -> dict:
+    """:func:`~torch_manualbp.mnist.load_mnist` of ``data_dir`` (``None``: :data:`DATA_DIR`); a missing file is one
+    line that also says to pass ``call`` the folder that holds the files."""
+    try:
+        return load_mnist(DATA_DIR if data_dir is None else Path(data_dir))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} Or pass {call} the folder that holds them.") from None
+
+
 def load_data(data_dir: str | os.PathLike | None = None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     r"""``(training_data, validation_data, test_data)``, each a pair ``(images, labels)`` of numpy arrays.
 
@@ -46,11 +55,7 @@ def load_data(data_dir: str | os.PathLike | None = None) -> tuple[tuple[np.ndarr
         FileNotFoundError: a file is missing (one line naming it and the folder searched).
         ValueError: a file is truncated or corrupted.
     """
-    folder = DATA_DIR if data_dir is None else Path(data_dir)
-    try:
-        mnist = load_mnist(folder)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error} Or pass load_data(data_dir=...) the folder that holds them.") from None
+    mnist = read_mnist(data_dir, "load_data(data_dir=...)")
     train_x = mnist["train_images"].reshape(-1, MNIST_INPUTS).numpy() / 255.0  # uint8 / float: float64
     train_y = mnist["train_labels"].numpy()
     test_x = mnist["test_images"].reshape(-1, MNIST_INPUTS).numpy() / 255.0

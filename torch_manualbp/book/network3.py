@@ -33,18 +33,17 @@ from __future__ import annotations
 import math
 import os
 from numbers import Integral, Real
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from torch_manualbp.activations import ACTIVATIONS, get_activation
 from torch_manualbp.functional import DropoutFunction, fully_connected, softmax_log_likelihood
-from torch_manualbp.mnist import MNIST_INPUTS, load_mnist
+from torch_manualbp.mnist import MNIST_INPUTS
 from torch_manualbp.nn import ConvPool2d, FullyConnected
 from torch_manualbp.sequential import sgd_step
 
-from .mnist_loader import DATA_DIR, TRAINING
+from .mnist_loader import TRAINING, read_mnist
 
 __all__ = [
     "ConvPoolLayer",
@@ -83,11 +82,7 @@ def load_data_shared(filename: str | os.PathLike | None = None) -> list[tuple[Te
         FileNotFoundError: a file is missing (one line naming it and the folder searched).
         ValueError: a file is truncated or corrupted.
     """
-    folder = DATA_DIR if filename is None else Path(filename)
-    try:
-        mnist = load_mnist(folder)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error} Or pass load_data_shared(filename=...) the folder that holds them.") from None
+    mnist = read_mnist(filename, "load_data_shared(filename=...)")
 
     def shared(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         return images.reshape(-1, MNIST_INPUTS).float() / 255, labels  # float32 as Theano's floatX, (n, 784)
