@@ -206,3 +206,32 @@ def test_reduce_lr_on_plateau_without_a_monitor_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="ReduceLROnPlateau needs a monitor"):
         _fit(_Given(sgd_and_plain_plateau), 10, tmp_path)
+
+
+def test_the_classifiers_optimizer_and_lr_scheduler_settings_build_what_they_name():
+    # the form LightningCLI's --optimizer / --lr_scheduler hand over (link_to), built by configure_optimizers
+    adam = {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}
+    step = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2, "gamma": 0.5}}
+    model = ManualBPClassifier([784, 30, 10], optimizer=adam, lr_scheduler=step)
+    (optimizer,), (scheduler,) = model.configure_optimizers()  # LightningCLI.configure_optimizers' form
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 0.01
+    assert [p.data_ptr() for p in optimizer.param_groups[0]["params"]] == [p.data_ptr() for p in model.parameters()]
+    assert type(scheduler) is torch.optim.lr_scheduler.StepLR and scheduler.step_size == 2
+    (alone,), _ = ManualBPClassifier([784, 30, 10], eta=0.5, lr_scheduler=step).configure_optimizers()
+    assert type(alone) is torch.optim.SGD and alone.defaults["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"optimizer": "Adam"}, "optimizer must be None or a dict"),
+        ({"lr_scheduler": {"init_args": {}}}, "lr_scheduler must be None or a dict"),
+        (
+            {"lr_schedule": "cosine", "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.StepLR"}},
+            "lr_scheduler and lr_schedule both set",
+        ),
+    ],
+)
+def test_a_bad_optimizer_or_lr_scheduler_setting_is_refused_naming_it(settings, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        ManualBPClassifier([784, 30, 10], **settings)

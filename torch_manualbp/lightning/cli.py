@@ -61,7 +61,6 @@ import signal
 import sys
 import zipfile
 from pathlib import Path
-from types import MethodType
 from typing import Any
 
 import lightning as L
@@ -70,7 +69,7 @@ import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace, lazy_instance
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _global_add_class_path, instantiate_class
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
@@ -291,11 +290,26 @@ _PARSER_KWARGS.update(
 )
 
 
+class _ArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, with ``validate`` and ``test`` quiet by default (``verbose`` false): EpochReport prints
+    the book's line, which Lightning's table would repeat (``--verbose true`` brings the table back)."""
+
+    def add_method_arguments(self, theclass, themethod, *args, **kwargs):
+        added = super().add_method_arguments(theclass, themethod, *args, **kwargs)
+        if themethod in ("validate", "test"):
+            self.set_defaults(verbose=False)
+        return added
+
+
 class ManualBPCLI(LightningCLI):
     """``LightningCLI`` with settings checked up front, a divergence guard, atomic checkpoint writes and a report of
     what happened by default."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        # --optimizer and --lr_scheduler as LightningCLI has them, handed to the classifier, which builds them
+        # (``--lr_scheduler`` alone drives its own torch.optim.SGD at model.eta, on the fused path as on autograd's)
+        parser.add_optimizer_args((torch.optim.Optimizer,), link_to="model.optimizer")
+        parser.add_lr_scheduler_args(LRSchedulerTypeTuple, link_to="model.lr_scheduler")
         for name, kind, text in _POPULATION_ARGUMENTS:
             parser.add_argument(f"--population.{name}", type=kind | None, default=None, help=text)
         parser.add_argument(
@@ -306,37 +320,6 @@ class ManualBPCLI(LightningCLI):
             " and the accuracy of test (EpochReport); false: only Lightning's own output",
         )
 
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand in ("validate", "test"):
-            parser.set_defaults(verbose=False)  # EpochReport prints the book's line; Lightning's table repeats it
-        return parser
-
-    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
-        r"""``--optimizer`` (with or without ``--lr_scheduler``) as LightningCLI applies it; ``--lr_scheduler`` alone,
-        which LightningCLI would drop without a word, drives the classifier's own optimizer (``torch.optim.SGD`` at
-        ``model.eta``), on the fused path as on autograd's."""
-        super()._add_configure_optimizers_method_to_model(subcommand)
-        parser = self._parser(subcommand)
-        if any(self._get(self.config_init, key) for key in parser._optimizers):
-            return  # LightningCLI has built both
-        given = [key for key in parser._lr_schedulers if self._get(self.config_init, key)]
-        if not given:
-            return
-        if self._get(self.config, "model", {}).get("lr_schedule", "constant") != "constant":
-            raise ConfigError(f"--{given[0]} and model.lr_schedule both set the learning rate's schedule; give one")
-        scheduler_class, scheduler_init = parser._lr_schedulers[given[0]][0], self._get(self.config_init, given[0])
-        if not isinstance(scheduler_class, tuple):
-            scheduler_init = _global_add_class_path(scheduler_class, scheduler_init)
-        own = self.model.configure_optimizers
-
-        def configure_optimizers(model):
-            optimizer = own()  # the classifier's SGD (lr_schedule is "constant": no scheduler of its own)
-            scheduler = instantiate_class(optimizer, scheduler_init)
-            return LightningCLI.configure_optimizers(model, optimizer, scheduler)
-
-        self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
-
     def parse_arguments(self, parser, args) -> None:
         self._command_line = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
@@ -344,9 +327,10 @@ class ManualBPCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else self.config
         _data_dir_beside_its_config(config, self._command_line)
         check_settings(config, subcommand)
+        if config.get("lr_scheduler") and (config.get("model") or {}).get("lr_schedule", "constant") != "constant":
+            raise ConfigError("--lr_scheduler and model.lr_schedule both set the learning rate's schedule; give one")
         if _population(config):
-            parser = self._parser(subcommand)
-            _check_population(config, [key for key in [*parser._optimizers, *parser._lr_schedulers] if config.get(key)])
+            _check_population(config)
 
     def instantiate_classes(self) -> None:
         _paths_under_root_dir(self.config[self.subcommand] if self.subcommand else self.config)
@@ -399,17 +383,30 @@ class ManualBPCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(callbacks=callbacks, plugins=plugins or None, **kwargs)
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        ckpt_path = self.config_init[subcommand].get("ckpt_path")
-        if ckpt_path == "last":  # resolved here as Lightning would, to refuse what it would only warn about
+    def _resolve_last(self, subcommand: str) -> str | None:
+        """The subcommand's ``ckpt_path``, ``last`` resolved here as Lightning would, to refuse what it would only
+        warn about (LightningCLI's ``before_<subcommand>`` hooks run this before the subcommand reads its settings)."""
+        settings = self.config_init[subcommand]
+        if settings.get("ckpt_path") == "last":
             path = _last_checkpoint(self.trainer, subcommand)
             _check_ckpt_path(path)  # whole, and loadable with weights_only=True, like a file named on the command line
-            self.config_init[subcommand]["ckpt_path"] = path
-        ckpt_path = self.config_init[subcommand].get("ckpt_path")
-        earlier = EarlierMetrics.read(self.trainer, ckpt_path) if subcommand == "fit" and ckpt_path else None
+            settings["ckpt_path"] = path
+        return settings.get("ckpt_path")
+
+    def before_fit(self) -> None:
+        ckpt_path = self._resolve_last("fit")
+        earlier = EarlierMetrics.read(self.trainer, ckpt_path) if ckpt_path else None
         if earlier is not None:
             self.trainer.callbacks.append(earlier)
-        super()._run_subcommand(subcommand)
+
+    def before_validate(self) -> None:
+        self._resolve_last("validate")
+
+    def before_test(self) -> None:
+        self._resolve_last("test")
+
+    def before_predict(self) -> None:
+        self._resolve_last("predict")
 
 
 #: ``population.*``: a config (or command line) with any of them trains a population, the other model settings
@@ -437,7 +434,7 @@ def _population(config) -> dict:
     return {key: value for key, value in dict(population).items() if value is not None}
 
 
-def _check_population(config, optimizers: list[str]) -> None:
+def _check_population(config) -> None:
     """:class:`ConfigError` for ``population.*`` settings that cannot work, or settings a population cannot apply
     (by :func:`~torch_manualbp.lightning.paths.training_path`, the classifier's own rule)."""
     model = config.get("model") or {}
@@ -449,8 +446,8 @@ def _check_population(config, optimizers: list[str]) -> None:
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"population.{err}") from None
-    given = {"optimizer", "lr_scheduler"} & {key.split(".")[0] for key in optimizers}
-    schedulers = [f"--{key}" for key in optimizers if key.split(".")[0] != "optimizer"]
+    given = {key for key in ("optimizer", "lr_scheduler") if config.get(key)}
+    schedulers = ["--lr_scheduler"] if "lr_scheduler" in given else []
     trainer = config.get("trainer") or {}
     try:
         training_path(
@@ -711,7 +708,7 @@ def _check_ckpt_path(ckpt_path) -> None:
     load with ``torch.load(weights_only=True)``: nothing in it may be an object whose unpickling could run code."""
     special = ckpt_path in ("last", "best", "hpc") or str(ckpt_path).lower().startswith("registry")
     if not ckpt_path or special or "://" in str(ckpt_path):
-        return  # Lightning resolves these itself ("last": ManualBPCLI._run_subcommand, first)
+        return  # Lightning resolves these itself ("last": ManualBPCLI.before_<subcommand>, first)
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(
@@ -755,6 +752,7 @@ def run(args: list[str] | dict | None = None, **kwargs: Any) -> LightningCLI:
     return ManualBPCLI(
         ManualBPClassifier,
         MNISTDataModule,
+        parser_class=_ArgumentParser,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={

@@ -32,6 +32,8 @@ def check_hyperparameters(**settings) -> None:
         raise ValueError(
             "give lmbda (the book's L2, weights only) or weight_decay (torch's, every parameter), not both"
         )
+    if settings.get("lr_scheduler") and settings.get("lr_schedule", "constant") != "constant":
+        raise ValueError("lr_scheduler and lr_schedule both set the learning rate's schedule; give one")
     if settings.get("dropout") and "sizes" in settings and len(settings["sizes"]) < 3:
         raise ValueError(f"dropout removes hidden neurons, and sizes={settings['sizes']} has no hidden layer")
 
@@ -99,6 +101,20 @@ def _check_compile(compile) -> None:
         raise TypeError(f"compile must be True or False, got {compile!r}")
 
 
+def _check_class_init(name: str):
+    """The rule for ``optimizer`` and ``lr_scheduler``: ``None`` or what LightningCLI's ``--optimizer`` and
+    ``--lr_scheduler`` hand over, ``{"class_path": ..., "init_args": {...}}``."""
+
+    def check(value) -> None:
+        if value is not None and not (isinstance(value, dict) and isinstance(value.get("class_path"), str)):
+            raise TypeError(
+                f"{name} must be None or a dict {{'class_path': 'torch.optim.Adam', 'init_args': {{...}}}}, got"
+                f" {value!r}"
+            )
+
+    return check
+
+
 #: One rule per setting, each written once (see check_hyperparameters); lmbda's needs training_set_size too.
 _RULES = {
     "eta": _check_eta,
@@ -110,4 +126,6 @@ _RULES = {
     "regularization": check_regularization,
     "dropout": check_dropout,
     "activation": get_activation,
+    "optimizer": _check_class_init("optimizer"),
+    "lr_scheduler": _check_class_init("lr_scheduler"),
 }

@@ -42,6 +42,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LightningCLI, instantiate_class
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -130,6 +131,11 @@ class ManualBPClassifier(L.LightningModule):
         member: what ``forward`` and ``predict`` of a population answer with: ``None`` (default) ``forward`` every
             member's output, :math:`(K, N, 10)`, ``predict`` the ensemble's (the members' averaged outputs); k:
             member k's alone.
+        optimizer: another optimizer instead of the book's SGD at ``eta``, as ``--optimizer`` gives it (LightningCLI's
+            ``{"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}``): its ``lr`` is used, and it trains
+            through autograd (said at the start). ``None`` (default): ``torch.optim.SGD`` at ``eta``.
+        lr_scheduler: a scheduler of the optimizer's learning rate, as ``--lr_scheduler`` gives it (the same form),
+            on the fused path as on autograd's; ``None`` (default): ``lr_schedule``'s.
 
     A population is K networks, K the length of the longest of ``seeds``, ``eta`` and ``lmbda`` (the others 1 or K
     long). It logs per member ``train/cost/member{k}``, ``{stage}/cost/member{k}``, ``{stage}/accuracy/member{k}``
@@ -175,6 +181,8 @@ class ManualBPClassifier(L.LightningModule):
         seeds: int | list[int] | None = None,
         member: int | None = None,
         activation: Literal["sigmoid", "tanh", "relu", "linear"] = "sigmoid",
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -355,7 +363,7 @@ class ManualBPClassifier(L.LightningModule):
 
     def _own_optimizer(self) -> bool:
         """Whether the optimizer is this class's (LightningCLI's ``--optimizer`` replaces ``configure_optimizers``)."""
-        return "configure_optimizers" not in vars(self) and (
+        return self.hparams.optimizer is None and (
             type(self).configure_optimizers is ManualBPClassifier.configure_optimizers
         )
 
@@ -523,11 +531,17 @@ class ManualBPClassifier(L.LightningModule):
         if self.members:
             return None
         parameters = self.parameters()
+        if hp.optimizer is not None:  # --optimizer: LightningCLI's way, and its form of the scheduler's result
+            optimizer = instantiate_class(parameters, hp.optimizer)
+            scheduler = instantiate_class(optimizer, hp.lr_scheduler) if hp.lr_scheduler else None
+            return LightningCLI.configure_optimizers(self, optimizer, scheduler)
         if hp.lmbda and hp.regularization == "l2":  # the book's L2: weight_decay = λ/n on the weights, not biases
             weights, biases = self.network.weights_and_biases()
             decay = l2_weight_decay(hp.lmbda, hp.training_set_size)
             parameters = [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
         optimizer = torch.optim.SGD(parameters, lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.lr_scheduler:  # --lr_scheduler alone drives this SGD
+            return LightningCLI.configure_optimizers(self, optimizer, instantiate_class(optimizer, hp.lr_scheduler))
         if hp.lr_schedule == "constant":
             return optimizer
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
