@@ -29,9 +29,9 @@ LOOP_STATE = {
     "batch_progress",
 }
 KNOWN = {
-    "lightning/module.py: _batches_that_stepped",
-    "lightning/module.py: fit_loop",
-    "lightning/module.py: epoch_loop",
+    "lightning/training.py: _batches_that_stepped",
+    "lightning/training.py: fit_loop",
+    "lightning/training.py: epoch_loop",
     "lightning/progress.py: fit_loop",
     "lightning/progress.py: epoch_loop",
     "lightning/progress.py: manual_optimization",

@@ -22,6 +22,12 @@ A **population** (``seeds``, or ``eta`` / ``lmbda`` given as one value per membe
 trained together on the same mini-batches by the same engine, each member with its own seed, η and λ; it has the
 fused path alone (what would need autograd is refused in one line), and is evaluated per member and as an ensemble.
 
+The class is its settings, its network and the engine (this file); its Lightning hooks are grouped by what they do,
+one file each: :mod:`~torch_manualbp.lightning.starting` (the path chosen, refused or said at the start),
+:mod:`~torch_manualbp.lightning.training` (the block of steps a batch is, the epoch's cost, what checkpoints keep),
+:mod:`~torch_manualbp.lightning.optimizing` (the optimizer and its scheduler) and
+:mod:`~torch_manualbp.lightning.evaluating` (validation, test and predict).
+
 Optimisation is manual so that one Lightning batch may hold several of the book's mini-batches
 (``mini_batch_size``), stepped through in order, one SGD update each, like Keras' ``steps_per_execution``:
 Lightning's fixed cost per batch (hooks, logging, loop bookkeeping) is then paid once per block.
@@ -34,38 +40,27 @@ To run::
 
 from __future__ import annotations
 
-import functools
-import itertools
 import warnings
-from collections.abc import Iterator
 from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LightningCLI, instantiate_class
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ..checks import l2_weight_decay
 from ..network import Network, dropout_evaluation_weights, feedforward_to_cost
 from ..population import Population
-from ..sgd import MiniBatchSGD, mini_batches
-from ..threads import apply_thread_rule
-from .callbacks import TrainingSetMonitor
+from ..sgd import MiniBatchSGD
 from .datamodule import NUM_TRAIN
+from .evaluating import EvaluationHooks
 from .evaluation import Evaluation
 from .hparams import check_hyperparameters, population_settings
-from .noise import GradientNoiseMonitor
-from .paths import _describe, check_population_callbacks, check_scheduler, training_path
-from .progress import EpochCost, count_updates
-from .rules import HalveEtaOnPlateau
+from .optimizing import OptimizerHooks
+from .progress import EpochCost
+from .starting import StartHooks, say
+from .training import TrainingHooks
 
 __all__ = ["ManualBPClassifier"]
-
-#: Callbacks that work on one network (its optimizer's η, its own evaluation, its gradients): refused beside a
-#: population, which has one η per member and no optimizer.
-_ONE_NETWORKS_CALLBACKS = (HalveEtaOnPlateau, TrainingSetMonitor, GradientNoiseMonitor)
 
 # Under manual optimisation Lightning warns that a checkpoint taken every N steps holds the weights after that
 # batch's updates. That is the state an exact resume needs (with the batch position saved beside it; see
@@ -77,7 +72,7 @@ warnings.filterwarnings(
 )
 
 
-class ManualBPClassifier(L.LightningModule):
+class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHooks, L.LightningModule):
     r"""Mini-batch SGD on the quadratic or the cross-entropy cost, for a ``Network`` of sigmoid layers, or for a
     population of K of them trained together.
 
@@ -228,7 +223,7 @@ class ManualBPClassifier(L.LightningModule):
             self.lmbdas or hp.lmbda,
             hp.training_set_size,
             "compiled" if hp.compile else "auto",
-            on_compile=_say,
+            on_compile=say,
             regularization=hp.regularization,
             dropout=hp.dropout,  # its masks' generator is the engine's, seeded from the global RNG here
         )
@@ -283,272 +278,6 @@ class ManualBPClassifier(L.LightningModule):
             rank_zero_info(f"manualbp: the training cost at step {step} is not finite for {named}")
         return False
 
-    def on_fit_start(self) -> None:
-        if self.members:  # before the callbacks' own on_train_start, which would reach for one network's optimizer
-            check_population_callbacks(self.members, *self._callbacks())
-
-    def _callbacks(self) -> tuple[list[str], list[str]]:
-        """The names of the callbacks that observe single steps through autograd, and of those that work on one
-        network."""
-        callbacks = self.trainer.callbacks
-        return (
-            [type(callback).__name__ for callback in callbacks if hasattr(callback, "observes_step")],
-            [type(callback).__name__ for callback in callbacks if isinstance(callback, _ONE_NETWORKS_CALLBACKS)],
-        )
-
-    def on_train_start(self) -> None:
-        optimizer = None if self.members else self.optimizers().optimizer
-        self._observers = [callback for callback in self.trainer.callbacks if hasattr(callback, "observes_step")]
-        observers, network_only = self._callbacks()
-        scheduler = self._scheduler()
-        reasons = training_path(  # the one place that chooses the path and refuses what cannot work
-            self.hparams,
-            members=self.members,
-            optimizer=optimizer,
-            own_optimizer=self._own_optimizer(),
-            schedulers=[f"lr_scheduler {type(scheduler.scheduler).__name__}"] if scheduler else None,
-            world_size=self.trainer.world_size,
-            precision=str(self.trainer.precision),
-            observers=observers,
-            network_only=network_only,
-        )
-        if self.hparams.activation != "sigmoid" and observers:  # they read SigmoidLinear layers' δ and σ'(z)
-            raise ValueError(
-                f"trainer.callbacks: {', '.join(observers)} watch sigmoid layers, and model.activation is"
-                f" {self.hparams.activation!r}; leave them out"
-            )
-        check_scheduler(self.trainer.lr_scheduler_configs, self.hparams.compile)
-        self._fused = not reasons
-        if self.members and self._engine_storage != self.population.weight_1.data_ptr():  # moved to another device
-            state, self.sgd = self.sgd.generator_state(), self._engine()
-            self.sgd.set_generator_state(state)
-        if self._saved_generator_state is not None:  # a resumed run: its masks go on from where the checkpoint's were
-            self.sgd.set_generator_state(self._saved_generator_state)
-            self._saved_generator_state = None
-        if self.device.type == "cpu":
-            size = self._mini_batch_size_at_start()
-            rank_zero_info(apply_thread_rule(self.hparams.sizes, size, members=self.members or 1))
-        lr = optimizer.defaults["lr"] if optimizer is not None else self.hparams.eta
-        lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
-        if self._fused:
-            how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
-            if self.sgd.uses_native():  # builds the native op the first time, or says once why it cannot
-                how = "native: a Lightning batch of steps per call of torch.ops.manualbp.sgd_block"
-            watched = [type(callback).__name__ for callback in self._observers]
-            whom = f" of {self.members} members" if self.members else ""
-            rank_zero_info(
-                f"manualbp: training with the fused SGD step{whom} (MiniBatchSGD: BP1-BP4 and the update without"
-                f" autograd, {how})"
-                + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "")
-                + lr
-            )
-        else:
-            name = "torch.optim.SGD" if type(optimizer) is torch.optim.SGD else _describe(optimizer)
-            rank_zero_info(
-                f"manualbp: training through autograd and {name}, not the fused SGD step, because {'; '.join(reasons)}"
-                + lr
-            )
-
-    def _mini_batch_size_at_start(self) -> int:
-        """The examples per SGD step, for the thread rule: ``mini_batch_size``, else the batch size; says once if the
-        batch size is not a multiple of ``mini_batch_size``."""
-        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
-        size = self.hparams.mini_batch_size
-        if size and batch_size and batch_size % size:
-            rank_zero_info(
-                f"manualbp: batch_size {batch_size} is not a multiple of mini_batch_size {size}: the last mini-batch"
-                f" of each batch has {batch_size % size} examples, not {size}"
-            )
-        return size or batch_size or 1
-
-    def _own_optimizer(self) -> bool:
-        """Whether the optimizer is this class's (LightningCLI's ``--optimizer`` replaces ``configure_optimizers``)."""
-        return self.hparams.optimizer is None and (
-            type(self).configure_optimizers is ManualBPClassifier.configure_optimizers
-        )
-
-    def _scheduler(self):
-        configs = self.trainer.lr_scheduler_configs
-        return configs[0] if configs else None
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_cost.start(self.current_epoch)
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, y, _ = batch
-        size = self.hparams.mini_batch_size or len(x)
-        first_step = self.trainer.global_step
-        self.sgd.forget()  # the steps of earlier batches have been checked (DivergenceGuard.on_train_batch_end)
-        costs = []
-        for i, j, fused in self._runs(first_step, mini_batches(len(x), size)):
-            x_run, y_run = x[i * size : j * size], y[i * size : j * size]
-            self.last_mini_batch = (x_run[(j - i - 1) * size :], y_run[(j - i - 1) * size :])
-            costs.append(self._fused_steps(x_run, y_run) if fused else self._autograd_step(x_run, y_run))
-            self._step_scheduler("step")
-        cost = torch.cat(costs).mean(0)  # a population's: each member's, (K,)
-        self._epoch_cost.add(cost, len(x))  # a tensor: no host sync at every step; logged at the epoch's last batch
-        return cost.mean()
-
-    def _runs(self, first_step: int, count: int) -> Iterator[tuple[int, int, bool]]:
-        """The batch's ``count`` mini-batches as runs ``(start, stop, fused)`` in order: fused steps in as few runs as
-        possible, every other step alone (observed by a callback, or the run is not fused), and every step alone when
-        a scheduler changes η at each update."""
-        observers = self._observers
-        fused = [self._fused and not any(c.observes_step(first_step + k) for c in observers) for k in range(count)]
-        per_step = (scheduler := self._scheduler()) is not None and scheduler.interval == "step"
-        start = 0
-        for is_fused, run in itertools.groupby(fused):
-            stop = start + len(list(run))
-            if is_fused and not per_step:
-                yield start, stop, True
-            else:
-                yield from ((k, k + 1, is_fused) for k in range(start, stop))
-            start = stop
-
-    def _fused_steps(self, x: Tensor, y: Tensor) -> Tensor:
-        """Fused SGD steps on the mini-batches of ``x``, by the engine; counted as Lightning counts optimizer steps."""
-        first_step = self.trainer.global_step
-        eta = self.etas if self.members else self.optimizers().optimizer.param_groups[0]["lr"]
-        costs = self.sgd.run(x, y, eta, first_step)  # (steps,), a population's (steps, K)
-        self._batch_costs = (first_step, costs)
-        self._step_costs.append((first_step, costs.sum(1) if self.members else costs))
-        count_updates(self.trainer, len(costs))
-        return costs
-
-    def _autograd_step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One step through autograd: ``Network.cost``, its backward (BP1-BP4), the optimizer's step."""
-        if torch.is_autocast_enabled(x.device.type):  # precision="*-mixed": the per-layer Functions follow autocast
-            cost = self.network.layered_cost(x, y)
-        else:
-            cost = self.network.cost(x, y)  # its backward is BP1-BP4 (NetworkCostFunction)
-        self._step_costs.append((self.trainer.global_step, cost.detach().reshape(1)))
-        for p in self.network.parameters():  # optimizer.zero_grad(), without its per-call profiling overhead
-            p.grad = None
-        self.manual_backward(cost)
-        self.optimizers().step()  # for torch.optim.SGD: w → w − η ∂C/∂w, b → b − η ∂C/∂b
-        return cost.detach().reshape(1)
-
-    def _step_scheduler(self, interval: str) -> None:
-        """Step the scheduler, if it has this interval ("epoch" or "step": an SGD update) and its frequency is due."""
-        scheduler = self._scheduler()
-        if scheduler is None or scheduler.interval != interval:
-            return
-        count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
-        if count % scheduler.frequency:
-            return
-        if isinstance(scheduler.scheduler, ReduceLROnPlateau):  # manual optimisation passes it its metric itself
-            scheduler.scheduler.step(self.trainer.callback_metrics[scheduler.scheduler.monitor])
-        else:
-            with warnings.catch_warnings():  # the fused path updates without optimizer.step(), which torch looks for
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
-                scheduler.scheduler.step()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._log_at_global_step()
-        trainer = self.trainer
-        last = batch_idx + 1 >= trainer.num_training_batches or 0 < trainer.max_steps <= trainer.global_step
-        if last or trainer.should_stop:
-            # the epoch's last batch: the mean cost of its batches not logged yet (all of them, the part before a
-            # resume included, unless a stop that did not stop logged some), logged once rather than at every batch
-            # (Lightning's bookkeeping for a self.log costs more than its batch's data); callbacks read it at the end
-            mean, rows = self._epoch_cost.take_unlogged()
-            log = functools.partial(self.log, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
-            for k in range(self.members or 0):
-                log(f"train/cost/member{k}", mean[k])
-            log("train/cost", mean.mean() if self.members else mean)
-
-    def on_train_epoch_end(self) -> None:
-        self._step_scheduler("epoch")
-
-    def _log_at_global_step(self) -> None:
-        """Make the loggers' step (Lightning's count of batches that stepped, which it uses for the rows of the
-        validation and epoch metrics that follow) the number of SGD updates, as checkpoint names and
-        ``trainer.global_step`` count them: several per batch here. Lightning adds 1 after each batch and takes it
-        back for the epoch's row, so both rows of an epoch get its last update's number."""
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["manualbp_epoch_cost"] = self._epoch_cost.state_dict()
-        if self.hparams.dropout:  # where the masks' random stream stands: a resume draws the masks that come next
-            checkpoint["manualbp_dropout_generator"] = self.sgd.generator_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._epoch_cost.load_state_dict(checkpoint.get("manualbp_epoch_cost", {}))
-        # restored by on_train_start, once the network is on its device, where the engine keeps the generator
-        self._saved_generator_state = checkpoint.get("manualbp_dropout_generator")
-
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        # a second validation dataloader is the test set (MNISTDataModule(monitor_test=True))
-        self._evaluate(batch, "val" if dataloader_idx == 0 else "test")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch, stage: str) -> None:
-        self.evaluation.add(self.population if self.members else self.network, batch, stage, self.hparams.dropout)
-
-    def on_validation_epoch_start(self) -> None:
-        self.evaluation.start()
-
-    def on_test_epoch_start(self) -> None:
-        self.evaluation.start()
-
-    def on_validation_epoch_end(self) -> None:
-        self.evaluation.log(self.log, self._penalty(), self._sum_over_processes)
-
-    def on_test_epoch_end(self) -> None:
-        self.evaluation.log(self.log, self._penalty(), self._sum_over_processes)
-
-    def _penalty(self) -> Tensor | None:
-        r"""The regularisation term of the cost times N: :math:`\frac{\lambda}{2} \sum w^2` (L2) or
-        :math:`\lambda \sum |w|` (L1) over the weights, not the biases, one per member for a population; ``None``
-        without λ."""
-        lmbdas = self.lmbdas or [self.hparams.lmbda]
-        if not any(lmbdas):
-            return None
-        l1 = self.hparams.regularization == "l1"
-        members = [self.population.member_parameters(k)[0] for k in range(self.members)] if self.members else None
-        terms = []
-        for lmbda, weights in zip(lmbdas, members or [self.network.weights_and_biases()[0]]):
-            size = sum((w.abs().sum() if l1 else 0.5 * (w * w).sum()) for w in weights)
-            terms.append(lmbda * size.detach())
-        return torch.stack(terms)
-
-    def _sum_over_processes(self, value: Tensor) -> Tensor:
-        return self.trainer.strategy.reduce(value, reduce_op="sum")
-
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """The output activations ``(B, 10)`` of a batch ``(x, names, notes, readable)`` from
-        ``MNISTDataModule.predict_dataloader``, which ``PredictionReport`` prints: a population's ensemble (the
-        members' averaged outputs), or member ``member``'s."""
-        a = self(batch[0])
-        return a.mean(0) if self.members and self.hparams.member is None else a
-
-    def configure_optimizers(self):
-        # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it; a
-        # population's members have their own η, and no optimizer.
-        hp = self.hparams
-        if self.members:
-            return None
-        parameters = self.parameters()
-        if hp.optimizer is not None:  # --optimizer: LightningCLI's way, and its form of the scheduler's result
-            optimizer = instantiate_class(parameters, hp.optimizer)
-            scheduler = instantiate_class(optimizer, hp.lr_scheduler) if hp.lr_scheduler else None
-            return LightningCLI.configure_optimizers(self, optimizer, scheduler)
-        if hp.lmbda and hp.regularization == "l2":  # the book's L2: weight_decay = λ/n on the weights, not biases
-            weights, biases = self.network.weights_and_biases()
-            decay = l2_weight_decay(hp.lmbda, hp.training_set_size)
-            parameters = [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
-        optimizer = torch.optim.SGD(parameters, lr=hp.eta, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        if hp.lr_scheduler:  # --lr_scheduler alone drives this SGD
-            return LightningCLI.configure_optimizers(self, optimizer, instantiate_class(optimizer, hp.lr_scheduler))
-        if hp.lr_schedule == "constant":
-            return optimizer
-        if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
-            raise ValueError("lr_schedule='cosine' needs trainer.max_epochs to know when to reach 0")
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
 
 def _member_network(sizes: list[int], kind: dict, seed: int) -> Network:
     """The network ``manualbp fit --seed_everything seed`` starts from (``kind``: its cost, init and activation),
@@ -556,7 +285,3 @@ def _member_network(sizes: list[int], kind: dict, seed: int) -> Network:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Network(sizes, **kind)
-
-
-def _say(message: str) -> None:
-    rank_zero_info(f"manualbp: {message}")
