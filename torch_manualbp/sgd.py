@@ -52,7 +52,7 @@ To run (one epoch of chapter 1 without Lightning)::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,8 @@ from .costs import COSTS
 from .native import NATIVE_COSTS, NATIVE_SOURCE, build_native, cpu_loop_refusal, native_build_name
 from .network import Network
 from .population import Population
-from .step import StepRule, dropout_masks
+from .sgd_state import _Block, _RewindAndDropoutState
+from .step import StepRule
 
 __all__ = [
     "BACKENDS",
@@ -103,19 +104,7 @@ def mini_batches(rows: int, mini_batch_size: int) -> int:
     return -(-rows // mini_batch_size)
 
 
-class _Block(NamedTuple):
-    """A block of steps as :meth:`MiniBatchSGD.rewind` needs it: where it started, the parameters before it, its data,
-    its learning rate and its dropout masks."""
-
-    first_step: int
-    before: list[Tensor]
-    x: Tensor
-    y: Tensor  # float targets
-    eta: float
-    masks: list[Tensor] | None  # one (steps, H_l) per hidden layer, row s the mask of the block's step s; None: none
-
-
-class MiniBatchSGD:
+class MiniBatchSGD(_RewindAndDropoutState):
     r"""The book's SGD over blocks of mini-batches, in place on ``network``'s parameters, without autograd.
 
     Args:
@@ -322,37 +311,6 @@ class MiniBatchSGD:
         eager = first.backend != "compiled" and not first.uses_native()
         return eager and first.regularization == "l2" and not first.dropout
 
-    def generator_state(self) -> Tensor | None:
-        """The state of the generator the dropout masks are drawn from (``torch.Generator.get_state``), for a
-        checkpoint: :meth:`set_generator_state` with it makes the following blocks draw the same masks; ``None``
-        without dropout, when nothing is drawn."""
-        if not self.dropout:
-            return None
-        if self._member_engines:  # one state per member, stacked: (K, state bytes)
-            return torch.stack([engine.generator_state() for engine in self._member_engines])
-        if self._generator is not None:
-            return self._generator.get_state()
-        if self._pending_state is not None:
-            return self._pending_state
-        return self._seeded(self.network.weights_and_biases()[0][0].device).get_state()
-
-    def set_generator_state(self, state: Tensor | None) -> None:
-        """Restore a state from :meth:`generator_state` (resuming a run mid-epoch). The engine's own generator takes
-        it when the next block makes it on the data's device, so it may be restored before the network moves there
-        (as Lightning restores a checkpoint). ``None`` (a checkpoint without one), or any state without dropout,
-        leaves everything as it is."""
-        if not self.dropout or state is None:
-            return
-        if self._member_engines:
-            for engine, member_state in zip(self._member_engines, state, strict=True):
-                engine.set_generator_state(member_state)
-            return
-        state = state.clone()  # its own storage: Generator.set_state reads the tensor's storage whole
-        if self._owns_generator:
-            self._generator, self._pending_state = None, state
-        else:
-            self._generator.set_state(state)
-
     def uses_native(self) -> bool:
         """Whether :meth:`run` steps through the native op: backend ``"native"`` or ``"auto"``, the network's cost one
         of :data:`NATIVE_COSTS`, the op built (at the first call, which builds it if need be), and the network's
@@ -375,86 +333,6 @@ class MiniBatchSGD:
             return False
         weights, biases = self.network.weights_and_biases()
         return self._cpu_loop_serves(weights, biases, None, None)
-
-    def rewind(self, step: int) -> bool:
-        """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
-        ``step`` (restored from the start of its block, then the block's earlier steps replayed, with their dropout
-        masks) and their ``.grad`` the gradients of step ``step`` (through autograd, ``Network.cost``, or
-        ``Network.layered_cost`` with the step's masks), not applied. Returns False if no block run since
-        :meth:`forget` holds ``step``. For a population of K > 1 stepped by :meth:`Population.sgd_steps`, the
-        parameters only (the stacked members have no autograd cost): their ``.grad`` is left as it was."""
-        if self._member_engines and not self._stacked():
-            return all([engine.rewind(step) for engine in self._member_engines])
-        if self.population is not None:
-            return self._rewind_population(step)
-        for block in self._blocks:
-            if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
-                size = self.mini_batch_size or len(block.x)
-                index = step - block.first_step
-                start = index * size
-                weights, biases = self.network.weights_and_biases()
-                parameters = list(self.network.parameters())
-                masks = block.masks
-                with torch.no_grad():
-                    for p, saved in zip(parameters, block.before):
-                        p.copy_(saved)
-                    self._eager_steps(weights, biases, block.x[:start], block.y[:start], block.eta, size, masks)
-                x, y = block.x[start : start + size], block.y[start : start + size]
-                with torch.enable_grad():
-                    if masks is None:
-                        cost = self.network.cost(x, y)
-                    else:  # Network.cost has no dropout; the per-layer Functions have
-                        cost = self.network.layered_cost(x, y, [m[index] for m in masks])
-                    for p, grad in zip(parameters, torch.autograd.grad(cost, parameters)):
-                        p.grad = grad
-                return True
-        return False
-
-    def _rewind_population(self, step: int) -> bool:
-        """:meth:`rewind` for a population of K > 1."""
-        for block in self._blocks:
-            if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
-                start = (step - block.first_step) * (self.mini_batch_size or len(block.x))
-                with torch.no_grad():
-                    for p, saved in zip(self.population.parameters(), block.before):
-                        p.copy_(saved)
-                    if start:
-                        size = self.mini_batch_size or len(block.x)
-                        self.population.sgd_steps(block.x[:start], block.y[:start], block.eta, self.lmbda, self.n, size)
-                return True
-        return False
-
-    def forget(self) -> None:
-        """Drop what :meth:`rewind` keeps (a copy of the parameters per block); call it once the steps are checked."""
-        self._blocks = []
-        for engine in self._member_engines:
-            engine.forget()
-
-    def _generator_on(self, device: torch.device) -> torch.Generator:
-        """The generator the masks are drawn from, on ``device``: the user's, checked, or the engine's own, made on
-        ``device`` the first time (again from its seed if the network has moved since) in the state restored by
-        :meth:`set_generator_state`, if any."""
-        generator = self._generator
-        if generator is not None and _same_device(generator.device, device):
-            return generator
-        if not self._owns_generator:
-            raise ValueError(f"generator must be on the data's device, {device}; got a generator on {generator.device}")
-        self._generator = self._seeded(device)
-        if self._pending_state is not None:
-            self._generator.set_state(self._pending_state)
-            self._pending_state = None
-        return self._generator
-
-    def _seeded(self, device: torch.device) -> torch.Generator:
-        """A new generator on ``device`` with the engine's seed."""
-        return torch.Generator(device=device).manual_seed(self._seed)
-
-    def _block_masks(self, x: Tensor) -> list[Tensor]:
-        """The block's dropout masks, one set per step drawn in order as ``Network.sgd_step`` draws one: for each
-        hidden layer a (steps, H_l) tensor whose row s is step s's mask."""
-        generator = self._generator_on(x.device)
-        per_step = [dropout_masks(self.network.sizes, self.dropout, x, generator) for _ in range(self.steps_in(len(x)))]
-        return [torch.stack(layer) for layer in zip(*per_step)]
 
     def _eager_steps(self, weights, biases, x: Tensor, y: Tensor, eta: float, size: int, masks) -> list[Tensor]:
         """``update_mini_batch`` on each mini-batch of ``size`` rows of ``x`` in turn (step s with row s of each of
@@ -501,11 +379,3 @@ def _one_members(eta) -> float:
 def _first(masks: list[Tensor] | None, steps: int) -> list[Tensor] | None:
     """The rows of ``masks`` (if any) for a block's first ``steps`` steps."""
     return None if masks is None else [m[:steps] for m in masks]
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """Whether ``a`` and ``b`` are one device (``cuda`` and ``cuda:0`` are, when 0 is the current one)."""
-    if a.type != b.type:
-        return False
-    current = torch.cuda.current_device() if a.type == "cuda" else None
-    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
