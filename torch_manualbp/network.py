@@ -18,29 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from . import recording
 from .activations import Activation, get_activation
-from .checks import (
-    check_dropout,
-    check_float_tensor,
-    check_learning_rate,
-    check_same_kind,
-    targets,
-)
+from .checks import check_dropout, check_float_tensor, check_learning_rate, check_same_kind, targets
 from .costs import Cost, get_cost
-from .equations import (
-    a_minus_y,
-    backpropagate,
-    error_below,
-    example_share,
-    feedforward,
-)
+from .equations import a_minus_y, backpropagate, feedforward
 from .functional import dropout as dropout_layer
+from .network_backprop import Backprop, Gradients, NetworkCostFunction
 from .nn import FullyConnected, SigmoidLinear
 from .step import (  # the step's functions are the network's too, as they were before step.py held them
     StepRule,
@@ -48,9 +35,9 @@ from .step import (  # the step's functions are the network's too, as they were 
     dropout_masks,
     feedforward_to_cost,
     hidden_activation,
-    notify_layers,
     update_mini_batch,
 )
+from .step import notify_layers as notify_layers  # importable from here, as before
 
 __all__ = [
     "Network",
@@ -64,28 +51,6 @@ __all__ = [
     "dropout_masks",
     "dropout_evaluation_weights",
 ]
-
-
-class Gradients(NamedTuple):
-    r"""What :meth:`Network.backprop` returns; every list has one entry per layer, input side first.
-
-    Attributes:
-        nabla_w: :math:`\partial C/\partial W^l`, each shaped like that layer's ``weight``.
-        nabla_b: :math:`\partial C/\partial b^l`, each shaped like that layer's ``bias``.
-        delta: the errors :math:`\delta^{x,l} = \partial C_x/\partial z^{x,l}` of each example,
-            each of shape :math:`(N, H_l)`. They are per example, as in the book, so they do not
-            shrink with the batch; the gradients of the mean cost :math:`C` average them over x.
-        cost: the mean cost :math:`C` of the mini-batch (the network's ``cost``), a scalar.
-    """
-
-    nabla_w: list[Tensor]
-    nabla_b: list[Tensor]
-    delta: list[Tensor]
-    cost: Tensor
-
-
-#: The name :class:`Gradients` had before: the result is named for what it holds, not for the algorithm.
-Backprop = Gradients
 
 
 class Network(nn.Module):
@@ -406,50 +371,6 @@ class Network(nn.Module):
     def extra_repr(self) -> str:
         activation = "" if self._hidden is None else f", activation={self.activation.name!r}"
         return f"sizes={self.sizes}, cost={self.cost_name!r}{activation}"
-
-
-class NetworkCostFunction(torch.autograd.Function):
-    r"""A whole ``Network`` and its mean cost as one autograd node (see :meth:`Network.cost`).
-
-    ``forward(x, y, cost, activation, W¹, b¹, …, Wᴸ, bᴸ)`` runs :func:`feedforward_to_cost` and returns the mean
-    ``cost`` (a :class:`~torch_manualbp.costs.Cost`; ``activation``: the hidden layers', ``None`` for the sigmoid);
-    ``backward`` runs :func:`backpropagate` once.
-    It saves the activations it needs, as autograd would, and no other intermediate. Its backward is not
-    itself differentiable, and says so; the per-layer Functions' are.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, cost: Cost, activation: Activation | None, *params: Tensor) -> Tensor:
-        weights, biases = params[0::2], params[1::2]
-        primes = None if activation is None else []  # f'(zˡ) of the hidden layers, for BP2
-        activations, z = feedforward_to_cost(x, weights, biases, cost, None, activation, primes)
-        mean_cost = cost.mean(z, a_minus_y(activations[-1], y), y)  # C = (1/n) Σ_x C_x
-        ctx.save_for_backward(y, z, *weights, *activations, *(primes or []))  # zᴸ: only for ∂C/∂y, which may need it
-        ctx.depth, ctx.cost, ctx.primes = len(weights), cost, primes is not None
-        return mean_cost
-
-    @staticmethod
-    def backward(ctx, grad_cost: Tensor):
-        if torch.is_grad_enabled():  # backward(create_graph=True): the saved activations are not in any graph
-            raise RuntimeError(
-                "Network.cost's backward is not differentiable (create_graph=True); "
-                "for higher derivatives use network.layered_cost(x, y)"
-            )
-        y, z, *saved = ctx.saved_tensors
-        depth = ctx.depth
-        weights, activations = saved[:depth], saved[depth : 2 * depth + 1]
-        primes = saved[2 * depth + 1 :] if ctx.primes else None
-        output = activations[-1]
-        share = example_share(grad_cost, output, "mean")  # 1/n: each example's share of the mean
-        output_minus_y = a_minus_y(output, y) * share  # (aᴸ − y)/n, which is ∇_a C for the quadratic cost
-        sum_w, sum_b, deltas = backpropagate(weights, activations, output_minus_y, ctx.cost, primes)  # BP1-BP4
-        if recording.is_recording():  # inside torch_manualbp.observe.record_errors()
-            notify_layers(weights, deltas, activations, ctx.cost, primes)
-        grad_x = error_below(deltas[0], weights[0]) if ctx.needs_input_grad[0] else None  # δ¹ W¹, for x
-        grad_y = None
-        if ctx.needs_input_grad[1]:
-            grad_y = ctx.cost.y_gradient(z, output, y) * share  # ∂C/∂y = (1/n) ∂C_x/∂y
-        return (grad_x, grad_y, None, None, *[g for pair in zip(sum_w, sum_b) for g in pair])
 
 
 def _hidden_layer(n_in: int, n_out: int, activation: Activation, init: str, device, dtype) -> FullyConnected:
