@@ -28,6 +28,15 @@ from .layer_functions import _compilable, _without_jvp
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _save_output_and_targets(ctx, inputs) -> None:
+    """``setup_context`` of a cost of ``(a, y, reduction)``: ``a`` and ``y`` saved for both modes, the reduction
+    kept."""
+    a, y, reduction = inputs
+    ctx.save_for_backward(a, y)
+    ctx.save_for_forward(a, y)
+    ctx.reduction = reduction
+
+
 class QuadraticCostFunction(torch.autograd.Function):
     r"""The quadratic cost :math:`C_x = \tfrac12 \lVert y(x) - a(x) \rVert^2`, reduced over examples.
 
@@ -49,10 +58,7 @@ class QuadraticCostFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, y, reduction = inputs
-        ctx.save_for_backward(a, y)
-        ctx.save_for_forward(a, y)
-        ctx.reduction = reduction
+        _save_output_and_targets(ctx, inputs)
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
@@ -95,10 +101,7 @@ class CrossEntropyCostFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, y, reduction = inputs
-        ctx.save_for_backward(a, y)
-        ctx.save_for_forward(a, y)
-        ctx.reduction = reduction
+        _save_output_and_targets(ctx, inputs)
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):

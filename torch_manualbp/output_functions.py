@@ -29,6 +29,15 @@ from .equations import (
 from .layer_functions import _check_layer, _compilable, _weighted_input_tangent, _without_jvp
 
 
+def _save_layer_inputs_and_targets(ctx, inputs) -> None:
+    """``setup_context`` of an output layer and its cost, ``(x, weight, bias, y, reduction)``: the tensors saved for
+    both modes (zᴸ is not: the backward computes it again), the reduction kept."""
+    x, weight, bias, y, reduction = inputs
+    ctx.save_for_backward(x, weight, bias, y)
+    ctx.save_for_forward(x, weight, bias, y)
+    ctx.reduction = reduction
+
+
 class SigmoidCrossEntropyFunction(torch.autograd.Function):
     r"""The output layer and chapter 3's cross-entropy cost as one node, reduced over examples:
 
@@ -56,10 +65,7 @@ class SigmoidCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, y, reduction = inputs
-        ctx.save_for_backward(x, weight, bias, y)
-        ctx.save_for_forward(x, weight, bias, y)
-        ctx.reduction = reduction
+        _save_layer_inputs_and_targets(ctx, inputs)
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
@@ -104,10 +110,7 @@ class SoftmaxLogLikelihoodFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, y, reduction = inputs
-        ctx.save_for_backward(x, weight, bias, y)
-        ctx.save_for_forward(x, weight, bias, y)
-        ctx.reduction = reduction
+        _save_layer_inputs_and_targets(ctx, inputs)
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
