@@ -55,6 +55,19 @@ def lightning_private_names() -> frozenset[str]:
     return frozenset(name for name in names if name.startswith("_") and not name.startswith("__"))
 
 
+@cache
+def package_names() -> frozenset[str]:
+    """The names the package defines itself: its functions, methods and classes, and what it sets on ``self``."""
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+    return frozenset(names)
+
+
 def uses(path: Path) -> set[str]:
     """Lightning private names that ``path`` imports from Lightning or reaches as an attribute of anything but its
     own ``self``/``cls``."""
@@ -66,7 +79,9 @@ def uses(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names if alias.name in private}
         elif isinstance(node, ast.Attribute):
             owner_is_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
-            if node.attr in LOOP_STATE or (node.attr in private and not owner_is_self):
+            # on self: a private name the package does not define itself is a Lightning base class's (LightningCLI._get)
+            ours = owner_is_self and node.attr in package_names()
+            if node.attr in LOOP_STATE or (node.attr in private and not ours):
                 found.add(node.attr)
     return found
 
@@ -106,14 +121,23 @@ def test_the_package_touches_no_private_lightning_name_but_the_known_loop_counte
     assert found == KNOWN
 
 
-def test_the_scan_finds_an_override_of_a_private_lightning_method(tmp_path, monkeypatch):
+def test_the_scan_finds_an_override_of_a_private_lightning_method_and_a_call_of_one(tmp_path, monkeypatch):
     # a planted module overriding LightningCLI._run_subcommand, as this package once did, is caught
     (tmp_path / "planted_cli.py").write_text(
         "from lightning.pytorch.cli import LightningCLI\n"
         "class CLI(LightningCLI):\n"
         "    def _run_subcommand(self, subcommand):\n"
         "        super()._run_subcommand(subcommand)\n"
+        "    def before_fit(self):\n"
+        "        self._get(self.config, 'trainer')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert overrides("planted_cli") == {"_run_subcommand"}
-    assert uses(tmp_path / "planted_cli.py") == {"_run_subcommand"}
+    assert uses(tmp_path / "planted_cli.py") == {"_run_subcommand", "_get"}  # a private method called on self too
+
+
+def test_halve_eta_on_plateau_keeps_the_state_key_lightning_gives_it_so_old_checkpoints_resume():
+    from torch_manualbp.lightning.rules import HalveEtaOnPlateau
+
+    rule = HalveEtaOnPlateau(monitor="val/cost", mode="min")
+    assert rule.state_key == rule._generate_state_key(monitor="val/cost", mode="min")

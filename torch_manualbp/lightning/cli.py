@@ -349,7 +349,7 @@ class ManualBPCLI(LightningCLI):
             self.model = ManualBPClassifier(**model)
 
     def instantiate_trainer(self, **kwargs: Any):
-        trainer = self._get(self.config_init, "trainer", default={})
+        trainer = self._settings(self.config_init).get("trainer", {})
         callbacks = _as_list(kwargs.pop("callbacks", trainer.get("callbacks")))
         if not any(isinstance(callback, DivergenceGuard) for callback in callbacks):
             callbacks.append(DivergenceGuard())
@@ -363,7 +363,7 @@ class ManualBPCLI(LightningCLI):
         if self.subcommand == "predict":
             if not any(isinstance(callback, PredictionReport) for callback in callbacks):
                 callbacks.append(PredictionReport())
-        elif self._get(self.config, "report", default=True):
+        elif self._settings(self.config).get("report", True):
             if not any(isinstance(callback, EpochReport) for callback in callbacks):
                 callbacks.append(EpochReport())
         if kwargs.get("fast_dev_run", trainer.get("fast_dev_run")):
@@ -382,6 +382,10 @@ class ManualBPCLI(LightningCLI):
         if not has_own and not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(callbacks=callbacks, plugins=plugins or None, **kwargs)
+
+    def _settings(self, config):
+        """The running subcommand's section of ``config`` (``self.config`` or ``self.config_init``), or all of it."""
+        return config.get(str(self.subcommand), config)
 
     def _resolve_last(self, subcommand: str) -> str | None:
         """The subcommand's ``ckpt_path``, ``last`` resolved here as Lightning would, to refuse what it would only

@@ -81,7 +81,9 @@ class HalveEtaOnPlateau(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+        # the key Callback._generate_state_key(monitor=..., mode=...) makes, written out (no private Lightning name),
+        # so that checkpoints written before keep resuming
+        return f"{type(self).__qualname__}{dict(monitor=self.monitor, mode=self.mode)!r}"
 
     @property
     def eta(self) -> float:
