@@ -333,9 +333,9 @@ class ManualBPCLI(LightningCLI):
             _check_population(config)
 
     def instantiate_classes(self) -> None:
-        _paths_under_root_dir(self.config[self.subcommand] if self.subcommand else self.config)
+        _paths_under_root_dir(self._settings(self.config))
         super().instantiate_classes()
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._settings(self.config)
         population = _population(config)
         if population:  # the classifier's settings, for K members (see _check_population for what cannot apply)
             model = dict(config["model"])
@@ -373,7 +373,7 @@ class ManualBPCLI(LightningCLI):
             kwargs["enable_checkpointing"] = False
         interval = kwargs.get("val_check_interval", trainer.get("val_check_interval"))
         if isinstance(interval, int) and not isinstance(interval, bool):  # SGD updates (see _check_step_counts)
-            config = self.config[self.subcommand] if self.subcommand else self.config
+            config = self._settings(self.config)
             kwargs["val_check_interval"] = interval // updates_per_batch(config)  # Lightning counts batches
         plugins = _as_list(kwargs.pop("plugins", trainer.get("plugins")))
         strategy = kwargs.get("strategy", trainer.get("strategy", "auto"))
