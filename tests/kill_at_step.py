@@ -8,8 +8,8 @@ import lightning as L
 
 
 class KillAtStep(L.Callback):
-    """Send the process ``signal_name`` (by default SIGKILL: no chance to clean up) once, when ``step`` optimizer
-    steps are done.
+    """Send the process ``signal_name`` (by default SIGKILL: no chance to clean up) once, when ``step`` SGD updates
+    are done (the classifier's ``updates``).
 
     Lightning runs checkpoint callbacks after all others, so a checkpoint due at ``step`` is not written before it.
     """
@@ -19,7 +19,7 @@ class KillAtStep(L.Callback):
         self.signum = signal.Signals[signal_name]
         self._sent = False
 
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step and not self._sent:
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if pl_module.updates >= self.step and not self._sent:
             self._sent = True
             os.kill(os.getpid(), self.signum)

@@ -18,7 +18,7 @@ class KillMidCheckpointWrite(AtomicCheckpointIO):
     """Write half of the first checkpoint named ``name`` at or after ``step``, make those bytes durable, and die.
 
     Args:
-        step: the first global step whose checkpoint is cut short.
+        step: the first SGD update count whose checkpoint is cut short.
         name: the file name of the checkpoint to cut short (``last.ckpt``).
     """
 
@@ -29,7 +29,7 @@ class KillMidCheckpointWrite(AtomicCheckpointIO):
         self._armed = False
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        self._armed = Path(path).name == self.name and checkpoint["global_step"] >= self.step
+        self._armed = Path(path).name == self.name and checkpoint["manualbp_updates"] >= self.step
         super().save_checkpoint(checkpoint, path, storage_options)
 
     def _write(self, checkpoint, file) -> None:

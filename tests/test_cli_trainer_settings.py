@@ -139,9 +139,11 @@ def test_step_counts_that_fall_inside_a_lightning_batch_are_one_line_with_the_wh
 def test_max_steps_stops_after_that_many_sgd_updates(tmp_path):
     result = _fit(tmp_path, "--trainer.max_steps", "300", "--trainer.limit_val_batches", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "`max_steps=300` reached" in result.stdout + result.stderr
+    assert "`max_steps=300` reached (3 Lightning batches of 100 SGD updates)" in result.stdout + result.stderr
     rows = [row for row in csv.DictReader(open(tmp_path / "runs" / "nielsen_ch1" / "version_0" / "metrics.csv"))]
-    assert [row["step"] for row in rows if row.get("train/cost")] == ["300"]
+    assert [(row["step"], float(row["updates"])) for row in rows if row.get("train/cost")] == [("2", 300)]
+    saved = torch.load(tmp_path / "runs" / "nielsen_ch1" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (saved["manualbp_updates"], saved["global_step"]) == (300, 3)
 
 
 def test_val_check_interval_counts_sgd_updates_and_prints_each_mid_epoch_evaluation(tmp_path):
@@ -159,10 +161,12 @@ def test_val_check_interval_counts_sgd_updates_and_prints_each_mid_epoch_evaluat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [row for row in csv.DictReader(open(tmp_path / "runs" / "nielsen_ch1" / "version_0" / "metrics.csv"))]
-    validated = [(row["step"], round(float(row["val/correct"]))) for row in rows if row.get("val/correct")]
-    assert [step for step, _ in validated] == ["300", "600", "900"]  # updates, not Lightning batches (100 each)
+    validated = [
+        (round(float(row["updates"])), round(float(row["val/correct"]))) for row in rows if row.get("val/correct")
+    ]
+    assert [step for step, _ in validated] == [300, 600, 900]  # updates, not Lightning batches (100 each)
     printed = re.findall(r"^Step (\d+) \(epoch 0\): Validation: (\d+) / 2000 ", result.stdout, re.MULTILINE)
-    assert [(step, int(correct)) for step, correct in printed] == validated
+    assert [(int(step), int(correct)) for step, correct in printed] == validated
     epoch_line = next(line for line in result.stdout.splitlines() if line.startswith("Epoch 0:"))
     assert epoch_line.startswith(f"Epoch 0: {validated[-1][1]} / 2000 validation images")
     assert epoch_line.endswith("(the evaluation of step 900)")

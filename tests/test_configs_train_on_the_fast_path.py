@@ -41,11 +41,12 @@ def test_a_configs_fused_layout_makes_the_updates_of_one_mini_batch_per_lightnin
     for batch_size, mini_batch_size in ((10, None), (data_settings["batch_size"], model_settings["mini_batch_size"])):
         torch.manual_seed(0)
         model = ManualBPClassifier(**{**model_settings, "mini_batch_size": mini_batch_size})
+        per_batch = batch_size // (mini_batch_size or batch_size)
         trainer = L.Trainer(
-            max_steps=300, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=tmp_path,
-        )  # fmt: skip
+            max_steps=300 // per_batch, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip  # max_steps counts Lightning batches
         trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=batch_size))
-        assert trainer.global_step == 300  # SGD updates, not Lightning batches
+        assert (model.updates, trainer.global_step) == (300, 300 // per_batch)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # the same updates in the same order

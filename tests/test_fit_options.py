@@ -120,9 +120,10 @@ class KeepBatches(L.Callback):
 def _fit(model: ManualBPClassifier, steps: int, **data) -> KeepBatches:
     kept = KeepBatches()
     trainer = L.Trainer(
-        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, precision="64-true", callbacks=[kept],
-    )  # fmt: skip
+        max_steps=steps * (model.hparams.mini_batch_size or 100) // 100, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, precision="64-true",
+        callbacks=[kept],
+    )  # fmt: skip  # max_steps counts Lightning batches of 100 images
     trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=100, **data))
     return kept
 

@@ -28,11 +28,11 @@ def _fit(tmp_path, steps: int, callbacks=(), **model_kwargs) -> ManualBPClassifi
     torch.manual_seed(0)
     model = ManualBPClassifier([784, 30, 10], mini_batch_size=10, **model_kwargs)
     trainer = L.Trainer(
-        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
-    )  # fmt: skip
+        max_steps=steps // 10, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+    )  # fmt: skip  # max_steps counts Lightning batches, of 10 updates here
     trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=100, seed=2))
-    assert trainer.global_step == steps  # SGD updates, counted on both paths
+    assert (model.updates, trainer.global_step) == (steps, steps // 10)  # counted alike on both paths
     return model
 
 

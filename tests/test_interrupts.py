@@ -78,7 +78,7 @@ def _interrupt_and_resume(tmp_path, signal_name: str):
         assert command[:2] == ["manualbp", "fit"]
         resumed = manualbp(*command[1:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return interrupted, resumed, saved["global_step"]
+    return interrupted, resumed, saved["manualbp_updates"]
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
@@ -156,7 +156,7 @@ def test_an_interrupted_second_run_into_the_same_folder_keeps_the_first_runs_las
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(path.name for path in folder.iterdir()) == ["last-v1.ckpt", "last.ckpt"]  # it went on in its own
     steps = [
-        torch.load(folder / name, map_location="cpu", weights_only=True)["global_step"]
+        torch.load(folder / name, map_location="cpu", weights_only=True)["manualbp_updates"]
         for name in ("last.ckpt", "last-v1.ckpt")
     ]
     assert steps[0] == steps[1] > 300  # the same run's saves as the first's, past the interrupt

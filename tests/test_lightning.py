@@ -58,12 +58,13 @@ def test_blocks_of_mini_batches_train_exactly_like_one_mini_batch_per_step(tmp_p
     for batch_size, mini_batch_size in ((10, None), (100, 10)):
         torch.manual_seed(0)
         model = ManualBPClassifier([784, 30, 10], mini_batch_size=mini_batch_size)
+        per_batch = batch_size // (mini_batch_size or batch_size)
         trainer = L.Trainer(
-            max_steps=300, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            max_steps=300 // per_batch, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, default_root_dir=tmp_path,
-        )  # fmt: skip
+        )  # fmt: skip  # max_steps counts Lightning batches
         trainer.fit(model, MNISTDataModule(data_dir=str(DATA_DIR), batch_size=batch_size))
-        assert trainer.global_step == 300  # SGD updates, not Lightning batches
+        assert (model.updates, trainer.global_step) == (300, 300 // per_batch)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # the same updates in the same order
 
@@ -107,7 +108,7 @@ def test_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp
     interrupted = run_cli(killed)
     assert interrupted.returncode == -signal.SIGKILL
     saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 300 and saved["epoch"] == 0  # mid-epoch: 500 steps per epoch
+    assert saved["manualbp_updates"] == 300 and saved["epoch"] == 0  # mid-epoch: 500 steps per epoch
 
     # Resume from the same config without the killer, as a user would after a crash.
     assert_resume_ends_like_the_straight_run(tmp_path, killed, lambda s: s["trainer"]["callbacks"].pop())
@@ -182,7 +183,7 @@ def test_resume_after_an_epoch_cut_short_by_limit_train_batches_equals_an_uninte
     interrupted = run_cli(killed)
     assert interrupted.returncode == -signal.SIGKILL
     saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 1000 and saved["epoch"] == 1  # the end of the second (shortened) epoch
+    assert saved["manualbp_updates"] == 1000 and saved["epoch"] == 1  # the end of the second (shortened) epoch
 
     assert_resume_ends_like_the_straight_run(tmp_path, killed, lambda s: s["trainer"]["callbacks"].pop())
 
@@ -198,10 +199,10 @@ def test_the_api_with_no_arguments_makes_the_updates_of_the_chapter_1_config(tmp
         torch.manual_seed(config["seed_everything"])
         model = ManualBPClassifier(**model_args)
         trainer = L.Trainer(
-            max_steps=300, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, default_root_dir=tmp_path,
-        )  # fmt: skip
+        )  # fmt: skip  # Lightning batches of 1,000 images, 100 updates each
         trainer.fit(model, MNISTDataModule(**data_args))
-        assert trainer.global_step == 300
+        assert (model.updates, trainer.global_step) == (300, 3)
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))  # the same SGD updates, in the same order

@@ -103,7 +103,7 @@ def test_noise_monitor_catches_up_when_a_batch_makes_many_steps(tmp_path):
     torch.manual_seed(0)
     monitor = GradientNoiseMonitor(every_n_steps=25)
     model = ManualBPClassifier([784, 30, 10], mini_batch_size=10)  # 10 SGD steps per Lightning batch of 100
-    fit(tmp_path, model, monitor, steps=80, batch_size=100)
+    fit(tmp_path, model, monitor, steps=8, batch_size=100)  # max_steps counts Lightning batches: 80 updates
     assert sorted(monitor.history) == [0, 30, 60]
 
 

@@ -29,7 +29,7 @@ class _Given(ManualBPClassifier):
 
 def _fit(model, steps: int, tmp_path, epochs: int = 1, batches: int | None = None) -> ManualBPClassifier:
     trainer = L.Trainer(
-        max_steps=steps,
+        max_steps=steps // (BATCH // MINI),  # SGD updates, as Lightning batches
         max_epochs=epochs,
         limit_train_batches=batches,
         limit_val_batches=0,

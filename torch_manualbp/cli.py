@@ -101,7 +101,7 @@ def _train(argv: list[str] | None) -> int:
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from .lightning.cli import ConfigError, RunInterrupted, refused_checkpoint_message, run  # Lightning only here
+    from .lightning.cli import MAX_STEPS_IN_UPDATES, ConfigError, RunInterrupted, refused_checkpoint_message, run
     from .lightning.report import UnreadableImagesError, shown_path
     from .lightning.safety import DivergenceError
 
@@ -138,6 +138,7 @@ def _train(argv: list[str] | None) -> int:
         print(f"manualbp: error: {message}", file=sys.stderr, flush=True)
         return DIVERGED if isinstance(err, DivergenceError) else USAGE_ERROR
     finally:
+        MAX_STEPS_IN_UPDATES.counted = None  # Lightning's messages of a later Trainer in this process stay its own
         _close_process_group()
     return 0
 

@@ -65,7 +65,7 @@ def draw_history(history: dict[int, dict[str, float]], panels: dict[str, tuple[s
 
 
 class LearningSpeedMonitor(L.Callback):
-    r"""Log, per sigmoid layer and every ``every_n_steps`` optimizer steps, how fast it learns.
+    r"""Log, per sigmoid layer and every ``every_n_steps`` SGD updates, how fast it learns.
 
     Logged for layer ``l`` (1 = the first hidden layer):
 
@@ -98,12 +98,12 @@ class LearningSpeedMonitor(L.Callback):
         self._recording = None
 
     def observes_step(self, step: int) -> bool:
-        """Whether this callback measures global step ``step``: ``ManualBPClassifier`` runs such steps through
-        autograd, whose backward hooks this callback uses, and the others on its fused path."""
+        """Whether this callback measures SGD update ``step`` (counted from 0): ``ManualBPClassifier`` runs such steps
+        through autograd, whose backward hooks this callback uses, and the others on its fused path."""
         return step % self.every_n_steps == 0
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        if self.observes_step(trainer.global_step):
+        if self.observes_step(pl_module.updates):
             self._recording = record_errors()
             self._record = self._recording.__enter__()
 
@@ -117,7 +117,7 @@ class LearningSpeedMonitor(L.Callback):
             metrics[f"speed/layer{l}"] = layer.bias.grad.norm().item()
             metrics[f"grad_w/layer{l}"] = layer.weight.grad.norm().item()
             metrics[f"saturated/layer{l}"] = (errors.sigmoid_prime < self.saturation).float().mean().item()
-        self.history[trainer.global_step] = metrics
+        self.history[pl_module.updates] = metrics
         log_metrics(trainer, metrics)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -150,7 +150,7 @@ class LearningSpeedMonitor(L.Callback):
 
 
 class GradientAudit(L.Callback):
-    r"""Every ``every_n_steps`` steps, recompute the batch's gradients with plain autograd and compare.
+    r"""Every ``every_n_steps`` SGD updates, recompute the batch's gradients with plain autograd and compare.
 
     The reference is :func:`torch_manualbp.testing.reference.autograd_cost`, the network written in plain ops,
     :math:`a = \sigma(\text{linear}(a, W, b))` layer by layer and :math:`C = \frac{1}{2n}\sum_x \lVert y - a \rVert^2`
@@ -180,11 +180,11 @@ class GradientAudit(L.Callback):
         self.fail = fail
 
     def observes_step(self, step: int) -> bool:
-        """Whether this callback audits global step ``step`` (run through autograd by ``ManualBPClassifier``)."""
+        """Whether this callback audits SGD update ``step`` (run through autograd by ``ManualBPClassifier``)."""
         return step % self.every_n_steps == 0
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        if not self.observes_step(trainer.global_step):
+        if not self.observes_step(pl_module.updates):
             return
         x, y = pl_module.last_mini_batch  # the mini-batch whose gradients were just computed
         layers = sigmoid_layers(pl_module)
@@ -200,7 +200,7 @@ class GradientAudit(L.Callback):
         log_metrics(trainer, {"audit/max_rel_diff": worst})
         if worst > self.tolerance and self.fail:
             raise RuntimeError(
-                f"gradient audit failed at step {trainer.global_step}: the hand-written gradients differ from "
+                f"gradient audit failed at step {pl_module.updates}: the hand-written gradients differ from "
                 f"autograd's by {worst:.3g} (relative), above the tolerance {self.tolerance:g}"
             )
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import logging
 import pickle
 import re
 import signal
@@ -77,6 +78,7 @@ from .datamodule import MNISTDataModule, check_train_size, training_images
 from .hparams import check_hyperparameters, population_settings
 from .module import ManualBPClassifier
 from .paths import training_path
+from .progress import updates_made
 from .report import EpochReport, PredictionReport, shown_path
 from .safety import AtomicCheckpointIO, DivergenceGuard
 
@@ -134,7 +136,7 @@ class RunInterrupted(Exception):
 
     Attributes:
         signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
-        step: the global step (SGD updates) the checkpoint holds.
+        step: the SGD updates the checkpoint holds.
         epoch: the epoch it was in.
         checkpoint: the path of the checkpoint written.
     """
@@ -180,7 +182,7 @@ class StopOnSignal(L.Callback):
         path = _interrupt_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the whole training state, as last.ckpt holds it
         self._restore()
-        raise RunInterrupted(received, trainer.global_step, trainer.current_epoch, path)
+        raise RunInterrupted(received, updates_made(trainer, pl_module), trainer.current_epoch, path)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore()
@@ -371,10 +373,7 @@ class ManualBPCLI(LightningCLI):
             # at the end of training (save_last), into the config's folder
             callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
             kwargs["enable_checkpointing"] = False
-        interval = kwargs.get("val_check_interval", trainer.get("val_check_interval"))
-        if isinstance(interval, int) and not isinstance(interval, bool):  # SGD updates (see _check_step_counts)
-            config = self._settings(self.config)
-            kwargs["val_check_interval"] = interval // updates_per_batch(config)  # Lightning counts batches
+        callbacks = self._steps_in_batches(kwargs, trainer, callbacks)
         plugins = _as_list(kwargs.pop("plugins", trainer.get("plugins")))
         strategy = kwargs.get("strategy", trainer.get("strategy", "auto"))
         strategy_name = (strategy if isinstance(strategy, str) else type(strategy).__name__).lower()
@@ -382,6 +381,30 @@ class ManualBPCLI(LightningCLI):
         if not has_own and not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(callbacks=callbacks, plugins=plugins or None, **kwargs)
+
+    def _steps_in_batches(self, kwargs: dict, trainer: dict, callbacks: list) -> list:
+        """The settings that count steps, given in SGD updates (checked to be whole batches of them:
+        :func:`_check_step_counts`), as Lightning counts steps, in batches (``trainer.global_step``): ``max_steps``
+        and an int ``val_check_interval`` into ``kwargs``, and each ``ModelCheckpoint``'s ``every_n_train_steps``, which
+        it keeps privately, by building it again from its settings in the config. The saved config keeps updates."""
+        config = self._settings(self.config)
+        per_batch = updates_per_batch(config)
+        for key in ("max_steps", "min_steps", "val_check_interval"):
+            value = kwargs.get(key, trainer.get(key))
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                kwargs[key] = value // per_batch
+        max_steps = kwargs.get("max_steps", -1)
+        MAX_STEPS_IN_UPDATES.counted = (max_steps, per_batch) if per_batch > 1 and max_steps > 0 else None
+        given = _as_list((config.get("trainer") or {}).get("callbacks"))
+        if per_batch == 1 or len(given) > len(callbacks):
+            return callbacks
+        rebuilt = list(callbacks)
+        for k, (entry, callback) in enumerate(zip(given, callbacks)):
+            settings = _init_args(entry)
+            every = settings.get("every_n_train_steps")
+            if isinstance(callback, ModelCheckpoint) and every:
+                rebuilt[k] = type(callback)(**{**settings, "every_n_train_steps": every // per_batch})
+        return rebuilt
 
     def _settings(self, config):
         """The running subcommand's section of ``config`` (``self.config`` or ``self.config_init``), or all of it."""
@@ -402,6 +425,9 @@ class ManualBPCLI(LightningCLI):
         earlier = EarlierMetrics.read(self.trainer, ckpt_path) if ckpt_path else None
         if earlier is not None:
             self.trainer.callbacks.append(earlier)
+
+    def after_fit(self) -> None:
+        MAX_STEPS_IN_UPDATES.counted = None
 
     def before_validate(self) -> None:
         self._resolve_last("validate")
@@ -624,22 +650,58 @@ def updates_per_batch(config) -> int:
     return -(-batch // size) if size and batch else 1
 
 
+class _MaxStepsInUpdates(logging.Filter):
+    """Lightning's "`max_steps=N` reached." in the user's units, the SGD updates asked for, with the batches Lightning
+    counted them as; armed (``counted``: Lightning's max_steps and the updates a batch makes) while ``manualbp fit``
+    runs with a max_steps it turned into batches."""
+
+    counted: tuple[int, int] | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.counted is not None:
+            batches, per_batch = self.counted
+            if record.getMessage() == f"`Trainer.fit` stopped: `max_steps={batches}` reached.":
+                record.msg = (
+                    f"`Trainer.fit` stopped: `max_steps={batches * per_batch}` reached ({batches} Lightning batches"
+                    f" of {per_batch} SGD updates)."
+                )
+                record.args = ()
+        return True
+
+
+#: Installed on Lightning's rank-zero logger; disarmed after each fit (ManualBPCLI.after_fit, torch_manualbp.cli.main)
+MAX_STEPS_IN_UPDATES = _MaxStepsInUpdates()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(MAX_STEPS_IN_UPDATES)
+
+
+def _init_args(entry) -> dict:
+    """A callback's settings as the config gives them (``init_args`` of a ``class_path`` entry), as a dict."""
+    init_args = entry.get("init_args") if hasattr(entry, "get") else None
+    if init_args is None:
+        return {}
+    return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
+
+
 def _check_step_counts(config) -> None:
-    """``trainer.max_steps`` and an int ``trainer.val_check_interval`` count SGD updates (as ``global_step`` and the
-    checkpoints' names do); training stops and validates only between Lightning batches, so they must be whole
-    batches of updates."""
+    """``trainer.max_steps``, an int ``trainer.val_check_interval`` and a ``ModelCheckpoint``'s
+    ``every_n_train_steps`` count SGD updates (``manualbp`` hands Lightning, which counts batches, their number of
+    batches: :meth:`ManualBPCLI._steps_in_batches`); training stops, validates and saves only between Lightning
+    batches, so they must be whole batches of updates."""
     trainer, per_batch = config["trainer"], updates_per_batch(config)
     where = (
         f"each Lightning batch makes {per_batch} SGD updates (data.batch_size / model.mini_batch_size) and training"
-        " stops and validates only between batches"
+        " stops, validates and saves only between batches"
     )
-    for key in ("max_steps", "val_check_interval"):
-        value = trainer.get(key)
+    counts = [(f"trainer.{key}", trainer.get(key)) for key in ("max_steps", "min_steps", "val_check_interval")]
+    for k, entry in enumerate(_as_list(trainer.get("callbacks"))):
+        settings = _init_args(entry)
+        counts.append((f"trainer.callbacks[{k}].every_n_train_steps", settings.get("every_n_train_steps")))
+    for name, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % per_batch == 0:
             continue
         lower, upper = value // per_batch * per_batch, (value // per_batch + 1) * per_batch
         choices = f"{lower} or {upper}" if lower else f"{upper}"
-        raise ConfigError(f"trainer.{key} {value} counts SGD updates, and {where}: use {choices}")
+        raise ConfigError(f"{name} {value} counts SGD updates, and {where}: use {choices}")
 
 
 #: The settings checked up front by the classifier's own rules (check_hyperparameters); sizes are checked here, for

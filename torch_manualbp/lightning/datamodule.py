@@ -299,6 +299,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         # name -> (images, targets, labels); filled by setup(), nothing is read before.
         self.splits: dict[str, Batch] = {}
+        self._train_batches: ShuffledBatches | None = None  # the last train_dataloader(), whose epoch state_dict saves
+        self._resumed_epoch: int | None = None  # the epoch a checkpoint's next training pass is, until it starts
 
     def prepare_data(self) -> None:
         r"""Download the files with torchvision if they are missing and ``download=True``; else check they exist.
@@ -341,13 +343,24 @@ class MNISTDataModule(L.LightningDataModule):
         train, (rank, world_size) = self._split("train"), self._rank_and_world_size()
         epoch, limit = 0, None
         if self.trainer is not None:
-            # The epochs the fit loop has run through, not ``current_epoch``: on resuming from a checkpoint taken at
-            # an epoch's end (best, every_n_epochs) the loop counts that epoch processed but not yet completed, and
-            # Lightning restores no loader state then, so the next pass must start the next epoch by itself.
-            epoch = self.trainer.fit_loop.epoch_progress.current.processed
+            epoch = self.trainer.current_epoch
             length = math.ceil(len(train[0]) / (self.hparams.batch_size * world_size))
             limit = _epoch_limit(length, self.trainer.limit_train_batches)
-        return ShuffledBatches(*train, self.hparams.batch_size, self.hparams.seed, epoch, rank, world_size, limit)
+        if self._resumed_epoch is not None:
+            # A checkpoint's: the pass it was in, or after an epoch's end (best, every_n_epochs, where Lightning
+            # restores no loader state and its current_epoch is still the finished one) the next epoch's.
+            epoch, self._resumed_epoch = self._resumed_epoch, None
+        batches = ShuffledBatches(*train, self.hparams.batch_size, self.hparams.seed, epoch, rank, world_size, limit)
+        self._train_batches = batches
+        return batches
+
+    def state_dict(self) -> dict[str, int]:
+        r"""Saved in checkpoints: the epoch of the training pass the next batch comes from (Lightning saves the
+        position within it mid-epoch, from :meth:`ShuffledBatches.state_dict`)."""
+        return {} if self._train_batches is None else {"train_epoch": self._train_batches.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resumed_epoch = state_dict.get("train_epoch")
 
     def val_dataloader(self) -> OrderedBatches | list[OrderedBatches]:
         r"""The 10,000 validation images in order, ``eval_batch_size`` per process; then the test images

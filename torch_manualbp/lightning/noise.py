@@ -66,15 +66,15 @@ class GradientNoiseMonitor(L.Callback):
         self._next_step = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        # global_step counts updates, several per batch when the module steps through mini-batches: catch up
-        if trainer.global_step < self._next_step:
+        # the module counts SGD updates, several per batch when it steps through mini-batches: catch up
+        if pl_module.updates < self._next_step:
             return
-        self._next_step = trainer.global_step + self.every_n_steps
+        self._next_step = pl_module.updates + self.every_n_steps
         x, y = batch[0], batch[1]
         if len(x) < 2:
             raise ValueError(f"GradientNoiseMonitor needs batches of at least 2 examples, got {len(x)}")
         metrics = self._metrics(gradient_statistics(pl_module.network, x, y))
-        self.history[trainer.global_step] = metrics
+        self.history[pl_module.updates] = metrics
         log_metrics(trainer, metrics)
 
     def _metrics(self, stats: GradientStatistics) -> dict[str, float]:

@@ -33,22 +33,23 @@ class OptimizerHooks:
         scheduler = self._scheduler()
         if scheduler is None or scheduler.interval != interval:
             return
-        count = self.trainer.global_step if interval == "step" else self.current_epoch + 1
+        count = self.updates if interval == "step" else self.current_epoch + 1
         if count % scheduler.frequency:
             return
         if isinstance(scheduler.scheduler, ReduceLROnPlateau):  # manual optimisation passes it its metric itself
             scheduler.scheduler.step(self.trainer.callback_metrics[scheduler.scheduler.monitor])
         else:
-            with warnings.catch_warnings():  # the fused path updates without optimizer.step(), which torch looks for
+            with warnings.catch_warnings():  # the fused path's first batch steps the optimizer only at its end
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
                 scheduler.scheduler.step()
 
     def configure_optimizers(self):
-        # The fused path reads its learning rate from this optimizer (and its scheduler) and never steps it; a
-        # population's members have their own η, and no optimizer.
+        # The fused path reads its learning rate from this optimizer (and its scheduler), and steps it once a batch
+        # with no gradients, which changes nothing and is how Lightning counts the batch (training.py). A
+        # population's members have their own η: its optimizer is there for that count alone, at lr 0.
         hp = self.hparams
         if self.members:
-            return None
+            return torch.optim.SGD(self.parameters(), lr=0.0)
         parameters = self.parameters()
         if hp.optimizer is not None:  # --optimizer: LightningCLI's way, and its form of the scheduler's result
             optimizer = instantiate_class(parameters, hp.optimizer)

@@ -1,20 +1,18 @@
-r"""Progress the fused path makes without an optimizer: :func:`count_updates` (``trainer.global_step`` counts SGD
-updates, several per Lightning batch) and :class:`EpochCost` (the epoch's training cost, kept in checkpoints)."""
+r"""Progress in the classifier's terms: :func:`updates_made` (SGD updates, several per Lightning batch, where
+``trainer.global_step`` counts the batches) and :class:`EpochCost` (the epoch's training cost, kept in checkpoints)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["EpochCost", "count_updates"]
+__all__ = ["EpochCost", "updates_made"]
 
 
-def count_updates(trainer, updates: int) -> None:
-    """Count ``updates`` SGD steps taken without an optimizer as Lightning counts ``LightningOptimizer.step()``, so
-    that ``trainer.global_step`` (and the checkpoints' names) is the number of updates."""
-    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-    for tracker in (progress.total, progress.current):  # increment_ready() and increment_completed(), `updates` times
-        tracker.ready += updates
-        tracker.completed += updates
+def updates_made(trainer, pl_module) -> int:
+    """The SGD updates made so far: the module's own count (``ManualBPClassifier.updates``) where it keeps one, else
+    Lightning's count of optimizer steps."""
+    updates = getattr(pl_module, "updates", None)
+    return trainer.global_step if updates is None else updates
 
 
 class EpochCost:

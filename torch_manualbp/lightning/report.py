@@ -28,6 +28,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .progress import updates_made
+
 __all__ = [
     "CURVES_PNG",
     "EpochReport",
@@ -115,7 +117,7 @@ class EpochReport(L.Callback):
         self._resumed_epoch_seconds = self._resumed_fit_seconds = 0.0
         self._processes = 1
         self._batch_idx = -1  # the last training batch of this epoch that ended
-        self._evaluated_step = 0  # the global step of the last evaluation
+        self._evaluated_step = 0  # the SGD updates made before the last evaluation
 
     # --- fit ----------------------------------------------------------------------------------------------------
 
@@ -140,13 +142,13 @@ class EpochReport(L.Callback):
         if trainer.sanity_checking:
             return
         self._evaluated = self._collect(trainer)
-        self._evaluated_step = trainer.global_step
+        self._evaluated_step = updates_made(trainer, pl_module)
         if trainer.state.fn == "validate" and trainer.is_global_zero:  # manualbp validate: its result is this line
             print(_evaluation_line(self._evaluated, trainer.callback_metrics), flush=True)
         mid_epoch = trainer.state.fn == "fit" and self._batch_idx + 1 < trainer.num_training_batches
         if mid_epoch and trainer.is_global_zero and self._evaluated:  # val_check_interval: a line for each
             line = _evaluation_line(self._evaluated, trainer.callback_metrics)
-            print(f"Step {trainer.global_step} (epoch {trainer.current_epoch}): {line}", flush=True)
+            print(f"Step {self._evaluated_step} (epoch {trainer.current_epoch}): {line}", flush=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = self._epoch_row(trainer)
@@ -155,7 +157,7 @@ class EpochReport(L.Callback):
         self._resumed_epoch_seconds = 0.0
         if trainer.is_global_zero:
             line = _epoch_line(row)
-            if self._evaluated and self._evaluated_step != trainer.global_step:  # the epoch's last evaluation
+            if self._evaluated and self._evaluated_step != updates_made(trainer, pl_module):  # an earlier evaluation
                 line += f" (the evaluation of step {self._evaluated_step})"
             print(line, flush=True)
 

@@ -25,6 +25,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .progress import updates_made
 from .report import checkpoint_paths
 
 __all__ = ["AtomicCheckpointIO", "DivergenceError", "DivergenceGuard", "StepCostRecord"]
@@ -39,12 +40,14 @@ class StepCostRecord(Protocol):
     (``ManualBPClassifier``'s fused steps): its own record of every training step's cost, and a way to undo steps."""
 
     fused: bool  # whether steps may run without the optimizer hooks (checked at each batch's start as well)
+    updates: int  # the SGD updates made so far: the module's step count (global_step counts its batches)
+    counts_batch_only: bool  # True during an optimizer step that only counts a batch whose updates are made
 
     def take_step_costs(self) -> list[tuple[int, torch.Tensor]]:
-        """Every step's cost recorded since the last call, as ``(first global step, costs of consecutive steps)``."""
+        """Every step's cost recorded since the last call, as ``(first update, costs of consecutive updates)``."""
 
     def rewind(self, step: int) -> bool:
-        """Restore the parameters before global step ``step`` and put its gradients in ``.grad``; False if it cannot."""
+        """Restore the parameters before update ``step`` and put its gradients in ``.grad``; False if it cannot."""
 
 
 class DivergenceError(RuntimeError):
@@ -135,10 +138,12 @@ class DivergenceGuard(L.Callback):
         return recorded
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        step = trainer.global_step + 1
+        step = updates_made(trainer, pl_module) + 1
         parameters = step % self.parameters_every_n_steps == 0
         if parameters or step % self._every == 0:
-            self._check(trainer, pl_module, "stopped before applying the update", parameters)
+            counting = isinstance(pl_module, StepCostRecord) and pl_module.counts_batch_only
+            consequence = "stopped after this batch's updates" if counting else "stopped before applying the update"
+            self._check(trainer, pl_module, consequence, parameters)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._check(trainer, pl_module, "the checkpoint due now was not written", parameters=True)
@@ -165,7 +170,7 @@ class DivergenceGuard(L.Callback):
             if isinstance(pl_module, StepCostRecord) and pl_module.rewind(step):  # a fused step: undo it and the rest
                 consequence = "stopped before applying the update"
             return step, epoch, f"the training cost is {cost}", consequence
-        step, epoch = trainer.global_step, trainer.current_epoch
+        step, epoch = updates_made(trainer, pl_module), trainer.current_epoch
         if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
             return step, epoch, f"the parameters are non-finite after {step} updates", consequence
         return step, epoch, "another process's cost or parameters became non-finite", consequence
