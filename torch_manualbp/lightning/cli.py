@@ -393,7 +393,7 @@ class ManualBPCLI(LightningCLI):
             value = kwargs.get(key, trainer.get(key))
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 kwargs[key] = value // per_batch
-        max_steps = kwargs.get("max_steps", -1)
+        max_steps = kwargs.get("max_steps") or -1
         MAX_STEPS_IN_UPDATES.counted = (max_steps, per_batch) if per_batch > 1 and max_steps > 0 else None
         given = _as_list((config.get("trainer") or {}).get("callbacks"))
         if per_batch == 1 or len(given) > len(callbacks):
