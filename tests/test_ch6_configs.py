@@ -290,6 +290,11 @@ def test_two_epochs_equal_one_and_a_resumed_one_and_validate_on_the_checkpoint_r
     for key in ("val/accuracy", "val/cost", "test/accuracy", "train/cost"):
         assert last(got, key) == last(want, key), key
     assert len([row for row in want if row.get("val/accuracy")]) == 2
+    predicted = manualbp(
+        "predict", "--config", straight, "--ckpt_path", "last", "--data.predict_path", ROOT / "experiments" / "digits"
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len(re.findall(r"\.png: predicted \d \(top 2 output activations", predicted.stdout)) == 5, predicted.stdout
     # the checkpoint reloaded: validate gives the numbers of the trained model's last epoch
     checkpoint = tmp_path / "straight" / "last" / "last.ckpt"
     model = ManualBPClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
