@@ -248,25 +248,36 @@ def test_a_layers_config_round_trips_through_print_config(tmp_path):
     assert reprinted.stdout == printed.stdout
 
 
-def test_there_are_the_four_ladder_configs_each_naming_its_book_number_and_command():
-    assert [path.stem for path in CONFIGS] == [
-        "ch6_rung1_fc100", "ch6_rung2_conv20", "ch6_rung3_conv20_conv40", "ch6_rung4_relu"
-    ]  # fmt: skip
-    books = {"ch6_rung1_fc100": "97.80%", "ch6_rung2_conv20": "98.78%", "ch6_rung3_conv20_conv40": "99.06%"}
-    books["ch6_rung4_relu"] = "99.23%"
+def test_there_are_the_six_ladder_configs_each_naming_its_book_number_and_command():
+    books = {
+        "ch6_rung1_fc100": "97.80%",
+        "ch6_rung2_conv20": "98.78%",
+        "ch6_rung3_conv20_conv40": "99.06%",
+        "ch6_rung4_relu": "99.23%",
+        "ch6_rung5_expanded": "99.37%",
+        "ch6_rung6_two_fc": "99.43%",
+    }
+    assert [path.stem for path in CONFIGS] == list(books)
     for path in CONFIGS:
         text, settings = path.read_text(), yaml.safe_load(path.read_text())
         assert f"To run: manualbp fit --config experiments/{path.name}" in text and books[path.stem] in text
         model, data = settings["model"], settings["data"]
         assert (model["mini_batch_size"], settings["trainer"]["max_epochs"], data.get("train_size")) == (10, 60, None)
-        assert model["eta"] == (0.03 if path.stem == "ch6_rung4_relu" else 0.1)
+        relu = path.stem[:9] in ("ch6_rung4", "ch6_rung5", "ch6_rung6")
+        assert (model["eta"], model.get("lmbda", 0.0)) == ((0.03, 1.0) if relu else (0.1, 0.0))
+        expanded = data.get("expand", False)
+        assert expanded == (path.stem[:9] in ("ch6_rung5", "ch6_rung6"))
+        # the book's λ/n: network3.py's lmbda 0.1 over its mini-batches, n / 10 of them
+        steps = (250_000 if expanded else 50_000) // 10  # network3.py's num_training_batches
+        assert not relu or model["lmbda"] / model["training_set_size"] == pytest.approx(0.1 / steps)
 
 
 @quiet
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
 def test_every_ch6_config_trains_a_short_epoch_through_the_cli(tmp_path, config):
     trainer = {"max_epochs": 1, "limit_val_batches": 0.1}  # 1,000 images of each evaluation (1 is read as 1.0)
-    data, model = {"train_size": 100, "batch_size": 50}, {"training_set_size": 100}  # the n of λ/n: the 100 images
+    expanded = yaml.safe_load(config.read_text())["data"].get("expand", False)  # 100 images and their 400 shifts
+    data, model = {"train_size": 100, "batch_size": 50}, {"training_set_size": 500 if expanded else 100}  # λ/n's n
     short = _config(tmp_path, config, data=data, trainer=trainer, model=model)
     result = run_cli(short)
     assert result.returncode == 0, result.stderr[-3000:]
