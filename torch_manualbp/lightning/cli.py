@@ -75,7 +75,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
 from .datamodule import MNISTDataModule, check_train_size, training_images
-from .hparams import check_hyperparameters, population_settings
+from .hparams import check_hyperparameters, check_layer_settings, population_settings
 from .module import ManualBPClassifier
 from .paths import training_path
 from .progress import updates_made
@@ -723,6 +723,8 @@ def _check_model(model) -> None:
     settings = {name: model.get(name) for name in _MODEL_SETTINGS if model.get(name) is not None}
     try:
         check_hyperparameters(**settings)  # the classifier's own rules, before anything is built
+        if model.get("layers") is not None:  # chapter 6's layers, and the settings they cannot take
+            check_layer_settings(model)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.{err}") from None
 

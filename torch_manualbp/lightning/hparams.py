@@ -1,6 +1,7 @@
 r"""The classifier's settings, each checked by one rule: :func:`check_hyperparameters` (the classifier calls it on all
-of them, ``manualbp`` on a config's before anything is built) and :func:`population_settings`, the members' seeds, η
-and λ of a population, K of each."""
+of them, ``manualbp`` on a config's before anything is built), :func:`check_layer_settings` (a network given as
+``layers``, and what it cannot be trained with) and :func:`population_settings`, the members' seeds, η and λ of a
+population, K of each."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import torch
 
 from ..activations import get_activation
 from ..checks import check_dropout, check_learning_rate, check_regularization, l2_weight_decay
+from ..layer_spec import check_layers
 from ..sgd import check_mini_batch_size
 from .datamodule import NUM_TRAIN
 
-__all__ = ["FLOAT32_MAX", "check_hyperparameters", "population_settings"]
+__all__ = ["FLOAT32_MAX", "check_hyperparameters", "check_layer_settings", "population_settings"]
 
 #: The largest float32: ``torch.optim.SGD`` cannot apply a larger learning rate to float32 weights (RuntimeError).
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -34,8 +36,39 @@ def check_hyperparameters(**settings) -> None:
         )
     if settings.get("lr_scheduler") and settings.get("lr_schedule", "constant") != "constant":
         raise ValueError("lr_scheduler and lr_schedule both set the learning rate's schedule; give one")
-    if settings.get("dropout") and "sizes" in settings and len(settings["sizes"]) < 3:
+    if settings.get("dropout") and settings.get("sizes") is not None and len(settings["sizes"]) < 3:
         raise ValueError(f"dropout removes hidden neurons, and sizes={settings['sizes']} has no hidden layer")
+    if settings.get("layers") is not None:
+        check_layer_settings(settings)
+
+
+def check_layer_settings(settings) -> None:
+    """For a network given as ``layers`` (``settings``: the classifier's, a dict or a config's ``model`` section, any
+    subset): a ``ValueError`` starting with the setting's name for the layers' first bad entry (``layers[i]: ...``,
+    :func:`~torch_manualbp.layer_spec.check_layers`) or a setting such a network cannot be trained with, one line
+    each."""
+    get = settings.get
+    if get("sizes") is not None:
+        raise ValueError(f"sizes={list(get('sizes'))} and layers both give the network; give one of them")
+    check_layers(get("layers"))
+    if get("cost", "log_likelihood") != "log_likelihood":
+        raise ValueError(
+            f"cost={get('cost')!r}: a network of layers ends in the softmax layer, whose cost is 'log_likelihood';"
+            " set cost: log_likelihood"
+        )
+    refused = [
+        ("seeds", get("seeds") is not None, "a network of layers trains alone, not as a population"),
+        ("eta", isinstance(get("eta"), (list, tuple)), "one eta: a network of layers is not a population"),
+        ("lmbda", isinstance(get("lmbda"), (list, tuple)), "one lmbda: a network of layers is not a population"),
+        ("compile", get("compile", False), "the compiled step is Network's; a network of layers steps eagerly"),
+        ("dropout", get("dropout", 0.0), "a network of layers has no dropout"),
+        ("regularization", get("regularization", "l2") != "l2", "a network of layers has the book's L2 only"),
+        ("init", get("init", "normal") != "normal", "layers are drawn as network3.py draws them; leave init out"),
+        ("activation", get("activation", "sigmoid") != "sigmoid", "set each layer's activation in layers instead"),
+    ]
+    for name, given, why in refused:
+        if given:
+            raise ValueError(f"{name}={get(name)!r} does not apply to a network given as layers: {why}")
 
 
 def population_settings(seeds, eta, lmbda) -> tuple[list[int], list[float], list[float]]:

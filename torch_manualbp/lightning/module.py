@@ -1,4 +1,6 @@
-r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``, or a ``Population`` of them.
+r"""``ManualBPClassifier``: a small Lightning "system" around the core's ``Network``, or a ``Population`` of them, or
+chapter 6's network of ``layers`` (a :class:`~torch_manualbp.layer_spec.LayerNetwork`, its fused steps
+``sequential.sgd_step``'s by :class:`~torch_manualbp.sequential_engine.SequentialSGD`).
 
 The network, its gradients and, on the fast path, the update itself are the core's. Two paths
 (:func:`~torch_manualbp.lightning.paths.training_path` chooses, and refuses what cannot work, in one place):
@@ -36,6 +38,7 @@ To run::
 
     manualbp fit --config experiments/nielsen_ch1.yaml
     manualbp fit --config experiments/nielsen_ch1_seeds.yaml   # three seeds as one population
+    manualbp fit --config experiments/ch6_rung2_conv20.yaml   # chapter 6's first conv net, as model.layers
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from ..layer_spec import LayerNetwork
 from ..network import Network, dropout_evaluation_weights, feedforward_to_cost
 from ..population import Population
+from ..sequential_engine import SequentialSGD
 from ..sgd import MiniBatchSGD
 from .datamodule import NUM_TRAIN
 from .evaluating import EvaluationHooks
@@ -61,6 +66,9 @@ from .starting import StartHooks, say
 from .training import TrainingHooks
 
 __all__ = ["ManualBPClassifier"]
+
+#: The network ``sizes`` gives when neither it nor ``layers`` is given: chapter 1's.
+DEFAULT_SIZES = (784, 30, 10)
 
 # Under manual optimisation Lightning warns that a checkpoint taken every N steps holds the weights after that
 # batch's updates. That is the state an exact resume needs (with the batch position saved beside it; see
@@ -80,7 +88,8 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
     :math:`w \to w - \frac{\eta}{m} \sum_x \partial C_x/\partial w` for a mini-batch of m examples.
 
     Args:
-        sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network.
+        sizes: neurons per layer, input first; ``[784, 30, 10]`` is chapter 1's network, and the network when
+            neither ``sizes`` nor ``layers`` is given (``None``).
         eta: the learning rate :math:`\eta`; chapter 1 uses 3.0 for mini-batches of 10, chapter 3 0.5. An optimizer
             given instead (``--optimizer``) brings its own ``lr``, which is used, and said at the start. A list: one
             per member of a population.
@@ -131,6 +140,17 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
             through autograd (said at the start). ``None`` (default): ``torch.optim.SGD`` at ``eta``.
         lr_scheduler: a scheduler of the optimizer's learning rate, as ``--lr_scheduler`` gives it (the same form),
             on the fused path as on autograd's; ``None`` (default): ``lr_schedule``'s.
+        layers: chapter 6's network instead of ``sizes``: a list of layers input first, one dict each,
+            ``{"conv_pool": [feature_maps, kernel_size, pool_size]}``, ``{"fully_connected": neurons}`` (each may
+            set ``"activation"``: ``"sigmoid"``, the default, ``"tanh"``, ``"relu"`` or ``"linear"``) and the output
+            layer last, ``{"softmax": 10}``, with ``cost="log_likelihood"`` (see :mod:`torch_manualbp.layer_spec`).
+            The images go in as :math:`(N, 1, 28, 28)` (rows of 784 are reshaped). The fused path steps each
+            mini-batch by :func:`torch_manualbp.sequential.sgd_step` (eagerly: the native op and ``compile`` are
+            ``Network``'s), with the book's L2 ``lmbda``; an optimizer given instead trains it through autograd and
+            the layers' Functions. Refused beside it: ``sizes``, a population (``seeds``, lists of ``eta`` or
+            ``lmbda``), ``compile``, ``dropout``, L1, ``init`` and ``activation`` (set each layer's), and the
+            callbacks that observe steps or read sigmoid layers' gradients (``GradientAudit``,
+            ``LearningSpeedMonitor``, ``GradientNoiseMonitor``).
 
     A population is K networks, K the length of the longest of ``seeds``, ``eta`` and ``lmbda`` (the others 1 or K
     long). It logs per member ``train/cost/member{k}``, ``{stage}/cost/member{k}``, ``{stage}/accuracy/member{k}``
@@ -145,9 +165,10 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
     autograd, a schedule, an optimizer.
 
     Attributes:
-        network: the :class:`~torch_manualbp.Network` (a population has ``population``, a
-            :class:`~torch_manualbp.Population`, instead).
-        sgd: the training engine of the fused path, :class:`~torch_manualbp.sgd.MiniBatchSGD`.
+        network: the :class:`~torch_manualbp.Network`, or the :class:`~torch_manualbp.layer_spec.LayerNetwork` of
+            ``layers`` (a population has ``population``, a :class:`~torch_manualbp.Population`, instead).
+        sgd: the training engine of the fused path, :class:`~torch_manualbp.sgd.MiniBatchSGD` (for ``layers``,
+            :class:`~torch_manualbp.sequential_engine.SequentialSGD`).
         steps_per_call: mini-batches per compiled call (``sgd.steps_per_call``).
         seeds, etas, lmbdas: a population's members' seeds, η and λ (``None`` for a network).
 
@@ -156,11 +177,14 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         >>> model = ManualBPClassifier([784, 30, 10], seeds=[0, 1, 2], eta=3.0)
         >>> model(torch.rand(5, 784)).shape  # every member's output activations
         torch.Size([3, 5, 10])
+        >>> layers = [{"conv_pool": [20, 5, 2]}, {"fully_connected": 100}, {"softmax": 10}]
+        >>> ManualBPClassifier(layers=layers, cost="log_likelihood", eta=0.1)(torch.rand(5, 784)).shape
+        torch.Size([5, 10])
     """
 
     def __init__(
         self,
-        sizes: list[int] = [784, 30, 10],  # noqa: B006 -- LightningCLI shows and saves it; never mutated
+        sizes: list[int] | None = None,
         eta: float | list[float] = 3.0,
         init: Literal["normal", "scaled"] = "normal",
         momentum: float = 0.0,
@@ -178,6 +202,7 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         activation: Literal["sigmoid", "tanh", "relu", "linear"] = "sigmoid",
         optimizer: dict | None = None,
         lr_scheduler: dict | None = None,
+        layers: list[dict] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -186,7 +211,11 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         self.last_mini_batch: tuple[Tensor, Tensor] | None = None  # (x, y), for GradientAudit
         self.seeds = self.etas = self.lmbdas = None
         self.members: int | None = None  # K for a population
-        if seeds is not None or isinstance(eta, (list, tuple)) or isinstance(lmbda, (list, tuple)):
+        if layers is None and sizes is None:
+            sizes = list(DEFAULT_SIZES)
+        if layers is not None:  # chapter 6's layers (check_hyperparameters has refused what they cannot take)
+            self.network = LayerNetwork(layers)
+        elif seeds is not None or isinstance(eta, (list, tuple)) or isinstance(lmbda, (list, tuple)):
             self.seeds, self.etas, self.lmbdas = population_settings(seeds, eta, lmbda)
             self.members = len(self.seeds)
             if member is not None and not (isinstance(member, int) and 0 <= member < self.members):
@@ -209,12 +238,21 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
         self._observers: list = []  # callbacks with observes_step(step), whose steps go through autograd
         self._saved_generator_state: Tensor | None = None  # the dropout masks' generator, from a checkpoint
-        self.evaluation = Evaluation(sizes[-1], self.members)  # the book's counts, costs and accuracies
+        classes = 10 if layers is not None else sizes[-1]
+        self.evaluation = Evaluation(classes, self.members)  # the book's counts, costs and accuracies
 
-    def _engine(self) -> MiniBatchSGD:
+    @property
+    def of_layers(self) -> bool:
+        """Whether the network was given as ``layers`` (a :class:`~torch_manualbp.layer_spec.LayerNetwork`)."""
+        return self.hparams.get("layers") is not None
+
+    def _engine(self) -> MiniBatchSGD | SequentialSGD:
         """The fused path's engine over the network, or the population (whose members it steps through views of
-        its storage: made again if the population has moved to another device)."""
+        its storage: made again if the population has moved to another device); for a network of ``layers``,
+        :class:`~torch_manualbp.sequential_engine.SequentialSGD`, one ``sequential.sgd_step`` per mini-batch."""
         hp = self.hparams
+        if self.of_layers:
+            return SequentialSGD(self.network, hp.mini_batch_size, hp.lmbda, hp.training_set_size)
         model = self.population if self.members else self.network
         self._engine_storage = model.weights_and_biases()[0][0].data_ptr()
         return MiniBatchSGD(
@@ -233,6 +271,8 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         (N, 10), if set); with ``dropout``, by the book's rule: the whole network, the weights outgoing from hidden
         neurons scaled by :math:`1 - p`."""
         p = self.hparams.dropout
+        if self.of_layers:
+            return self.network(x)
         if self.members:
             self.population.check_batch(x)
             weights = self.population.weights_and_biases()[0]

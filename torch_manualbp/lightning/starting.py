@@ -26,6 +26,8 @@ class StartHooks:
     def on_fit_start(self) -> None:
         if self.members:  # before the callbacks' own on_train_start, which would reach for one network's optimizer
             check_population_callbacks(self.members, *self._callbacks())
+        if self.of_layers:  # before the callbacks' own on_train_start, which would reach for Network's layers
+            _check_layer_callbacks(self.trainer.callbacks)
 
     def _callbacks(self) -> tuple[list[str], list[str]]:
         """The names of the callbacks that observe single steps through autograd, and of those that work on one
@@ -67,17 +69,27 @@ class StartHooks:
             self._saved_generator_state = None
         if self.device.type == "cpu":
             size = self._mini_batch_size_at_start()
-            rank_zero_info(apply_thread_rule(self.hparams.sizes, size, members=self.members or 1))
+            if self.of_layers:  # the rule's measurements are of Network's fully connected layers
+                threads = torch.get_num_threads()
+                rank_zero_info(
+                    f"manualbp: {threads} intra-op thread{'s' * (threads != 1)} (torch's; OMP_NUM_THREADS sets it)"
+                )
+            else:
+                sizes = (self.population if self.members else self.network).sizes
+                rank_zero_info(apply_thread_rule(sizes, size, members=self.members or 1))
         lr = optimizer.defaults["lr"] if optimizer is not None else self.hparams.eta
         lr = f"; η is the optimizer's lr, {lr:g}, not model.eta" if lr != self.hparams.eta else ""
         if self._fused:
             how = f"compiled, {self.steps_per_call} steps per call" if self.hparams.compile else "eager"
-            if self.sgd.uses_native():  # builds the native op the first time, or says once why it cannot
+            if self.of_layers:
+                how = "sequential.sgd_step on each mini-batch of the layers, eager"
+            elif self.sgd.uses_native():  # builds the native op the first time, or says once why it cannot
                 how = "native: a Lightning batch of steps per call of torch.ops.manualbp.sgd_block"
             watched = [type(callback).__name__ for callback in self._observers]
             whom = f" of {self.members} members" if self.members else ""
+            engine = type(self.sgd).__name__
             rank_zero_info(
-                f"manualbp: training with the fused SGD step{whom} (MiniBatchSGD: BP1-BP4 and the update without"
+                f"manualbp: training with the fused SGD step{whom} ({engine}: BP1-BP4 and the update without"
                 f" autograd, {how})"
                 + (f"; the steps {', '.join(watched)} observe go through autograd" if watched else "")
                 + lr
@@ -100,6 +112,22 @@ class StartHooks:
                 f" of each batch has {batch_size % size} examples, not {size}"
             )
         return size or batch_size or 1
+
+
+def _check_layer_callbacks(callbacks) -> None:
+    """A ``ValueError`` for the callbacks a network of ``layers`` cannot serve: those that observe steps through
+    ``Network``'s backward hooks, or read its sigmoid layers' gradients (``GradientAudit``, ``LearningSpeedMonitor``,
+    ``GradientNoiseMonitor``)."""
+    refused = [
+        type(callback).__name__
+        for callback in callbacks
+        if hasattr(callback, "observes_step") or isinstance(callback, GradientNoiseMonitor)
+    ]
+    if refused:
+        raise ValueError(
+            f"trainer.callbacks: {', '.join(refused)} observe Network's sigmoid layers, and model.layers gives a"
+            " network of chapter 6's layers; leave them out"
+        )
 
 
 def say(message: str) -> None:
