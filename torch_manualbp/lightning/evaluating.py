@@ -31,6 +31,8 @@ class EvaluationHooks:
 
     def on_validation_epoch_end(self) -> None:
         self.evaluation.log(self.log, self._penalty(), self._sum_over_processes)
+        if self.trainer.state.fn == "fit":  # the row's SGD updates (metrics.csv's step counts Lightning batches)
+            self.log("updates", float(self.updates), batch_size=1)
 
     def on_test_epoch_end(self) -> None:
         self.evaluation.log(self.log, self._penalty(), self._sum_over_processes)

@@ -105,7 +105,8 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
             several: a batch of 1,000 makes 100 updates, exactly those of batches of 10 in the same order, on the
             fast path (a whole batch per native call). ``None``: each batch is one mini-batch. A batch size that is
             not a multiple of it is said at the start (each batch's last mini-batch is then smaller).
-            ``trainer.global_step`` counts updates, and so does the ``step`` column of the logged metrics.
+            ``trainer.global_step`` counts Lightning batches (as the ``step`` column of the logged metrics does),
+            ``updates`` the SGD updates (the ``updates`` column).
         cost: ``"quadratic"`` (chapters 1-2), ``"cross_entropy"`` or ``"log_likelihood"`` (chapter 3's softmax output
             layer); see :class:`~torch_manualbp.Network`.
         lmbda: the book's L2 regularisation parameter :math:`\lambda` (chapter 3 uses 5.0): the weights, not the
@@ -171,6 +172,8 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
             :class:`~torch_manualbp.sequential_engine.SequentialSGD`).
         steps_per_call: mini-batches per compiled call (``sgd.steps_per_call``).
         seeds, etas, lmbdas: a population's members' seeds, η and λ (``None`` for a network).
+        updates: the SGD updates made so far in this run, several per Lightning batch (``trainer.global_step``
+            counts the batches); kept in checkpoints.
 
     Examples::
 
