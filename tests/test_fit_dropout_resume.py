@@ -26,7 +26,7 @@ def straight(tmp_path_factory):
     result = manualbp("fit", "--config", config)
     assert result.returncode == 0, result.stderr[-3000:]
     weights = final_weights(tmp_path, "straight")
-    assert torch.load(tmp_path / "straight" / "last" / "last.ckpt", weights_only=True)["global_step"] == 2000
+    assert torch.load(tmp_path / "straight" / "last" / "last.ckpt", weights_only=True)["manualbp_updates"] == 2000
     return weights
 
 
@@ -40,7 +40,7 @@ def test_a_dropout_run_stopped_mid_epoch_and_resumed_ends_with_the_uninterrupted
     interrupted = manualbp("fit", "--config", config)
     assert interrupted.returncode != 0
     saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == saved_step
+    assert saved["manualbp_updates"] == saved_step
     assert saved["manualbp_dropout_generator"].dtype == torch.uint8  # the masks' generator, where it stood
     edit_config(config, lambda s: s["trainer"]["callbacks"].pop())
     resumed = manualbp("fit", "--config", config, "--ckpt_path", "last")

@@ -162,7 +162,7 @@ def test_the_chart_names_the_runs_cost(session):
 
 def test_a_scheduler_given_without_an_optimizer_drives_the_classifiers_own_sgd(tmp_path):
     # LightningCLI builds --lr_scheduler only beside --optimizer; alone it used to be dropped without a word
-    config = write_config(tmp_path, checkpoint_every=5, trainer={"max_epochs": 2, "limit_train_batches": 5})
+    config = write_config(tmp_path, checkpoint_every=100, trainer={"max_epochs": 2, "limit_train_batches": 5})
     scheduler = ("--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.01")
     result = manualbp("fit", "--config", config, *scheduler)
     assert result.returncode == 0, result.stderr[-3000:]

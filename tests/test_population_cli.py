@@ -10,6 +10,7 @@ import yaml
 from conftest import ROOT, edit_config, manualbp, run_cli, write_config
 
 from torch_manualbp import Network, Population
+from torch_manualbp.layer_spec import LayerNetwork
 from torch_manualbp.lightning import ManualBPClassifier
 from torch_manualbp.lightning.cli import run
 
@@ -86,7 +87,7 @@ def test_population_killed_mid_epoch_resumes_bit_identically_with_its_members_dr
     assert run_cli(straight).returncode == 0
     assert run_cli(killed).returncode == -signal.SIGKILL
     saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 100 and saved["epoch"] == 0  # mid-epoch: 200 steps per epoch
+    assert saved["manualbp_updates"] == 100 and saved["epoch"] == 0  # mid-epoch: 200 steps per epoch
     edit_config(killed, lambda s: s["trainer"]["callbacks"].pop())
     resumed = run_cli(killed, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -120,7 +121,8 @@ def test_existing_configs_still_build_a_single_network_and_the_seeds_config_a_po
         cli = run(["--config", str(config), "--trainer.logger", "false"], run=False)
         assert type(cli.model) is ManualBPClassifier, config.name
         trained = cli.model.population if "population" in settings else cli.model.network
-        assert type(trained) is (Population if "population" in settings else Network), config.name
+        kind = Population if "population" in settings else LayerNetwork if "layers" in settings["model"] else Network
+        assert type(trained) is kind, config.name
 
 
 def test_a_nan_in_one_member_stops_the_run_naming_the_member_and_the_step(tmp_path):
@@ -133,7 +135,7 @@ def test_a_nan_in_one_member_stops_the_run_naming_the_member_and_the_step(tmp_pa
     torch.save(saved, last_ckpt)
     resumed = run_cli(config, "--ckpt_path", "last", "--trainer.max_epochs", "2")
     assert resumed.returncode != 0
-    step = saved["global_step"]
+    step = saved["manualbp_updates"]  # the SGD updates: where the next, diverging, one starts
     assert f"the training cost at step {step} is not finite for member 1 (seed 1, η 3, λ 0): nan" in resumed.stderr
     errors = [line for line in resumed.stderr.splitlines() if line.startswith("manualbp: error:")]
     assert len(errors) == 1 and f"training diverged at step {step} (epoch 1)" in errors[0], resumed.stderr[-2000:]

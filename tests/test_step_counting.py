@@ -69,7 +69,7 @@ def test_periodic_checkpoints_come_every_n_train_steps_sgd_updates(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "config" / "last" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (saved["manualbp_updates"], saved["global_step"]) == (60, 6)  # the end of training: 6 batches
-    state = next(v for k, v in saved["callbacks"].items() if "every_n_train_steps=2" in k)  # 20 updates: 2 batches
+    state = next(v for k, v in saved["callbacks"].items() if "'every_n_train_steps': 2," in k)  # 20 updates: 2 batches
     assert state["last_model_path"].endswith("last.ckpt")
 
 
