@@ -1,8 +1,10 @@
 """A ``manualbp fit`` resumed from any kind of checkpoint prints every later epoch line, and writes every later
 metrics.csv row, exactly as the run that was never stopped: one taken at the end of an epoch (``best-epoch=K.ckpt``,
 which ModelCheckpoint writes after that epoch's validation; issue 26, finding 1: the resumed run trained epoch K+1 on
-another epoch's shuffle), a periodic ``last.ckpt`` from the middle of an epoch, and the one SIGTERM writes; for the
-quadratic cost, cross-entropy with L2, dropout and a population.
+another epoch's shuffle), a periodic ``last.ckpt`` from the middle of an epoch (the run killed after it), the one
+SIGTERM writes, and a finished run's ``last.ckpt`` extended to more epochs (finding 2: it lost the last epoch's
+evaluation and counted 3 epochs of 4); for the quadratic cost, cross-entropy with L2, dropout and a population. The
+summary's epoch count and its best and last epochs are the uninterrupted run's too.
 
 The reference is an uninterrupted run of the same config in its own process; every run is the real command.
 """
@@ -52,8 +54,15 @@ def fit(tmp_path: Path, name: str, model: dict, epochs: int, *args: str, killer:
     if killer:
         edit_config(config, lambda settings: settings["trainer"]["callbacks"].append(killer))
     result = manualbp("fit", "--config", config, *args)
-    assert result.returncode == (128 + 15 if killer else 0), result.stderr[-3000:]
+    expected = {None: 0, "SIGTERM": 128 + 15, "SIGKILL": -9}[killer and killer["init_args"]["signal_name"]]
+    assert result.returncode == expected, result.stderr[-3000:]
     return result.stdout
+
+
+def best_and_last(stdout: str) -> list[str]:
+    """The summary's lines on the best and last epochs (a population's: its best, median and every member)."""
+    kinds = ("Best epoch", "Best member", "Last epoch", "Median member", "  member", "Ensemble")
+    return [line for line in stdout.splitlines() if line.startswith(kinds)]
 
 
 def rows_after(rows: list[dict], epoch: int) -> list[dict]:
@@ -62,13 +71,15 @@ def rows_after(rows: list[dict], epoch: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """``setting -> (folder, epoch lines)`` of the uninterrupted 4-epoch run, each run once."""
+    """``setting -> (folder, epoch lines, summary's best and last epoch)`` of the uninterrupted 4-epoch run, each run
+    once."""
     done = {}
 
     def run(setting: str):
         if setting not in done:
             folder = tmp_path_factory.mktemp(f"straight_{setting}")
-            done[setting] = (folder, epoch_lines(fit(folder, "straight", SETTINGS[setting], 4)))
+            stdout = fit(folder, "straight", SETTINGS[setting], 4)
+            done[setting] = (folder, epoch_lines(stdout), best_and_last(stdout))
         return done[setting]
 
     return run
@@ -80,8 +91,14 @@ def _first_run_and_its_checkpoint(tmp_path: Path, model: dict, kind: str) -> tup
         fit(tmp_path, "first", model, 2)
         (best,) = (tmp_path / "runs" / "first").rglob("best-epoch=*.ckpt")
         return best, int(re.search(r"best-epoch=(\d+)", best.name).group(1))
-    if kind == "periodic":  # 2 epochs, 600 updates: the last periodic save is at 500, in the middle of epoch 1
+    if kind == "extend":  # a finished run of 2 epochs, extended to 4: its last.ckpt, written at epoch 1's end
         fit(tmp_path, "first", model, 2)
+        checkpoint = tmp_path / "first" / "last" / "last.ckpt"
+        assert torch.load(checkpoint, map_location="cpu", weights_only=True)["manualbp_updates"] == 600
+        return checkpoint, 1
+    if kind == "periodic":  # killed at update 600 (epoch 1's last batch): the last periodic save is at 500
+        killer = {"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 600, "signal_name": "SIGKILL"}}
+        fit(tmp_path, "first", model, 4, killer=killer)
         step = 500
     else:
         killer = {"class_path": "kill_at_step.KillAtStep", "init_args": {"step": 400, "signal_name": "SIGTERM"}}
@@ -106,14 +123,17 @@ def assert_same_rows(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-@pytest.mark.parametrize("kind", ["best", "periodic", "interrupt"])
+@pytest.mark.parametrize("kind", ["best", "periodic", "interrupt", "extend"])
 def test_a_run_resumed_from_any_checkpoint_prints_and_logs_the_uninterrupted_runs_later_epochs(
     tmp_path, straight, kind, setting
 ):
     model = SETTINGS[setting]
-    straight_folder, straight_lines = straight(setting)
+    straight_folder, straight_lines, straight_summary = straight(setting)
     checkpoint, saved_epoch = _first_run_and_its_checkpoint(tmp_path, model, kind)
-    resumed = epoch_lines(fit(tmp_path, "resumed", model, 4, "--ckpt_path", checkpoint))
-    assert resumed == {e: line for e, line in straight_lines.items() if e > saved_epoch}
+    stdout = fit(tmp_path, "resumed", model, 4, "--ckpt_path", checkpoint)
+    assert epoch_lines(stdout) == {e: line for e, line in straight_lines.items() if e > saved_epoch}
+    assert "not evaluated" not in stdout  # no line for an epoch the earlier process ended
+    assert "\nFinished 4 epochs in " in stdout  # the run's epochs, over its processes
+    assert best_and_last(stdout) == straight_summary
     later = rows_after(metrics(straight_folder, "straight"), saved_epoch)
     assert_same_rows(rows_after(metrics(tmp_path, "resumed"), saved_epoch), later)

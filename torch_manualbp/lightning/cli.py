@@ -76,6 +76,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ..mnist import MNIST_CLASSES, MNIST_INPUTS, find_mnist_files
 from .datamodule import MNISTDataModule, check_train_size, training_images
 from .hparams import check_hyperparameters, check_layer_settings, population_settings
+from .last_checkpoint import LastAtEpochEnd
 from .module import ManualBPClassifier
 from .paths import training_path
 from .progress import updates_made
@@ -368,6 +369,8 @@ class ManualBPCLI(LightningCLI):
         elif self._settings(self.config).get("report", True):
             if not any(isinstance(callback, EpochReport) for callback in callbacks):
                 callbacks.append(EpochReport())
+        if self.subcommand == "fit":  # after the report, whose record of the epoch the checkpoint then holds
+            callbacks.append(LastAtEpochEnd())
         if kwargs.get("fast_dev_run", trainer.get("fast_dev_run")):
             # Lightning's docs: fast_dev_run writes no checkpoint; its ModelCheckpoint would still write last.ckpt
             # at the end of training (save_last), into the config's folder

@@ -118,6 +118,9 @@ class EpochReport(L.Callback):
         self._processes = 1
         self._batch_idx = -1  # the last training batch of this epoch that ended
         self._evaluated_step = 0  # the SGD updates made before the last evaluation
+        # the row of an epoch evaluated but not yet ended (saved in checkpoints), and the one a checkpoint brought
+        self._epoch_end_row: EpochRow | None = None
+        self._resumed_row: EpochRow | None = None
 
     # --- fit ----------------------------------------------------------------------------------------------------
 
@@ -143,6 +146,10 @@ class EpochReport(L.Callback):
             return
         self._evaluated = self._collect(trainer)
         self._evaluated_step = updates_made(trainer, pl_module)
+        if trainer.state.fn == "fit" and trainer.is_last_batch:
+            # the epoch's row as it stands now: kept in a checkpoint taken before the epoch ends (a best or last one),
+            # whose resumed run ends this epoch again without its batches' cost or its evaluation
+            self._epoch_end_row = self._epoch_row(trainer, pl_module, ended=False)
         if trainer.state.fn == "validate" and trainer.is_global_zero:  # manualbp validate: its result is this line
             print(_evaluation_line(self._evaluated, trainer.callback_metrics), flush=True)
         mid_epoch = trainer.state.fn == "fit" and self._batch_idx + 1 < trainer.num_training_batches
@@ -151,7 +158,13 @@ class EpochReport(L.Callback):
             print(f"Step {self._evaluated_step} (epoch {trainer.current_epoch}): {line}", flush=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        row = self._epoch_row(trainer)
+        resumed, self._resumed_row, self._epoch_end_row = self._resumed_row, None, None
+        if resumed is not None and resumed.epoch == trainer.current_epoch:  # printed by the process that saved it
+            self._add_training_set(resumed, trainer)  # TrainingSetMonitor measures it again as the epoch ends
+            self.history.append(resumed)
+            self._in_epoch, self._resumed_epoch_seconds = False, 0.0
+            return
+        row = self._epoch_row(trainer, pl_module)
         self.history.append(row)
         self._in_epoch = False
         self._resumed_epoch_seconds = 0.0
@@ -172,20 +185,35 @@ class EpochReport(L.Callback):
         draw_curves(self.history, chart, cost_name=_cost_name(pl_module))
         print(self.summary(trainer, time.perf_counter() - self._fit_start, chart), flush=True)
 
-    def _epoch_row(self, trainer) -> EpochRow:
-        cost = trainer.callback_metrics.get("train/cost")
+    def _epoch_row(self, trainer, pl_module, ended: bool = True) -> EpochRow:
+        """This epoch's row: at its end (``ended``), from what was logged; before (its evaluation's end), the
+        training cost from the module's own sums, since the epoch's ``train/cost`` is not logged yet."""
         seconds = time.perf_counter() - self._epoch_start
-        row = EpochRow(trainer.current_epoch, seconds, None if cost is None else float(cost))
-        if "train/accuracy" in trainer.callback_metrics:  # TrainingSetMonitor's, when it ran before this callback
-            row.train_accuracy = 100 * float(trainer.callback_metrics["train/accuracy"])
-            row.train_full_cost = float(trainer.callback_metrics["train/full_cost"])
+        row = EpochRow(trainer.current_epoch, seconds)
+        cost = trainer.callback_metrics.get("train/cost") if ended else None
+        so_far = getattr(pl_module, "epoch_training_cost", lambda: None)()
+        if cost is not None:
+            row.train_cost = float(cost)
+        elif so_far is not None:
+            row.train_cost, row.member_train_costs = so_far
+        if ended:
+            self._add_training_set(row, trainer)
         for stage, (correct, total, stage_cost) in self._evaluated.items():
             setattr(row, f"{stage}_correct", correct)
             setattr(row, f"{stage}_total", total)
             setattr(row, f"{stage}_cost", stage_cost)
             setattr(row, f"{stage}_member_correct", _per_member(trainer.callback_metrics, f"{stage}/correct") or None)
-        row.member_train_costs = _per_member(trainer.callback_metrics, "train/cost", round_to=None) or None
+        if ended:
+            row.member_train_costs = (
+                _per_member(trainer.callback_metrics, "train/cost", round_to=None) or row.member_train_costs
+            )
         return row
+
+    @staticmethod
+    def _add_training_set(row: EpochRow, trainer) -> None:
+        if "train/accuracy" in trainer.callback_metrics:  # TrainingSetMonitor's, when it ran before this callback
+            row.train_accuracy = 100 * float(trainer.callback_metrics["train/accuracy"])
+            row.train_full_cost = float(trainer.callback_metrics["train/full_cost"])
 
     def _collect(self, trainer) -> dict[str, tuple[int, int, float]]:
         r"""``stage -> (correct, total, cost)`` of the evaluation that just ended, for each stage it covered: the
@@ -236,6 +264,7 @@ class EpochReport(L.Callback):
             "epoch_seconds": now - self._epoch_start if self._in_epoch else 0.0,
             "fit_seconds": now - self._fit_start,
             "processes": self._processes,
+            "epoch_end_row": asdict(self._epoch_end_row) if self._epoch_end_row is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -244,6 +273,8 @@ class EpochReport(L.Callback):
         self._resumed_epoch_seconds = state_dict.get("epoch_seconds", 0.0)
         self._resumed_fit_seconds = state_dict.get("fit_seconds", 0.0)
         self._processes = state_dict.get("processes", 1) + 1
+        row = state_dict.get("epoch_end_row")
+        self._resumed_row = EpochRow(**row) if row else None
 
     # --- test ---------------------------------------------------------------------------------------------------
 

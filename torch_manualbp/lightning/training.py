@@ -39,6 +39,9 @@ class TrainingHooks:
         self._epoch_cost.start(self.current_epoch)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        # also here: resumed from a checkpoint taken at an epoch's last batch, Lightning counts that epoch done and
+        # calls no on_train_epoch_start for the next one
+        self._epoch_cost.start(self.current_epoch)
         x, y, _ = batch
         size = self.hparams.mini_batch_size or len(x)
         self.sgd.forget()  # the steps of earlier batches have been checked (DivergenceGuard.on_train_batch_end)
@@ -130,6 +133,15 @@ class TrainingHooks:
 
     def on_train_epoch_end(self) -> None:
         self._step_scheduler("epoch")
+
+    def epoch_training_cost(self) -> tuple[float, list[float] | None] | None:
+        """The mean training cost over this epoch's batches so far, as ``train/cost`` logs it at the epoch's end,
+        and a population's per member (else ``None``); ``None`` before the epoch's first batch."""
+        total, rows = self._epoch_cost.total, self._epoch_cost.rows
+        if not rows:
+            return None
+        mean = torch.as_tensor(total, dtype=torch.float64) / rows
+        return float(mean.mean()), (mean.tolist() if self.members else None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["manualbp_epoch_cost"] = self._epoch_cost.state_dict()
