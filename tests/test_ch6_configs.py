@@ -1,7 +1,9 @@
 """Chapter 6's networks as ``model.layers`` (torch_manualbp.layer_spec): ManualBPClassifier's fused step and its
 autograd path against plain autograd and torch.optim on an equal nn.Conv2d / max_pool2d / nn.Linear model in
-float64; the configs through the real CLI (--print_config round trip, one-line errors, one short epoch of every
-shipped experiments/ch6_*.yaml, resume, validate on a saved checkpoint)."""
+float64, with network3's dropout too (the masks drawn as the engine documents it, evaluation by the weights scaled by
+1 - p); the configs through the real CLI (--print_config round trip, one-line errors, one short epoch of every
+shipped experiments/ch6_*.yaml, resume, a dropout run killed mid-epoch and resumed, validate on a saved
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import DATA_DIR, ROOT, last, manualbp, metrics, quiet, run_cli, write_config
+from conftest import DATA_DIR, ROOT, edit_config, final_weights, last, manualbp, metrics, quiet, run_cli, write_config
 from torch import nn
 
 from torch_manualbp.cli import main
@@ -205,7 +207,17 @@ RUNG2 = ROOT / "experiments" / "ch6_rung2_conv20.yaml"
         ({"layers": [{"conv_pool": [20, 5, 2]}, {"softmax": 5}]}, "model.layers[1]: softmax must have 10 neurons"),
         ({"sizes": [784, 30, 10]}, "model.sizes=[784, 30, 10] and layers both give the network; give one"),
         ({"cost": "quadratic"}, "model.cost='quadratic': a network of layers ends in the softmax layer"),
-        ({"dropout": 0.5}, "model.dropout=0.5 does not apply to a network given as layers"),
+        ({"dropout": 0.5}, "model.dropout=0.5 does not apply to a network given as layers: set a fully_connected"),
+        ({"layers": [{"conv_pool": [20, 5, 2], "dropout": 0.5}, {"softmax": 10}]},
+         "model.layers[0].dropout=0.5: network3.py's conv-pool layers have no dropout"),
+        ({"layers": [{"conv_pool": [20, 5, 2]}, {"softmax": 10, "dropout": 1.0}]},
+         "model.layers[1].dropout must be a fraction in [0, 1) of the layer's inputs to drop, got 1.0"),
+        ({"layers": [{"fully_connected": 100, "dropout": -0.1}, {"softmax": 10}]},
+         "model.layers[0].dropout must be a fraction in [0, 1)"),
+        ({"layers": [{"fully_connected": 100, "dropout": "half"}, {"softmax": 10}]},
+         "model.layers[0].dropout must be a number, the fraction of the layer's inputs dropped, got 'half'"),
+        ({"layers": [{"fully_connected": 100, "dropout": 0.5}, {"softmax": 10}], "momentum": 0.5},
+         "model.layers[0].dropout=0.5 is applied by the fused SGD step only, and momentum=0.5 trains the network"),
         ({"seeds": [0, 1]}, "model.seeds=[0, 1] does not apply to a network given as layers"),
         ({"compile": True}, "model.compile=True does not apply"),
         ({"regularization": "l1", "lmbda": 1.0}, "model.regularization='l1' does not apply"),
@@ -248,7 +260,7 @@ def test_a_layers_config_round_trips_through_print_config(tmp_path):
     assert reprinted.stdout == printed.stdout
 
 
-def test_there_are_the_six_ladder_configs_each_naming_its_book_number_and_command():
+def test_there_are_the_seven_ladder_configs_each_naming_its_book_number_and_command():
     books = {
         "ch6_rung1_fc100": "97.80%",
         "ch6_rung2_conv20": "98.78%",
@@ -256,17 +268,28 @@ def test_there_are_the_six_ladder_configs_each_naming_its_book_number_and_comman
         "ch6_rung4_relu": "99.23%",
         "ch6_rung5_expanded": "99.37%",
         "ch6_rung6_two_fc": "99.43%",
+        "ch6_rung7_dropout": "99.60%",
     }
     assert [path.stem for path in CONFIGS] == list(books)
     for path in CONFIGS:
         text, settings = path.read_text(), yaml.safe_load(path.read_text())
         assert f"To run: manualbp fit --config experiments/{path.name}" in text and books[path.stem] in text
         model, data = settings["model"], settings["data"]
-        assert (model["mini_batch_size"], settings["trainer"]["max_epochs"], data.get("train_size")) == (10, 60, None)
+        rung7 = path.stem[:9] == "ch6_rung7"  # 40 epochs, no L2: the dropout does the regularising
+        epochs = 40 if rung7 else 60
+        assert (model["mini_batch_size"], settings["trainer"]["max_epochs"], data.get("train_size")) == (
+            10,
+            epochs,
+            None,
+        )
         relu = path.stem[:9] in ("ch6_rung4", "ch6_rung5", "ch6_rung6")
-        assert (model["eta"], model.get("lmbda", 0.0)) == ((0.03, 1.0) if relu else (0.1, 0.0))
+        assert (model["eta"], model.get("lmbda", 0.0)) == (
+            (0.03, 1.0) if relu else (0.03, 0.0) if rung7 else (0.1, 0.0)
+        )
         expanded = data.get("expand", False)
-        assert expanded == (path.stem[:9] in ("ch6_rung5", "ch6_rung6"))
+        assert expanded == (path.stem[:9] in ("ch6_rung5", "ch6_rung6", "ch6_rung7"))
+        dropouts = [layer.get("dropout", 0.0) for layer in model["layers"]]
+        assert dropouts == ([0.0, 0.0, 0.5, 0.5, 0.5] if rung7 else [0.0] * len(dropouts))
         # the book's λ/n: network3.py's lmbda 0.1 over its mini-batches, n / 10 of them
         steps = (250_000 if expanded else 50_000) // 10  # network3.py's num_training_batches
         assert not relu or model["lmbda"] / model["training_set_size"] == pytest.approx(0.1 / steps)
@@ -344,3 +367,192 @@ def test_the_engine_rewinds_to_a_step_with_its_gradients_as_autograd_gives_them(
         torch.testing.assert_close(b.grad, b_ref.grad, **TOL)
     engine.forget()
     assert not engine.rewind(1)
+
+
+DROPOUT_SMALL = [
+    {"conv_pool": [3, 5, 2], "activation": "tanh"},
+    {"fully_connected": 20, "activation": "relu", "dropout": 0.3},
+    {"softmax": 10, "dropout": 0.5},
+]
+
+
+def _scaled_plain(ours: LayerNetwork) -> PlainNet:
+    """``PlainNet`` with network3's evaluation weights: each dropout layer's weights times 1 - p (0.3, 0.5)."""
+    plain = PlainNet(ours)
+    with torch.no_grad():
+        plain.hidden.weight.mul_(1 - 0.3)
+        plain.top.weight.mul_(1 - 0.5)
+    return plain
+
+
+def test_a_dropout_networks_forward_and_evaluation_are_the_scaled_weights_forward_float64():
+    torch.manual_seed(7)
+    net = LayerNetwork(DROPOUT_SMALL, dtype=torch.float64)
+    assert net.dropouts == (0.0, 0.0, 0.3, 0.5)
+    with torch.no_grad():
+        net.layers[3].weight.normal_()  # the softmax layer starts at zero: give it weights to scale
+    plain = _scaled_plain(net)
+    x, labels = torch.rand(8, 784, dtype=torch.float64), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        a = torch.tanh(F.max_pool2d(plain.conv(x.reshape(-1, 1, 28, 28)), 2))
+        z = plain.top(torch.relu(plain.hidden(a.flatten(1))))
+    torch.testing.assert_close(net(x), z.softmax(1), **TOL)
+    output, cost = net.output_and_cost(x, labels)
+    torch.testing.assert_close(output, z.softmax(1), **TOL)
+    torch.testing.assert_close(cost, F.cross_entropy(z, labels), **TOL)
+    unscaled = PlainNet(net)
+    with torch.no_grad():
+        z_unscaled = unscaled.top(torch.relu(unscaled.hidden(a.flatten(1))))
+    assert not torch.allclose(z_unscaled, z)  # the scaling matters
+    with pytest.raises(ValueError, match=r"^masks: this network drops its layers' inputs in training"):
+        net.cost(x, labels)  # a training cost needs the step's masks
+
+
+@quiet
+def test_validate_and_forward_of_a_dropout_classifier_use_the_scaled_weights(tmp_path):
+    torch.manual_seed(8)
+    model = ManualBPClassifier(layers=DROPOUT_SMALL, cost="log_likelihood", eta=0.1)
+    model.double()
+    with torch.no_grad():
+        model.network.layers[3].weight.normal_()
+    plain = _scaled_plain(model.network)
+    data = MNISTDataModule(data_dir=str(DATA_DIR), train_size=100, batch_size=50, eval_batch_size=200)
+    trainer = L.Trainer(
+        limit_val_batches=1, precision="64-true", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    (result,) = trainer.validate(model, data, verbose=False)
+    x, _, labels = next(iter(data.val_dataloader()))
+    x = x.double()
+    with torch.no_grad():
+        z = plain.top(
+            torch.relu(plain.hidden(torch.tanh(F.max_pool2d(plain.conv(x.reshape(-1, 1, 28, 28)), 2)).flatten(1)))
+        )
+    assert result["val/cost"] == pytest.approx(F.cross_entropy(z, labels).item(), rel=1e-10)
+    assert result["val/accuracy"] == pytest.approx((z.argmax(1) == labels).double().mean().item(), abs=1e-7)
+    torch.testing.assert_close(model(x[:5]), z[:5].softmax(1), **TOL)
+
+
+def _documented_masks(state: torch.Tensor, steps: int, rows: int, dtype=torch.float64) -> list[tuple]:
+    """The masks the engine documents it draws from a generator in ``state``: for each step in order, for each
+    dropout layer of DROPOUT_SMALL (inputs 3*12*12 at p 0.3, then 20 at p 0.5), ``bernoulli_(1 - p)`` of
+    (rows, inputs)."""
+    generator = torch.Generator()
+    generator.set_state(state)
+    return [
+        tuple(
+            torch.empty(rows, n, dtype=dtype).bernoulli_(1 - p, generator=generator) for n, p in ((432, 0.3), (20, 0.5))
+        )
+        for _ in range(steps)
+    ]
+
+
+def _plain_dropout_cost(plain: PlainNet, x, labels, masks):
+    """PlainNet's training cost with the masks on the fully connected and the softmax layers' inputs."""
+    a = torch.tanh(F.max_pool2d(plain.conv(x.reshape(-1, 1, 28, 28)), 2)).flatten(1)
+    a = torch.relu(plain.hidden(a * masks[0]))
+    return F.cross_entropy(plain.top(a * masks[1]), labels)
+
+
+@quiet
+def test_fused_dropout_training_equals_autograd_and_sgd_with_the_engines_masks_float64(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = ManualBPClassifier(
+        layers=DROPOUT_SMALL, cost="log_likelihood", mini_batch_size=MINI, training_set_size=N, eta=0.2, lmbda=3.0
+    )
+    model.double()
+    plain = PlainNet(model.network)
+    masks = _documented_masks(model.sgd.generator_state(), BATCHES * BATCH // MINI, MINI)
+    assert all(0 < m.sum() < m.numel() for step in masks for m in step)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=BATCHES, limit_val_batches=0, precision="64-true", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(model, _data())
+    assert "training with the fused SGD step (SequentialSGD" in caplog.text
+    weights = [plain.conv.weight, plain.hidden.weight, plain.top.weight]
+    biases = [plain.conv.bias, plain.hidden.bias, plain.top.bias]
+    sgd = torch.optim.SGD([{"params": weights, "weight_decay": 3.0 / N}, {"params": biases}], lr=0.2)
+    for (x, labels), step_masks in zip(_mini_batches(), masks, strict=True):
+        sgd.zero_grad()
+        _plain_dropout_cost(plain, x, labels, step_masks).backward()
+        sgd.step()
+    _assert_same_parameters(model, plain)
+
+
+def test_the_dropout_engine_rewinds_with_its_masks_and_its_generator_state_replays_them():
+    from torch_manualbp.sequential_engine import SequentialSGD
+
+    torch.manual_seed(9)
+    net = LayerNetwork(DROPOUT_SMALL, dtype=torch.float64)
+    engine = SequentialSGD(net, 10)
+    x, labels = torch.rand(30, 784, dtype=torch.float64), torch.randint(0, 10, (30,))
+    masks = _documented_masks(engine.generator_state(), 3, 10)
+    plain = PlainNet(net)
+    engine.run(x, labels, 0.3, first_step=0)  # steps 0, 1, 2
+    assert engine.rewind(1)  # the parameters after step 0, the gradients of step 1 with its masks
+    _plain_dropout_cost(plain, x[:10], labels[:10], masks[0]).backward()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p -= 0.3 * p.grad
+            p.grad = None
+    _plain_dropout_cost(plain, x[10:20], labels[10:20], masks[1]).backward()
+    ours = [(m.weight, m.bias) for m in net.layers if not isinstance(m, nn.Flatten)]
+    for (w, b), (w_ref, b_ref) in zip(ours, plain.pairs(), strict=True):
+        torch.testing.assert_close(w, w_ref, **TOL)
+        torch.testing.assert_close(w.grad, w_ref.grad, **TOL)
+        torch.testing.assert_close(b.grad, b_ref.grad, **TOL)
+    # a checkpoint's generator state: a second engine restored to it draws the masks the first one draws next
+    state, before = engine.generator_state(), [p.detach().clone() for p in net.parameters()]
+    engine.run(x, labels, 0.3, first_step=3)
+    after = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p, saved in zip(net.parameters(), before):
+            p.copy_(saved)
+    torch.manual_seed(10)  # another seed: the state restored, not the seed, decides the masks
+    again = SequentialSGD(net, 10)
+    again.set_generator_state(state)
+    again.run(x, labels, 0.3, first_step=3)
+    for p, want in zip(net.parameters(), after, strict=True):
+        assert torch.equal(p, want)
+
+
+# 10 updates a batch, 40 an epoch, 80 the run: last.ckpt at 20, 40, 60 and 80, the run's last update (one that
+# every_n_train_steps does not divide would be the last.ckpt's); the killed run's last is 60, in the middle of epoch 1
+RESUME_EVERY, KILL_AT = 20, 70
+DROPOUT_RUN = {
+    "model": {"layers": DROPOUT_SMALL, "eta": 0.1, "training_set_size": 400},
+    "data": {"train_size": 400, "batch_size": 100, "expand": False},
+    "trainer": {"max_epochs": 2, "limit_val_batches": 1},
+}
+
+
+def _dropout_run_config(tmp_path, name: str):
+    """Rung 7's config made small (DROPOUT_RUN), last.ckpt every RESUME_EVERY updates instead of every epoch."""
+    rung7 = ROOT / "experiments" / "ch6_rung7_dropout.yaml"
+    config = write_config(tmp_path, name, rung7, checkpoint_every=RESUME_EVERY, **DROPOUT_RUN)
+    edit_config(config, lambda s: s["trainer"]["callbacks"][1]["init_args"].pop("every_n_epochs"))
+    return config
+
+
+@quiet
+def test_a_layers_dropout_run_killed_mid_epoch_and_resumed_ends_with_the_uninterrupted_runs_weights(tmp_path):
+    straight, killed = (_dropout_run_config(tmp_path, name) for name in ("straight", "killed"))
+    result = run_cli(straight)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = final_weights(tmp_path, "straight")
+    assert torch.load(tmp_path / "straight" / "last" / "last.ckpt", weights_only=True)["manualbp_updates"] == 80
+    killer = {"class_path": "kill_at_step.KillAtStep", "init_args": {"step": KILL_AT, "signal_name": "SIGKILL"}}
+    edit_config(killed, lambda s: s["trainer"]["callbacks"].append(killer))
+    assert run_cli(killed).returncode != 0
+    saved = torch.load(tmp_path / "killed" / "last" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["manualbp_updates"] == 60  # mid-epoch 1
+    assert saved["manualbp_dropout_generator"].dtype == torch.uint8  # where the masks' generator stood
+    edit_config(killed, lambda s: s["trainer"]["callbacks"].pop())
+    resumed = run_cli(killed, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = final_weights(tmp_path, "killed")
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key

@@ -1,6 +1,6 @@
 """torch_manualbp.sequential.sgd_step: one SGD step of an nn.Sequential of the package's layers without autograd,
 against the same step through plain autograd (torch's own conv2d, max_pool2d, activations, linear and costs) and
-torch.optim.SGD, in float64; and its one-line refusals."""
+torch.optim.SGD, in float64, with network3's dropout masks on layers' inputs too; and its one-line refusals."""
 
 import pytest
 import torch
@@ -25,10 +25,13 @@ def _plain_cost(z, labels, cost):
     return 0.5 * ((torch.sigmoid(z) - y) ** 2).sum() / len(z)
 
 
-def _plain_forward(layers, x):
-    """The same network as ``layers`` from torch's own ops, on the layers' parameters."""
+def _plain_forward(layers, x, masks=None):
+    """The same network as ``layers`` from torch's own ops, on the layers' parameters; ``masks[i]``, if given and not
+    None, multiplies layer i's input (network3's dropout)."""
     a = x
-    for layer in layers:
+    for i, layer in enumerate(layers):
+        if masks is not None and masks[i] is not None:
+            a = a * masks[i]
         if isinstance(layer, ConvPool2d):
             z = F.max_pool2d(F.conv2d(a, layer.weight), layer.pool_size) + layer.bias[:, None, None]
             a = TORCH_ACTIVATIONS[layer.activation.name](z)
@@ -49,14 +52,14 @@ def _chapter6_like(activation: str, pool: int = 2) -> nn.Sequential:
     )
 
 
-def _plain_step(layers, x, labels, eta, cost, lmbda=0.0, n=None):
+def _plain_step(layers, x, labels, eta, cost, lmbda=0.0, n=None, masks=None):
     """The step through autograd and torch.optim.SGD (L2 as weight_decay = λ/n on the weights alone); the cost."""
     weights = [layer.weight for layer in layers if hasattr(layer, "weight")]
     biases = [layer.bias for layer in layers if hasattr(layer, "bias")]
     decay = lmbda / n if lmbda else 0.0
     optimizer = torch.optim.SGD([{"params": weights, "weight_decay": decay}, {"params": biases}], lr=eta)
     optimizer.zero_grad()
-    c = _plain_cost(_plain_forward(layers, x), labels, cost)
+    c = _plain_cost(_plain_forward(layers, x, masks), labels, cost)
     c.backward()
     optimizer.step()
     return c.detach()
@@ -164,3 +167,63 @@ def test_ties_in_a_pool_go_to_the_winner_autograd_picks_as_on_mnists_blank_backg
     torch.testing.assert_close(got, want, **TOL)
     for mine, plain in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(mine, plain, **TOL)
+
+
+def _bernoulli_masks(shapes, p, seed):
+    """Hand-drawn dropout masks, network3's: each entry 1 with probability 1 - p, one per example and input."""
+    generator = torch.Generator().manual_seed(seed)
+    return [None if shape is None else torch.full(shape, 1 - p).bernoulli(generator=generator) for shape in shapes]
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_a_dropout_step_equals_autograd_and_sgd_with_the_same_masks_on_the_layers_inputs_float64(activation):
+    # rung 7's form: conv-pool, then dropout on the fully connected layer's input and on the softmax layer's
+    ours, theirs = _chapter6_like(activation), _chapter6_like(activation)
+    x = torch.randn(6, 2, 9, 9, dtype=torch.float64)
+    labels = torch.randint(0, 4, (6,))
+    masks = [m if m is None else m.double() for m in _bernoulli_masks([None, None, (6, 27), (6, 5)], 0.5, seed=4)]
+    assert 0 < masks[2].sum() < masks[2].numel() and 0 < masks[3].sum() < masks[3].numel()
+    want = _plain_step(theirs, x, labels, 0.3, "log_likelihood", lmbda=2.0, n=60, masks=masks)
+    got = sgd_step(ours, x, labels, 0.3, lmbda=2.0, n=60, masks=masks)
+    torch.testing.assert_close(got, want, **TOL)
+    for mine, plain in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, plain, **TOL)
+    unmasked = _chapter6_like(activation)
+    sgd_step(unmasked, x, labels, 0.3, lmbda=2.0, n=60)
+    assert not torch.allclose(unmasked[2].weight, ours[2].weight)  # the masks changed the step
+
+
+def test_a_dropout_mask_on_the_first_layers_input_and_one_of_p_0_3_step_as_autograd_does():
+    def make():
+        torch.manual_seed(5)
+        return nn.Sequential(
+            FullyConnected(8, 6, activation="relu", dtype=torch.float64),
+            FullyConnected(6, 7, activation="tanh", dtype=torch.float64),
+            FullyConnected(7, 3, activation="linear", dtype=torch.float64),
+        )
+
+    ours, theirs = make(), make()
+    x, labels = torch.randn(5, 8, dtype=torch.float64), torch.randint(0, 3, (5,))
+    masks = [m.double() for m in _bernoulli_masks([(5, 8), (5, 6), (5, 7)], 0.3, seed=6)]
+    want = _plain_step(theirs, x, labels, 0.5, "log_likelihood", masks=masks)
+    got = sgd_step(ours, x, labels, 0.5, masks=masks)
+    torch.testing.assert_close(got, want, **TOL)
+    for mine, plain in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, plain, **TOL)
+
+
+@pytest.mark.parametrize(
+    "masks, error, words",
+    [
+        ([torch.ones(2, 2, 9, 9), None, None, None], ValueError, "masks[0]: layers[0] is a ConvPool2d; dropout masks"),
+        ([None, None, torch.ones(2, 27)], ValueError, "masks must hold one entry per layer, 4; got 3"),
+        ([None, None, torch.ones(2, 26), None], ValueError, "must have the shape of layers[2]'s input, (2, 27)"),
+        ([None, None, [1.0] * 27, None], TypeError, "masks[2] must be a torch.Tensor or None, got list"),
+        (torch.ones(4), TypeError, "masks must be a sequence of one tensor or None per layer, got Tensor"),
+    ],
+)  # fmt: skip
+def test_bad_masks_are_one_line_naming_the_entry(masks, error, words):
+    layers = _chapter6_like("relu")
+    with pytest.raises(error) as raised:
+        sgd_step(layers, torch.rand(2, 2, 9, 9, dtype=torch.float64), torch.tensor([0, 1]), 0.1, masks=masks)
+    assert words in str(raised.value) and "\n" not in str(raised.value)

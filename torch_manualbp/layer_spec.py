@@ -19,6 +19,13 @@ what ``network3.py``'s ``filter_shape[0]``, ``filter_shape[2:]``, ``poolsize`` a
 drawn as ``network3.py`` draws them: a conv-pool layer's weights :math:`\mathcal{N}(0, 1/n_{out})`,
 :math:`n_{out} = \text{maps} \cdot k^2 / p^2`, a fully connected layer's :math:`\mathcal{N}(0, 1/\text{n\_out})`,
 biases :math:`\mathcal{N}(0, 1)`, and the softmax layer's weights and biases zero.
+
+A fully connected or softmax layer may set ``dropout: p``, ``network3.py``'s ``p_dropout`` of that layer (chapter 6's
+rung 7 has ``dropout: 0.5`` on its two ``fully_connected: 1000`` layers and its softmax): in training each entry of
+the layer's *input* is removed (set to 0) with probability :math:`p`, a fresh mask for every example and every
+mini-batch, the kept entries not rescaled; in evaluation the whole input goes in and the layer's weights are scaled
+by :math:`1 - p` instead (:class:`LayerNetwork`'s ``forward`` and ``output_and_cost``). A conv-pool layer has none,
+as ``network3.py``'s ``ConvPoolLayer`` has none.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .activations import ACTIVATIONS
 from .checks import targets
 from .costs import get_cost
 from .equations import a_minus_y
+from .functional import DropoutFunction
 from .nn import ConvPool2d, FullyConnected
 
 __all__ = ["LAYER_KINDS", "INPUT_SHAPE", "check_layers", "build_layers", "LayerNetwork"]
@@ -47,10 +55,10 @@ INPUT_SHAPE = (1, 28, 28)
 _CLASSES = 10
 
 
-def check_layers(layers) -> list[tuple[str, tuple[int, ...], str]]:
-    """The layers of ``layers`` (a list of dicts, see the module docstring) as ``(kind, numbers, activation)``, each
-    fitting the one below it; a one-line ``ValueError`` (``TypeError`` for a value of the wrong type) starting with
-    ``layers[i]`` for the first that is not what is expected."""
+def check_layers(layers) -> list[tuple[str, tuple[int, ...], str, float]]:
+    """The layers of ``layers`` (a list of dicts, see the module docstring) as ``(kind, numbers, activation,
+    dropout)``, each fitting the one below it; a one-line ``ValueError`` (``TypeError`` for a value of the wrong type)
+    starting with ``layers[i]`` for the first that is not what is expected."""
     if not isinstance(layers, (list, tuple)) or not layers:
         raise TypeError(f"layers must be a non-empty list of layers such as {{'fully_connected': 100}}, got {layers!r}")
     shape = INPUT_SHAPE  # (C, H, W) of the images, then (n,) once a fully connected layer has flattened them
@@ -60,10 +68,12 @@ def check_layers(layers) -> list[tuple[str, tuple[int, ...], str]]:
         if not isinstance(layer, dict):
             raise TypeError(f"{where} must be a dict such as {{'fully_connected': 100}}, got {layer!r}")
         kinds = [key for key in layer if key in LAYER_KINDS]
-        others = [key for key in layer if key not in LAYER_KINDS and key != "activation"]
+        others = [key for key in layer if key not in LAYER_KINDS and key not in ("activation", "dropout")]
         if others or len(kinds) != 1:
             known = ", ".join(LAYER_KINDS)
-            raise ValueError(f"{where} must name one kind of layer ({known}) and may set activation, got {layer!r}")
+            raise ValueError(
+                f"{where} must name one kind of layer ({known}) and may set activation and dropout, got {layer!r}"
+            )
         kind = kinds[0]
         activation = layer.get("activation", "linear" if kind == "softmax" else "sigmoid")
         if kind == "softmax" and "activation" in layer:
@@ -103,8 +113,26 @@ def check_layers(layers) -> list[tuple[str, tuple[int, ...], str]]:
             shape = (maps, side // pool, side // pool)
         else:
             shape = (numbers[0],)
-        checked.append((kind, numbers, activation))
+        checked.append((kind, numbers, activation, _check_layer_dropout(where, kind, layer)))
     return checked
+
+
+def _check_layer_dropout(where: str, kind: str, layer: dict) -> float:
+    """The layer's ``dropout`` (network3's ``p_dropout``, 0 if not given) as a float, or one line naming
+    ``layers[i].dropout``."""
+    if "dropout" not in layer:
+        return 0.0
+    p = layer["dropout"]
+    if kind == "conv_pool":
+        raise ValueError(
+            f"{where}.dropout={p!r}: network3.py's conv-pool layers have no dropout; give it to a fully_connected or"
+            " softmax layer (its input's entries are dropped)"
+        )
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{where}.dropout must be a number, the fraction of the layer's inputs dropped, got {p!r}")
+    if not 0 <= p < 1:
+        raise ValueError(f"{where}.dropout must be a fraction in [0, 1) of the layer's inputs to drop, got {p!r}")
+    return float(p)
 
 
 def build_layers(layers, device=None, dtype=None) -> nn.Sequential:
@@ -113,7 +141,7 @@ def build_layers(layers, device=None, dtype=None) -> nn.Sequential:
     ``FullyConnected`` of 10 at the top, whose output :math:`z^L` the softmax turns into :math:`a^L`; the parameters
     drawn from torch's global generator as ``network3.py`` draws them (see the module docstring)."""
     modules, shape = [], INPUT_SHAPE
-    for kind, numbers, activation in check_layers(layers):
+    for kind, numbers, activation, _ in check_layers(layers):
         if kind == "conv_pool":
             maps, kernel, pool = numbers
             modules.append(ConvPool2d(shape[0], maps, kernel, pool, activation, device=device, dtype=dtype))
@@ -142,9 +170,17 @@ class LayerNetwork(nn.Module):
     cost's (:class:`~torch_manualbp.costs.LogLikelihood`), as ``Network(sizes, cost="log_likelihood")``'s is. Rows
     of 784 pixels are reshaped to :math:`(N, 1, 28, 28)` images before the first layer.
 
+    A layer's ``dropout`` :math:`p` (``dropouts``) drops entries of its input in training, by the masks a step is
+    given (:meth:`cost`, :func:`~torch_manualbp.sequential.sgd_step`); ``forward`` and :meth:`output_and_cost`, the
+    evaluation, take the whole input with the layer's weights scaled by :math:`1 - p`, ``network3.py``'s rule.
+
     Args:
         layers: the layer dicts (see the module docstring).
         device, dtype: where and how to allocate the parameters.
+
+    Attributes:
+        dropouts: each module of ``layers``' dropout :math:`p` of its input, 0 where none (``nn.Flatten`` and the
+            conv-pool layers included).
 
     Shape:
         - Input: :math:`(N, 784)` or :math:`(N, 1, 28, 28)`.
@@ -155,16 +191,25 @@ class LayerNetwork(nn.Module):
         >>> net = LayerNetwork([{"conv_pool": [20, 5, 2]}, {"fully_connected": 100}, {"softmax": 10}])
         >>> net(torch.rand(3, 784)).shape
         torch.Size([3, 10])
+        >>> LayerNetwork([{"fully_connected": 100}, {"softmax": 10, "dropout": 0.5}]).dropouts  # Flatten first
+        (0.0, 0.0, 0.5)
     """
 
     def __init__(self, layers, device=None, dtype=None) -> None:
         super().__init__()
         self.layers = build_layers(layers, device=device, dtype=dtype)
         self.cost_function = get_cost("log_likelihood")
+        given = iter([dropout for *_, dropout in check_layers(layers)])  # one per layer dict, input first
+        self.dropouts = tuple(0.0 if isinstance(m, nn.Flatten) else next(given) for m in self.layers)
 
     @property
     def cost_name(self) -> str:
         return self.cost_function.name
+
+    @property
+    def has_dropout(self) -> bool:
+        """Whether any layer drops entries of its input in training."""
+        return any(self.dropouts)
 
     def images(self, x: Tensor) -> Tensor:
         """``x`` as the first layer takes it: :math:`(N, 1, 28, 28)` images for a conv-pool layer, rows of 784 for a
@@ -179,33 +224,73 @@ class LayerNetwork(nn.Module):
         if tuple(x.shape[1:]) not in ((math.prod(INPUT_SHAPE),), INPUT_SHAPE):
             raise ValueError(f"x must have shape (N, 784) or (N, 1, 28, 28): MNIST images; got {tuple(x.shape)}")
 
+    def _evaluation_input(self, a: Tensor, i: int) -> Tensor:
+        r"""Layer ``i``'s input in evaluation: ``a`` itself, or :math:`(1 - p) a` for a dropout layer, whose
+        :math:`((1 - p) a) W^\top` is :math:`a ((1 - p) W)^\top`, network3's whole input into the scaled weights."""
+        p = self.dropouts[i]
+        return a * (1 - p) if p else a  # (dropout, evaluation) the weights scaled by 1 − p
+
     def forward(self, x: Tensor) -> Tensor:
+        """The output activations :math:`a^L` of the whole network, each dropout layer's weights scaled by
+        :math:`1 - p` (evaluation's, as ``network3.py``'s ``output``)."""
         *body, top = self.layers
         a = self.images(x)
-        for layer in body:
-            a = layer(a)
-        return self.cost_function.output(a, top)  # aᴸ = softmax(zᴸ)
+        for i, layer in enumerate(body):
+            a = layer(self._evaluation_input(a, i))
+        return self.cost_function.output(self._evaluation_input(a, len(body)), top)  # aᴸ = softmax(zᴸ)
 
-    def cost(self, x: Tensor, y: Tensor) -> Tensor:
+    def cost(self, x: Tensor, y: Tensor, masks=None) -> Tensor:
         r"""The mean log-likelihood :math:`C_0` of a mini-batch through the layers' Functions, the softmax output layer
         and the cost one node (whose backward starts at BP1, :math:`\delta^L = a^L - y`): autograd's path.
-        ``y``: one-hot floats or labels."""
+        ``y``: one-hot floats or labels.
+
+        ``masks``: for a network with dropout, the training step's masks, one per module of ``layers`` (``None``
+        where the layer has no dropout), each shaped like that layer's input, :math:`(N, n_{in})`, 1 kept and 0
+        dropped, applied by :class:`~torch_manualbp.functional.DropoutFunction` (whose backward masks
+        :math:`\partial C/\partial a` the same way); required then, as a cost without them would not be the one
+        trained (:class:`~torch_manualbp.sequential_engine.SequentialSGD` draws them)."""
+        masks = self._check_masks(masks)
         *body, top = self.layers
         a = self.images(x)
-        for layer in body:
-            a = layer(a)
+        for i, layer in enumerate(body):
+            a = layer(a if masks[i] is None else DropoutFunction.apply(a, masks[i]))
+        a = a if masks[-1] is None else DropoutFunction.apply(a, masks[-1])
         return self.cost_function.layered_cost(a, top, y)
 
     #: the same through the per-layer Functions, which follow autocast (``Network.layered_cost``'s role)
     layered_cost = cost
 
+    def _check_masks(self, masks) -> list:
+        """``masks`` as one entry per module (``None`` for a network without dropout: none); one line naming
+        ``masks`` otherwise."""
+        if masks is None:
+            if self.has_dropout:
+                dropped = ", ".join(f"self.layers[{i}] p={p:g}" for i, p in enumerate(self.dropouts) if p)
+                raise ValueError(
+                    f"masks: this network drops its layers' inputs in training ({dropped}); give the step's dropout"
+                    " masks (SequentialSGD draws them), or evaluate it by forward or output_and_cost; it trains on"
+                    " the fused path only"
+                )
+            return [None] * len(self.layers)
+        masks = list(masks)
+        if len(masks) != len(self.layers):
+            raise ValueError(f"masks must hold one entry per module of layers, {len(self.layers)}; got {len(masks)}")
+        for i, (mask, p) in enumerate(zip(masks, self.dropouts)):
+            if (mask is None) != (not p):
+                raise ValueError(f"masks[{i}] must be {'a mask' if p else 'None'}: layers[{i}]'s dropout is {p:g}")
+        return masks
+
     @torch.no_grad()
     def output_and_cost(self, x: Tensor, y: Tensor, dropout: float = 0.0) -> tuple[Tensor, Tensor]:
-        """:math:`a^L` and the mean cost :math:`C_0` from one feedforward, without autograd (evaluation's);
-        ``dropout`` must be 0 (these layers have none)."""
+        """:math:`a^L` and the mean cost :math:`C_0` from one feedforward of the whole network, without autograd
+        (evaluation's: each dropout layer's weights scaled by :math:`1 - p`); ``dropout`` must be 0 (``Network``'s
+        setting: these layers carry their own)."""
         if dropout:
-            raise ValueError(f"dropout must be 0 for a network of layers, got {dropout}")
-        z = self.layers(self.images(x))  # zᴸ, the top layer being linear
+            raise ValueError(f"dropout must be 0 for a network of layers (each layer sets its own), got {dropout}")
+        a = self.images(x)
+        for i, layer in enumerate(self.layers):
+            a = layer(self._evaluation_input(a, i))
+        z = a  # zᴸ, the top layer being linear
         a = self.cost_function.activation(z)
         y = targets(y, tuple(a.shape), a)
         return a, self.cost_function.mean(z, a_minus_y(a, y), y)

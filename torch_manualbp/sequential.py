@@ -7,7 +7,9 @@ Autograd through the layers' Functions trains it (their backwards are the equati
 same update with no autograd at all: the forward pass keeps what each layer's backward needs, BP1 comes from the
 cost, then each layer, top down, hands :math:`\partial C/\partial a` to the layer below (BP2), and its gradients
 (BP3, BP4) update its parameters in place. No graph is built and no optimizer runs, which at chapter 6's
-mini-batches of 10 is most of autograd's time (``python -m benchmarks.conv_step``).
+mini-batches of 10 is most of autograd's time (``python -m benchmarks.conv_step``). A fully connected layer may drop
+entries of its input (``network3.py``'s ``p_dropout``): given the step's ``masks``, its input is :math:`m \odot a`
+and the error it hands down goes through the same mask.
 
 The equations are the layers' own: :mod:`torch_manualbp.conv`'s for a conv-pool layer and
 :mod:`torch_manualbp.equations`' for a fully connected one; nothing here computes a gradient itself.
@@ -43,6 +45,7 @@ def sgd_step(
     cost: str | Cost = "log_likelihood",
     lmbda: float = 0.0,
     n: int | None = None,
+    masks: Sequence[Tensor | None] | None = None,
 ) -> Tensor:
     r"""One step of mini-batch SGD on ``(x, y)``, in place, without autograd; returns the mini-batch's mean cost
     :math:`C_0` before the step.
@@ -65,20 +68,33 @@ def sgd_step(
             layer, not the biases); 0: none. ``network3.py``'s ``lmbda`` (its term is divided by the number of
             mini-batches, not examples) is this one divided by the mini-batch size.
         n: the number of training examples, the :math:`n` of :math:`\lambda/n`; needed with a nonzero ``lmbda``.
+        masks: dropout, ``network3.py``'s: one entry per layer, ``None`` or, for a ``FullyConnected``, a 0/1 tensor
+            shaped like that layer's input (1 kept, 0 dropped), by which the input is multiplied (not rescaled); the
+            step's forward and BP4 see :math:`m \odot a^{l-1}`, and BP2 hands the layer below
+            :math:`m \odot (\delta^l W^l)`. ``None`` (default): no dropout.
 
     Shape:
         - x: :math:`(N, C_{in}, H, W)` for a first ``ConvPool2d``, :math:`(N, H_{in})` for a first
           ``FullyConnected``.
         - y: :math:`(N)` labels or :math:`(N, H_L)` floats.
+        - masks[i]: layer i's input shape, :math:`(N, H_{in})` for a ``FullyConnected``.
         - Output: a scalar.
     """
     layers = _check_layers(layers, x)
+    masks = _check_masks(masks, layers)
     cost = get_cost(cost)
     eta = check_learning_rate(eta)
     decay = l2_weight_decay(lmbda, n)
     with torch.no_grad():
         inputs, saved, a = [], [], x
-        for layer in layers:  # the forward pass, keeping each layer's input and what its backward needs
+        for i, layer in enumerate(layers):  # the forward pass, keeping each layer's input and what its backward needs
+            if masks[i] is not None:
+                if masks[i].shape != a.shape:
+                    raise ValueError(
+                        f"masks[{i}] must have the shape of layers[{i}]'s input, {tuple(a.shape)}; got"
+                        f" {tuple(masks[i].shape)}"
+                    )
+                a = a * masks[i]  # (dropout) the layer's input m ⊙ a, each dropped entry 0, the others not rescaled
             inputs.append(a)
             if isinstance(layer, ConvPool2d):
                 channels_last = a.device.type == "cpu"  # the CPU's max-pool is faster so (feedforward_conv_pool)
@@ -116,6 +132,8 @@ def sgd_step(
                 grad_w = weight_gradient(delta, below)  # (BP4) δᵀ aˡ⁻¹
                 grad_b = None if layer.bias is None else bias_gradient(delta)  # (BP3) Σ_x δ
                 grad_a = error_below(delta, layer.weight) if i else None  # (BP2) δˡ Wˡ, before Wˡ changes
+                if grad_a is not None and masks[i] is not None:
+                    grad_a = grad_a * masks[i]  # (BP2, dropout) ∂C/∂a below = m ⊙ δˡ Wˡ: a dropped entry passes none
             updates.append((layer, grad_w, grad_b))
         for layer, grad_w, grad_b in updates:
             if decay:
@@ -124,6 +142,29 @@ def sgd_step(
             if grad_b is not None:
                 layer.bias.sub_(grad_b, alpha=eta)  # b → b − η ∂C₀/∂b
     return mean_cost
+
+
+def _check_masks(masks, layers: list[nn.Module]) -> list[Tensor | None]:
+    """``masks`` as one entry per layer (all ``None`` for ``None``); raises in one line naming the first entry that
+    is not ``None`` or a tensor, or that is given to a layer other than a ``FullyConnected``."""
+    if masks is None:
+        return [None] * len(layers)
+    if not isinstance(masks, Sequence) or isinstance(masks, (str, bytes)):
+        raise TypeError(f"masks must be a sequence of one tensor or None per layer, got {type(masks).__name__}")
+    masks = list(masks)
+    if len(masks) != len(layers):
+        raise ValueError(f"masks must hold one entry per layer, {len(layers)}; got {len(masks)}")
+    for i, (mask, layer) in enumerate(zip(masks, layers)):
+        if mask is None:
+            continue
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"masks[{i}] must be a torch.Tensor or None, got {type(mask).__name__}")
+        if not isinstance(layer, FullyConnected):
+            raise ValueError(
+                f"masks[{i}]: layers[{i}] is a {type(layer).__name__}; dropout masks the input of a FullyConnected"
+                " (network3.py's conv-pool layers have none)"
+            )
+    return masks
 
 
 def _check_layers(layers, x: Tensor) -> list[nn.Module]:

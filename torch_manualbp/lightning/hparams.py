@@ -46,11 +46,12 @@ def check_layer_settings(settings) -> None:
     """For a network given as ``layers`` (``settings``: the classifier's, a dict or a config's ``model`` section, any
     subset): a ``ValueError`` starting with the setting's name for the layers' first bad entry (``layers[i]: ...``,
     :func:`~torch_manualbp.layer_spec.check_layers`) or a setting such a network cannot be trained with, one line
-    each."""
+    each. A layer's ``dropout`` is applied by the fused step alone: beside a setting that trains through autograd
+    (``momentum``, ``weight_decay``, an ``optimizer`` given instead) it is refused."""
     get = settings.get
     if get("sizes") is not None:
         raise ValueError(f"sizes={list(get('sizes'))} and layers both give the network; give one of them")
-    check_layers(get("layers"))
+    checked = check_layers(get("layers"))
     if get("cost", "log_likelihood") != "log_likelihood":
         raise ValueError(
             f"cost={get('cost')!r}: a network of layers ends in the softmax layer, whose cost is 'log_likelihood';"
@@ -61,7 +62,7 @@ def check_layer_settings(settings) -> None:
         ("eta", isinstance(get("eta"), (list, tuple)), "one eta: a network of layers is not a population"),
         ("lmbda", isinstance(get("lmbda"), (list, tuple)), "one lmbda: a network of layers is not a population"),
         ("compile", get("compile", False), "the compiled step is Network's; a network of layers steps eagerly"),
-        ("dropout", get("dropout", 0.0), "a network of layers has no dropout"),
+        ("dropout", get("dropout", 0.0), "set a fully_connected or softmax layer's own dropout in layers instead"),
         ("regularization", get("regularization", "l2") != "l2", "a network of layers has the book's L2 only"),
         ("init", get("init", "normal") != "normal", "layers are drawn as network3.py draws them; leave init out"),
         ("activation", get("activation", "sigmoid") != "sigmoid", "set each layer's activation in layers instead"),
@@ -69,6 +70,14 @@ def check_layer_settings(settings) -> None:
     for name, given, why in refused:
         if given:
             raise ValueError(f"{name}={get(name)!r} does not apply to a network given as layers: {why}")
+    dropped = [(i, p) for i, (*_, p) in enumerate(checked) if p]
+    autograd = [name for name in ("momentum", "weight_decay", "optimizer") if get(name)]
+    if dropped and autograd:
+        i, p = dropped[0]
+        raise ValueError(
+            f"layers[{i}].dropout={p:g} is applied by the fused SGD step only, and {autograd[0]}={get(autograd[0])!r}"
+            " trains the network through autograd: leave one of them out"
+        )
 
 
 def population_settings(seeds, eta, lmbda) -> tuple[list[int], list[float], list[float]]:

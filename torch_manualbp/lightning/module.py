@@ -144,14 +144,17 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         layers: chapter 6's network instead of ``sizes``: a list of layers input first, one dict each,
             ``{"conv_pool": [feature_maps, kernel_size, pool_size]}``, ``{"fully_connected": neurons}`` (each may
             set ``"activation"``: ``"sigmoid"``, the default, ``"tanh"``, ``"relu"`` or ``"linear"``) and the output
-            layer last, ``{"softmax": 10}``, with ``cost="log_likelihood"`` (see :mod:`torch_manualbp.layer_spec`).
+            layer last, ``{"softmax": 10}``, with ``cost="log_likelihood"`` (see :mod:`torch_manualbp.layer_spec`);
+            a fully connected or softmax layer may set ``"dropout"``, ``network3.py``'s ``p_dropout`` of its input
+            (masks from the engine's generator, kept in checkpoints; evaluation, ``forward`` and ``predict`` scale
+            that layer's weights by :math:`1 - p`), on the fused path only.
             The images go in as :math:`(N, 1, 28, 28)` (rows of 784 are reshaped). The fused path steps each
             mini-batch by :func:`torch_manualbp.sequential.sgd_step` (eagerly: the native op and ``compile`` are
             ``Network``'s), with the book's L2 ``lmbda``; an optimizer given instead trains it through autograd and
-            the layers' Functions. Refused beside it: ``sizes``, a population (``seeds``, lists of ``eta`` or
-            ``lmbda``), ``compile``, ``dropout``, L1, ``init`` and ``activation`` (set each layer's), and the
-            callbacks that observe steps or read sigmoid layers' gradients (``GradientAudit``,
-            ``LearningSpeedMonitor``, ``GradientNoiseMonitor``).
+            the layers' Functions (not with a layer's dropout). Refused beside it: ``sizes``, a population
+            (``seeds``, lists of ``eta`` or ``lmbda``), ``compile``, ``dropout`` (each layer sets its own), L1,
+            ``init`` and ``activation`` (set each layer's), and the callbacks that observe steps or read sigmoid
+            layers' gradients (``GradientAudit``, ``LearningSpeedMonitor``, ``GradientNoiseMonitor``).
 
     A population is K networks, K the length of the longest of ``seeds``, ``eta`` and ``lmbda`` (the others 1 or K
     long). It logs per member ``train/cost/member{k}``, ``{stage}/cost/member{k}``, ``{stage}/accuracy/member{k}``
@@ -272,7 +275,7 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
     def forward(self, x: Tensor) -> Tensor:
         """The output activations :math:`a^L`, (N, 10), or a population's, (K, N, 10) (member ``member``'s alone,
         (N, 10), if set); with ``dropout``, by the book's rule: the whole network, the weights outgoing from hidden
-        neurons scaled by :math:`1 - p`."""
+        neurons scaled by :math:`1 - p`; a network of layers scales each dropout layer's weights so itself."""
         p = self.hparams.dropout
         if self.of_layers:
             return self.network(x)
