@@ -116,6 +116,15 @@ def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     return manualbp("fit", "--config", config, *args)
 
 
+def one_error_line(capsys) -> str:
+    """The one ``manualbp: error:`` line an in-process ``main`` printed, last on stderr and with no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("manualbp: error:")]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
 def metrics(tmp_path: Path, name: str = "config") -> list[dict]:
     """The rows of a run's ``metrics.csv`` (a config from :func:`write_config`)."""
     with open(tmp_path / "runs" / name / "version_0" / "metrics.csv", newline="") as f:

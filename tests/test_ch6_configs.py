@@ -14,7 +14,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import DATA_DIR, ROOT, edit_config, final_weights, last, manualbp, metrics, quiet, run_cli, write_config
+from conftest import (
+    DATA_DIR,
+    ROOT,
+    edit_config,
+    final_weights,
+    last,
+    manualbp,
+    metrics,
+    one_error_line,
+    quiet,
+    run_cli,
+    write_config,
+)
 from torch import nn
 
 from torch_manualbp.cli import main
@@ -186,14 +198,6 @@ def _config(tmp_path, source, name="config", **sections):
     return write_config(tmp_path, name=name, source=source, **sections)
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("manualbp: error:")]
-    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
-    return errors[0]
-
-
 RUNG2 = ROOT / "experiments" / "ch6_rung2_conv20.yaml"
 
 
@@ -227,9 +231,19 @@ RUNG2 = ROOT / "experiments" / "ch6_rung2_conv20.yaml"
 def test_bad_layer_configs_are_one_line_errors_before_anything_is_written(tmp_path, capsys, model, words):
     config = _config(tmp_path, RUNG2, model=model)
     assert main(["fit", "--config", str(config)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert words in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # nothing written
+
+
+@quiet
+def test_layer_dropout_on_a_run_that_goes_through_autograd_is_one_line_at_the_start(tmp_path, capsys):
+    rung7 = ROOT / "experiments" / "ch6_rung7_dropout.yaml"
+    config = _config(tmp_path, rung7, data={"train_size": 100, "expand": False}, trainer={"max_epochs": 1})
+    assert main(["fit", "--config", str(config), "--trainer.precision", "bf16-mixed"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("manualbp: error: model.layers[2].dropout=0.5 and model.layers[3].dropout=0.5"), line
+    assert "is applied by the fused SGD step only, and this run goes through autograd (precision=bf16-mixed" in line
 
 
 @quiet

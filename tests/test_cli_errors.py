@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI_ENV, copy_mnist_files, quiet, write_config
+from conftest import CLI_ENV, copy_mnist_files, one_error_line, quiet, write_config
 
 from torch_manualbp.cli import main
 from torch_manualbp.lightning.cli import ConfigError
@@ -29,14 +29,6 @@ def _with(base: Path, tmp_path: Path, section: str, key: str, value) -> Path:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("manualbp: error:")]
-    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
-    return errors[0]
 
 
 CONFIG_CASES = [
@@ -70,7 +62,7 @@ CONFIG_CASES = [
 def test_bad_config_is_a_one_line_error_with_exit_status_2(base_config, tmp_path, capsys, section, key, value, words):
     config = _with(base_config, tmp_path, section, key, value)
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     for word in words:
         assert word in line, line
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]  # nothing written
@@ -105,7 +97,7 @@ def test_bad_arguments_are_one_line_errors(base_config, tmp_path, capsys):
     ]
     for args, words in cases:
         assert main(args) == 2, args
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
         assert all(word in line for word in words), (args, line)
 
 
@@ -143,5 +135,5 @@ def test_corrupted_data_during_fit_is_a_one_line_error_naming_the_file(tmp_path,
         str(tmp_path / "root"),
     ]
     assert main(args) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "t10k-labels-idx1-ubyte.gz" in line and "wrong length" in line and "ValueError" in line

@@ -23,7 +23,7 @@ from .checks import l2_weight_decay
 from .layer_spec import LayerNetwork
 from .sequential import sgd_step
 from .sgd import check_mini_batch_size, mini_batches
-from .sgd_state import _same_device
+from .sgd_state import _SeededGenerator
 
 __all__ = ["SequentialSGD"]
 
@@ -37,7 +37,7 @@ class _Block(NamedTuple):
     masks: list[list[Tensor | None]] | None  # per step, one entry per module of the layers; None: no dropout
 
 
-class SequentialSGD:
+class SequentialSGD(_SeededGenerator):
     r"""The book's SGD over blocks of mini-batches of a :class:`~torch_manualbp.layer_spec.LayerNetwork`, in place,
     without autograd: :math:`w \to (1 - \eta\lambda/n) w - \eta\, \partial C_0/\partial w`,
     :math:`b \to b - \eta\, \partial C_0/\partial b` per mini-batch, by :func:`~torch_manualbp.sequential.sgd_step`,
@@ -58,6 +58,7 @@ class SequentialSGD:
         torch.Size([3])
     """
 
+    _owns_generator = True  # no generator argument: the masks' generator is always the engine's own
     #: mini-batches per call of the step (one: there is no compiled or native block)
     steps_per_call = 1
 
@@ -159,11 +160,7 @@ class SequentialSGD:
         when no layer has dropout, nothing being drawn (``MiniBatchSGD``'s interface)."""
         if self._seed is None:
             return None
-        if self._generator is not None:
-            return self._generator.get_state()
-        if self._pending_state is not None:
-            return self._pending_state
-        return self._seeded(self.network.weights_and_biases()[0][0].device).get_state()
+        return self._current_state()
 
     def set_generator_state(self, state: Tensor | None) -> None:
         """Restore a state from :meth:`generator_state` (resuming a run mid-epoch); the generator takes it when the
@@ -172,21 +169,6 @@ class SequentialSGD:
         if self._seed is None or state is None:
             return
         self._generator, self._pending_state = None, state.clone()  # its own storage: set_state reads it whole
-
-    def _generator_on(self, device: torch.device) -> torch.Generator:
-        """The masks' generator on ``device``: made there the first time (again from the seed if the network has
-        moved), in the state :meth:`set_generator_state` restored, if any."""
-        if self._generator is not None and _same_device(self._generator.device, device):
-            return self._generator
-        self._generator = self._seeded(device)
-        if self._pending_state is not None:
-            self._generator.set_state(self._pending_state)
-            self._pending_state = None
-        return self._generator
-
-    def _seeded(self, device: torch.device) -> torch.Generator:
-        """A new generator on ``device`` with the engine's seed."""
-        return torch.Generator(device=device).manual_seed(self._seed)
 
     def uses_native(self) -> bool:
         r"""False: the native op's loop steps ``Network``\ s of sigmoid layers, not these; every step is eager."""

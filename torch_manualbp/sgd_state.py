@@ -30,7 +30,41 @@ class _Block(NamedTuple):
     masks: list[Tensor] | None  # one (steps, H_l) per hidden layer, row s the mask of the block's step s; None: none
 
 
-class _RewindAndDropoutState:
+class _SeededGenerator:
+    """The generator an engine draws dropout masks from: the user's (``_owns_generator`` false), or its own, made
+    from ``_seed`` on the data's device when first needed, in the state ``set_generator_state`` left in
+    ``_pending_state``; ``MiniBatchSGD`` and ``SequentialSGD`` alike."""
+
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        """The generator the masks are drawn from, on ``device``: the user's, checked, or the engine's own, made on
+        ``device`` the first time (again from its seed if the network has moved since) in the state restored by
+        :meth:`set_generator_state`, if any."""
+        generator = self._generator
+        if generator is not None and _same_device(generator.device, device):
+            return generator
+        if not self._owns_generator:
+            raise ValueError(f"generator must be on the data's device, {device}; got a generator on {generator.device}")
+        self._generator = self._seeded(device)
+        if self._pending_state is not None:
+            self._generator.set_state(self._pending_state)
+            self._pending_state = None
+        return self._generator
+
+    def _seeded(self, device: torch.device) -> torch.Generator:
+        """A new generator on ``device`` with the engine's seed."""
+        return torch.Generator(device=device).manual_seed(self._seed)
+
+    def _current_state(self) -> Tensor:
+        """The generator's state now: the generator's own, the one :meth:`set_generator_state` left for it, or (none
+        made yet) that of a new one from the seed."""
+        if self._generator is not None:
+            return self._generator.get_state()
+        if self._pending_state is not None:
+            return self._pending_state
+        return self._seeded(self.network.weights_and_biases()[0][0].device).get_state()
+
+
+class _RewindAndDropoutState(_SeededGenerator):
     """The engine's dropout generator and its record of blocks, for :meth:`generator_state`,
     :meth:`set_generator_state`, :meth:`rewind` and :meth:`forget` (see the module docstring)."""
 
@@ -42,11 +76,7 @@ class _RewindAndDropoutState:
             return None
         if self._member_engines:  # one state per member, stacked: (K, state bytes)
             return torch.stack([engine.generator_state() for engine in self._member_engines])
-        if self._generator is not None:
-            return self._generator.get_state()
-        if self._pending_state is not None:
-            return self._pending_state
-        return self._seeded(self.network.weights_and_biases()[0][0].device).get_state()
+        return self._current_state()
 
     def set_generator_state(self, state: Tensor | None) -> None:
         """Restore a state from :meth:`generator_state` (resuming a run mid-epoch). The engine's own generator takes
@@ -118,25 +148,6 @@ class _RewindAndDropoutState:
         self._blocks = []
         for engine in self._member_engines:
             engine.forget()
-
-    def _generator_on(self, device: torch.device) -> torch.Generator:
-        """The generator the masks are drawn from, on ``device``: the user's, checked, or the engine's own, made on
-        ``device`` the first time (again from its seed if the network has moved since) in the state restored by
-        :meth:`set_generator_state`, if any."""
-        generator = self._generator
-        if generator is not None and _same_device(generator.device, device):
-            return generator
-        if not self._owns_generator:
-            raise ValueError(f"generator must be on the data's device, {device}; got a generator on {generator.device}")
-        self._generator = self._seeded(device)
-        if self._pending_state is not None:
-            self._generator.set_state(self._pending_state)
-            self._pending_state = None
-        return self._generator
-
-    def _seeded(self, device: torch.device) -> torch.Generator:
-        """A new generator on ``device`` with the engine's seed."""
-        return torch.Generator(device=device).manual_seed(self._seed)
 
     def _block_masks(self, x: Tensor) -> list[Tensor]:
         """The block's dropout masks, one set per step drawn in order as ``Network.sgd_step`` draws one: for each

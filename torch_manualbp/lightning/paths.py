@@ -139,6 +139,8 @@ def _fused_only_settings(get) -> str:
         else []
     )
     given += [f"dropout={get('dropout'):g}"] if get("dropout", 0.0) else []
+    layers = get("layers", None) or []
+    given += [f"layers[{i}].dropout={layer['dropout']:g}" for i, layer in enumerate(layers) if layer.get("dropout")]
     return " and model.".join(given)
 
 

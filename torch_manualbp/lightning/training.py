@@ -146,8 +146,9 @@ class TrainingHooks:
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["manualbp_epoch_cost"] = self._epoch_cost.state_dict()
         checkpoint["manualbp_updates"] = self.updates
-        if self.hparams.dropout:  # where the masks' random stream stands: a resume draws the masks that come next
-            checkpoint["manualbp_dropout_generator"] = self.sgd.generator_state()
+        state = self.sgd.generator_state()  # where the masks' random stream stands (None: no dropout, none drawn)
+        if state is not None:  # a resume draws the masks that come next
+            checkpoint["manualbp_dropout_generator"] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._epoch_cost.load_state_dict(checkpoint.get("manualbp_epoch_cost", {}))
