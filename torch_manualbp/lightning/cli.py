@@ -398,16 +398,17 @@ class ManualBPCLI(LightningCLI):
                 kwargs[key] = value // per_batch
         max_steps = kwargs.get("max_steps") or -1
         MAX_STEPS_IN_UPDATES.counted = (max_steps, per_batch) if per_batch > 1 and max_steps > 0 else None
-        given = _as_list((config.get("trainer") or {}).get("callbacks"))
-        if per_batch == 1 or len(given) > len(callbacks):
+        if per_batch == 1:
             return callbacks
-        rebuilt = list(callbacks)
-        for k, (entry, callback) in enumerate(zip(given, callbacks)):
+        # the config's callbacks, each beside the instance built from it (the same list, in the same order)
+        given = zip(_as_list((config.get("trainer") or {}).get("callbacks")), _as_list(trainer.get("callbacks")))
+        rebuilt = {}
+        for entry, callback in given:
             settings = _init_args(entry)
             every = settings.get("every_n_train_steps")
             if isinstance(callback, ModelCheckpoint) and every:
-                rebuilt[k] = type(callback)(**{**settings, "every_n_train_steps": every // per_batch})
-        return rebuilt
+                rebuilt[id(callback)] = type(callback)(**{**settings, "every_n_train_steps": every // per_batch})
+        return [rebuilt.get(id(callback), callback) for callback in callbacks]
 
     def _settings(self, config):
         """The running subcommand's section of ``config`` (``self.config`` or ``self.config_init``), or all of it."""
