@@ -131,10 +131,10 @@ class SequentialSGD(_SeededGenerator):
         self._blocks = []
 
     def rewind(self, step: int) -> bool:
-        """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
-        ``step`` (the block's earlier steps replayed with their masks) and their ``.grad`` the gradients of step
-        ``step`` (through autograd, ``LayerNetwork.cost``, with the step's masks), not applied. False if no block run
-        since :meth:`forget` holds ``step``."""
+        """Undo the steps from step ``step`` on (as ``run`` counts them), for a divergence report: the parameters
+        become those before ``step`` (the block's earlier steps replayed with their masks) and their ``.grad`` the
+        gradients of step ``step`` (through autograd, ``LayerNetwork.cost``, with the step's masks), not applied.
+        False if no block run since :meth:`forget` holds ``step``."""
         for block in self._blocks:
             if block.first_step <= step < block.first_step + self.steps_in(len(block.x)):
                 size = self.mini_batch_size or len(block.x)

@@ -96,12 +96,12 @@ class _RewindAndDropoutState(_SeededGenerator):
             self._generator.set_state(state)
 
     def rewind(self, step: int) -> bool:
-        """Undo the steps from global step ``step`` on, for a divergence report: the parameters become those before
-        ``step`` (restored from the start of its block, then the block's earlier steps replayed, with their dropout
-        masks) and their ``.grad`` the gradients of step ``step`` (through autograd, ``Network.cost``, or
-        ``Network.layered_cost`` with the step's masks), not applied. Returns False if no block run since
-        :meth:`forget` holds ``step``. For a population of K > 1 stepped by :meth:`Population.sgd_steps`, the
-        parameters only (the stacked members have no autograd cost): their ``.grad`` is left as it was."""
+        """Undo the steps from step ``step`` on (as ``run`` counts them), for a divergence report: the parameters
+        become those before ``step`` (restored from the start of its block, then the block's earlier steps replayed,
+        with their dropout masks) and their ``.grad`` the gradients of step ``step`` (through autograd,
+        ``Network.cost``, or ``Network.layered_cost`` with the step's masks), not applied. Returns False if no block
+        run since :meth:`forget` holds ``step``. For a population of K > 1 stepped by :meth:`Population.sgd_steps`,
+        the parameters only (the stacked members have no autograd cost): their ``.grad`` is left as it was."""
         if self._member_engines and not self._stacked():
             return all([engine.rewind(step) for engine in self._member_engines])
         if self.population is not None:

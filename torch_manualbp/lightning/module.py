@@ -238,7 +238,7 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         else:
             self.network = Network(sizes, cost=cost, init=init, activation=activation)
         self.sgd = self._engine()
-        self._step_costs: list[tuple[int, Tensor]] = []  # (first global step, costs), until take_step_costs()
+        self._step_costs: list[tuple[int, Tensor]] = []  # (first SGD update, costs), until take_step_costs()
         self._batch_costs: tuple[int, Tensor] | None = None  # a population's batch: first step, (steps, K) costs
         self._epoch_cost = EpochCost()
         self._fused = False  # set by on_train_start: whether plain fused SGD applies to this run
@@ -305,14 +305,14 @@ class ManualBPClassifier(StartHooks, TrainingHooks, OptimizerHooks, EvaluationHo
         return self.sgd.steps_per_call
 
     def take_step_costs(self) -> list[tuple[int, Tensor]]:
-        """Every training step's cost since the last call, ``(first global step, costs)`` in order, from the fused path
+        """Every training step's cost since the last call, ``(first SGD update, costs)`` in order, from the fused path
         and from autograd alike (a population's: the sum over members, non-finite as soon as one member's is): the
         record :class:`~torch_manualbp.lightning.safety.DivergenceGuard` reads."""
         taken, self._step_costs = self._step_costs, []
         return taken
 
     def rewind(self, step: int) -> bool:
-        """Undo the fused updates of this batch from global step ``step`` on, for a divergence report (see
+        """Undo the fused updates of this batch from SGD update ``step`` on, for a divergence report (see
         :meth:`~torch_manualbp.sgd.MiniBatchSGD.rewind`); False if ``step`` was not fused in the current batch. A
         population's are not undone: it says which members' cost at ``step`` is not finite (False)."""
         if not self.members:

@@ -97,7 +97,7 @@ class DivergenceGuard(L.Callback):
         self.every_n_steps = every_n_steps
         self.parameters_every_n_steps = parameters_every_n_steps
         self._every = every_n_steps or 1
-        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (first global step, epoch, costs (k,))
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (first SGD update, epoch, costs (k,))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.every_n_steps is None:
