@@ -351,6 +351,8 @@ MONITOR = "torch_manualbp.lightning.TrainingSetMonitor"
         (["--trainer.callbacks+", SPEED], "LearningSpeedMonitor observe single steps through autograd"),
         (["--trainer.callbacks+", HALVE], "HalveEtaOnPlateau work on one network"),
         (["--trainer.callbacks+", MONITOR], "TrainingSetMonitor work on one network"),
+        # its optimizer only counts Lightning's batches, at lr 0: the members' η are their own
+        (["--trainer.callbacks+", "LearningRateMonitor"], "LearningRateMonitor work on one network"),
     ],
 )
 def test_what_a_population_cannot_apply_is_one_line_and_exit_status_2(tmp_path, capsys, args, words):

@@ -5,6 +5,7 @@ and the one line that says how the run trains."""
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..threads import apply_thread_rule
@@ -15,7 +16,7 @@ from .rules import HalveEtaOnPlateau
 
 #: Callbacks that work on one network (its optimizer's η, its own evaluation, its gradients): refused beside a
 #: population, which has one η per member and no optimizer.
-_ONE_NETWORKS_CALLBACKS = (HalveEtaOnPlateau, TrainingSetMonitor, GradientNoiseMonitor)
+_ONE_NETWORKS_CALLBACKS = (HalveEtaOnPlateau, TrainingSetMonitor, GradientNoiseMonitor, LearningRateMonitor)
 
 __all__ = ["StartHooks"]
 
